@@ -1,0 +1,294 @@
+//! Error types shared by every Aether store and layer.
+
+use std::fmt;
+
+/// A boxed error from a backend (NATS, I/O, ...), kept as the `source` of an Aether error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Encoding or decoding a MessagePack payload failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {op} `{type_name}` as MessagePack: {detail}")]
+pub struct CodecError {
+    op: CodecOp,
+    type_name: &'static str,
+    detail: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CodecOp {
+    Encode,
+    Decode,
+}
+
+impl fmt::Display for CodecOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodecOp::Encode => "encode",
+            CodecOp::Decode => "decode",
+        })
+    }
+}
+
+impl CodecError {
+    pub(crate) fn encode(
+        type_name: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            op: CodecOp::Encode,
+            type_name,
+            detail: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn decode(
+        type_name: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            op: CodecOp::Decode,
+            type_name,
+            detail: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn trailing_bytes(type_name: &'static str, n: usize) -> Self {
+        Self {
+            op: CodecOp::Decode,
+            type_name,
+            detail: format!("{n} trailing bytes after the value"),
+            source: None,
+        }
+    }
+
+    /// Whether this error came from decoding (as opposed to encoding).
+    pub fn is_decode(&self) -> bool {
+        self.op == CodecOp::Decode
+    }
+
+    /// The Rust type that was being encoded or decoded.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+}
+
+/// An event, actor id or event type that breaks Aether's rules (see [`crate::limits`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The actor id is the empty string.
+    #[error("actor id is empty")]
+    EmptyActorId,
+    /// The actor id is longer than [`crate::limits::MAX_ACTOR_ID_BYTES`].
+    #[error("actor id is {len} bytes long; the limit is {max} bytes")]
+    ActorIdTooLong {
+        /// Length of the rejected id in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The event type is the empty string.
+    #[error("event type is empty")]
+    EmptyEventType,
+    /// The event type is longer than [`crate::limits::MAX_EVENT_TYPE_BYTES`].
+    #[error("event type is {len} bytes long; the limit is {max} bytes")]
+    EventTypeTooLong {
+        /// Length of the rejected event type in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The event type contains a control character (it travels in message headers).
+    #[error("event type {event_type:?} contains a control character")]
+    ControlCharInEventType {
+        /// The rejected event type.
+        event_type: String,
+    },
+}
+
+/// The version check failed: the actor's history moved on (or the attempted version was never
+/// valid). Nothing was written.
+///
+/// The Rust form of Go's `VersionConflictError{ActorID, CurrentVersion, AttemptedVersion}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "version conflict for actor {actor_id:?}: current version is {current_version}, attempted version {attempted_version}"
+)]
+#[non_exhaustive]
+pub struct VersionConflict {
+    /// The actor whose history was being appended to.
+    pub actor_id: String,
+    /// The actor's latest stored version when the write was refused (0: no events).
+    pub current_version: u64,
+    /// The version the refused write tried to store.
+    pub attempted_version: u64,
+}
+
+impl VersionConflict {
+    /// Creates a conflict report.
+    pub fn new(actor_id: impl Into<String>, current_version: u64, attempted_version: u64) -> Self {
+        Self {
+            actor_id: actor_id.into(),
+            current_version,
+            attempted_version,
+        }
+    }
+}
+
+/// Errors of the event and snapshot store operations.
+///
+/// Match on [`StoreError::VersionConflict`] or call [`StoreError::is_version_conflict`] where Go
+/// code would write `errors.Is(err, ErrVersionConflict)`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another writer got there first, or the attempted version is not above the latest.
+    #[error(transparent)]
+    VersionConflict(#[from] VersionConflict),
+    /// The event breaks a rule of [`crate::limits`] (actor id, event type).
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[from] EventError),
+    /// A multi-event append was refused before anything was written.
+    #[error("invalid batch for actor {actor_id:?}: {reason}")]
+    InvalidBatch {
+        /// The actor of the batch's first event.
+        actor_id: String,
+        /// What is wrong with the batch.
+        reason: String,
+    },
+    /// A snapshot was refused.
+    #[error("invalid snapshot for actor {actor_id:?}: {reason}")]
+    InvalidSnapshot {
+        /// The snapshot's actor.
+        actor_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A payload or stored record could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The event (encoded) is larger than the backend accepts.
+    #[error("event {event_id} for actor {actor_id:?} is {size} bytes encoded; the limit is {max} bytes")]
+    TooLarge {
+        /// The actor.
+        actor_id: String,
+        /// The refused event's id.
+        event_id: uuid::Uuid,
+        /// Encoded size in bytes.
+        size: usize,
+        /// The backend's limit in bytes.
+        max: usize,
+    },
+    /// The backend cannot be reached or went away during the call. The operation may or may not
+    /// have taken effect; retrying an append with the same event id is safe.
+    #[error("store backend unavailable while {context}")]
+    Unavailable {
+        /// What the store was doing.
+        context: String,
+        /// The underlying failure.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The backend did not answer in time. Retrying an append with the same event id is safe.
+    #[error("timed out while {context}")]
+    Timeout {
+        /// What the store was doing.
+        context: String,
+    },
+    /// The backend refused or failed the operation for another reason.
+    #[error("store backend error while {context}")]
+    Backend {
+        /// What the store was doing.
+        context: String,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    /// `true` for [`StoreError::VersionConflict`]: the Rust form of
+    /// `errors.Is(err, ErrVersionConflict)`.
+    pub fn is_version_conflict(&self) -> bool {
+        matches!(self, StoreError::VersionConflict(_))
+    }
+
+    /// The conflict details, if this is a version conflict: the Rust form of `errors.As`.
+    pub fn as_version_conflict(&self) -> Option<&VersionConflict> {
+        match self {
+            StoreError::VersionConflict(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Builds a [`StoreError::Backend`] from any error.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A namespace name that breaks the rules of [`crate::Namespace`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamespaceError {
+    /// The name is empty.
+    #[error("namespace is empty")]
+    Empty,
+    /// The name is longer than [`crate::Namespace::MAX_LEN`].
+    #[error("namespace is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// Length of the rejected name.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The name contains a character outside `[A-Za-z0-9_-]` and the `.` separator.
+    #[error(
+        "namespace {name:?} contains {ch:?} at byte {index}; allowed are ASCII letters, digits, '-', '_' and '.' between tokens"
+    )]
+    InvalidChar {
+        /// The rejected name.
+        name: String,
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        index: usize,
+    },
+    /// The name has an empty dot-separated token (leading, trailing or doubled `.`).
+    #[error("namespace {name:?} has an empty token (leading, trailing or doubled '.')")]
+    EmptyToken {
+        /// The rejected name.
+        name: String,
+    },
+}
+
+/// Publishing an event through an [`crate::EventBroadcaster`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BroadcastError {
+    /// The broadcaster was stopped or closed.
+    #[error("broadcaster is closed")]
+    Closed,
+    /// The event could not be encoded for the wire.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The transport failed.
+    #[error("broadcast failed while {context}")]
+    Transport {
+        /// What the broadcaster was doing.
+        context: String,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+}

@@ -1,0 +1,33 @@
+//! # aether-core
+//!
+//! The small, stable heart of Aether: the [`Event`] and [`ActorSnapshot`] types, the
+//! [`EventStore`], [`EventStoreWithErrors`], [`SnapshotStore`] and [`EventBroadcaster`] traits
+//! every layer composes through (as `Arc<dyn ...>`), the errors they return, validated
+//! [`Namespace`]s, and the version rules of [`limits`] that every store enforces.
+//!
+//! It knows nothing of NATS or of an async runtime; implementations live in their own crates
+//! (`aether-store-memory`, `aether-store-jetstream`, `aether-bus`).
+//!
+//! ```
+//! use aether_core::{Event, StoreError, VersionConflict};
+//! let conflict: StoreError = VersionConflict::new("order-1", 2, 2).into();
+//! assert!(conflict.is_version_conflict());
+//! assert_eq!(conflict.as_version_conflict().map(|c| c.current_version), Some(2));
+//! ```
+
+mod error;
+mod event;
+pub mod limits;
+mod namespace;
+mod payload;
+mod snapshot;
+mod store;
+
+pub use error::{
+    BoxError, BroadcastError, CodecError, EventError, NamespaceError, StoreError, VersionConflict,
+};
+pub use event::{Event, EventBuilder, Metadata, ReplayError, ReplayResult};
+pub use namespace::Namespace;
+pub use payload::{Payload, Value};
+pub use snapshot::ActorSnapshot;
+pub use store::{EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore};
