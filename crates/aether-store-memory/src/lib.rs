@@ -1,0 +1,338 @@
+//! # aether-store-memory
+//!
+//! [`InMemoryEventStore`]: an in-process [`EventStore`], [`EventStoreWithErrors`] and
+//! [`SnapshotStore`] with the same rules as the JetStream store (see [`aether_core::limits`]).
+//! Use it embedded, in tests, and as the reference the conformance suite is checked against.
+//!
+//! ```
+//! use aether_core::{Event, EventStore};
+//! use aether_store_memory::InMemoryEventStore;
+//!
+//! # futures::executor::block_on(async {
+//! let store = InMemoryEventStore::new();
+//! store.save_event(Event::new("order-1", "OrderPlaced", 1, &99.99)?).await?;
+//! let conflict = store.save_event(Event::new("order-1", "OrderPlaced", 1, &5.0)?).await;
+//! assert!(conflict.is_err_and(|e| e.is_version_conflict()));
+//! assert_eq!(store.get_latest_version("order-1").await?, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! ## Concurrency
+//!
+//! Actors are spread over [`SHARDS`] independently locked shards by a hash of the actor id, so no
+//! lock covers the whole store: appends and reads of actors in different shards never wait for
+//! each other. The version check and the write happen under one shard lock, so optimistic
+//! concurrency is atomic under any interleaving. Returned [`Event`]s are shared immutable values:
+//! nothing a caller does with them can change the stored history.
+//!
+//! ## Namespaces
+//!
+//! [`InMemoryEventStore::with_namespace`] gives a view on a separate partition of the same
+//! in-process backend, as a JetStream store per namespace shares one server: `a.b` and `a_b` are
+//! different partitions and never see each other's events.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use aether_core::{
+    ActorSnapshot, Event, EventStore, EventStoreWithErrors, EventStream, Namespace, ReplayResult,
+    SnapshotStore, StoreError, limits,
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+/// Number of independently locked shards per namespace.
+pub const SHARDS: usize = 64;
+
+/// Events handed out per lock acquisition by [`EventStore::stream_events`].
+const STREAM_CHUNK: usize = 256;
+
+#[derive(Default)]
+struct ActorLog {
+    events: Vec<Event>,
+    snapshot: Option<ActorSnapshot>,
+}
+
+impl ActorLog {
+    fn latest_version(&self) -> u64 {
+        self.events.last().map_or(0, Event::version)
+    }
+
+    /// Index of the first event with `version >= from_version`.
+    fn start_index(&self, from_version: u64) -> usize {
+        self.events.partition_point(|e| e.version() < from_version)
+    }
+
+    /// Whether every event of `events` is already stored with the same id at the same version:
+    /// a retried append that must succeed without storing anything again.
+    fn already_holds(&self, events: &[Event]) -> bool {
+        events.iter().all(|e| {
+            let i = self.start_index(e.version());
+            self.events
+                .get(i)
+                .is_some_and(|s| s.version() == e.version() && s.id() == e.id())
+        })
+    }
+}
+
+type Shard = HashTable<(Box<str>, ActorLog)>;
+
+/// One namespace's data: sharded actor logs.
+struct Partition {
+    hasher: DefaultHashBuilder,
+    shards: Box<[RwLock<Shard>]>,
+}
+
+impl Partition {
+    fn new() -> Self {
+        Self {
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+        }
+    }
+
+    fn locate(&self, actor_id: &str) -> (u64, &RwLock<Shard>) {
+        let hash = self.hasher.hash_one(actor_id);
+        // The table uses the low bits; pick the shard from the high ones.
+        let shard = (hash >> 58) as usize % self.shards.len();
+        (hash, &self.shards[shard])
+    }
+
+    fn read(&self, actor_id: &str) -> (u64, RwLockReadGuard<'_, Shard>) {
+        let (hash, lock) = self.locate(actor_id);
+        // A poisoned lock only means a panic elsewhere while holding it; the data is still
+        // consistent because every mutation is a single push or replace.
+        (hash, lock.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn write(&self, actor_id: &str) -> (u64, RwLockWriteGuard<'_, Shard>) {
+        let (hash, lock) = self.locate(actor_id);
+        (hash, lock.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn with_actor<R>(&self, actor_id: &str, f: impl FnOnce(Option<&ActorLog>) -> R) -> R {
+        let (hash, shard) = self.read(actor_id);
+        f(shard.find(hash, |(k, _)| &**k == actor_id).map(|(_, log)| log))
+    }
+
+    /// Runs `f` on the actor's log under the shard's write lock. A log for a new actor is kept
+    /// only if `f` succeeds, so refused writes leave nothing behind.
+    fn update_actor<R>(
+        &self,
+        actor_id: &str,
+        f: impl FnOnce(&mut ActorLog) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let (hash, mut shard) = self.write(actor_id);
+        if let Some((_, log)) = shard.find_mut(hash, |(k, _)| &**k == actor_id) {
+            return f(log);
+        }
+        let mut log = ActorLog::default();
+        let result = f(&mut log)?;
+        let hasher = &self.hasher;
+        shard.insert_unique(hash, (Box::from(actor_id), log), |(k, _)| {
+            hasher.hash_one(&**k)
+        });
+        Ok(result)
+    }
+
+    fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let actor_id = first.actor_id().to_owned();
+        self.update_actor(&actor_id, |log| {
+            match limits::check_append(log.latest_version(), &events) {
+                Ok(()) => {
+                    log.events.extend(events);
+                    Ok(())
+                }
+                Err(e) if e.is_version_conflict() && log.already_holds(&events) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn chunk(&self, actor_id: &str, from_version: u64) -> Vec<Event> {
+        self.with_actor(actor_id, |log| {
+            log.map(|log| {
+                let start = log.start_index(from_version);
+                let end = log.events.len().min(start.saturating_add(STREAM_CHUNK));
+                log.events[start..end].to_vec()
+            })
+            .unwrap_or_default()
+        })
+    }
+}
+
+/// An in-process event and snapshot store. Cloning gives another handle on the same data.
+///
+/// See the [crate documentation](crate) for the concurrency and namespace model.
+#[derive(Clone)]
+pub struct InMemoryEventStore {
+    namespace: Option<Namespace>,
+    data: Arc<Partition>,
+    backend: Arc<Mutex<HashMap<Namespace, Arc<Partition>>>>,
+}
+
+impl Default for InMemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for InMemoryEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryEventStore")
+            .field("namespace", &self.namespace)
+            .field("shards", &self.data.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InMemoryEventStore {
+    /// An empty store (Go's `NewInMemoryEventStore`), in no namespace.
+    pub fn new() -> Self {
+        Self {
+            namespace: None,
+            data: Arc::new(Partition::new()),
+            backend: Arc::default(),
+        }
+    }
+
+    /// A view of `namespace` on the same backend: its own actors, events and snapshots, isolated
+    /// from every other namespace and from the un-namespaced store. Views of equal namespaces
+    /// share data.
+    pub fn with_namespace(&self, namespace: Namespace) -> Self {
+        let mut partitions = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        let data = partitions
+            .entry(namespace.clone())
+            .or_insert_with(|| Arc::new(Partition::new()))
+            .clone();
+        Self {
+            namespace: Some(namespace),
+            data,
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// The namespace of this view, if any.
+    pub fn namespace(&self) -> Option<&Namespace> {
+        self.namespace.as_ref()
+    }
+}
+
+fn check_actor(actor_id: &str) -> Result<(), StoreError> {
+    limits::validate_actor_id(actor_id).map_err(StoreError::from)
+}
+
+#[async_trait]
+impl EventStore for InMemoryEventStore {
+    async fn save_event(&self, event: Event) -> Result<(), StoreError> {
+        self.data.append(vec![event])
+    }
+
+    async fn save_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.data.append(events)
+    }
+
+    async fn get_events(
+        &self,
+        actor_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        check_actor(actor_id)?;
+        Ok(self.data.with_actor(actor_id, |log| {
+            log.map(|log| log.events[log.start_index(from_version)..].to_vec())
+                .unwrap_or_default()
+        }))
+    }
+
+    fn stream_events(&self, actor_id: &str, from_version: u64) -> EventStream {
+        if let Err(e) = check_actor(actor_id) {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        let data = self.data.clone();
+        let actor_id = actor_id.to_owned();
+        // Read chunk by chunk, each under a short read lock, so a long history is never copied
+        // at once and writers are not held up by a slow consumer.
+        futures::stream::unfold(Some(from_version), move |next| {
+            let data = data.clone();
+            let actor_id = actor_id.clone();
+            async move {
+                let from = next?;
+                let chunk = data.chunk(&actor_id, from);
+                let next = match chunk.last() {
+                    Some(last) if chunk.len() == STREAM_CHUNK => last.version().checked_add(1),
+                    Some(_) => None,
+                    None => return None,
+                };
+                Some((futures::stream::iter(chunk.into_iter().map(Ok)), next))
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn get_latest_version(&self, actor_id: &str) -> Result<u64, StoreError> {
+        check_actor(actor_id)?;
+        Ok(self
+            .data
+            .with_actor(actor_id, |log| log.map_or(0, ActorLog::latest_version)))
+    }
+}
+
+#[async_trait]
+impl EventStoreWithErrors for InMemoryEventStore {
+    /// Events are held decoded, so a memory store never holds a malformed record: `errors` is
+    /// always empty.
+    async fn get_events_with_errors(
+        &self,
+        actor_id: &str,
+        from_version: u64,
+    ) -> Result<ReplayResult, StoreError> {
+        let events = self.get_events(actor_id, from_version).await?;
+        Ok(ReplayResult::new(events, Vec::new()))
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for InMemoryEventStore {
+    async fn get_latest_snapshot(
+        &self,
+        actor_id: &str,
+    ) -> Result<Option<ActorSnapshot>, StoreError> {
+        check_actor(actor_id)?;
+        Ok(self
+            .data
+            .with_actor(actor_id, |log| log.and_then(|l| l.snapshot.clone())))
+    }
+
+    async fn save_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
+        check_actor(&snapshot.actor_id)?;
+        if snapshot.version == 0 {
+            return Err(StoreError::InvalidSnapshot {
+                actor_id: snapshot.actor_id,
+                reason: "version must be greater than 0".into(),
+            });
+        }
+        let actor_id = snapshot.actor_id.clone();
+        self.data.update_actor(&actor_id, |log| {
+            if let Some(existing) = &log.snapshot {
+                if existing.version > snapshot.version {
+                    return Err(StoreError::InvalidSnapshot {
+                        actor_id: snapshot.actor_id.clone(),
+                        reason: format!(
+                            "version {} is below the stored snapshot's version {}",
+                            snapshot.version, existing.version
+                        ),
+                    });
+                }
+            }
+            log.snapshot = Some(snapshot);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! # aether-testkit
+//!
+//! Test support for Aether and for stores built on it (dev-dependency only):
+//!
+//! - [`conformance`]: the event store conformance suite every [`aether_core::EventStore`] runs,
+//!   through [`event_store_conformance!`];
+//! - [`nats`]: throwaway nats-server processes and clusters (real servers, never a mock), with
+//!   stop, kill, restart and pause for fault injection.
+
+pub mod conformance;
+pub mod nats;
+
+pub use conformance::{ConformanceStore, StoreHarness};

@@ -1,0 +1,650 @@
+//! Throwaway nats-server processes for tests: a single JetStream server or a 3-node cluster, on
+//! random ports with temporary storage, that can be stopped, killed, restarted and paused.
+//!
+//! The binary is found in this order: `NATS_SERVER_BIN`; the copy `cargo xtask nats` provisions
+//! under the target directory (`target/tools/nats-server/bin/nats-server`); `nats-server` on
+//! `PATH`. A binary older than [`MIN_VERSION`] is refused. If none is found, starting a server
+//! fails with an error that says to run `cargo xtask nats`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), aether_testkit::nats::HarnessError> {
+//! use aether_testkit::nats::{NatsCluster, NatsServer};
+//! let server = NatsServer::start().await?;
+//! let client = server.connect().await?;
+//! client.publish("greeting", "hello".into()).await.ok();
+//!
+//! let mut cluster = NatsCluster::start(3).await?;
+//! cluster.node_mut(1).pause()?; // SIGSTOP
+//! cluster.node_mut(1).resume()?;
+//! cluster.node_mut(2).kill().await?;
+//! cluster.node_mut(2).restart().await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Oldest nats-server Aether supports (atomic batch publish arrived in 2.12).
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 0);
+
+/// How long a server may take to report that it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to tell a developer who has no usable nats-server.
+const HOW_TO_GET_IT: &str = "run `cargo xtask nats` (it installs nats-server >= 2.12 into the target directory) \
+     or set NATS_SERVER_BIN to a nats-server >= 2.12 binary";
+
+/// Errors of the nats-server test harness.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// No usable nats-server binary.
+    #[error("no usable nats-server found ({detail}); {HOW_TO_GET_IT}")]
+    BinaryNotFound {
+        /// What was looked at.
+        detail: String,
+    },
+    /// The binary is older than [`MIN_VERSION`].
+    #[error("nats-server at {path} is version {version}, older than 2.12; {HOW_TO_GET_IT}")]
+    BinaryTooOld {
+        /// The binary.
+        path: PathBuf,
+        /// The version it reported.
+        version: String,
+    },
+    /// Spawning or signalling the process failed.
+    #[error("nats-server {name}: {context}: {source}")]
+    Io {
+        /// The server's name.
+        name: String,
+        /// What the harness was doing.
+        context: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not become ready in time.
+    #[error("nats-server {name} did not become ready within {timeout:?}; its log:\n{log}")]
+    StartTimeout {
+        /// The server's name.
+        name: String,
+        /// How long the harness waited.
+        timeout: Duration,
+        /// The server's output so far.
+        log: String,
+    },
+    /// The server exited while starting.
+    #[error("nats-server {name} exited while starting; its log:\n{log}")]
+    Exited {
+        /// The server's name.
+        name: String,
+        /// The server's output.
+        log: String,
+    },
+    /// The operation needs a running server.
+    #[error("nats-server {name} is not running")]
+    NotRunning {
+        /// The server's name.
+        name: String,
+    },
+    /// Connecting a client failed.
+    #[error("connecting to nats-server {name} at {url}: {source}")]
+    Connect {
+        /// The server's name.
+        name: String,
+        /// Its URL.
+        url: String,
+        /// The failure.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+/// The nats-server binary the harness uses, with its version. Found once per process.
+#[derive(Debug, Clone)]
+pub struct ServerBinary {
+    /// Path of the binary.
+    pub path: PathBuf,
+    /// Version it reports, e.g. `2.15.1`.
+    pub version: String,
+}
+
+/// Finds the nats-server binary (see the [module docs](self)).
+pub fn server_binary() -> Result<ServerBinary, HarnessError> {
+    static FOUND: OnceLock<Result<ServerBinary, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| find_binary().map_err(|e| e.to_string()));
+    found
+        .clone()
+        .map_err(|detail| HarnessError::BinaryNotFound { detail })
+}
+
+fn find_binary() -> Result<ServerBinary, HarnessError> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        return check_version(PathBuf::from(path));
+    }
+    let mut looked = Vec::new();
+    if let Some(path) = provisioned_binary() {
+        return check_version(path);
+    }
+    looked.push("NATS_SERVER_BIN is unset".to_owned());
+    looked.push("no provisioned copy under target/tools".to_owned());
+    match which("nats-server") {
+        Some(path) => check_version(path),
+        None => {
+            looked.push("nats-server is not on PATH".to_owned());
+            Err(HarnessError::BinaryNotFound {
+                detail: looked.join("; "),
+            })
+        }
+    }
+}
+
+/// `target/tools/nats-server/bin/nats-server` above the running test executable, or under
+/// `CARGO_TARGET_DIR`.
+fn provisioned_binary() -> Option<PathBuf> {
+    let rel = Path::new("tools/nats-server/bin/nats-server");
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let p = Path::new(&dir).join(rel);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .map(|a| a.join(rel))
+        .find(|p| p.is_file())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Parses `nats-server: v2.15.1` (or `2.15.1`) into its numbers.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v').or(Some(w)).filter(|w| w.contains('.')))?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+fn check_version(path: PathBuf) -> Result<ServerBinary, HarnessError> {
+    let out = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|source| HarnessError::Io {
+            name: path.display().to_string(),
+            context: "running --version".into(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match parse_version(&text) {
+        Some(v) if v >= MIN_VERSION => Ok(ServerBinary {
+            path,
+            version: format!("{}.{}.{}", v.0, v.1, v.2),
+        }),
+        _ => Err(HarnessError::BinaryTooOld {
+            path,
+            version: text,
+        }),
+    }
+}
+
+/// Reserves a free TCP port on 127.0.0.1 (bind to port 0, read it, release it).
+fn free_port(name: &str) -> Result<u16, HarnessError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| HarnessError::Io {
+            name: name.into(),
+            context: "reserving a port".into(),
+            source,
+        })
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    exited: bool,
+}
+
+/// The output of one server process, shared with the task that reads it.
+#[derive(Clone)]
+struct Log {
+    state: Arc<Mutex<LogState>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, line: String) {
+        self.lock().lines.push(line);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn close(&self) {
+        self.lock().exited = true;
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn text(&self) -> String {
+        let s = self.lock();
+        let tail = s.lines.len().saturating_sub(60);
+        s.lines[tail..].join("\n")
+    }
+
+    fn count_matching(&self, needle: &str) -> usize {
+        self.lock().lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `f` finds something in the lines (returns it), the output ends, or `timeout`.
+    async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T, bool> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let s = self.lock();
+                if let Some(t) = f(&s.lines) {
+                    return Ok(t);
+                }
+                if s.exited {
+                    return Err(true);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(false),
+            }
+        }
+    }
+}
+
+/// One nats-server process with JetStream enabled, listening on 127.0.0.1.
+///
+/// Dropping it kills the process and removes its storage.
+pub struct NatsServer {
+    name: String,
+    binary: ServerBinary,
+    port: u16,
+    extra_args: Vec<String>,
+    store_dir: tempfile::TempDir,
+    child: Option<Child>,
+    log: Log,
+}
+
+impl fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("running", &self.child.is_some())
+            .field("store_dir", &self.store_dir.path())
+            .finish()
+    }
+}
+
+impl NatsServer {
+    /// Starts a single JetStream server on a random port with a temporary store directory.
+    pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with("aether-test", Vec::new()).await
+    }
+
+    /// Starts a server named `name` with extra command-line arguments.
+    pub async fn start_with(name: &str, extra_args: Vec<String>) -> Result<Self, HarnessError> {
+        let binary = server_binary()?;
+        let store_dir = tempfile::Builder::new()
+            .prefix("aether-nats-")
+            .tempdir()
+            .map_err(|source| HarnessError::Io {
+                name: name.into(),
+                context: "creating a store directory".into(),
+                source,
+            })?;
+        let mut server = Self {
+            name: name.to_owned(),
+            binary,
+            port: free_port(name)?,
+            extra_args,
+            store_dir,
+            child: None,
+            log: Log::new(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<(), HarnessError> {
+        let mut cmd = Command::new(&self.binary.path);
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-js", "-n", &self.name, "-sd"])
+            .arg(self.store_dir.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| HarnessError::Io {
+            name: self.name.clone(),
+            context: format!("spawning {}", self.binary.path.display()),
+            source,
+        })?;
+        let log = Log::new();
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.push(line);
+                }
+                log.close();
+            });
+        }
+        self.log = log;
+        self.child = Some(child);
+        match self
+            .log
+            .wait_for(START_TIMEOUT, |lines| {
+                lines.iter().any(|l| l.contains("Server is ready")).then_some(())
+            })
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(exited) => {
+                let log = self.log.text();
+                self.child = None; // kill_on_drop
+                Err(if exited {
+                    HarnessError::Exited {
+                        name: self.name.clone(),
+                        log,
+                    }
+                } else {
+                    HarnessError::StartTimeout {
+                        name: self.name.clone(),
+                        timeout: START_TIMEOUT,
+                        log,
+                    }
+                })
+            }
+        }
+    }
+
+    /// The server's name (`-n`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The binary in use.
+    pub fn binary(&self) -> &ServerBinary {
+        &self.binary
+    }
+
+    /// Whether the process is running (it may be paused).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The last lines the server logged, for diagnostics.
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Connects an async-nats client.
+    pub async fn connect(&self) -> Result<async_nats::Client, HarnessError> {
+        async_nats::connect(self.url())
+            .await
+            .map_err(|source| HarnessError::Connect {
+                name: self.name.clone(),
+                url: self.url(),
+                source,
+            })
+    }
+
+    fn pid(&self) -> Result<rustix::process::Pid, HarnessError> {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| HarnessError::NotRunning {
+                name: self.name.clone(),
+            })
+    }
+
+    fn signal(&self, signal: rustix::process::Signal, what: &str) -> Result<(), HarnessError> {
+        rustix::process::kill_process(self.pid()?, signal).map_err(|e| HarnessError::Io {
+            name: self.name.clone(),
+            context: format!("sending {what}"),
+            source: e.into(),
+        })
+    }
+
+    /// Pauses the process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal(rustix::process::Signal::STOP, "SIGSTOP")
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal(rustix::process::Signal::CONT, "SIGCONT")
+    }
+
+    async fn wait_exit(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        child.wait().await.map(Some).map_err(|source| HarnessError::Io {
+            name: self.name.clone(),
+            context: "waiting for exit".into(),
+            source,
+        })
+    }
+
+    /// Stops the server gracefully (SIGTERM, SIGCONT in case it is paused) and waits for it.
+    /// Its storage is kept for [`NatsServer::restart`].
+    pub async fn stop(&mut self) -> Result<(), HarnessError> {
+        if self.child.is_none() {
+            return Ok(());
+        }
+        self.signal(rustix::process::Signal::TERM, "SIGTERM")?;
+        self.resume()?;
+        self.wait_exit().await.map(drop)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would, and waits for it. Storage is kept.
+    pub async fn kill(&mut self) -> Result<(), HarnessError> {
+        if let Some(child) = self.child.as_mut() {
+            child.start_kill().map_err(|source| HarnessError::Io {
+                name: self.name.clone(),
+                context: "killing".into(),
+                source,
+            })?;
+        }
+        self.wait_exit().await.map(drop)
+    }
+
+    /// Starts the server again on the same port with the same storage (stopping it first if it
+    /// is still running).
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop().await?;
+        self.spawn().await
+    }
+
+    /// Waits until the server logs a line containing `needle` (counting from the start of the
+    /// current process) `count` times.
+    pub async fn wait_for_log(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
+        self.log
+            .wait_for(timeout, |lines| {
+                (lines.iter().filter(|l| l.contains(needle)).count() >= count).then_some(())
+            })
+            .await
+            .map_err(|_| HarnessError::StartTimeout {
+                name: self.name.clone(),
+                timeout,
+                log: self.log.text(),
+            })
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.log.count_matching(needle)
+    }
+}
+
+/// A cluster of JetStream nats-servers on 127.0.0.1, fully meshed by routes.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (3 for R3 streams) and waits until JetStream has a metadata leader.
+    pub async fn start(size: usize) -> Result<Self, HarnessError> {
+        let cluster_name = format!("aether-{}", uuid::Uuid::new_v4().simple());
+        let cluster_ports = (0..size)
+            .map(|i| free_port(&format!("node-{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let starts = (0..size).map(|i| {
+            let routes = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let args = vec![
+                "--cluster_name".to_owned(),
+                cluster_name.clone(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                "--routes".to_owned(),
+                routes,
+            ];
+            async move { NatsServer::start_with(&format!("node-{i}"), args).await }
+        });
+        // Nodes must start together: each waits for its peers before it reports ready.
+        let nodes = futures::future::try_join_all(starts).await?;
+        let cluster = Self { nodes };
+        cluster.wait_for_jetstream(START_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until some node reports a JetStream metadata leader.
+    pub async fn wait_for_jetstream(&self, timeout: Duration) -> Result<(), HarnessError> {
+        const LEADER: &str = "JetStream cluster new metadata leader";
+        const SELF_LEADER: &str = "Self is new JetStream cluster metadata leader";
+        let running: Vec<&NatsServer> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        if running
+            .iter()
+            .any(|n| n.logged(LEADER) + n.logged(SELF_LEADER) > 0)
+        {
+            return Ok(());
+        }
+        let waits = running.iter().map(|n| {
+            Box::pin(async move {
+                let a = n.wait_for_log(LEADER, 1, timeout);
+                let b = n.wait_for_log(SELF_LEADER, 1, timeout);
+                futures::future::select(Box::pin(a), Box::pin(b))
+                    .await
+                    .factor_first()
+                    .0
+            })
+        });
+        match futures::future::select_ok(waits).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i` (panics if out of range, like indexing).
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`, mutably, to stop, kill, restart or pause it.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// Comma-separated URLs of all nodes, for a client that fails over between them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects a client that knows every node.
+    pub async fn connect(&self) -> Result<async_nats::Client, HarnessError> {
+        let urls = self.urls();
+        async_nats::connect(urls.as_str())
+            .await
+            .map_err(|source| HarnessError::Connect {
+                name: "cluster".into(),
+                url: urls.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("v2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(parse_version("nats-server: v2.9.10").unwrap() < MIN_VERSION);
+    }
+}
