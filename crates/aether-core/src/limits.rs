@@ -95,13 +95,18 @@ pub fn check_append(current_version: u64, events: &[Event]) -> Result<(), StoreE
                 )));
             }
             if !ids.insert(e.id()) {
-                return Err(batch_error(format!("event {i} repeats event id {}", e.id())));
+                return Err(batch_error(format!(
+                    "event {i} repeats event id {}",
+                    e.id()
+                )));
             }
             previous = e.version();
         }
     }
     if first.version() <= current_version {
-        return Err(VersionConflict::new(first.actor_id(), current_version, first.version()).into());
+        return Err(
+            VersionConflict::new(first.actor_id(), current_version, first.version()).into(),
+        );
     }
     Ok(())
 }
@@ -121,7 +126,10 @@ mod tests {
         assert!(check_append(0, &[ev("a", 5)]).is_ok(), "gaps are allowed");
         let err = check_append(0, &[ev("a", 0)]).err();
         let c = err.as_ref().and_then(StoreError::as_version_conflict);
-        assert_eq!(c.map(|c| (c.current_version, c.attempted_version)), Some((0, 0)));
+        assert_eq!(
+            c.map(|c| (c.current_version, c.attempted_version)),
+            Some((0, 0))
+        );
         let err = check_append(3, &[ev("a", 3)]).err();
         assert!(err.is_some_and(|e| e.is_version_conflict()));
         assert!(check_append(0, &[ev("a", 1), ev("a", 3)]).is_ok());

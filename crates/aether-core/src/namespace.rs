@@ -167,7 +167,14 @@ mod tests {
 
     #[test]
     fn rules() {
-        for ok in ["tenant-abc", "a.b", "a_b", "A", "eu.orders.v2", "x".repeat(64).as_str()] {
+        for ok in [
+            "tenant-abc",
+            "a.b",
+            "a_b",
+            "A",
+            "eu.orders.v2",
+            "x".repeat(64).as_str(),
+        ] {
             assert!(Namespace::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(Namespace::new(""), Err(NamespaceError::Empty));

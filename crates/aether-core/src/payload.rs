@@ -129,7 +129,11 @@ mod tests {
         assert!(p.decode::<Order>().is_err());
         assert!(p.to_value().is_err());
         let p = Payload::from_encoded(vec![0xc0, 0xc0]);
-        let err = p.to_value().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = p
+            .to_value()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("trailing"), "{err}");
         assert!(format!("{p:?}").contains("undecodable"));
     }

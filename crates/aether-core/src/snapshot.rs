@@ -29,7 +29,11 @@ impl ActorSnapshot {
         version: u64,
         state: &T,
     ) -> Result<Self, CodecError> {
-        Ok(Self::from_encoded(actor_id, version, Payload::encode(state)?))
+        Ok(Self::from_encoded(
+            actor_id,
+            version,
+            Payload::encode(state)?,
+        ))
     }
 
     /// A snapshot from an already encoded state, timestamped now.

@@ -63,8 +63,10 @@ pub trait EventStoreWithErrors: EventStore {
 #[async_trait]
 pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
     /// The actor's newest snapshot, if any.
-    async fn get_latest_snapshot(&self, actor_id: &str)
-    -> Result<Option<ActorSnapshot>, StoreError>;
+    async fn get_latest_snapshot(
+        &self,
+        actor_id: &str,
+    ) -> Result<Option<ActorSnapshot>, StoreError>;
 
     /// Saves a snapshot. Its version must be > 0 and not below the newest stored snapshot's
     /// (else [`StoreError::InvalidSnapshot`]); saving the same version again replaces it.

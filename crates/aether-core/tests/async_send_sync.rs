@@ -1,5 +1,8 @@
 //! Compile-time checks: the public types are Send + Sync and the traits are object safe.
 
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use aether_core::*;

@@ -1,1 +1,285 @@
-fn main() {}
+//! Memory store append and replay against a `Mutex<HashMap<String, Vec<Event>>>` baseline, in
+//! the same run, on 1 and 2 threads over distinct actors.
+//!
+//! `cargo xtask bench -- memory` (or `cargo bench -p aether-store-memory`) runs it and prints the
+//! ratio table at the end (baseline time / Aether time: above 1 means Aether is faster).
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented public fn
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use aether_core::{Event, EventStore, StoreError};
+use aether_store_memory::InMemoryEventStore;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use futures::FutureExt;
+
+const ACTORS_PER_THREAD: usize = 1000;
+const REPLAY_EVENTS: u64 = 1000;
+
+/// The baseline: a plain std structure doing the same job (version check + push, clone on read).
+#[derive(Default)]
+struct Baseline(Mutex<HashMap<String, Vec<Event>>>);
+
+impl Baseline {
+    fn append(&self, event: Event) -> Result<(), &'static str> {
+        let mut map = self.0.lock().map_err(|_| "poisoned")?;
+        if let Some(events) = map.get_mut(event.actor_id()) {
+            if events
+                .last()
+                .is_some_and(|l| l.version() >= event.version())
+            {
+                return Err("conflict");
+            }
+            events.push(event);
+        } else {
+            map.insert(event.actor_id().to_owned(), vec![event]);
+        }
+        Ok(())
+    }
+
+    fn read(&self, actor: &str) -> Vec<Event> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(actor).cloned().unwrap_or_default()
+    }
+}
+
+fn aether_append(store: &InMemoryEventStore, event: Event) -> Result<(), StoreError> {
+    // The memory store's futures complete on their first poll.
+    store.save_event(event).now_or_never().unwrap_or_else(|| {
+        Err(StoreError::Timeout {
+            context: "the memory store's future was not ready".into(),
+        })
+    })
+}
+
+/// `n` events for thread `t`, spread round-robin over that thread's own actors.
+fn events_for(t: usize, n: u64) -> Vec<Event> {
+    let actors: Vec<String> = (0..ACTORS_PER_THREAD)
+        .map(|a| format!("bench-t{t}-actor-{a}"))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let actor = &actors[(i % ACTORS_PER_THREAD as u64) as usize];
+            let version = i / ACTORS_PER_THREAD as u64 + 1;
+            Event::builder(actor.as_str(), "Incremented")
+                .version(version)
+                .payload(&(i, "payload of a typical small event"))
+                .build()
+                .unwrap_or_else(|e| unreachable!("encoding a tuple: {e}"))
+        })
+        .collect()
+}
+
+/// Runs `work(thread, events)` on `threads` threads at once and returns the wall time.
+fn timed_threads<S: Send + Sync + 'static>(
+    state: Arc<S>,
+    batches: Vec<Vec<Event>>,
+    work: fn(&S, Vec<Event>),
+) -> Duration {
+    let barrier = Arc::new(Barrier::new(batches.len() + 1));
+    let handles: Vec<_> = batches
+        .into_iter()
+        .map(|batch| {
+            let (state, barrier) = (state.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                work(&state, batch);
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    barrier.wait();
+    for h in handles {
+        h.join()
+            .unwrap_or_else(|_| unreachable!("bench thread panicked"));
+    }
+    start.elapsed()
+}
+
+fn append(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_append");
+    for threads in [1usize, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_with_input(
+            BenchmarkId::new("aether", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    let batches = (0..threads).map(|t| events_for(t, iters)).collect();
+                    timed_threads(Arc::new(InMemoryEventStore::new()), batches, |s, batch| {
+                        for e in batch {
+                            black_box(aether_append(s, e)).unwrap_or_else(|e| unreachable!("{e}"));
+                        }
+                    })
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("baseline", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    let batches = (0..threads).map(|t| events_for(t, iters)).collect();
+                    timed_threads(Arc::new(Baseline::default()), batches, |s, batch| {
+                        for e in batch {
+                            black_box(s.append(e)).unwrap_or_else(|e| unreachable!("{e}"));
+                        }
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_replay");
+    let store = Arc::new(InMemoryEventStore::new());
+    let baseline = Arc::new(Baseline::default());
+    for t in 0..2 {
+        for v in 1..=REPLAY_EVENTS {
+            let e = Event::new(format!("replay-{t}"), "Incremented", v, &(v, "payload"))
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            aether_append(&store, e.clone()).unwrap_or_else(|e| unreachable!("{e}"));
+            baseline.append(e).unwrap_or_else(|e| unreachable!("{e}"));
+        }
+    }
+    for threads in [1usize, 2] {
+        // Throughput in events replayed per iteration, over all threads.
+        g.throughput(Throughput::Elements(REPLAY_EVENTS * threads as u64));
+        let s = store.clone();
+        g.bench_with_input(
+            BenchmarkId::new("aether", threads),
+            &threads,
+            move |b, &threads| {
+                b.iter_custom(|iters| {
+                    run_replays(threads, iters, s.clone(), |s, actor| {
+                        let events = s.get_events(actor, 0).now_or_never();
+                        black_box(events.map(|r| r.map(|v| v.len())));
+                    })
+                })
+            },
+        );
+        let s = baseline.clone();
+        g.bench_with_input(
+            BenchmarkId::new("baseline", threads),
+            &threads,
+            move |b, &threads| {
+                b.iter_custom(|iters| {
+                    run_replays(threads, iters, s.clone(), |s, actor| {
+                        black_box(s.read(actor).len());
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn run_replays<S: Send + Sync + 'static>(
+    threads: usize,
+    iters: u64,
+    state: Arc<S>,
+    read: fn(&S, &str),
+) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (state, barrier) = (state.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let actor = format!("replay-{t}");
+                barrier.wait();
+                for _ in 0..iters {
+                    read(&state, &actor);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    barrier.wait();
+    for h in handles {
+        h.join()
+            .unwrap_or_else(|_| unreachable!("bench thread panicked"));
+    }
+    start.elapsed()
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    targets = append, replay
+}
+
+/// Reads criterion's mean estimate (ns per iteration) of one benchmark, if it ran.
+fn mean_ns(group: &str, function: &str, threads: usize) -> Option<f64> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let path = target
+        .join("criterion")
+        .join(group)
+        .join(function)
+        .join(threads.to_string())
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn summary() {
+    let mut rows = Vec::new();
+    for (group, per) in [
+        ("memory_append", 1.0),
+        ("memory_replay", REPLAY_EVENTS as f64),
+    ] {
+        for threads in [1usize, 2] {
+            let (Some(a), Some(b)) = (
+                mean_ns(group, "aether", threads),
+                mean_ns(group, "baseline", threads),
+            ) else {
+                continue;
+            };
+            // Per-iteration time covers `threads` threads working at once.
+            let ops = per * threads as f64;
+            rows.push(format!(
+                "{group:<14} {threads} thread(s): aether {:>8.1} ns/op ({:>6.2} M ops/s), baseline {:>8.1} ns/op ({:>6.2} M ops/s), ratio baseline/aether = {:.2}x",
+                a / ops,
+                ops / a * 1e3,
+                b / ops,
+                ops / b * 1e3,
+                b / a
+            ));
+        }
+    }
+    for (group, per) in [
+        ("memory_append", 1.0),
+        ("memory_replay", REPLAY_EVENTS as f64),
+    ] {
+        if let (Some(one), Some(two)) = (mean_ns(group, "aether", 1), mean_ns(group, "aether", 2)) {
+            rows.push(format!(
+                "{group:<14} aether scaling: 2 threads do {:.2}x the work of 1 thread per unit of time",
+                (2.0 * per / two) / (per / one)
+            ));
+        }
+    }
+    if !rows.is_empty() {
+        println!("\n== memory store vs Mutex<HashMap<String, Vec<Event>>> (same run) ==");
+        for r in rows {
+            println!("{r}");
+        }
+    }
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        summary();
+    }
+}

@@ -33,8 +33,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
 
 use aether_core::{
     ActorSnapshot, Event, EventStore, EventStoreWithErrors, EventStream, Namespace, ReplayResult,
@@ -45,7 +48,7 @@ use futures::StreamExt;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// Number of independently locked shards per namespace.
-pub const SHARDS: usize = 64;
+pub const SHARDS: usize = 1024;
 
 /// Events handed out per lock acquisition by [`EventStore::stream_events`].
 const STREAM_CHUNK: usize = 256;
@@ -53,7 +56,7 @@ const STREAM_CHUNK: usize = 256;
 #[derive(Default)]
 struct ActorLog {
     events: Vec<Event>,
-    snapshot: Option<ActorSnapshot>,
+    snapshot: Option<Box<ActorSnapshot>>,
 }
 
 impl ActorLog {
@@ -80,25 +83,32 @@ impl ActorLog {
 
 type Shard = HashTable<(Box<str>, ActorLog)>;
 
+/// A shard lock on its own cache lines, so threads working on different shards do not slow
+/// each other down through false sharing.
+#[repr(align(128))]
+struct PaddedShard(RwLock<Shard>);
+
 /// One namespace's data: sharded actor logs.
 struct Partition {
     hasher: DefaultHashBuilder,
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[PaddedShard]>,
 }
 
 impl Partition {
     fn new() -> Self {
         Self {
             hasher: DefaultHashBuilder::default(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| PaddedShard(RwLock::new(HashTable::new())))
+                .collect(),
         }
     }
 
     fn locate(&self, actor_id: &str) -> (u64, &RwLock<Shard>) {
         let hash = self.hasher.hash_one(actor_id);
         // The table uses the low bits; pick the shard from the high ones.
-        let shard = (hash >> 58) as usize % self.shards.len();
-        (hash, &self.shards[shard])
+        let shard = (hash >> 32) as usize % self.shards.len();
+        (hash, &self.shards[shard].0)
     }
 
     fn read(&self, actor_id: &str) -> (u64, RwLockReadGuard<'_, Shard>) {
@@ -115,7 +125,9 @@ impl Partition {
 
     fn with_actor<R>(&self, actor_id: &str, f: impl FnOnce(Option<&ActorLog>) -> R) -> R {
         let (hash, shard) = self.read(actor_id);
-        f(shard.find(hash, |(k, _)| &**k == actor_id).map(|(_, log)| log))
+        f(shard
+            .find(hash, |(k, _)| &**k == actor_id)
+            .map(|(_, log)| log))
     }
 
     /// Runs `f` on the actor's log under the shard's write lock. A log for a new actor is kept
@@ -136,6 +148,31 @@ impl Partition {
             hasher.hash_one(&**k)
         });
         Ok(result)
+    }
+
+    /// Appends one event: the hot path, without a temporary batch or an owned copy of the id.
+    fn append_one(&self, event: Event) -> Result<(), StoreError> {
+        let (hash, mut shard) = self.write(event.actor_id());
+        if let Some((_, log)) = shard.find_mut(hash, |(k, _)| **k == *event.actor_id()) {
+            let one = std::slice::from_ref(&event);
+            return match limits::check_append(log.latest_version(), one) {
+                Ok(()) => {
+                    log.events.push(event);
+                    Ok(())
+                }
+                Err(e) if e.is_version_conflict() && log.already_holds(one) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        limits::check_append(0, std::slice::from_ref(&event))?;
+        let key = Box::from(event.actor_id());
+        let log = ActorLog {
+            events: vec![event],
+            snapshot: None,
+        };
+        let hasher = &self.hasher;
+        shard.insert_unique(hash, (key, log), |(k, _)| hasher.hash_one(&**k));
+        Ok(())
     }
 
     fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
@@ -228,14 +265,49 @@ fn check_actor(actor_id: &str) -> Result<(), StoreError> {
     limits::validate_actor_id(actor_id).map_err(StoreError::from)
 }
 
+/// The future returned by a write that already succeeded: zero-sized, so boxing it allocates
+/// nothing.
+struct Stored;
+
+impl Future for Stored {
+    type Output = Result<(), StoreError>;
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Wraps the outcome of a write that has already happened. Only a failure costs an allocation.
+fn written<'a>(result: Result<(), StoreError>) -> WriteFuture<'a> {
+    match result {
+        Ok(()) => Box::pin(Stored),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
+}
+
+/// Writes happen when `save_event` / `save_events` is called (as a tower `Service::call` may
+/// do its work), and the returned future is already complete: a memory write never waits, and
+/// this keeps the hot path free of allocations.
 #[async_trait]
 impl EventStore for InMemoryEventStore {
-    async fn save_event(&self, event: Event) -> Result<(), StoreError> {
-        self.data.append(vec![event])
+    fn save_event<'life0, 'async_trait>(&'life0 self, event: Event) -> WriteFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        written(self.data.append_one(event))
     }
 
-    async fn save_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.data.append(events)
+    fn save_events<'life0, 'async_trait>(
+        &'life0 self,
+        events: Vec<Event>,
+    ) -> WriteFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        written(self.data.append(events))
     }
 
     async fn get_events(
@@ -305,9 +377,9 @@ impl SnapshotStore for InMemoryEventStore {
         actor_id: &str,
     ) -> Result<Option<ActorSnapshot>, StoreError> {
         check_actor(actor_id)?;
-        Ok(self
-            .data
-            .with_actor(actor_id, |log| log.and_then(|l| l.snapshot.clone())))
+        Ok(self.data.with_actor(actor_id, |log| {
+            log.and_then(|l| l.snapshot.as_deref().cloned())
+        }))
     }
 
     async fn save_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
@@ -320,18 +392,20 @@ impl SnapshotStore for InMemoryEventStore {
         }
         let actor_id = snapshot.actor_id.clone();
         self.data.update_actor(&actor_id, |log| {
-            if let Some(existing) = &log.snapshot {
-                if existing.version > snapshot.version {
-                    return Err(StoreError::InvalidSnapshot {
-                        actor_id: snapshot.actor_id.clone(),
-                        reason: format!(
-                            "version {} is below the stored snapshot's version {}",
-                            snapshot.version, existing.version
-                        ),
-                    });
-                }
+            if let Some(existing) = log
+                .snapshot
+                .as_ref()
+                .filter(|existing| existing.version > snapshot.version)
+            {
+                return Err(StoreError::InvalidSnapshot {
+                    actor_id: snapshot.actor_id.clone(),
+                    reason: format!(
+                        "version {} is below the stored snapshot's version {}",
+                        snapshot.version, existing.version
+                    ),
+                });
             }
-            log.snapshot = Some(snapshot);
+            log.snapshot = Some(Box::new(snapshot));
             Ok(())
         })
     }

@@ -1,5 +1,8 @@
 //! The aether-testkit conformance suite on the in-memory store.
 
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use aether_core::Namespace;

@@ -96,8 +96,14 @@ fn expect_conflict(r: Result<(), StoreError>, actor: &str, current: u64, attempt
     match r {
         Err(StoreError::VersionConflict(c)) => {
             assert_eq!(c.actor_id, actor, "conflict names the actor");
-            assert_eq!(c.current_version, current, "conflict reports the current version");
-            assert_eq!(c.attempted_version, attempted, "conflict reports the attempted version");
+            assert_eq!(
+                c.current_version, current,
+                "conflict reports the current version"
+            );
+            assert_eq!(
+                c.attempted_version, attempted,
+                "conflict reports the attempted version"
+            );
         }
         other => panic!(
             "expected a version conflict (current {current}, attempted {attempted}), got {other:?}"
@@ -122,7 +128,10 @@ pub async fn append_and_read(h: &dyn StoreHarness) {
     assert!(store.get_events(&actor, 6).await.unwrap().is_empty());
     assert_eq!(store.get_latest_version(&actor).await.unwrap(), 5);
     let back = &store.get_events(&actor, 2).await.unwrap()[0];
-    assert_eq!(back.decode::<(u64, String)>().unwrap(), (2, "payload".to_owned()));
+    assert_eq!(
+        back.decode::<(u64, String)>().unwrap(),
+        (2, "payload".to_owned())
+    );
     assert_eq!(back.metadata().correlation_id.as_deref(), Some("corr"));
     assert_eq!(back.timestamp(), written[1].timestamp());
 }
@@ -138,7 +147,10 @@ pub async fn version_rules(h: &dyn StoreHarness) {
     expect_conflict(store.save_event(ev(&actor, 3)).await, &actor, 5, 3);
     store.save_event(ev(&actor, 6)).await.unwrap();
     store.save_event(ev(&actor, 100)).await.unwrap();
-    assert_eq!(versions(&store.get_events(&actor, 0).await.unwrap()), [5, 6, 100]);
+    assert_eq!(
+        versions(&store.get_events(&actor, 0).await.unwrap()),
+        [5, 6, 100]
+    );
     assert_eq!(store.get_latest_version(&actor).await.unwrap(), 100);
     // Other actors have their own sequences.
     let other = unique("versions-other");
@@ -150,12 +162,20 @@ pub async fn version_rules(h: &dyn StoreHarness) {
 pub async fn conflicts_leave_history_untouched(h: &dyn StoreHarness) {
     let store = h.open(None).await;
     let actor = unique("untouched");
-    store.save_events(vec![ev(&actor, 1), ev(&actor, 2)]).await.unwrap();
+    store
+        .save_events(vec![ev(&actor, 1), ev(&actor, 2)])
+        .await
+        .unwrap();
     let before = store.get_events(&actor, 0).await.unwrap();
     for v in [0, 1, 2] {
         assert!(store.save_event(ev(&actor, v)).await.is_err());
     }
-    assert!(store.save_events(vec![ev(&actor, 2), ev(&actor, 3)]).await.is_err());
+    assert!(
+        store
+            .save_events(vec![ev(&actor, 2), ev(&actor, 3)])
+            .await
+            .is_err()
+    );
     assert_eq!(store.get_events(&actor, 0).await.unwrap(), before);
     assert_eq!(store.get_latest_version(&actor).await.unwrap(), 2);
 }
@@ -186,7 +206,10 @@ pub async fn batch_all_or_nothing(h: &dyn StoreHarness) {
     let r = store.save_events(vec![ev(&actor, 5), ev(&other, 1)]).await;
     assert!(matches!(r, Err(StoreError::InvalidBatch { .. })), "{r:?}");
     // Invalid event inside a batch.
-    let bad = Event::builder(actor.as_str(), "").version(6).build().unwrap();
+    let bad = Event::builder(actor.as_str(), "")
+        .version(6)
+        .build()
+        .unwrap();
     let r = store.save_events(vec![ev(&actor, 5), bad]).await;
     assert!(matches!(r, Err(StoreError::InvalidEvent(_))), "{r:?}");
     // Too large.
@@ -239,7 +262,11 @@ pub async fn streaming_reads(h: &dyn StoreHarness) {
             .unwrap();
     }
     for from in [0, 1, 700, n, n + 1] {
-        let streamed: Vec<Event> = store.stream_events(&actor, from).try_collect().await.unwrap();
+        let streamed: Vec<Event> = store
+            .stream_events(&actor, from)
+            .try_collect()
+            .await
+            .unwrap();
         let read = store.get_events(&actor, from).await.unwrap();
         assert_eq!(streamed.len() as u64, n + 1 - from.clamp(1, n + 1));
         assert_eq!(streamed, read, "stream from {from}");
@@ -259,7 +286,10 @@ pub async fn streaming_reads(h: &dyn StoreHarness) {
 pub async fn replay_with_errors(h: &dyn StoreHarness) {
     let store = h.open(None).await;
     let actor = unique("replay");
-    store.save_events(vec![ev(&actor, 1), ev(&actor, 2)]).await.unwrap();
+    store
+        .save_events(vec![ev(&actor, 1), ev(&actor, 2)])
+        .await
+        .unwrap();
     let clean = store.get_events_with_errors(&actor, 0).await.unwrap();
     assert_eq!(versions(&clean.events), [1, 2]);
     assert!(clean.errors.is_empty());
@@ -274,7 +304,10 @@ pub async fn replay_with_errors(h: &dyn StoreHarness) {
     assert_eq!(replay.errors.len(), 1, "{:?}", replay.errors);
     assert_eq!(replay.errors[0].raw, garbage);
     assert!(!replay.errors[0].reason.is_empty());
-    assert_eq!(versions(&store.get_events(&actor, 0).await.unwrap()), [1, 2, 3]);
+    assert_eq!(
+        versions(&store.get_events(&actor, 0).await.unwrap()),
+        [1, 2, 3]
+    );
     let streamed: Vec<Event> = store.stream_events(&actor, 0).try_collect().await.unwrap();
     assert_eq!(versions(&streamed), [1, 2, 3]);
 }
@@ -288,13 +321,22 @@ pub async fn snapshots(h: &dyn StoreHarness) {
     store.save_snapshot(s2.clone()).await.unwrap();
     let got = store.get_latest_snapshot(&actor).await.unwrap().unwrap();
     assert_eq!(got.version, 2);
-    assert_eq!(got.decode::<(String, u32)>().unwrap(), ("state".to_owned(), 2));
+    assert_eq!(
+        got.decode::<(String, u32)>().unwrap(),
+        ("state".to_owned(), 2)
+    );
     let old = ActorSnapshot::new(actor.as_str(), 1, &"old").unwrap();
     let r = store.save_snapshot(old).await;
-    assert!(matches!(r, Err(StoreError::InvalidSnapshot { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(StoreError::InvalidSnapshot { .. })),
+        "{r:?}"
+    );
     let zero = ActorSnapshot::new(actor.as_str(), 0, &"zero").unwrap();
     let r = store.save_snapshot(zero).await;
-    assert!(matches!(r, Err(StoreError::InvalidSnapshot { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(StoreError::InvalidSnapshot { .. })),
+        "{r:?}"
+    );
     let s9 = ActorSnapshot::new(actor.as_str(), 9, &("state", 9)).unwrap();
     store.save_snapshot(s9).await.unwrap();
     let got = store.get_latest_snapshot(&actor).await.unwrap().unwrap();
@@ -326,7 +368,12 @@ pub async fn namespaces_isolate(h: &dyn StoreHarness) {
     }
     for (i, store) in stores.iter().enumerate() {
         let n = i as u64 + 1;
-        assert_eq!(store.get_latest_version(&actor).await.unwrap(), n, "{:?}", names[i]);
+        assert_eq!(
+            store.get_latest_version(&actor).await.unwrap(),
+            n,
+            "{:?}",
+            names[i]
+        );
         assert_eq!(store.get_events(&actor, 0).await.unwrap().len() as u64, n);
         let snap = store.get_latest_snapshot(&actor).await.unwrap().unwrap();
         assert_eq!(snap.decode::<u64>().unwrap(), n);
@@ -353,10 +400,20 @@ pub async fn invalid_input(h: &dyn StoreHarness) {
         ));
     }
     let actor = unique("types");
-    for ty in ["", "line\nbreak", &"t".repeat(limits::MAX_EVENT_TYPE_BYTES + 1)] {
-        let e = Event::builder(actor.as_str(), ty).version(1).build().unwrap();
+    for ty in [
+        "",
+        "line\nbreak",
+        &"t".repeat(limits::MAX_EVENT_TYPE_BYTES + 1),
+    ] {
+        let e = Event::builder(actor.as_str(), ty)
+            .version(1)
+            .build()
+            .unwrap();
         let r = store.save_event(e).await;
-        assert!(matches!(r, Err(StoreError::InvalidEvent(_))), "{ty:?}: {r:?}");
+        assert!(
+            matches!(r, Err(StoreError::InvalidEvent(_))),
+            "{ty:?}: {r:?}"
+        );
     }
     assert_eq!(store.get_latest_version(&actor).await.unwrap(), 0);
     let msg = store.save_event(ev("", 1)).await.unwrap_err().to_string();
@@ -369,11 +426,27 @@ pub async fn hostile_actor_ids(h: &dyn StoreHarness) {
     let store = h.open(None).await;
     let base = unique("hostile");
     let suffixes = [
-        "", ".b", ".*", ".>", "*", ">", " a b ", "\u{e9}\u{1F600}", ".", "..", "_2e", "%2E",
-        "\t", "/x", "\\x",
+        "",
+        ".b",
+        ".*",
+        ".>",
+        "*",
+        ">",
+        " a b ",
+        "\u{e9}\u{1F600}",
+        ".",
+        "..",
+        "_2e",
+        "%2E",
+        "\t",
+        "/x",
+        "\\x",
     ];
     let mut ids: Vec<String> = suffixes.iter().map(|s| format!("{base}{s}")).collect();
-    ids.push(format!("{base}{}", "y".repeat(limits::MAX_ACTOR_ID_BYTES - base.len())));
+    ids.push(format!(
+        "{base}{}",
+        "y".repeat(limits::MAX_ACTOR_ID_BYTES - base.len())
+    ));
     for (i, id) in ids.iter().enumerate() {
         let n = i as u64 + 1;
         store
@@ -383,7 +456,11 @@ pub async fn hostile_actor_ids(h: &dyn StoreHarness) {
     }
     for (i, id) in ids.iter().enumerate() {
         let events = store.get_events(id, 0).await.unwrap();
-        assert_eq!(events.len(), i + 1, "actor id {id:?} sees only its own events");
+        assert_eq!(
+            events.len(),
+            i + 1,
+            "actor id {id:?} sees only its own events"
+        );
         assert!(events.iter().all(|e| e.actor_id() == id));
         assert_eq!(store.get_latest_version(id).await.unwrap(), i as u64 + 1);
     }
@@ -400,11 +477,17 @@ pub async fn immutability(h: &dyn StoreHarness) {
     let changed = read[0].to_builder().payload(&"tampered").build().unwrap();
     drop(read);
     assert_ne!(changed, original);
-    assert_eq!(store.get_events(&actor, 0).await.unwrap(), [original.clone()]);
+    assert_eq!(
+        store.get_events(&actor, 0).await.unwrap(),
+        std::slice::from_ref(&original)
+    );
     // Nor can the changed copy replace history: it carries the stored event's id and version,
     // so a store either treats it as a retry of that event (deduplication by id) or refuses it.
     let r = store.save_event(changed).await;
-    assert!(r.is_ok() || r.as_ref().is_err_and(StoreError::is_version_conflict), "{r:?}");
+    assert!(
+        r.is_ok() || r.as_ref().is_err_and(StoreError::is_version_conflict),
+        "{r:?}"
+    );
     assert_eq!(store.get_events(&actor, 0).await.unwrap(), [original]);
 }
 
@@ -447,7 +530,10 @@ pub async fn concurrent_writers_one_actor(h: &dyn StoreHarness) {
     let stored_ids: HashSet<Uuid> = stored.iter().map(Event::id).collect();
     let won_ids: HashSet<Uuid> = winners.iter().map(Event::id).collect();
     assert_eq!(stored_ids.len(), stored.len(), "no duplicates");
-    assert_eq!(stored_ids, won_ids, "exactly the acknowledged events are stored");
+    assert_eq!(
+        stored_ids, won_ids,
+        "exactly the acknowledged events are stored"
+    );
 }
 
 /// Tasks on distinct actors do not interfere.
@@ -502,7 +588,10 @@ struct Model {
 
 impl Model {
     fn latest(&self, a: usize) -> u64 {
-        self.actors.get(&a).and_then(|v| v.last()).map_or(0, |x| x.0)
+        self.actors
+            .get(&a)
+            .and_then(|v| v.last())
+            .map_or(0, |x| x.0)
     }
 
     /// Applies an append with the rules written out independently of the stores.
@@ -634,7 +723,11 @@ pub async fn model_based(h: &dyn StoreHarness) {
         // Shrink the standard way: simplify while the case fails, complicate when it passes.
         let mut failed = true;
         for _ in 0..2000 {
-            let moved = if failed { tree.simplify() } else { tree.complicate() };
+            let moved = if failed {
+                tree.simplify()
+            } else {
+                tree.complicate()
+            };
             if !moved {
                 break;
             }

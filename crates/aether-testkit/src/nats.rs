@@ -158,9 +158,7 @@ fn provisioned_binary() -> Option<PathBuf> {
         }
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .map(|a| a.join(rel))
-        .find(|p| p.is_file())
+    exe.ancestors().map(|a| a.join(rel)).find(|p| p.is_file())
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -258,7 +256,11 @@ impl Log {
     }
 
     fn count_matching(&self, needle: &str) -> usize {
-        self.lock().lines.iter().filter(|l| l.contains(needle)).count()
+        self.lock()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits until `f` finds something in the lines (returns it), the output ends, or `timeout`.
@@ -373,7 +375,10 @@ impl NatsServer {
         match self
             .log
             .wait_for(START_TIMEOUT, |lines| {
-                lines.iter().any(|l| l.contains("Server is ready")).then_some(())
+                lines
+                    .iter()
+                    .any(|l| l.contains("Server is ready"))
+                    .then_some(())
             })
             .await
         {
@@ -471,11 +476,15 @@ impl NatsServer {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        child.wait().await.map(Some).map_err(|source| HarnessError::Io {
-            name: self.name.clone(),
-            context: "waiting for exit".into(),
-            source,
-        })
+        child
+            .wait()
+            .await
+            .map(Some)
+            .map_err(|source| HarnessError::Io {
+                name: self.name.clone(),
+                context: "waiting for exit".into(),
+                source,
+            })
     }
 
     /// Stops the server gracefully (SIGTERM, SIGCONT in case it is paused) and waits for it.

@@ -1,5 +1,8 @@
 //! The nats-server harness against real servers: a single node and a 3-node cluster.
 
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use aether_testkit::nats::{NatsCluster, NatsServer, server_binary};
@@ -12,7 +15,10 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn request_until_answered(client: &async_nats::Client, subject: &str, body: &str) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match client.request(subject.to_owned(), body.to_owned().into()).await {
+        match client
+            .request(subject.to_owned(), body.to_owned().into())
+            .await
+        {
             Ok(reply) => return String::from_utf8(reply.payload.to_vec()).unwrap(),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 assert!(
@@ -27,7 +33,11 @@ async fn request_until_answered(client: &async_nats::Client, subject: &str, body
 }
 
 /// Answers every request on `subject` with "<node>:<body>".
-async fn echo(client: async_nats::Client, subject: &str, node: &str) -> tokio::task::JoinHandle<()> {
+async fn echo(
+    client: async_nats::Client,
+    subject: &str,
+    node: &str,
+) -> tokio::task::JoinHandle<()> {
     let mut sub = client.subscribe(subject.to_owned()).await.unwrap();
     client.flush().await.unwrap();
     let node = node.to_owned();
@@ -45,12 +55,21 @@ async fn echo(client: async_nats::Client, subject: &str, node: &str) -> tokio::t
 async fn single_server_publishes_and_restarts() {
     let mut server = NatsServer::start().await.expect("start nats-server");
     let bin = server_binary().unwrap();
-    assert!(aether_testkit::nats::parse_version(&bin.version).unwrap() >= aether_testkit::nats::MIN_VERSION);
+    assert!(
+        aether_testkit::nats::parse_version(&bin.version).unwrap()
+            >= aether_testkit::nats::MIN_VERSION
+    );
 
     let client = server.connect().await.unwrap();
     let mut sub = client.subscribe("harness.single").await.unwrap();
-    client.publish("harness.single", "hello".into()).await.unwrap();
-    let msg = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+    client
+        .publish("harness.single", "hello".into())
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&msg.payload[..], b"hello");
 
     // JetStream is on and storage survives a restart on the same port.
@@ -62,7 +81,11 @@ async fn single_server_publishes_and_restarts() {
     })
     .await
     .unwrap();
-    js.publish("harness.js", "stored".into()).await.unwrap().await.unwrap();
+    js.publish("harness.js", "stored".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let port = server.port();
     server.kill().await.unwrap();
     assert!(!server.is_running());
@@ -90,7 +113,12 @@ async fn cluster_of_three_routes_between_all_nodes() {
     }
     for (from, client) in clients.iter().enumerate() {
         for to in 0..3 {
-            let answer = request_until_answered(client, &format!("harness.node{to}"), &format!("from{from}")).await;
+            let answer = request_until_answered(
+                client,
+                &format!("harness.node{to}"),
+                &format!("from{from}"),
+            )
+            .await;
             assert_eq!(answer, format!("node-{to}:from{from}"));
         }
     }
@@ -105,7 +133,11 @@ async fn cluster_of_three_routes_between_all_nodes() {
     })
     .await
     .unwrap();
-    js.publish("harness.r3", "replicated".into()).await.unwrap().await.unwrap();
+    js.publish("harness.r3", "replicated".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // Pause a node: the rest still serve; resume it and it answers again.
     cluster.node(1).pause().unwrap();
@@ -125,6 +157,8 @@ async fn cluster_of_three_routes_between_all_nodes() {
 
 #[test]
 fn missing_binary_error_says_how_to_get_one() {
-    let err = aether_testkit::nats::HarnessError::BinaryNotFound { detail: "nothing".into() };
+    let err = aether_testkit::nats::HarnessError::BinaryNotFound {
+        detail: "nothing".into(),
+    };
     assert!(err.to_string().contains("cargo xtask nats"), "{err}");
 }

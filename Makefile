@@ -1,0 +1,21 @@
+# Every target delegates to `cargo xtask`, which holds the project's automation.
+.PHONY: build test lint clean bench ci nats doc fmt
+
+build:
+	cargo xtask build
+test:
+	cargo xtask test
+lint:
+	cargo xtask lint
+clean:
+	cargo xtask clean
+bench:
+	cargo xtask bench
+ci:
+	cargo xtask ci
+nats:
+	cargo xtask nats
+doc:
+	cargo xtask doc
+fmt:
+	cargo xtask fmt

@@ -1,0 +1,42 @@
+//! # Aether
+//!
+//! Distributed, event-sourced actor systems on NATS JetStream. This facade re-exports the layers;
+//! each layer is also its own crate, so a project can depend on just what it needs.
+//!
+//! | feature | what you get | crate |
+//! | --- | --- | --- |
+//! | (always) | events, snapshots, namespaces, store traits, errors | `aether-core` |
+//! | `memory` (default) | [`store::memory::InMemoryEventStore`] | `aether-store-memory` |
+//!
+//! ```
+//! use aether::{Event, EventStore};
+//! # #[cfg(feature = "memory")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! # rt.block_on(async {
+//! let store = aether::store::memory::InMemoryEventStore::new();
+//! store.save_event(Event::new("order-123", "OrderPlaced", 1, &99.99)?).await?;
+//! assert_eq!(store.get_latest_version("order-123").await?, 1);
+//! # Ok(()) })
+//! # }
+//! # #[cfg(not(feature = "memory"))]
+//! # fn main() {}
+//! ```
+//!
+//! See the project's README for the key concepts and `docs/architecture.md` for the map.
+
+pub use aether_core::*;
+
+/// Event store implementations.
+pub mod store {
+    /// The in-process store.
+    #[cfg(feature = "memory")]
+    pub mod memory {
+        pub use aether_store_memory::*;
+    }
+}
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
