@@ -1,4 +1,4 @@
-//! The event store conformance suite: one set of checks that every [`EventStore`] implementation
+//! The event store conformance suite: one set of checks that every [`aether_core::EventStore`] implementation
 //! must pass, so the in-memory store and the JetStream store obey the same rules.
 //!
 //! A store crate implements [`StoreHarness`] and expands [`crate::event_store_conformance!`] in an
