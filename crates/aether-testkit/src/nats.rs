@@ -1,9 +1,9 @@
 //! Throwaway nats-server processes for tests: a single JetStream server or a 3-node cluster, on
 //! random ports with temporary storage, that can be stopped, killed, restarted and paused.
 //!
-//! The binary is found in this order: `NATS_SERVER_BIN`; the copy `cargo xtask nats` provisions
-//! under the target directory (`target/tools/nats-server/bin/nats-server`); `nats-server` on
-//! `PATH`. A binary older than [`MIN_VERSION`] is refused. If none is found, starting a server
+//! The binary is found in this order: `NATS_SERVER_BIN`; `nats-server` on `PATH` if it is at
+//! least [`MIN_VERSION`]; the copy `cargo xtask nats` provisions under the target directory
+//! (`target/tools/nats-server/bin/nats-server`). An older binary is never used. If none is found, starting a server
 //! fails with an error that says to run `cargo xtask nats`.
 //!
 //! ```no_run
@@ -130,21 +130,21 @@ fn find_binary() -> Result<ServerBinary, HarnessError> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         return check_version(PathBuf::from(path));
     }
-    let mut looked = Vec::new();
-    if let Some(path) = provisioned_binary() {
-        return check_version(path);
+    // Same order as `cargo xtask nats`: PATH (if new enough), then the provisioned copy.
+    let mut looked = vec!["NATS_SERVER_BIN is unset".to_owned()];
+    match which("nats-server").map(check_version) {
+        Some(Ok(found)) => return Ok(found),
+        Some(Err(e)) => looked.push(e.to_string()),
+        None => looked.push("nats-server is not on PATH".to_owned()),
     }
-    looked.push("NATS_SERVER_BIN is unset".to_owned());
-    looked.push("no provisioned copy under target/tools".to_owned());
-    match which("nats-server") {
-        Some(path) => check_version(path),
-        None => {
-            looked.push("nats-server is not on PATH".to_owned());
-            Err(HarnessError::BinaryNotFound {
-                detail: looked.join("; "),
-            })
-        }
+    match provisioned_binary().map(check_version) {
+        Some(Ok(found)) => return Ok(found),
+        Some(Err(e)) => looked.push(e.to_string()),
+        None => looked.push("no provisioned copy under target/tools".to_owned()),
     }
+    Err(HarnessError::BinaryNotFound {
+        detail: looked.join("; "),
+    })
 }
 
 /// `target/tools/nats-server/bin/nats-server` above the running test executable, or under
