@@ -1,6 +1,10 @@
 //! Memory store append and replay against a `Mutex<HashMap<String, Vec<Event>>>` baseline, in
 //! the same run, on 1 and 2 threads over distinct actors.
 //!
+//! - append: per iteration, each thread appends 20,000 events spread over its own 1,000 actors
+//!   into a fresh store (events are built outside the timing);
+//! - replay: per iteration, each thread reads its own 1,000-event actor back.
+//!
 //! `cargo xtask bench -- memory` (or `cargo bench -p aether-store-memory`) runs it and prints the
 //! ratio table at the end (baseline time / Aether time: above 1 means Aether is faster).
 
@@ -18,6 +22,8 @@ use futures::FutureExt;
 
 const ACTORS_PER_THREAD: usize = 1000;
 const REPLAY_EVENTS: u64 = 1000;
+/// Events each thread appends per benchmark iteration (into a fresh store).
+const APPEND_EVENTS: u64 = 20_000;
 
 /// The baseline: a plain std structure doing the same job (version check + push, clone on read).
 #[derive(Default)]
@@ -99,38 +105,45 @@ fn timed_threads<S: Send + Sync + 'static>(
     start.elapsed()
 }
 
+/// Times one round per iteration: every thread appends its prepared events (clones of the same
+/// shared events, made outside the timing) into a fresh store.
+fn append_rounds<S: Send + Sync + 'static>(
+    iters: u64,
+    prepared: &[Vec<Event>],
+    new_state: fn() -> S,
+    work: fn(&S, Vec<Event>),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        total += timed_threads(Arc::new(new_state()), prepared.to_vec(), work);
+    }
+    total
+}
+
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_append");
+    let prepared: Vec<Vec<Event>> = (0..2).map(|t| events_for(t, APPEND_EVENTS)).collect();
     for threads in [1usize, 2] {
-        g.throughput(Throughput::Elements(threads as u64));
-        g.bench_with_input(
-            BenchmarkId::new("aether", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    let batches = (0..threads).map(|t| events_for(t, iters)).collect();
-                    timed_threads(Arc::new(InMemoryEventStore::new()), batches, |s, batch| {
-                        for e in batch {
-                            black_box(aether_append(s, e)).unwrap_or_else(|e| unreachable!("{e}"));
-                        }
-                    })
+        g.throughput(Throughput::Elements(APPEND_EVENTS * threads as u64));
+        let batches = &prepared[..threads];
+        g.bench_function(BenchmarkId::new("aether", threads), |b| {
+            b.iter_custom(|iters| {
+                append_rounds(iters, batches, InMemoryEventStore::new, |s, batch| {
+                    for e in batch {
+                        black_box(aether_append(s, e)).unwrap_or_else(|e| unreachable!("{e}"));
+                    }
                 })
-            },
-        );
-        g.bench_with_input(
-            BenchmarkId::new("baseline", threads),
-            &threads,
-            |b, &threads| {
-                b.iter_custom(|iters| {
-                    let batches = (0..threads).map(|t| events_for(t, iters)).collect();
-                    timed_threads(Arc::new(Baseline::default()), batches, |s, batch| {
-                        for e in batch {
-                            black_box(s.append(e)).unwrap_or_else(|e| unreachable!("{e}"));
-                        }
-                    })
+            })
+        });
+        g.bench_function(BenchmarkId::new("baseline", threads), |b| {
+            b.iter_custom(|iters| {
+                append_rounds(iters, batches, Baseline::default, |s, batch| {
+                    for e in batch {
+                        black_box(s.append(e)).unwrap_or_else(|e| unreachable!("{e}"));
+                    }
                 })
-            },
-        );
+            })
+        });
     }
     g.finish();
 }
@@ -235,7 +248,7 @@ fn mean_ns(group: &str, function: &str, threads: usize) -> Option<f64> {
 fn summary() {
     let mut rows = Vec::new();
     for (group, per) in [
-        ("memory_append", 1.0),
+        ("memory_append", APPEND_EVENTS as f64),
         ("memory_replay", REPLAY_EVENTS as f64),
     ] {
         for threads in [1usize, 2] {
@@ -258,7 +271,7 @@ fn summary() {
         }
     }
     for (group, per) in [
-        ("memory_append", 1.0),
+        ("memory_append", APPEND_EVENTS as f64),
         ("memory_replay", REPLAY_EVENTS as f64),
     ] {
         if let (Some(one), Some(two)) = (mean_ns(group, "aether", 1), mean_ns(group, "aether", 2)) {
