@@ -267,6 +267,46 @@ impl EventBuilder {
     }
 }
 
+/// Event type of the notification a store publishes through its broadcaster after each
+/// successful append (Go's `EventTypeEventStored`).
+pub const EVENT_STORED: &str = "EventStored";
+
+/// Payload of an [`EVENT_STORED`] notification: which event was stored, for whom, at which
+/// version. Other nodes use it to keep their version caches in step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct EventStored {
+    /// Id of the stored event.
+    pub event_id: Uuid,
+    /// Its actor.
+    pub actor_id: String,
+    /// Its version.
+    pub version: u64,
+    /// When it was created.
+    pub timestamp: SystemTime,
+}
+
+impl EventStored {
+    /// The notification for `event`.
+    pub fn for_event(event: &Event) -> Self {
+        Self {
+            event_id: event.id(),
+            actor_id: event.actor_id().to_owned(),
+            version: event.version(),
+            timestamp: event.timestamp(),
+        }
+    }
+
+    /// The notification as an event of type [`EVENT_STORED`] for the same actor and version.
+    pub fn to_event(&self) -> Result<Event, CodecError> {
+        Event::builder(self.actor_id.as_str(), EVENT_STORED)
+            .version(self.version)
+            .payload(self)
+            .causation_id(self.event_id.to_string())
+            .build()
+    }
+}
+
 /// A stored record that could not be read back as an [`Event`], reported by
 /// [`crate::EventStoreWithErrors::get_events_with_errors`] (Go's `ReplayError`).
 #[derive(Debug, Clone, PartialEq, Eq)]

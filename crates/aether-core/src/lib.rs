@@ -26,7 +26,9 @@ mod store;
 pub use error::{
     BoxError, BroadcastError, CodecError, EventError, NamespaceError, StoreError, VersionConflict,
 };
-pub use event::{Event, EventBuilder, Metadata, ReplayError, ReplayResult};
+pub use event::{
+    EVENT_STORED, Event, EventBuilder, EventStored, Metadata, ReplayError, ReplayResult,
+};
 pub use namespace::Namespace;
 pub use payload::{Payload, Value};
 pub use snapshot::ActorSnapshot;

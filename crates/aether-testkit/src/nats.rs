@@ -580,30 +580,66 @@ impl NatsCluster {
         Ok(cluster)
     }
 
-    /// Waits until some node reports a JetStream metadata leader.
+    /// Waits until JetStream can place replicated streams: every running node has seen a
+    /// metadata leader (from its log), and the leader accepts a stream with one replica per
+    /// running node. The leader learns its peers' JetStream state shortly after the election, so
+    /// the placement probe is retried briefly while the server answers "no suitable peers".
     pub async fn wait_for_jetstream(&self, timeout: Duration) -> Result<(), HarnessError> {
         const LEADER: &str = "JetStream cluster new metadata leader";
         const SELF_LEADER: &str = "Self is new JetStream cluster metadata leader";
         let running: Vec<&NatsServer> = self.nodes.iter().filter(|n| n.is_running()).collect();
-        if running
-            .iter()
-            .any(|n| n.logged(LEADER) + n.logged(SELF_LEADER) > 0)
-        {
-            return Ok(());
+        for node in &running {
+            node.log
+                .wait_for(timeout, |lines| {
+                    lines
+                        .iter()
+                        .any(|l| l.contains(LEADER) || l.contains(SELF_LEADER))
+                        .then_some(())
+                })
+                .await
+                .map_err(|_| HarnessError::StartTimeout {
+                    name: node.name.clone(),
+                    timeout,
+                    log: node.log(),
+                })?;
         }
-        let waits = running.iter().map(|n| {
-            Box::pin(async move {
-                let a = n.wait_for_log(LEADER, 1, timeout);
-                let b = n.wait_for_log(SELF_LEADER, 1, timeout);
-                futures::future::select(Box::pin(a), Box::pin(b))
-                    .await
-                    .factor_first()
-                    .0
-            })
-        });
-        match futures::future::select_ok(waits).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+        let Some(first) = running.first() else {
+            return Ok(());
+        };
+        let client = first.connect().await?;
+        let js = async_nats::jetstream::new(client);
+        let probe = async_nats::jetstream::stream::Config {
+            name: format!("AETHER_HARNESS_PROBE_{}", uuid::Uuid::new_v4().simple()),
+            subjects: vec![format!(
+                "aether.harness.probe.{}",
+                uuid::Uuid::new_v4().simple()
+            )],
+            num_replicas: running.len(),
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match js.create_stream(probe.clone()).await {
+                Ok(_) => {
+                    // Best effort: the probe stream is tiny and in memory.
+                    let _ = js.delete_stream(&probe.name).await;
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(HarnessError::StartTimeout {
+                        name: format!("cluster (JetStream placement: {e})"),
+                        timeout,
+                        log: first.log(),
+                    });
+                }
+            }
         }
     }
 
@@ -631,14 +667,18 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// Connects a client that knows every node.
+    /// Connects a client that knows every node (and fails over between them).
     pub async fn connect(&self) -> Result<async_nats::Client, HarnessError> {
-        let urls = self.urls();
-        async_nats::connect(urls.as_str())
+        let addrs = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.url().parse::<async_nats::ServerAddr>().ok())
+            .collect::<Vec<_>>();
+        async_nats::connect(addrs)
             .await
             .map_err(|source| HarnessError::Connect {
                 name: "cluster".into(),
-                url: urls.clone(),
+                url: self.urls(),
                 source,
             })
     }

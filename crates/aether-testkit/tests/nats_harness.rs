@@ -123,6 +123,11 @@ async fn cluster_of_three_routes_between_all_nodes() {
         }
     }
 
+    // A client that knows every node reaches them all too.
+    let any = cluster.connect().await.unwrap();
+    let answer = request_until_answered(&any, "harness.node1", "via-any").await;
+    assert_eq!(answer, "node-1:via-any");
+
     // JetStream works with R3 across the cluster.
     let js = async_nats::jetstream::new(clients[0].clone());
     js.create_stream(async_nats::jetstream::stream::Config {

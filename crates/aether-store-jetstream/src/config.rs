@@ -1,0 +1,114 @@
+//! Store configuration (the Go `JetStreamConfig`, plus what production needs).
+
+use std::time::Duration;
+
+use aether_core::Namespace;
+
+/// Where the stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk: survives a server restart. The default.
+    #[default]
+    File,
+    /// In memory: fast, lost when the server stops.
+    Memory,
+}
+
+/// Configuration of a [`crate::JetStreamEventStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// use aether_store_jetstream::{JetStreamConfig, Storage};
+/// let config = JetStreamConfig::default()
+///     .namespace("tenant-abc".parse()?)
+///     .max_age(Duration::from_secs(30 * 24 * 3600))
+///     .replicas(3)
+///     .storage(Storage::File);
+/// # Ok::<(), aether_core::NamespaceError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JetStreamConfig {
+    /// Namespace isolating the store's stream and bucket (Go's `Namespace`).
+    pub namespace: Option<Namespace>,
+    /// Events older than this expire (Go's `StreamRetention`); `None` keeps them forever.
+    pub max_age: Option<Duration>,
+    /// Number of replicas of the stream and bucket (Go's `ReplicaCount`): 1, 3 or 5.
+    pub replicas: usize,
+    /// File or memory storage.
+    pub storage: Storage,
+    /// How long the server remembers event ids to drop duplicate appends (default 2 minutes).
+    pub duplicate_window: Duration,
+    /// Largest accepted encoded event in bytes; the server's `max_payload` caps it anyway.
+    pub max_event_bytes: Option<usize>,
+    /// Description stored on the stream.
+    pub description: Option<String>,
+    /// How long to wait for the server to answer a call (default 5 s).
+    pub request_timeout: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            max_age: None,
+            replicas: 1,
+            storage: Storage::File,
+            duplicate_window: Duration::from_secs(120),
+            max_event_bytes: None,
+            description: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = Some(namespace);
+        self
+    }
+
+    /// Sets the retention (maximum event age).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Sets the number of replicas.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the storage kind.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the duplicate window.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// Sets the largest accepted encoded event.
+    pub fn max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = Some(max);
+        self
+    }
+
+    /// Sets the stream description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Sets the request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}

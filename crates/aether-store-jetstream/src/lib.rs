@@ -1,0 +1,19 @@
+//! # aether-store-jetstream
+//!
+//! [`JetStreamEventStore`]: Aether's production event store on NATS JetStream (nats-server 2.12
+//! or newer). It implements [`aether_core::EventStore`], [`aether_core::EventStoreWithErrors`]
+//! and [`aether_core::SnapshotStore`] with the same rules as every Aether store, and makes the
+//! version check atomic **across processes**: the server refuses a write whose expected last
+//! subject sequence is stale.
+//!
+//! The NATS layout (stream, subjects, headers, bucket, actor id encoding) is in [`layout`] and in
+//! the project's `docs/nats-layout.md`.
+
+mod config;
+mod error;
+pub mod layout;
+mod store;
+
+pub use config::{JetStreamConfig, Storage};
+pub use error::ConfigError;
+pub use store::JetStreamEventStore;

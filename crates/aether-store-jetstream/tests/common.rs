@@ -1,0 +1,90 @@
+//! Shared test support: a conformance harness over a real nats-server or cluster.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use aether_core::Namespace;
+use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore, layout};
+use aether_testkit::nats::{NatsCluster, NatsServer};
+use aether_testkit::{ConformanceStore, StoreHarness};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Keeps the server (or cluster) alive for as long as the harness lives.
+#[derive(Debug)]
+pub enum Servers {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+#[derive(Debug)]
+pub struct JetStreamHarness {
+    pub servers: Servers,
+    pub client: async_nats::Client,
+    pub replicas: usize,
+}
+
+impl JetStreamHarness {
+    pub async fn single() -> Self {
+        let server = NatsServer::start().await.expect("start nats-server");
+        let client = server.connect().await.expect("connect");
+        Self {
+            servers: Servers::Single(server),
+            client,
+            replicas: 1,
+        }
+    }
+
+    pub async fn cluster() -> Self {
+        let cluster = NatsCluster::start(3).await.expect("start a 3-node cluster");
+        let client = cluster.connect().await.expect("connect");
+        Self {
+            servers: Servers::Cluster(cluster),
+            client,
+            replicas: 3,
+        }
+    }
+
+    pub fn config(&self) -> JetStreamConfig {
+        // Six servers on a small machine can be slow to place an R3 stream: be patient.
+        JetStreamConfig::default()
+            .replicas(self.replicas)
+            .request_timeout(std::time::Duration::from_secs(20))
+    }
+
+    pub async fn store(&self, namespace: Option<Namespace>) -> JetStreamEventStore {
+        let mut config = self.config();
+        config.namespace = namespace;
+        JetStreamEventStore::with_config(self.client.clone(), "events", config)
+            .await
+            .expect("open the store")
+    }
+}
+
+#[async_trait]
+impl StoreHarness for JetStreamHarness {
+    async fn open(&self, namespace: Option<Namespace>) -> Arc<dyn ConformanceStore> {
+        Arc::new(self.store(namespace).await)
+    }
+
+    async fn inject_malformed(
+        &self,
+        _store: &Arc<dyn ConformanceStore>,
+        actor_id: &str,
+        raw: Bytes,
+    ) -> bool {
+        let subject = format!(
+            "{}{}",
+            layout::subject_prefix(&layout::stream_name("events", None)),
+            layout::actor_token(actor_id)
+        );
+        let js = async_nats::jetstream::new(self.client.clone());
+        js.publish(subject, raw)
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        true
+    }
+}
