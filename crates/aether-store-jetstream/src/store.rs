@@ -257,11 +257,19 @@ fn incompatibilities(found: &StreamConfig, want: &StreamConfig) -> Vec<String> {
     diffs
 }
 
+/// The JetStream error code of a failed stream creation.
+fn create_stream_code(e: &async_nats::jetstream::context::CreateStreamError) -> Option<u64> {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(err) => Some(err.error_code().0),
+        _ => jetstream_code(e),
+    }
+}
+
 fn setup_error<E: std::error::Error + Send + Sync + 'static>(context: &str, e: E) -> ConfigError {
-    match jetstream_code(&e) {
-        // JetStream not enabled (for the account).
-        Some(10039 | 10076) => return ConfigError::JetStreamNotEnabled,
-        _ => {}
+    // 10039 / 10076: JetStream not enabled (for the account).
+    if let Some(10039 | 10076) = jetstream_code(&e) {
+        return ConfigError::JetStreamNotEnabled;
     }
     if e.to_string()
         .to_lowercase()
@@ -388,7 +396,7 @@ impl JetStreamEventStore {
         // Create; if it exists (or another process created it first), check what is there.
         let existing = match js.create_stream(want.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(e) => match jetstream_code(&e) {
+            Err(e) => match create_stream_code(&e) {
                 // Stream name already in use (with a different configuration).
                 Some(10058) => js
                     .get_stream(&want.name)

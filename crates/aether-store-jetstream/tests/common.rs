@@ -1,6 +1,6 @@
 //! Shared test support: a conformance harness over a real nats-server or cluster.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
@@ -13,30 +13,30 @@ use bytes::Bytes;
 
 /// Keeps the server (or cluster) alive for as long as the harness lives.
 #[derive(Debug)]
-pub enum Servers {
-    Single(NatsServer),
+pub(crate) enum Servers {
+    Single(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
 #[derive(Debug)]
-pub struct JetStreamHarness {
-    pub servers: Servers,
-    pub client: async_nats::Client,
-    pub replicas: usize,
+pub(crate) struct JetStreamHarness {
+    pub(crate) servers: Servers,
+    pub(crate) client: async_nats::Client,
+    pub(crate) replicas: usize,
 }
 
 impl JetStreamHarness {
-    pub async fn single() -> Self {
+    pub(crate) async fn single() -> Self {
         let server = NatsServer::start().await.expect("start nats-server");
         let client = server.connect().await.expect("connect");
         Self {
-            servers: Servers::Single(server),
+            servers: Servers::Single(Box::new(server)),
             client,
             replicas: 1,
         }
     }
 
-    pub async fn cluster() -> Self {
+    pub(crate) async fn cluster() -> Self {
         let cluster = NatsCluster::start(3).await.expect("start a 3-node cluster");
         let client = cluster.connect().await.expect("connect");
         Self {
@@ -46,14 +46,14 @@ impl JetStreamHarness {
         }
     }
 
-    pub fn config(&self) -> JetStreamConfig {
+    pub(crate) fn config(&self) -> JetStreamConfig {
         // Six servers on a small machine can be slow to place an R3 stream: be patient.
         JetStreamConfig::default()
             .replicas(self.replicas)
             .request_timeout(std::time::Duration::from_secs(20))
     }
 
-    pub async fn store(&self, namespace: Option<Namespace>) -> JetStreamEventStore {
+    pub(crate) async fn store(&self, namespace: Option<Namespace>) -> JetStreamEventStore {
         let mut config = self.config();
         config.namespace = namespace;
         JetStreamEventStore::with_config(self.client.clone(), "events", config)

@@ -255,14 +255,6 @@ impl Log {
         s.lines[tail..].join("\n")
     }
 
-    fn count_matching(&self, needle: &str) -> usize {
-        self.lock()
-            .lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
     /// Waits until `f` finds something in the lines (returns it), the output ends, or `timeout`.
     async fn wait_for<T>(
         &self,
@@ -297,6 +289,7 @@ pub struct NatsServer {
     binary: ServerBinary,
     port: u16,
     extra_args: Vec<String>,
+    jetstream: bool,
     store_dir: tempfile::TempDir,
     child: Option<Child>,
     log: Log,
@@ -321,6 +314,19 @@ impl NatsServer {
 
     /// Starts a server named `name` with extra command-line arguments.
     pub async fn start_with(name: &str, extra_args: Vec<String>) -> Result<Self, HarnessError> {
+        Self::launch(name, extra_args, true).await
+    }
+
+    /// Starts a server with JetStream disabled, to test how clients report it.
+    pub async fn start_without_jetstream() -> Result<Self, HarnessError> {
+        Self::launch("aether-test-nojs", Vec::new(), false).await
+    }
+
+    async fn launch(
+        name: &str,
+        extra_args: Vec<String>,
+        jetstream: bool,
+    ) -> Result<Self, HarnessError> {
         let binary = server_binary()?;
         let store_dir = tempfile::Builder::new()
             .prefix("aether-nats-")
@@ -335,6 +341,7 @@ impl NatsServer {
             binary,
             port: free_port(name)?,
             extra_args,
+            jetstream,
             store_dir,
             child: None,
             log: Log::new(),
@@ -347,8 +354,9 @@ impl NatsServer {
         let mut cmd = Command::new(&self.binary.path);
         cmd.args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
-            .args(["-js", "-n", &self.name, "-sd"])
+            .args(["-n", &self.name, "-sd"])
             .arg(self.store_dir.path())
+            .args(self.jetstream.then_some("-js"))
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -535,10 +543,6 @@ impl NatsServer {
                 timeout,
                 log: self.log.text(),
             })
-    }
-
-    fn logged(&self, needle: &str) -> usize {
-        self.log.count_matching(needle)
     }
 }
 
