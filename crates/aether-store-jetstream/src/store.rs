@@ -48,8 +48,9 @@ struct Known {
 }
 
 /// Per-actor state: appends to one actor through one store are serialized by `write`.
-#[derive(Default)]
 struct ActorSlot {
+    /// The actor's subject, encoded once.
+    subject: String,
     write: tokio::sync::Mutex<()>,
     known: Mutex<Option<Known>>,
 }
@@ -506,7 +507,11 @@ impl JetStreamEventStore {
         if let Some(slot) = actors.get(actor_id) {
             return slot.clone();
         }
-        let slot = Arc::new(ActorSlot::default());
+        let slot = Arc::new(ActorSlot {
+            subject: self.subject_for(actor_id),
+            write: tokio::sync::Mutex::new(()),
+            known: Mutex::new(None),
+        });
         actors.insert(actor_id.to_owned(), slot.clone());
         slot
     }
@@ -599,7 +604,8 @@ impl JetStreamEventStore {
         let encoded = events
             .iter()
             .map(|e| {
-                let bytes = rmp_serde::to_vec_named(e).map_err(|err| {
+                let mut bytes = Vec::with_capacity(e.payload().len() + 160);
+                rmp_serde::encode::write_named(&mut bytes, e).map_err(|err| {
                     StoreError::backend(format!("encoding event {}", e.id()), err)
                 })?;
                 if bytes.len() > self.inner.max_event_bytes {
@@ -615,27 +621,33 @@ impl JetStreamEventStore {
             .collect::<Result<Vec<_>, _>>()?;
 
         let actor_id = first.actor_id().to_owned();
-        let subject = self.subject_for(&actor_id);
         let slot = self.slot(&actor_id);
+        let subject = &slot.subject;
         let _serialized = slot.write.lock().await;
         let last = events.last().unwrap_or(first);
         let is_retry = |k: &Known| k.version == last.version() && k.last_id == Some(last.id());
 
-        let mut known = match slot.known() {
-            Some(k) => k,
-            None => self.refresh(&slot, &actor_id).await?,
-        };
+        // Not cached: assume a new actor (an empty subject) rather than asking first. The server
+        // refuses the write if the subject is not empty, and then the truth is read once.
+        let mut known = slot.known().unwrap_or(Known {
+            version: 0,
+            seq: 0,
+            last_id: None,
+        });
         let mut refreshed = false;
         for _ in 0..MAX_STALE_RETRIES {
-            if let Err(e) = limits::check_append(known.version, &events) {
+            // The batch's structure was checked above; only its first version can conflict.
+            if first.version() <= known.version {
                 if is_retry(&known) {
                     return Ok(());
                 }
-                if !e.is_version_conflict() || refreshed {
-                    return Err(e);
+                if refreshed {
+                    return Err(
+                        VersionConflict::new(actor_id, known.version, first.version()).into(),
+                    );
                 }
                 // Versions only grow: the conflict stands, but report the true current version.
-                known = self.refresh(&slot, &actor_id).await?;
+                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
                 refreshed = true;
                 continue;
             }
@@ -643,11 +655,11 @@ impl JetStreamEventStore {
                 self.publish_one(&subject, first, &encoded[0], known.seq)
                     .await
             } else {
-                self.publish_batch(&subject, &events, &encoded, known.seq)
-                    .await
+                // Boxed: batches are rarer, and their future would swell every append's.
+                Box::pin(self.publish_batch(&subject, &events, &encoded, known.seq)).await
             };
             match result {
-                Ok(seq) => {
+                Ok(Some(seq)) => {
                     slot.set_known(Some(Known {
                         version: last.version(),
                         seq,
@@ -657,9 +669,16 @@ impl JetStreamEventStore {
                     self.broadcast(&events).await;
                     return Ok(());
                 }
+                Ok(None) => {
+                    // The server had these ids already (a retry within the duplicate window):
+                    // stored once, as asked. Its answer names an older position, so forget the
+                    // cache rather than trust it.
+                    slot.set_known(None);
+                    return Ok(());
+                }
                 Err(PublishFailure::Conflict) => {
                     // Someone else wrote: learn the truth and decide again.
-                    known = self.refresh(&slot, &actor_id).await?;
+                    known = Box::pin(self.refresh(&slot, &actor_id)).await?;
                     refreshed = true;
                     if is_retry(&known) {
                         return Ok(());
@@ -733,7 +752,7 @@ impl JetStreamEventStore {
         event: &Event,
         bytes: &Bytes,
         expected_seq: u64,
-    ) -> Result<u64, PublishFailure> {
+    ) -> Result<Option<u64>, PublishFailure> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -746,7 +765,8 @@ impl JetStreamEventStore {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(ack) => return Ok(ack.sequence),
+                // `None`: a duplicate of an event already stored.
+                Ok(ack) => return Ok((!ack.duplicate).then_some(ack.sequence)),
                 // No responders: nothing received the message (a stream just created, or
                 // between leaders). Nothing was stored, so sending again is safe.
                 Err(e)
@@ -768,7 +788,7 @@ impl JetStreamEventStore {
         events: &[Event],
         encoded: &[Bytes],
         expected_seq: u64,
-    ) -> Result<u64, PublishFailure> {
+    ) -> Result<Option<u64>, PublishFailure> {
         let batch_id = Uuid::new_v4().simple().to_string();
         let n = events.len();
         let context = |what: &str| {
@@ -819,7 +839,7 @@ impl JetStreamEventStore {
                     )));
                 }
                 if commit {
-                    return parsed.seq.ok_or_else(|| {
+                    return parsed.seq.map(Some).ok_or_else(|| {
                         PublishFailure::Error(StoreError::backend(
                             context("committing"),
                             "the commit reply carries no sequence",

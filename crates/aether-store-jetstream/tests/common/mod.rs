@@ -18,11 +18,17 @@ pub(crate) enum Servers {
     Cluster(NatsCluster),
 }
 
+/// Cluster tests run one at a time: three servers per test is what a small machine can host
+/// without R3 set-up timing out.
+static CLUSTER_GATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Debug)]
 pub(crate) struct JetStreamHarness {
     pub(crate) servers: Servers,
     pub(crate) client: async_nats::Client,
     pub(crate) replicas: usize,
+    /// Last, so the servers are gone before the next cluster test starts.
+    _gate: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl JetStreamHarness {
@@ -30,6 +36,7 @@ impl JetStreamHarness {
         let server = NatsServer::start().await.expect("start nats-server");
         let client = server.connect().await.expect("connect");
         Self {
+            _gate: None,
             servers: Servers::Single(Box::new(server)),
             client,
             replicas: 1,
@@ -37,9 +44,11 @@ impl JetStreamHarness {
     }
 
     pub(crate) async fn cluster() -> Self {
+        let gate = CLUSTER_GATE.lock().await;
         let cluster = NatsCluster::start(3).await.expect("start a 3-node cluster");
         let client = cluster.connect().await.expect("connect");
         Self {
+            _gate: Some(gate),
             servers: Servers::Cluster(cluster),
             client,
             replicas: 3,
