@@ -652,11 +652,11 @@ impl JetStreamEventStore {
                 continue;
             }
             let result = if events.len() == 1 {
-                self.publish_one(&subject, first, &encoded[0], known.seq)
+                self.publish_one(subject, first, &encoded[0], known.seq)
                     .await
             } else {
                 // Boxed: batches are rarer, and their future would swell every append's.
-                Box::pin(self.publish_batch(&subject, &events, &encoded, known.seq)).await
+                Box::pin(self.publish_batch(subject, &events, &encoded, known.seq)).await
             };
             match result {
                 Ok(Some(seq)) => {
