@@ -153,6 +153,9 @@ fn ci() -> Result {
     let bin = step("provision nats-server", nats)?;
     step("tests", || run_tests(&bin, &[]))?;
     step("quick start (cargo run --example quickstart)", quickstart)?;
+    step("JetStream example against a throwaway nats-server", || {
+        jetstream_example(&bin)
+    })?;
     step("docs (-D warnings) and doc tests", docs)?;
     step("cargo deny (bans licenses sources)", deny)?;
     Ok(())
@@ -214,6 +217,58 @@ fn quickstart() -> Result {
         Some(missing) => Err(format!("the quick start did not print {missing:?}")),
         None => Ok(()),
     }
+}
+
+/// Starts nats-server on a free port with a temporary store, runs the JetStream example against
+/// it, and stops the server.
+fn jetstream_example(nats_bin: &Path) -> Result {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
+    let dir = target_dir()
+        .join("tmp")
+        .join(format!("jetstream-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut server = Command::new(nats_bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", nats_bin.display()))?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    if let Some(stderr) = server.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if line.contains("Server is ready") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+    }
+    let result = match ready_rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(()) => run(Command::new(cargo_bin())
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "aether",
+                "--features",
+                "jetstream",
+                "--example",
+                "jetstream_store",
+            ])
+            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))),
+        Err(_) => Err("nats-server did not report ready within 30 s".to_owned()),
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn docs() -> Result {

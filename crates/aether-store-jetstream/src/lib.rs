@@ -14,6 +14,8 @@ mod error;
 pub mod layout;
 mod store;
 
+/// The async-nats version this crate is built on, so callers connect with a matching client.
+pub use async_nats;
 pub use config::{JetStreamConfig, Storage};
 pub use error::ConfigError;
 pub use store::JetStreamEventStore;

@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | (always) | events, snapshots, namespaces, store traits, errors | `aether-core` |
 //! | `memory` (default) | [`store::memory::InMemoryEventStore`] | `aether-store-memory` |
+//! | `jetstream` | `store::jetstream::JetStreamEventStore` | `aether-store-jetstream` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -33,6 +34,12 @@ pub mod store {
     #[cfg(feature = "memory")]
     pub mod memory {
         pub use aether_store_memory::*;
+    }
+
+    /// The production store on NATS JetStream.
+    #[cfg(feature = "jetstream")]
+    pub mod jetstream {
+        pub use aether_store_jetstream::*;
     }
 }
 
