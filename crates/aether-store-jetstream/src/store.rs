@@ -207,55 +207,24 @@ fn desired_stream(
 
 /// Every setting of `found` that this store cannot work with, compared with `want`.
 fn incompatibilities(found: &StreamConfig, want: &StreamConfig) -> Vec<String> {
-    let mut diffs = Vec::new();
-    let mut check = |what: &str, found: String, want: String| {
-        if found != want {
-            diffs.push(format!("{what}: found {found}, need {want}"));
-        }
-    };
-    check(
-        "subjects",
-        format!("{:?}", found.subjects),
-        format!("{:?}", want.subjects),
-    );
-    check(
-        "retention",
-        format!("{:?}", found.retention),
-        format!("{:?}", want.retention),
-    );
-    check(
-        "storage",
-        format!("{:?}", found.storage),
-        format!("{:?}", want.storage),
-    );
-    check(
-        "replicas",
-        found.num_replicas.to_string(),
-        want.num_replicas.to_string(),
-    );
-    check(
-        "max_age",
-        format!("{:?}", found.max_age),
-        format!("{:?}", want.max_age),
-    );
-    check(
-        "deny_delete",
-        found.deny_delete.to_string(),
-        want.deny_delete.to_string(),
-    );
-    check(
-        "deny_purge",
-        found.deny_purge.to_string(),
-        want.deny_purge.to_string(),
-    );
+    let pair = |f: &dyn fmt::Debug, w: &dyn fmt::Debug| (format!("{f:?}"), format!("{w:?}"));
+    let mut settings = vec![
+        ("subjects", pair(&found.subjects, &want.subjects)),
+        ("retention", pair(&found.retention, &want.retention)),
+        ("storage", pair(&found.storage, &want.storage)),
+        ("replicas", pair(&found.num_replicas, &want.num_replicas)),
+        ("max_age", pair(&found.max_age, &want.max_age)),
+        ("deny_delete", pair(&found.deny_delete, &want.deny_delete)),
+        ("deny_purge", pair(&found.deny_purge, &want.deny_purge)),
+    ];
     if want.allow_atomic_publish {
-        check(
-            "allow_atomic",
-            found.allow_atomic_publish.to_string(),
-            "true".to_owned(),
-        );
+        settings.push(("allow_atomic", pair(&found.allow_atomic_publish, &true)));
     }
-    diffs
+    settings
+        .into_iter()
+        .filter(|(_, (found, want))| found != want)
+        .map(|(what, (found, want))| format!("{what}: found {found}, need {want}"))
+        .collect()
 }
 
 /// The JetStream error code of a failed stream creation.
@@ -1175,8 +1144,12 @@ impl EventStore for JetStreamEventStore {
     async fn get_latest_version(&self, actor_id: &str) -> Result<u64, StoreError> {
         self.check_open()?;
         limits::validate_actor_id(actor_id)?;
-        let slot = self.slot(actor_id);
-        Ok(self.refresh(&slot, actor_id).await?.version)
+        let known = self.fetch_known(actor_id).await?;
+        // Refresh a cached entry, but do not start caching actors that are only read.
+        if let Some(slot) = self.existing_slot(actor_id) {
+            slot.observe(known);
+        }
+        Ok(known.version)
     }
 }
 

@@ -79,20 +79,21 @@ fn events_for(t: usize, n: u64) -> Vec<Event> {
         .collect()
 }
 
-/// Runs `work(thread, events)` on `threads` threads at once and returns the wall time.
-fn timed_threads<S: Send + Sync + 'static>(
+/// Runs `work(state, input)` on one thread per input, all started together, and returns the
+/// wall time until the last one finishes.
+fn timed_threads<S: Send + Sync + 'static, T: Send + 'static>(
     state: Arc<S>,
-    batches: Vec<Vec<Event>>,
-    work: fn(&S, Vec<Event>),
+    inputs: Vec<T>,
+    work: fn(&S, T),
 ) -> Duration {
-    let barrier = Arc::new(Barrier::new(batches.len() + 1));
-    let handles: Vec<_> = batches
+    let barrier = Arc::new(Barrier::new(inputs.len() + 1));
+    let handles: Vec<_> = inputs
         .into_iter()
-        .map(|batch| {
+        .map(|input| {
             let (state, barrier) = (state.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                work(&state, batch);
+                work(&state, input);
             })
         })
         .collect();
@@ -169,9 +170,14 @@ fn replay(c: &mut Criterion) {
             &threads,
             move |b, &threads| {
                 b.iter_custom(|iters| {
-                    run_replays(threads, iters, s.clone(), |s, actor| {
-                        let events = s.get_events(actor, 0).now_or_never();
-                        black_box(events.map(|r| r.map(|v| v.len())));
+                    let inputs = (0..threads)
+                        .map(|t| (format!("replay-{t}"), iters))
+                        .collect();
+                    timed_threads(s.clone(), inputs, |s, (actor, iters)| {
+                        for _ in 0..iters {
+                            let events = s.get_events(&actor, 0).now_or_never();
+                            black_box(events.map(|r| r.map(|v| v.len())));
+                        }
                     })
                 })
             },
@@ -182,42 +188,19 @@ fn replay(c: &mut Criterion) {
             &threads,
             move |b, &threads| {
                 b.iter_custom(|iters| {
-                    run_replays(threads, iters, s.clone(), |s, actor| {
-                        black_box(s.read(actor).len());
+                    let inputs = (0..threads)
+                        .map(|t| (format!("replay-{t}"), iters))
+                        .collect();
+                    timed_threads(s.clone(), inputs, |s, (actor, iters)| {
+                        for _ in 0..iters {
+                            black_box(s.read(&actor).len());
+                        }
                     })
                 })
             },
         );
     }
     g.finish();
-}
-
-fn run_replays<S: Send + Sync + 'static>(
-    threads: usize,
-    iters: u64,
-    state: Arc<S>,
-    read: fn(&S, &str),
-) -> Duration {
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (state, barrier) = (state.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let actor = format!("replay-{t}");
-                barrier.wait();
-                for _ in 0..iters {
-                    read(&state, &actor);
-                }
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    barrier.wait();
-    for h in handles {
-        h.join()
-            .unwrap_or_else(|_| unreachable!("bench thread panicked"));
-    }
-    start.elapsed()
 }
 
 criterion_group! {
