@@ -171,6 +171,19 @@ pub enum StoreError {
     /// A payload or stored record could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The event's id is already stored for another event (ids are deduplication keys: a new
+    /// event needs a new id). Nothing was written.
+    #[error(
+        "event id {event_id} is already stored as version {stored_version} of actor {stored_actor_id:?}; a new event needs a new id"
+    )]
+    DuplicateEventId {
+        /// The reused id.
+        event_id: uuid::Uuid,
+        /// The actor of the stored event with that id.
+        stored_actor_id: String,
+        /// Its version.
+        stored_version: u64,
+    },
     /// The event (encoded) is larger than the backend accepts.
     #[error(
         "event {event_id} for actor {actor_id:?} is {size} bytes encoded; the limit is {max} bytes"

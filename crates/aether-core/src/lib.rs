@@ -32,4 +32,6 @@ pub use event::{
 pub use namespace::Namespace;
 pub use payload::{Payload, Value};
 pub use snapshot::ActorSnapshot;
-pub use store::{EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore};
+pub use store::{
+    EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore, VersionCache,
+};

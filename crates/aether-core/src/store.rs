@@ -80,6 +80,19 @@ pub trait EventBroadcaster: Send + Sync + std::fmt::Debug {
     async fn publish(&self, namespace: &Namespace, event: &Event) -> Result<(), BroadcastError>;
 }
 
+/// A store that caches actors' latest versions and can be told about writes made elsewhere
+/// (Go's `UpdateVersionCache`). Buses feed it from EventStored notifications of other nodes.
+pub trait VersionCache: Send + Sync + std::fmt::Debug {
+    /// `actor_id` reached `version` through another writer.
+    fn update_version_cache(&self, actor_id: &str, version: u64);
+}
+
+impl<T: VersionCache + ?Sized> VersionCache for Arc<T> {
+    fn update_version_cache(&self, actor_id: &str, version: u64) {
+        (**self).update_version_cache(actor_id, version);
+    }
+}
+
 macro_rules! forward_event_store {
     ($($ty:ty),*) => {$(
         #[async_trait]

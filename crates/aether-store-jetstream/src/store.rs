@@ -32,6 +32,11 @@ use crate::layout;
 
 /// JetStream error codes that mean "the expected last subject sequence did not match".
 const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
+/// Atomic batch errors meaning "these message ids are already stored / being stored": a retried
+/// batch. Treated like a conflict, so the store re-reads the actor and recognises the retry.
+const BATCH_DUPLICATE_IDS: [u64; 2] = [10201, 10158];
+/// JetStream: message larger than the stream's maximum message size.
+const MESSAGE_TOO_LARGE: u64 = 10054;
 /// How many times an append is re-sent after finding the version cache stale.
 const MAX_STALE_RETRIES: usize = 10;
 /// Room left for headers when checking an event against the server's `max_payload`.
@@ -96,6 +101,14 @@ struct ApiError {
     description: String,
 }
 
+/// What the server did with a publish.
+enum Published {
+    /// Stored at this stream sequence.
+    Stored(u64),
+    /// Dropped as a duplicate of the message id stored at this sequence.
+    Duplicate(u64),
+}
+
 /// Why a publish did not store the events.
 enum PublishFailure {
     /// The expected last subject sequence did not match: someone else wrote.
@@ -135,7 +148,7 @@ struct Inner {
 ///   answer; a real conflict returns [`StoreError::VersionConflict`] with the true current version.
 ///   Appends to one actor through one store are serialized; different actors are pipelined.
 /// - **Batches:** [`EventStore::save_events`] uses JetStream atomic batch publish (nats-server
-///   2.12 or newer): all events or none.
+///   2.12.1 or newer): all events or none.
 /// - **Retries:** re-sending an event after a timeout stores it once.
 /// - **Immutability:** the stream denies message delete and purge; retention is by age only.
 ///
@@ -196,9 +209,10 @@ fn desired_stream(
         deny_purge: true,
         allow_direct: true,
         allow_atomic_publish: atomic,
+        // The server counts headers too.
         max_message_size: config
             .max_event_bytes
-            .and_then(|m| i32::try_from(m).ok())
+            .and_then(|m| i32::try_from(m.saturating_add(HEADER_ALLOWANCE)).ok())
             .unwrap_or_default(),
         description: config.description.clone(),
         ..Default::default()
@@ -220,6 +234,29 @@ fn incompatibilities(found: &StreamConfig, want: &StreamConfig) -> Vec<String> {
     if want.allow_atomic_publish {
         settings.push(("allow_atomic", pair(&found.allow_atomic_publish, &true)));
     }
+    // Limits that would silently delete events (0 or -1 mean "no limit").
+    let unlimited = |v: i64| {
+        if v > 0 {
+            format!("{v}")
+        } else {
+            "unlimited".to_owned()
+        }
+    };
+    settings.push((
+        "max_msgs",
+        (unlimited(found.max_messages), "unlimited".to_owned()),
+    ));
+    settings.push((
+        "max_bytes",
+        (unlimited(found.max_bytes), "unlimited".to_owned()),
+    ));
+    settings.push((
+        "max_msgs_per_subject",
+        (
+            unlimited(found.max_messages_per_subject),
+            "unlimited".to_owned(),
+        ),
+    ));
     settings
         .into_iter()
         .filter(|(_, (found, want))| found != want)
@@ -244,7 +281,6 @@ fn setup_error<E: std::error::Error + Send + Sync + 'static>(context: &str, e: E
     if e.to_string()
         .to_lowercase()
         .contains("jetstream not enabled")
-        || e.to_string().to_lowercase().contains("no responders")
     {
         return ConfigError::JetStreamNotEnabled;
     }
@@ -294,9 +330,10 @@ impl JetStreamEventStore {
             return Err(ConfigError::JetStreamNotEnabled);
         }
         let atomic_batches = match parse_version(&server.version) {
-            Some(v) if v >= (2, 12, 0) => Ok(()),
+            // 2.12.0 refuses message ids inside batches; 2.12.1 accepts them.
+            Some(v) if v >= (2, 12, 1) => Ok(()),
             _ => Err(format!(
-                "atomic batch appends need nats-server 2.12 or newer; the server is {}",
+                "atomic batch appends need nats-server 2.12.1 or newer; the server is {}",
                 server.version
             )),
         };
@@ -416,7 +453,7 @@ impl JetStreamEventStore {
 
     /// Tells the store that `actor_id` reached `version` elsewhere (Go's `UpdateVersionCache`,
     /// fed by EventStored notifications). A cached entry below `version` is dropped, so the next
-    /// append reads the actor's position from the server instead of taking a failed round trip.
+    /// append re-learns the actor's position from the server instead of trusting a stale one.
     pub fn update_version_cache(&self, actor_id: &str, version: u64) {
         if let Some(slot) = self.existing_slot(actor_id)
             && slot.known().is_some_and(|k| k.version < version)
@@ -604,6 +641,7 @@ impl JetStreamEventStore {
             last_id: None,
         });
         let mut refreshed = false;
+        let mut attempt_backoff = Duration::from_millis(2);
         for _ in 0..MAX_STALE_RETRIES {
             // The batch's structure was checked above; only its first version can conflict.
             if first.version() <= known.version {
@@ -628,7 +666,7 @@ impl JetStreamEventStore {
                 Box::pin(self.publish_batch(subject, &events, &encoded, known.seq)).await
             };
             match result {
-                Ok(Some(seq)) => {
+                Ok(Published::Stored(seq)) => {
                     slot.set_known(Some(Known {
                         version: last.version(),
                         seq,
@@ -638,19 +676,25 @@ impl JetStreamEventStore {
                     self.broadcast(&events).await;
                     return Ok(());
                 }
-                Ok(None) => {
-                    // The server had these ids already (a retry within the duplicate window):
-                    // stored once, as asked. Its answer names an older position, so forget the
-                    // cache rather than trust it.
+                Ok(Published::Duplicate(seq)) => {
+                    // The server had this id already (within the duplicate window). Its answer
+                    // names an older position, so forget the cache rather than trust it.
                     slot.set_known(None);
-                    return Ok(());
+                    return Box::pin(self.verify_duplicate(first, seq)).await;
                 }
                 Err(PublishFailure::Conflict) => {
                     // Someone else wrote: learn the truth and decide again.
+                    let sent = known.seq;
                     known = Box::pin(self.refresh(&slot, &actor_id)).await?;
                     refreshed = true;
                     if is_retry(&known) {
                         return Ok(());
+                    }
+                    if known.seq == sent {
+                        // Refused although nothing moved: on replicated streams another write to
+                        // this actor is still in flight (10164). Give it a moment.
+                        attempt_backoff = (attempt_backoff * 2).min(Duration::from_millis(200));
+                        tokio::time::sleep(attempt_backoff).await;
                     }
                 }
                 Err(PublishFailure::Error(e)) => {
@@ -661,13 +705,46 @@ impl JetStreamEventStore {
                 }
             }
         }
-        Err(VersionConflict::new(actor_id, known.version, first.version()).into())
+        Err(StoreError::Unavailable {
+            context: format!(
+                "appending to actor {actor_id:?}: the server kept refusing the expected position \
+                 ({MAX_STALE_RETRIES} attempts) while the actor did not move past version {}",
+                known.version
+            ),
+            source: None,
+        })
+    }
+
+    /// A publish was dropped as a duplicate of the id stored at `seq`: success if that is this
+    /// very event (a retry), an error if the id belongs to another event.
+    async fn verify_duplicate(&self, event: &Event, seq: u64) -> Result<(), StoreError> {
+        let stored = self.inner.stream.get_raw_message(seq).await.map_err(|e| {
+            backend(
+                format!("reading the event stored under id {}", event.id()),
+                e,
+            )
+        })?;
+        let same = rmp_serde::from_slice::<Event>(&stored.payload).ok();
+        match same {
+            Some(s) if s.actor_id() == event.actor_id() && s.version() == event.version() => Ok(()),
+            Some(s) => Err(StoreError::DuplicateEventId {
+                event_id: event.id(),
+                stored_actor_id: s.actor_id().to_owned(),
+                stored_version: s.version(),
+            }),
+            None => Err(StoreError::DuplicateEventId {
+                event_id: event.id(),
+                stored_actor_id: String::new(),
+                stored_version: 0,
+            }),
+        }
     }
 
     fn classify_publish(
         &self,
         e: async_nats::jetstream::context::PublishError,
         event: &Event,
+        size: usize,
     ) -> PublishFailure {
         let code = jetstream_code(&e);
         if matches!(e.kind(), PublishErrorKind::WrongLastSequence)
@@ -681,17 +758,21 @@ impl JetStreamEventStore {
             event.version(),
             event.actor_id()
         );
+        if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded)
+            || code == Some(MESSAGE_TOO_LARGE)
+        {
+            return PublishFailure::Error(StoreError::TooLarge {
+                actor_id: event.actor_id().to_owned(),
+                event_id: event.id(),
+                size,
+                max: self.inner.max_event_bytes,
+            });
+        }
         PublishFailure::Error(match e.kind() {
             PublishErrorKind::TimedOut => StoreError::Timeout { context },
             PublishErrorKind::BrokenPipe => StoreError::Unavailable {
                 context,
                 source: Some(Box::new(e)),
-            },
-            PublishErrorKind::MaxPayloadExceeded => StoreError::TooLarge {
-                actor_id: event.actor_id().to_owned(),
-                event_id: event.id(),
-                size: 0,
-                max: self.inner.max_event_bytes,
             },
             PublishErrorKind::StreamNotFound => StoreError::backend(
                 format!(
@@ -721,7 +802,7 @@ impl JetStreamEventStore {
         event: &Event,
         bytes: &Bytes,
         expected_seq: u64,
-    ) -> Result<Option<u64>, PublishFailure> {
+    ) -> Result<Published, PublishFailure> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -734,8 +815,8 @@ impl JetStreamEventStore {
                 Err(e) => Err(e),
             };
             match result {
-                // `None`: a duplicate of an event already stored.
-                Ok(ack) => return Ok((!ack.duplicate).then_some(ack.sequence)),
+                Ok(ack) if ack.duplicate => return Ok(Published::Duplicate(ack.sequence)),
+                Ok(ack) => return Ok(Published::Stored(ack.sequence)),
                 // No responders: nothing received the message (a stream just created, or
                 // between leaders). Nothing was stored, so sending again is safe.
                 Err(e)
@@ -745,7 +826,7 @@ impl JetStreamEventStore {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(250));
                 }
-                Err(e) => return Err(self.classify_publish(e, event)),
+                Err(e) => return Err(self.classify_publish(e, event, bytes.len())),
             }
         }
     }
@@ -757,7 +838,7 @@ impl JetStreamEventStore {
         events: &[Event],
         encoded: &[Bytes],
         expected_seq: u64,
-    ) -> Result<Option<u64>, PublishFailure> {
+    ) -> Result<Published, PublishFailure> {
         let batch_id = Uuid::new_v4().simple().to_string();
         let n = events.len();
         let context = |what: &str| {
@@ -799,7 +880,9 @@ impl JetStreamEventStore {
                     PublishFailure::Error(StoreError::backend(context("reading the reply"), e))
                 })?;
                 if let Some(err) = parsed.error {
-                    if WRONG_LAST_SEQUENCE.contains(&err.err_code) {
+                    if WRONG_LAST_SEQUENCE.contains(&err.err_code)
+                        || BATCH_DUPLICATE_IDS.contains(&err.err_code)
+                    {
                         return Err(PublishFailure::Conflict);
                     }
                     return Err(PublishFailure::Error(StoreError::backend(
@@ -808,7 +891,7 @@ impl JetStreamEventStore {
                     )));
                 }
                 if commit {
-                    return parsed.seq.map(Some).ok_or_else(|| {
+                    return parsed.seq.map(Published::Stored).ok_or_else(|| {
                         PublishFailure::Error(StoreError::backend(
                             context("committing"),
                             "the commit reply carries no sequence",
@@ -913,7 +996,7 @@ impl JetStreamEventStore {
         match checkpoint {
             Some((version, seq)) if version < from_version && seq > 0 => {
                 DeliverPolicy::ByStartSequence {
-                    start_sequence: seq + 1,
+                    start_sequence: seq.saturating_add(1),
                 }
             }
             _ => DeliverPolicy::All,
@@ -962,6 +1045,15 @@ impl JetStreamEventStore {
                 let actor_id = &target.actor_id;
                 let next = match tokio::time::timeout(target.timeout, messages.next()).await {
                     Ok(Some(Ok(m))) => m,
+                    // The ordered consumer recreates itself after a missed heartbeat.
+                    Ok(Some(Err(e)))
+                        if matches!(
+                            e.kind(),
+                            async_nats::jetstream::consumer::push::OrderedErrorKind::MissingHeartbeat
+                        ) =>
+                    {
+                        continue;
+                    }
                     Ok(Some(Err(e))) => {
                         return Some((
                             Err(backend(format!("replaying actor {actor_id:?}"), e)),
@@ -1153,6 +1245,12 @@ impl EventStore for JetStreamEventStore {
     }
 }
 
+impl aether_core::VersionCache for JetStreamEventStore {
+    fn update_version_cache(&self, actor_id: &str, version: u64) {
+        JetStreamEventStore::update_version_cache(self, actor_id, version);
+    }
+}
+
 #[async_trait]
 impl EventStoreWithErrors for JetStreamEventStore {
     async fn get_events_with_errors(
@@ -1197,6 +1295,15 @@ impl SnapshotStore for JetStreamEventStore {
                 e,
             )
         })?;
+        if record.snapshot.actor_id != actor_id {
+            return Err(StoreError::backend(
+                format!("reading the snapshot of actor {actor_id:?}"),
+                format!(
+                    "the record under its key belongs to actor {:?}",
+                    record.snapshot.actor_id
+                ),
+            ));
+        }
         self.remember_checkpoint(&record);
         Ok(Some(record.snapshot))
     }

@@ -440,3 +440,29 @@ async fn update_version_cache_drops_a_stale_entry() {
     assert_eq!(store.cached_version("cache"), None);
     assert_eq!(store.cached_version(&Uuid::new_v4().to_string()), None);
 }
+
+#[tokio::test]
+async fn a_reused_event_id_is_refused_and_a_cold_batch_retry_is_recognised() {
+    let h = JetStreamHarness::single().await;
+    let store = h.store(None).await;
+    let first = ev("ids", 1);
+    store.save_event(first.clone()).await.unwrap();
+    // Same id, new version: not a retry but another event wearing a stored id.
+    let reused = first.to_builder().version(2).build().unwrap();
+    match store.save_event(reused).await {
+        Err(StoreError::DuplicateEventId {
+            event_id,
+            stored_version,
+            ..
+        }) => {
+            assert_eq!((event_id, stored_version), (first.id(), 1));
+        }
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    // A batch committed through one store is retried through another (cold cache): stored once.
+    let batch = vec![ev("ids", 2), ev("ids", 3)];
+    store.save_events(batch.clone()).await.unwrap();
+    let other = h.store(None).await;
+    other.save_events(batch).await.unwrap();
+    assert_eq!(versions(&store, "ids").await, [1, 2, 3]);
+}

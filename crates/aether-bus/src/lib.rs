@@ -1,0 +1,23 @@
+//! # aether-bus
+//!
+//! Pub/sub for events, with namespace isolation:
+//!
+//! - [`EventBus`]: in process. Subscribers choose namespaces with a [`Pattern`] (NATS token rules:
+//!   `*` one token, `>` the rest) and optional event-type / actor filters, and each gets a bounded
+//!   buffer with a stated [`Overflow`] policy, so a slow subscriber cannot stall publishers or grow
+//!   memory.
+//! - `NatsEventBus` (feature `nats`, on by default): the same across nodes over core NATS
+//!   subjects `aether.<namespace>`, with EventStored notifications that keep other nodes' version
+//!   caches in step.
+//!
+//! Both implement [`aether_core::EventBroadcaster`], so a store can publish through them.
+
+mod local;
+#[cfg(feature = "nats")]
+mod nats;
+mod pattern;
+
+pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
+#[cfg(feature = "nats")]
+pub use nats::{BusError, HEADER_NODE, NatsEventBus, SUBJECT_PREFIX, subject};
+pub use pattern::{Pattern, PatternError};

@@ -1,0 +1,327 @@
+//! The in-process event bus.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use aether_core::{BroadcastError, Event, EventBroadcaster, Namespace};
+use async_trait::async_trait;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::pattern::Pattern;
+
+/// What happens when a subscriber's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Drop the subscriber's oldest buffered events, count and log the loss; publishers never
+    /// wait. The default.
+    DropOldest,
+    /// The publisher waits up to this long for room, then drops the event for this subscriber
+    /// (counted and logged).
+    Wait(Duration),
+}
+
+/// How a subscription buffers and filters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Events buffered for the subscriber (default 1024).
+    pub capacity: usize,
+    /// Policy when the buffer is full (default [`Overflow::DropOldest`]).
+    pub overflow: Overflow,
+    /// Only these event types, if set.
+    pub event_types: Option<Vec<String>>,
+    /// Only actors whose id starts with this, if set.
+    pub actor_prefix: Option<String>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            overflow: Overflow::DropOldest,
+            event_types: None,
+            actor_prefix: None,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Sets the buffer size (at least 1).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Sets the overflow policy.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Keeps only events of these types.
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Keeps only actors whose id starts with `prefix`.
+    pub fn actor_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.actor_prefix = Some(prefix.into());
+        self
+    }
+}
+
+enum Sink {
+    Ring(broadcast::Sender<Event>),
+    Queue(mpsc::Sender<Event>, Duration),
+}
+
+struct Subscriber {
+    id: u64,
+    pattern: Pattern,
+    event_types: Option<Vec<String>>,
+    actor_prefix: Option<String>,
+    sink: Sink,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscriber {
+    fn wants(&self, namespace: &Namespace, event: &Event) -> bool {
+        self.pattern.matches(namespace)
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|t| t == event.event_type()))
+            && self
+                .actor_prefix
+                .as_ref()
+                .is_none_or(|p| event.actor_id().starts_with(p.as_str()))
+    }
+
+    fn lost(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(
+            subscription = self.id,
+            pattern = %self.pattern,
+            lost = n,
+            "a slow subscriber lost events"
+        );
+    }
+}
+
+#[derive(Default)]
+struct BusInner {
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    next_id: AtomicU64,
+    published: AtomicU64,
+}
+
+/// The in-process event bus (Go's `EventBus`).
+///
+/// Subscribers pick namespaces with a [`Pattern`] and get a bounded buffer each; a slow
+/// subscriber loses its own oldest events (or makes publishers wait a bounded time, if it asks),
+/// never anyone else's. Cloning gives another handle on the same bus.
+///
+/// ```
+/// use aether_bus::EventBus;
+/// use aether_core::{Event, Namespace};
+/// use futures::StreamExt;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = EventBus::new();
+/// let mut orders = bus.subscribe("tenant-a".parse()?);
+/// bus.publish(&Namespace::new("tenant-a")?, &Event::new("order-1", "OrderPlaced", 1, &1)?)
+///     .await;
+/// assert_eq!(orders.next().await.map(|e| e.version()), Some(1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBus")
+            .field("subscribers", &self.subscriber_count())
+            .field("published", &self.inner.published.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to the namespaces matching `pattern` with default options.
+    pub fn subscribe(&self, pattern: Pattern) -> Subscription {
+        self.subscribe_with(pattern, SubscribeOptions::default())
+    }
+
+    /// Subscribes with explicit buffering and filters.
+    pub fn subscribe_with(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let capacity = options.capacity.max(1);
+        let (sink, receiver) = match options.overflow {
+            Overflow::DropOldest => {
+                let (tx, rx) = broadcast::channel(capacity);
+                (Sink::Ring(tx), Receiver::Ring(BroadcastStream::new(rx)))
+            }
+            Overflow::Wait(timeout) => {
+                let (tx, rx) = mpsc::channel(capacity);
+                (Sink::Queue(tx, timeout), Receiver::Queue(rx))
+            }
+        };
+        let subscriber = Arc::new(Subscriber {
+            id,
+            pattern,
+            event_types: options.event_types,
+            actor_prefix: options.actor_prefix,
+            sink,
+            dropped: dropped.clone(),
+        });
+        self.inner
+            .subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(subscriber);
+        Subscription {
+            id,
+            bus: Arc::downgrade(&self.inner),
+            receiver,
+            dropped,
+        }
+    }
+
+    /// Delivers `event` to every subscriber whose pattern matches `namespace` (Go's `Publish`).
+    pub async fn publish(&self, namespace: &Namespace, event: &Event) {
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = Vec::new();
+        {
+            let subscribers = self
+                .inner
+                .subscribers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for sub in subscribers.iter().filter(|s| s.wants(namespace, event)) {
+                match &sub.sink {
+                    // A full ring overwrites the oldest; the receiver learns how many it missed.
+                    Sink::Ring(tx) => {
+                        let _ = tx.send(event.clone());
+                    }
+                    Sink::Queue(tx, _) => match tx.try_send(event.clone()) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => waiting.push(sub.clone()),
+                    },
+                }
+            }
+        }
+        // Subscribers that asked publishers to wait: only after everyone else has the event.
+        for sub in waiting {
+            if let Sink::Queue(tx, timeout) = &sub.sink
+                && let Err(mpsc::error::SendTimeoutError::Timeout(_)) =
+                    tx.send_timeout(event.clone(), *timeout).await
+            {
+                sub.lost(1);
+            }
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[async_trait]
+impl EventBroadcaster for EventBus {
+    async fn publish(&self, namespace: &Namespace, event: &Event) -> Result<(), BroadcastError> {
+        EventBus::publish(self, namespace, event).await;
+        Ok(())
+    }
+}
+
+enum Receiver {
+    Ring(BroadcastStream<Event>),
+    Queue(mpsc::Receiver<Event>),
+}
+
+/// A live subscription: a [`Stream`] of events. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    bus: Weak<BusInner>,
+    receiver: Receiver,
+    dropped: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Events this subscriber lost because it read too slowly.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = &mut *self;
+        match &mut this.receiver {
+            Receiver::Queue(rx) => rx.poll_recv(cx),
+            Receiver::Ring(rx) => loop {
+                match Pin::new(&mut *rx).poll_next(cx) {
+                    Poll::Ready(Some(Ok(event))) => return Poll::Ready(Some(event)),
+                    Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
+                        this.dropped.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(
+                            subscription = this.id,
+                            lost = n,
+                            "a slow subscriber lost its oldest events"
+                        );
+                    }
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.subscribers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|s| s.id != self.id);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The event bus across nodes, over core NATS.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aether_core::{
+    BroadcastError, EVENT_STORED, Event, EventBroadcaster, EventStored, Namespace, VersionCache,
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::local::{EventBus, SubscribeOptions, Subscription};
+use crate::pattern::Pattern;
+
+/// First token of every bus subject: events of namespace `ns` travel on `aether.<ns>`.
+pub const SUBJECT_PREFIX: &str = "aether";
+/// Header naming the node that published a message, so it can skip its own echo.
+pub const HEADER_NODE: &str = "Aether-Node";
+
+/// Starting a [`NatsEventBus`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// Subscribing to the bus subjects failed.
+    #[error("subscribing to {subject} failed")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The cause.
+        #[source]
+        source: aether_core::BoxError,
+    },
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    echoes: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    node_id: String,
+    local: EventBus,
+    cache: Option<Arc<dyn VersionCache>>,
+    counters: Counters,
+    stopped: AtomicBool,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The event bus across nodes (Go's `NATSEventBus`): every event published on one node reaches
+/// the matching subscribers on every node, over core NATS subjects `aether.<namespace>`.
+///
+/// Local subscribers get events from their own node at once (not echoed back through NATS: the
+/// publishing node's id travels in the [`HEADER_NODE`] header). Messages that cannot be decoded
+/// are counted ([`NatsEventBus::undecodable`]) and logged. Reconnects are handled by the client.
+///
+/// ```no_run
+/// use aether_bus::NatsEventBus;
+/// use aether_core::{Event, Namespace};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let bus = NatsEventBus::new(client).await?;
+/// let _orders = bus.subscribe("tenant-a".parse()?);
+/// bus.publish(&Namespace::new("tenant-a")?, &Event::new("o-1", "OrderPlaced", 1, &1)?).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsEventBus {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for NatsEventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsEventBus")
+            .field("node_id", &self.inner.node_id)
+            .field("received", &self.received())
+            .field("undecodable", &self.undecodable())
+            .field("stopped", &self.inner.stopped.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subject of `namespace`'s events.
+pub fn subject(namespace: &Namespace) -> String {
+    format!("{SUBJECT_PREFIX}.{namespace}")
+}
+
+impl NatsEventBus {
+    /// A bus on `client` with a random node id (Go's `NewNATSEventBus`).
+    pub async fn new(client: async_nats::Client) -> Result<Self, BusError> {
+        Self::start(client, None).await
+    }
+
+    /// A bus that also keeps `cache` (a `JetStreamEventStore`) in step with EventStored
+    /// notifications from other nodes (Go's `NewNATSEventBusWithBroadcaster`).
+    pub async fn with_version_cache(
+        client: async_nats::Client,
+        cache: Arc<dyn VersionCache>,
+    ) -> Result<Self, BusError> {
+        Self::start(client, Some(cache)).await
+    }
+
+    async fn start(
+        client: async_nats::Client,
+        cache: Option<Arc<dyn VersionCache>>,
+    ) -> Result<Self, BusError> {
+        let subject = format!("{SUBJECT_PREFIX}.>");
+        let mut messages =
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| BusError::Subscribe {
+                    subject: subject.clone(),
+                    source: Box::new(e),
+                })?;
+        // Make sure the server has the subscription before anyone publishes to us.
+        client.flush().await.map_err(|e| BusError::Subscribe {
+            subject,
+            source: Box::new(e),
+        })?;
+        let inner = Arc::new(Inner {
+            client,
+            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            local: EventBus::new(),
+            cache,
+            counters: Counters::default(),
+            stopped: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(async move {
+            while let Some(msg) = messages.next().await {
+                let Some(inner) = weak.upgrade() else { break };
+                inner.receive(msg).await;
+            }
+        });
+        *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Ok(Self { inner })
+    }
+
+    /// This node's id, carried in [`HEADER_NODE`].
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The in-process bus that local subscribers read from.
+    pub fn local(&self) -> &EventBus {
+        &self.inner.local
+    }
+
+    /// Subscribes to events of every node in the namespaces matching `pattern`.
+    pub fn subscribe(&self, pattern: Pattern) -> Subscription {
+        self.inner.local.subscribe(pattern)
+    }
+
+    /// Subscribes with explicit buffering and filters.
+    pub fn subscribe_with(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
+        self.inner.local.subscribe_with(pattern, options)
+    }
+
+    /// Subscribes to EventStored notifications (published by stores through a bus) in the
+    /// namespaces matching `pattern` (Go's `SubscribeToEventStored`). Decode the payload with
+    /// `event.decode::<aether_core::EventStored>()`.
+    pub fn subscribe_to_event_stored(&self, pattern: Pattern) -> Subscription {
+        self.subscribe_with(
+            pattern,
+            SubscribeOptions::default().event_types([EVENT_STORED]),
+        )
+    }
+
+    /// Publishes `event` to the local subscribers and to every other node.
+    pub async fn publish(
+        &self,
+        namespace: &Namespace,
+        event: &Event,
+    ) -> Result<(), BroadcastError> {
+        if self.inner.stopped.load(Ordering::Relaxed) {
+            return Err(BroadcastError::Closed);
+        }
+        self.inner.local.publish(namespace, event).await;
+        let payload = rmp_serde::to_vec_named(event).map_err(|e| BroadcastError::Transport {
+            context: format!("encoding event {}", event.id()),
+            source: Box::new(e),
+        })?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(HEADER_NODE, self.inner.node_id.as_str());
+        self.inner
+            .client
+            .publish_with_headers(subject(namespace), headers, payload.into())
+            .await
+            .map_err(|e| BroadcastError::Transport {
+                context: format!("publishing event {} to {}", event.id(), subject(namespace)),
+                source: Box::new(e),
+            })
+    }
+
+    /// Messages received from other nodes.
+    pub fn received(&self) -> u64 {
+        self.inner.counters.received.load(Ordering::Relaxed)
+    }
+
+    /// Messages on bus subjects that could not be decoded (and were skipped).
+    pub fn undecodable(&self) -> u64 {
+        self.inner.counters.undecodable.load(Ordering::Relaxed)
+    }
+
+    /// Stops receiving from other nodes and refuses further publishes (Go's `Stop`). Local
+    /// subscriptions stay open but receive nothing more from other nodes.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        if let Some(task) = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            // Aborting drops the NATS subscription, which unsubscribes.
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    async fn receive(&self, msg: async_nats::Message) {
+        let from = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_NODE))
+            .map(|v| v.as_str());
+        if from == Some(self.node_id.as_str()) {
+            self.counters.echoes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let namespace = msg
+            .subject
+            .as_str()
+            .strip_prefix(SUBJECT_PREFIX)
+            .and_then(|s| s.strip_prefix('.'))
+            .ok_or_else(|| "subject outside the bus prefix".to_owned())
+            .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()));
+        let decoded = namespace.and_then(|ns| {
+            rmp_serde::from_slice::<Event>(&msg.payload)
+                .map(|e| (ns, e))
+                .map_err(|e| format!("not an Aether event: {e}"))
+        });
+        let (namespace, event) = match decoded {
+            Ok(ok) => ok,
+            Err(reason) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    subject = %msg.subject,
+                    bytes = msg.payload.len(),
+                    %reason,
+                    "skipping a bus message that cannot be decoded"
+                );
+                return;
+            }
+        };
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if event.event_type() == EVENT_STORED
+            && let Some(cache) = &self.cache
+        {
+            match event.decode::<EventStored>() {
+                Ok(stored) => cache.update_version_cache(&stored.actor_id, stored.version),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an EventStored notification has an unreadable payload");
+                }
+            }
+        }
+        self.local.publish(&namespace, &event).await;
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl EventBroadcaster for NatsEventBus {
+    async fn publish(&self, namespace: &Namespace, event: &Event) -> Result<(), BroadcastError> {
+        NatsEventBus::publish(self, namespace, event).await
+    }
+}
