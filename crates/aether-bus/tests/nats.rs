@@ -1,0 +1,221 @@
+//! The NATS bus against real servers: the server as the oracle for wildcard matching, two nodes
+//! of a cluster, EventStored cache sync, garbage on the wire.
+
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_bus::{NatsEventBus, Pattern, Subscription};
+use aether_core::{Event, EventStore, EventStored, Namespace};
+use aether_store_jetstream::JetStreamEventStore;
+use aether_testkit::nats::{NatsCluster, NatsServer};
+use futures::StreamExt;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ns(s: &str) -> Namespace {
+    Namespace::new(s).unwrap()
+}
+
+fn ev(actor: &str, v: u64) -> Event {
+    Event::builder(actor, "Tested").version(v).build().unwrap()
+}
+
+async fn next(sub: &mut Subscription) -> Event {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an event within the wait")
+        .expect("subscription open")
+}
+
+/// Publishes probe events on `from` until `to` sees one: routes and interest have propagated
+/// once the first probe arrives (each attempt waits for an answer, it does not just sleep).
+async fn wait_until_connected(from: &NatsEventBus, to: &NatsEventBus) {
+    let mut probe = to.subscribe(Pattern::new("probe").unwrap());
+    for v in 1..=100 {
+        from.publish(&ns("probe"), &ev("probe", v)).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), probe.next())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("the two buses never connected");
+}
+
+#[test]
+fn local_matching_agrees_with_the_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (server, client) = rt.block_on(async {
+        let server = NatsServer::start().await.unwrap();
+        let client = server.connect().await.unwrap();
+        (server, client)
+    });
+    let token = prop_oneof![Just("a"), Just("b"), Just("c-1"), Just("d_2")];
+    let namespace = proptest::collection::vec(token.clone(), 1..4).prop_map(|t| t.join("."));
+    let pattern_token = prop_oneof![4 => token.prop_map(str::to_owned), 2 => Just("*".to_owned())];
+    let pattern = (
+        proptest::collection::vec(pattern_token, 1..4),
+        any::<bool>(),
+    )
+        .prop_map(|(mut tokens, rest)| {
+            if rest {
+                tokens.push(">".to_owned());
+            }
+            tokens.join(".")
+        });
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        ..Config::default()
+    });
+    runner
+        .run(&(namespace, pattern), |(namespace, pattern)| {
+            let local = Pattern::new(&pattern).unwrap().matches(&ns(&namespace));
+            // The oracle: does a request to the namespace's subject reach a responder subscribed
+            // with the pattern? "No responders" comes back at once when it does not.
+            let server_says = rt.block_on(async {
+                let mut sub = client.subscribe(format!("oracle.{pattern}")).await.unwrap();
+                client.flush().await.unwrap();
+                let c = client.clone();
+                let answer = tokio::spawn(async move {
+                    if let Some(m) = sub.next().await
+                        && let Some(reply) = m.reply
+                    {
+                        c.publish(reply, "yes".into()).await.unwrap();
+                    }
+                });
+                let got = client
+                    .request(format!("oracle.{namespace}"), "?".into())
+                    .await;
+                answer.abort();
+                match got {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => false,
+                    Err(e) => panic!("oracle request failed: {e}"),
+                }
+            });
+            prop_assert_eq!(
+                local,
+                server_says,
+                "pattern {} vs namespace {}",
+                pattern,
+                namespace
+            );
+            Ok(())
+        })
+        .unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_events_and_keep_namespaces_apart() {
+    let cluster = NatsCluster::start(3).await.unwrap();
+    let bus1 = NatsEventBus::new(cluster.node(0).connect().await.unwrap())
+        .await
+        .unwrap();
+    let bus2 = NatsEventBus::new(cluster.node(1).connect().await.unwrap())
+        .await
+        .unwrap();
+    wait_until_connected(&bus1, &bus2).await;
+    wait_until_connected(&bus2, &bus1).await;
+
+    let mut a_on_2 = bus2.subscribe(Pattern::new("tenant-a").unwrap());
+    let mut b_on_2 = bus2.subscribe(Pattern::new("tenant-b").unwrap());
+    let mut a_on_1 = bus1.subscribe(Pattern::new("tenant-a").unwrap());
+
+    let event = ev("order-1", 1);
+    bus1.publish(&ns("tenant-a"), &event).await.unwrap();
+    assert_eq!(next(&mut a_on_2).await, event, "arrives on the other node");
+    assert_eq!(next(&mut a_on_1).await, event, "and locally");
+
+    // A marker in tenant-b, published after: tenant-b sees the marker and nothing before it.
+    let marker = ev("marker", 1);
+    bus1.publish(&ns("tenant-b"), &marker).await.unwrap();
+    assert_eq!(
+        next(&mut b_on_2).await,
+        marker,
+        "tenant-b never sees tenant-a"
+    );
+    // Own events are not echoed back: bus1's local subscriber got the event exactly once.
+    let marker_a = ev("marker-a", 1);
+    bus1.publish(&ns("tenant-a"), &marker_a).await.unwrap();
+    assert_eq!(
+        next(&mut a_on_1).await,
+        marker_a,
+        "no echo of the first event in between"
+    );
+    assert!(bus1.received() >= 1, "bus1 received bus2's probes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stored_keeps_another_stores_cache_in_step() {
+    let server = NatsServer::start().await.unwrap();
+    let store1 = JetStreamEventStore::new(server.connect().await.unwrap(), "events")
+        .await
+        .unwrap();
+    let store2 = Arc::new(
+        JetStreamEventStore::new(server.connect().await.unwrap(), "events")
+            .await
+            .unwrap(),
+    );
+    let bus1 = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let bus2 = NatsEventBus::with_version_cache(server.connect().await.unwrap(), store2.clone())
+        .await
+        .unwrap();
+    store1.set_broadcaster(Arc::new(bus1.clone()));
+    wait_until_connected(&bus1, &bus2).await;
+
+    store2.save_event(ev("synced", 1)).await.unwrap();
+    assert_eq!(store2.cached_version("synced"), Some(1));
+    let mut stored = bus2.subscribe_to_event_stored(Pattern::new("events").unwrap());
+    store1.save_event(ev("synced", 2)).await.unwrap();
+    let note = next(&mut stored).await;
+    let payload: EventStored = note.decode().unwrap();
+    assert_eq!((payload.actor_id.as_str(), payload.version), ("synced", 2));
+    // The bus updated store 2's cache before delivering the notification.
+    assert_eq!(
+        store2.cached_version("synced"),
+        None,
+        "the stale entry is gone"
+    );
+    store2.save_event(ev("synced", 3)).await.unwrap();
+    assert_eq!(store2.cached_version("synced"), Some(3));
+}
+
+#[tokio::test]
+async fn garbage_on_a_bus_subject_is_counted_and_skipped() {
+    let server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+    let bus = NatsEventBus::new(client.clone()).await.unwrap();
+    let mut sub = bus.subscribe(Pattern::new("g").unwrap());
+    client
+        .publish("aether.g", "\u{0}garbage".into())
+        .await
+        .unwrap();
+    client
+        .publish("aether.bad!namespace", "x".into())
+        .await
+        .unwrap();
+    // A valid event from "another node" (a plain client) after the garbage.
+    let event = ev("fine", 1);
+    client
+        .publish("aether.g", rmp_serde::to_vec_named(&event).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await, event);
+    assert_eq!(
+        bus.undecodable(),
+        2,
+        "the garbage body and the impossible namespace were counted"
+    );
+
+    bus.stop();
+    assert!(bus.publish(&ns("g"), &event).await.is_err());
+}
