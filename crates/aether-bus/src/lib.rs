@@ -9,6 +9,8 @@
 //! - `NatsEventBus` (feature `nats`, on by default): the same across nodes over core NATS
 //!   subjects `aether.<namespace>`, with EventStored notifications that keep other nodes' version
 //!   caches in step.
+//! - [`ProjectionRunner`] (feature `nats`): durable projections over a JetStream event stream —
+//!   the position is kept by the server, a failing handler is retried and then parked.
 //!
 //! Both implement [`aether_core::EventBroadcaster`], so a store can publish through them.
 
@@ -16,8 +18,14 @@ mod local;
 #[cfg(feature = "nats")]
 mod nats;
 mod pattern;
+#[cfg(feature = "nats")]
+mod projection;
 
 pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
 #[cfg(feature = "nats")]
 pub use nats::{BusError, HEADER_NODE, NatsEventBus, SUBJECT_PREFIX, subject};
 pub use pattern::{Pattern, PatternError};
+#[cfg(feature = "nats")]
+pub use projection::{
+    Projection, ProjectionConfig, ProjectionError, ProjectionRunner, ProjectionStatus, StartFrom,
+};

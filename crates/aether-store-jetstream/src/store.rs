@@ -434,6 +434,11 @@ impl JetStreamEventStore {
         self.inner.namespace.as_ref()
     }
 
+    /// The subjects of all this store's events (`ae.<stream>.*`), for projections.
+    pub fn subject_filter(&self) -> String {
+        format!("{}*", self.inner.subject_prefix)
+    }
+
     /// The subject holding `actor_id`'s events (see [`layout::actor_token`]).
     pub fn subject_for(&self, actor_id: &str) -> String {
         format!(
