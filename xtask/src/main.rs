@@ -153,7 +153,7 @@ fn ci() -> Result {
     let bin = step("provision nats-server", nats)?;
     step("tests", || run_tests(&bin, &[]))?;
     step("quick start (cargo run --example quickstart)", quickstart)?;
-    step("JetStream example against a throwaway nats-server", || {
+    step("NATS examples against a throwaway nats-server", || {
         jetstream_example(&bin)
     })?;
     step("docs (-D warnings) and doc tests", docs)?;
@@ -219,8 +219,11 @@ fn quickstart() -> Result {
     }
 }
 
-/// Starts nats-server on a free port with a temporary store, runs the JetStream example against
-/// it, and stops the server.
+/// The examples that need a nats-server.
+const NATS_EXAMPLES: [&str; 3] = ["jetstream_store", "cross_node_broadcast", "projection"];
+
+/// Starts nats-server on a free port with a temporary store, runs the examples that need one
+/// against it, and stops the server.
 fn jetstream_example(nats_bin: &Path) -> Result {
     use std::io::{BufRead, BufReader};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -251,18 +254,21 @@ fn jetstream_example(nats_bin: &Path) -> Result {
         });
     }
     let result = match ready_rx.recv_timeout(std::time::Duration::from_secs(30)) {
-        Ok(()) => run(Command::new(cargo_bin())
-            .args([
-                "run",
-                "--quiet",
-                "-p",
-                "aether",
-                "--features",
-                "jetstream",
-                "--example",
-                "jetstream_store",
-            ])
-            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))),
+        Ok(()) => NATS_EXAMPLES.iter().try_for_each(|example| {
+            eprintln!("-- example {example}");
+            run(Command::new(cargo_bin())
+                .args([
+                    "run",
+                    "--quiet",
+                    "-p",
+                    "aether",
+                    "--features",
+                    "jetstream,bus",
+                    "--example",
+                    example,
+                ])
+                .env("NATS_URL", format!("nats://127.0.0.1:{port}")))
+        }),
         Err(_) => Err("nats-server did not report ready within 30 s".to_owned()),
     };
     let _ = server.kill();

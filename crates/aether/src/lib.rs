@@ -8,6 +8,7 @@
 //! | (always) | events, snapshots, namespaces, store traits, errors | `aether-core` |
 //! | `memory` (default) | [`store::memory::InMemoryEventStore`] | `aether-store-memory` |
 //! | `jetstream` | `store::jetstream::JetStreamEventStore` | `aether-store-jetstream` |
+//! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -27,6 +28,12 @@
 //! See the project's README for the key concepts and `docs/architecture.md` for the map.
 
 pub use aether_core::*;
+
+/// The event bus: in process, across nodes, durable projections.
+#[cfg(feature = "bus")]
+pub mod bus {
+    pub use aether_bus::*;
+}
 
 /// Event store implementations.
 pub mod store {
