@@ -90,6 +90,10 @@ enum Sink {
 
 struct Subscriber {
     id: u64,
+    /// Subscriptions reading this entry's ring (drop-oldest subscribers with identical pattern,
+    /// filters and capacity share one ring, so a publish is one send for all of them).
+    readers: std::sync::atomic::AtomicUsize,
+    capacity: usize,
     pattern: Pattern,
     event_types: Option<Vec<String>>,
     actor_prefix: Option<String>,
@@ -174,9 +178,34 @@ impl EventBus {
 
     /// Subscribes with explicit buffering and filters.
     pub fn subscribe_with(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let dropped = Arc::new(AtomicU64::new(0));
         let capacity = options.capacity.max(1);
+        let mut subscribers = self
+            .inner
+            .subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if options.overflow == Overflow::DropOldest {
+            let shared = subscribers.iter().find(|s| {
+                matches!(s.sink, Sink::Ring(_))
+                    && s.capacity == capacity
+                    && s.pattern == pattern
+                    && s.event_types == options.event_types
+                    && s.actor_prefix == options.actor_prefix
+            });
+            if let Some(entry) = shared
+                && let Sink::Ring(tx) = &entry.sink
+            {
+                entry.readers.fetch_add(1, Ordering::Relaxed);
+                return Subscription {
+                    id: entry.id,
+                    bus: Arc::downgrade(&self.inner),
+                    receiver: Receiver::Ring(BroadcastStream::new(tx.subscribe())),
+                    dropped,
+                };
+            }
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (sink, receiver) = match options.overflow {
             Overflow::DropOldest => {
                 let (tx, rx) = broadcast::channel(capacity);
@@ -187,19 +216,16 @@ impl EventBus {
                 (Sink::Queue(tx, timeout), Receiver::Queue(rx))
             }
         };
-        let subscriber = Arc::new(Subscriber {
+        subscribers.push(Arc::new(Subscriber {
             id,
+            readers: std::sync::atomic::AtomicUsize::new(1),
+            capacity,
             pattern,
             event_types: options.event_types,
             actor_prefix: options.actor_prefix,
             sink,
             dropped: dropped.clone(),
-        });
-        self.inner
-            .subscribers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(subscriber);
+        }));
         Subscription {
             id,
             bus: Arc::downgrade(&self.inner),
@@ -248,7 +274,9 @@ impl EventBus {
             .subscribers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .iter()
+            .map(|s| s.readers.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -321,7 +349,7 @@ impl Drop for Subscription {
             bus.subscribers
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|s| s.id != self.id);
+                .retain(|s| s.id != self.id || s.readers.fetch_sub(1, Ordering::Relaxed) > 1);
         }
     }
 }

@@ -155,3 +155,33 @@ async fn a_waiting_policy_bounds_the_wait_and_counts_the_loss() {
         [1]
     );
 }
+
+#[tokio::test]
+async fn identical_subscriptions_share_a_ring_but_not_their_losses() {
+    let bus = EventBus::new();
+    let opts = || SubscribeOptions::default().capacity(4);
+    let mut fast = bus.subscribe_with(p("s"), opts());
+    let mut slow = bus.subscribe_with(p("s"), opts());
+    assert_eq!(bus.subscriber_count(), 2);
+    for v in 1..=3 {
+        bus.publish(&ns("s"), &ev("a", "T", v)).await;
+    }
+    assert_eq!(drain(&mut fast).len(), 3);
+    for v in 4..=10 {
+        bus.publish(&ns("s"), &ev("a", "T", v)).await;
+    }
+    assert_eq!(drain(&mut fast).len(), 4, "fast kept up to its capacity");
+    let slow_got = drain(&mut slow);
+    assert_eq!(slow_got.len() as u64 + slow.dropped(), 10);
+    assert_eq!(fast.dropped(), 3);
+    drop(slow);
+    assert_eq!(bus.subscriber_count(), 1);
+    bus.publish(&ns("s"), &ev("a", "T", 11)).await;
+    assert_eq!(
+        drain(&mut fast).len(),
+        1,
+        "the shared ring lives on for the remaining reader"
+    );
+    drop(fast);
+    assert_eq!(bus.subscriber_count(), 0);
+}
