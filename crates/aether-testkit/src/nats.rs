@@ -32,15 +32,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// Oldest nats-server Aether supports (atomic batch publish arrived in 2.12).
-pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 0);
+/// Oldest nats-server Aether supports (atomic batches with message ids: 2.12.1).
+pub const MIN_VERSION: (u32, u32, u32) = (2, 12, 1);
 
 /// How long a server may take to report that it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to tell a developer who has no usable nats-server.
-const HOW_TO_GET_IT: &str = "run `cargo xtask nats` (it installs nats-server >= 2.12 into the target directory) \
-     or set NATS_SERVER_BIN to a nats-server >= 2.12 binary";
+const HOW_TO_GET_IT: &str = "run `cargo xtask nats` (it installs nats-server >= 2.12.1 into the target directory) \
+     or set NATS_SERVER_BIN to a nats-server >= 2.12.1 binary";
 
 /// Errors of the nats-server test harness.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum HarnessError {
         detail: String,
     },
     /// The binary is older than [`MIN_VERSION`].
-    #[error("nats-server at {path} is version {version}, older than 2.12; {HOW_TO_GET_IT}")]
+    #[error("nats-server at {path} is version {version}, older than 2.12.1; {HOW_TO_GET_IT}")]
     BinaryTooOld {
         /// The binary.
         path: PathBuf,
