@@ -78,8 +78,14 @@ fn local_matching_agrees_with_the_server() {
             let local = Pattern::new(&pattern).unwrap().matches(&ns(&namespace));
             // The oracle: does a request to the namespace's subject reach a responder subscribed
             // with the pattern? "No responders" comes back at once when it does not.
+            // A fresh prefix per case: an earlier case's subscription may still be registered
+            // at the server (unsubscribing is asynchronous) and must not answer this one.
+            let case = uuid::Uuid::new_v4().simple().to_string();
             let server_says = rt.block_on(async {
-                let mut sub = client.subscribe(format!("oracle.{pattern}")).await.unwrap();
+                let mut sub = client
+                    .subscribe(format!("oracle.{case}.{pattern}"))
+                    .await
+                    .unwrap();
                 client.flush().await.unwrap();
                 let c = client.clone();
                 let answer = tokio::spawn(async move {
@@ -90,7 +96,7 @@ fn local_matching_agrees_with_the_server() {
                     }
                 });
                 let got = client
-                    .request(format!("oracle.{namespace}"), "?".into())
+                    .request(format!("oracle.{case}.{namespace}"), "?".into())
                     .await;
                 answer.abort();
                 match got {
