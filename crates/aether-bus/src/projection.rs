@@ -116,6 +116,14 @@ impl ProjectionConfig {
         self
     }
 
+    fn setup_error(&self, source: BoxError) -> ProjectionError {
+        ProjectionError::Setup {
+            name: self.name.clone(),
+            stream: self.stream.clone(),
+            source,
+        }
+    }
+
     fn wants(&self, event: &Event) -> bool {
         self.event_types
             .as_ref()
@@ -212,11 +220,7 @@ impl ProjectionRunner {
         config: ProjectionConfig,
         projection: Arc<dyn Projection>,
     ) -> Result<Self, ProjectionError> {
-        let setup = |e: BoxError| ProjectionError::Setup {
-            name: config.name.clone(),
-            stream: config.stream.clone(),
-            source: e,
-        };
+        let setup = |e: BoxError| config.setup_error(e);
         let stream = js
             .get_stream(&config.stream)
             .await
@@ -274,11 +278,7 @@ impl ProjectionRunner {
         config: ProjectionConfig,
         projection: Arc<dyn Projection>,
     ) -> Result<Self, ProjectionError> {
-        let setup = |e: BoxError| ProjectionError::Setup {
-            name: config.name.clone(),
-            stream: config.stream.clone(),
-            source: e,
-        };
+        let setup = |e: BoxError| config.setup_error(e);
         let stream = js
             .get_stream(&config.stream)
             .await
