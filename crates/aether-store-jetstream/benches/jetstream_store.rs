@@ -426,17 +426,7 @@ criterion_group! {
 }
 
 fn mean_ns(group: &str, function: &str) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target
-        .join("criterion")
-        .join(group)
-        .join(function)
-        .join("new/estimates.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json["mean"]["point_estimate"].as_f64()
+    aether_testkit::bench::mean_ns(&[group, function])
 }
 
 fn summary_occ() {

@@ -214,18 +214,7 @@ criterion_group! {
 
 /// Reads criterion's mean estimate (ns per iteration) of one benchmark, if it ran.
 fn mean_ns(group: &str, function: &str, threads: usize) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target
-        .join("criterion")
-        .join(group)
-        .join(function)
-        .join(threads.to_string())
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["mean"]["point_estimate"].as_f64()
+    aether_testkit::bench::mean_ns(&[group, function, &threads.to_string()])
 }
 
 fn summary() {

@@ -5,8 +5,10 @@
 //! - [`conformance`]: the event store conformance suite every [`aether_core::EventStore`] runs,
 //!   through [`event_store_conformance!`];
 //! - [`nats`]: throwaway nats-server processes and clusters (real servers, never a mock), with
-//!   stop, kill, restart and pause for fault injection.
+//!   stop, kill, restart and pause for fault injection;
+//! - [`bench`]: reading criterion's estimates for the ratio tables the benchmarks print.
 
+pub mod bench;
 pub mod conformance;
 pub mod nats;
 
