@@ -6,7 +6,7 @@
 //!   through [`event_store_conformance!`];
 //! - [`nats`]: throwaway nats-server processes and clusters (real servers, never a mock), with
 //!   stop, kill, restart and pause for fault injection;
-//! - [`bench`]: reading criterion's estimates for the ratio tables the benchmarks print.
+//! - [`bench`](mod@bench): reading criterion's estimates for the ratio tables the benchmarks print.
 
 pub mod bench;
 pub mod conformance;
