@@ -119,9 +119,6 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-// Not in the group yet: under load, core NATS lost a few dozen of 10k messages between two
-// local connections (for the raw baseline too); to be understood before its figures mean anything.
-#[allow(dead_code)]
 fn remote(c: &mut Criterion) {
     let rt = rt();
     let server = rt.block_on(NatsServer::start()).unwrap();
@@ -144,7 +141,9 @@ fn remote(c: &mut Criterion) {
                 for _ in 0..iters {
                     let subject = format!("raw.{}", Uuid::new_v4().simple());
                     let mut sub = bconn.subscribe(subject.clone()).await.unwrap();
-                    bconn.flush().await.unwrap();
+                    // Not `flush`: that only writes the socket, and the first messages could
+                    // reach the server before the subscription does.
+                    aether_bus::round_trip(&bconn).await.unwrap();
                     let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
                     let reader = tokio::spawn(async move {
                         for i in 1..=REMOTE {
@@ -332,7 +331,7 @@ criterion_group! {
         .sample_size(10)
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1));
-    targets = fanout, catch_up
+    targets = fanout, remote, catch_up
 }
 
 fn mean_ns(group: &str, function: &str) -> Option<f64> {

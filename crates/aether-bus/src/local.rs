@@ -10,9 +10,9 @@ use std::time::Duration;
 use aether_core::{BroadcastError, Event, EventBroadcaster, Namespace};
 use async_trait::async_trait;
 use futures::Stream;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::pattern::Pattern;
 
@@ -129,7 +129,6 @@ impl Subscriber {
 struct BusInner {
     subscribers: RwLock<Vec<Arc<Subscriber>>>,
     next_id: AtomicU64,
-    published: AtomicU64,
 }
 
 /// The in-process event bus (Go's `EventBus`).
@@ -160,7 +159,6 @@ impl fmt::Debug for EventBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventBus")
             .field("subscribers", &self.subscriber_count())
-            .field("published", &self.inner.published.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -200,7 +198,7 @@ impl EventBus {
                 return Subscription {
                     id: entry.id,
                     bus: Arc::downgrade(&self.inner),
-                    receiver: Receiver::Ring(BroadcastStream::new(tx.subscribe())),
+                    receiver: Receiver::Ring(Ring::new(tx.subscribe())),
                     dropped,
                 };
             }
@@ -209,7 +207,7 @@ impl EventBus {
         let (sink, receiver) = match options.overflow {
             Overflow::DropOldest => {
                 let (tx, rx) = broadcast::channel(capacity);
-                (Sink::Ring(tx), Receiver::Ring(BroadcastStream::new(rx)))
+                (Sink::Ring(tx), Receiver::Ring(Ring::new(rx)))
             }
             Overflow::Wait(timeout) => {
                 let (tx, rx) = mpsc::channel(capacity);
@@ -236,7 +234,6 @@ impl EventBus {
 
     /// Delivers `event` to every subscriber whose pattern matches `namespace` (Go's `Publish`).
     pub async fn publish(&self, namespace: &Namespace, event: &Event) {
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
         let mut waiting = Vec::new();
         {
             let subscribers = self
@@ -289,8 +286,77 @@ impl EventBroadcaster for EventBus {
 }
 
 enum Receiver {
-    Ring(BroadcastStream<Event>),
+    Ring(Ring),
     Queue(mpsc::Receiver<Event>),
+}
+
+type Received = (Result<Event, RecvError>, broadcast::Receiver<Event>);
+
+/// A ring reader. Buffered events are taken with `try_recv` (no future); only an empty ring
+/// parks the reader in a `recv` future, which owns the receiver until it hands it back. The
+/// future's allocation is made once and reused.
+struct Ring {
+    /// `None` while the receiver is inside the parked future.
+    rx: Option<broadcast::Receiver<Event>>,
+    parked: Option<ReusableBoxFuture<'static, Received>>,
+    waiting: bool,
+}
+
+impl Ring {
+    fn new(rx: broadcast::Receiver<Event>) -> Self {
+        Self {
+            rx: Some(rx),
+            parked: None,
+            waiting: false,
+        }
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: u64,
+        dropped: &AtomicU64,
+    ) -> Poll<Option<Event>> {
+        loop {
+            if self.waiting {
+                let Some(parked) = self.parked.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let (got, rx) = std::task::ready!(parked.poll(cx));
+                self.waiting = false;
+                self.rx = Some(rx);
+                match got {
+                    Ok(event) => return Poll::Ready(Some(event)),
+                    Err(RecvError::Lagged(n)) => lagged(id, dropped, n),
+                    Err(RecvError::Closed) => return Poll::Ready(None),
+                }
+                continue;
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match rx.try_recv() {
+                Ok(event) => return Poll::Ready(Some(event)),
+                Err(TryRecvError::Lagged(n)) => lagged(id, dropped, n),
+                Err(TryRecvError::Closed) => return Poll::Ready(None),
+                Err(TryRecvError::Empty) => {
+                    let Some(rx) = self.rx.take() else {
+                        return Poll::Ready(None);
+                    };
+                    match self.parked.as_mut() {
+                        Some(parked) => parked.set(recv_owned(rx)),
+                        None => self.parked = Some(ReusableBoxFuture::new(recv_owned(rx))),
+                    }
+                    self.waiting = true;
+                }
+            }
+        }
+    }
+}
+
+async fn recv_owned(mut rx: broadcast::Receiver<Event>) -> Received {
+    let got = rx.recv().await;
+    (got, rx)
 }
 
 /// A live subscription: a [`Stream`] of events. Dropping it unsubscribes.
@@ -324,23 +390,18 @@ impl Stream for Subscription {
         let this = &mut *self;
         match &mut this.receiver {
             Receiver::Queue(rx) => rx.poll_recv(cx),
-            Receiver::Ring(rx) => loop {
-                match Pin::new(&mut *rx).poll_next(cx) {
-                    Poll::Ready(Some(Ok(event))) => return Poll::Ready(Some(event)),
-                    Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
-                        this.dropped.fetch_add(n, Ordering::Relaxed);
-                        tracing::warn!(
-                            subscription = this.id,
-                            lost = n,
-                            "a slow subscriber lost its oldest events"
-                        );
-                    }
-                    Poll::Ready(None) => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
-                }
-            },
+            Receiver::Ring(ring) => ring.poll_next(cx, this.id, &this.dropped),
         }
     }
+}
+
+fn lagged(id: u64, dropped: &AtomicU64, n: u64) {
+    dropped.fetch_add(n, Ordering::Relaxed);
+    tracing::warn!(
+        subscription = id,
+        lost = n,
+        "a slow subscriber lost its oldest events"
+    );
 }
 
 impl Drop for Subscription {

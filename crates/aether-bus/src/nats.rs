@@ -118,7 +118,7 @@ impl NatsEventBus {
                     source: Box::new(e),
                 })?;
         // Make sure the server has the subscription before anyone publishes to us.
-        client.flush().await.map_err(|e| BusError::Subscribe {
+        round_trip(&client).await.map_err(|e| BusError::Subscribe {
             subject,
             source: Box::new(e),
         })?;
@@ -273,6 +273,20 @@ impl Inner {
             }
         }
         self.local.publish(&namespace, &event).await;
+    }
+}
+
+/// Waits until the server has processed everything `client` sent so far (its subscriptions
+/// included). `Client::flush` is not enough: it only writes the socket, and a message another
+/// connection publishes right after could still miss the new subscription. A request nobody
+/// answers does the round trip: the server replies "no responders" after handling what came
+/// before it on this connection.
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::RequestError> {
+    let subject = format!("_AETHER.sync.{}", uuid::Uuid::new_v4().simple());
+    match client.request(subject, bytes::Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -195,6 +195,39 @@ async fn event_stored_keeps_another_stores_cache_in_step() {
     assert_eq!(store2.cached_version("synced"), Some(3));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buses_survive_a_server_restart() {
+    let mut server = NatsServer::start_without_jetstream().await.unwrap();
+    let bus1 = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let bus2 = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let mut on_2 = bus2.subscribe(Pattern::new("r").unwrap());
+    let before = ev("before", 1);
+    bus1.publish(&ns("r"), &before).await.unwrap();
+    assert_eq!(next(&mut on_2).await, before);
+
+    server.restart().await.unwrap();
+    // The clients reconnect and re-subscribe on their own; the probe shows when both are back.
+    wait_until_connected(&bus1, &bus2).await;
+    wait_until_connected(&bus2, &bus1).await;
+
+    let after = ev("after", 1);
+    bus1.publish(&ns("r"), &after).await.unwrap();
+    assert_eq!(
+        next(&mut on_2).await,
+        after,
+        "events flow again, on the same subscription"
+    );
+    let back = ev("back", 1);
+    let mut on_1 = bus1.subscribe(Pattern::new("r").unwrap());
+    bus2.publish(&ns("r"), &back).await.unwrap();
+    assert_eq!(next(&mut on_1).await, back, "in both directions");
+    assert_eq!(bus1.undecodable() + bus2.undecodable(), 0);
+}
+
 #[tokio::test]
 async fn garbage_on_a_bus_subject_is_counted_and_skipped() {
     let server = NatsServer::start().await.unwrap();
