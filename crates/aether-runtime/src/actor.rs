@@ -1,0 +1,268 @@
+//! The [`Actor`] trait: user domain logic, decider style.
+
+use std::fmt;
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use serde::ser::{self, Impossible, Serialize};
+
+/// An event-sourced actor: its state is the fold of its events.
+///
+/// `handle` decides (reads the state, returns the events a command causes or a domain error);
+/// `apply` evolves (folds one event into the state, and cannot fail). The runtime persists the
+/// events with optimistic concurrency before applying them, so `handle` must not mutate anything.
+///
+/// The state is the actor value itself: `Default` is the state before any event, and serde is
+/// how snapshots capture it.
+///
+/// ```
+/// use aether_runtime::Actor;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter { value: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum CounterEvent { Incremented(u64) }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("the counter would overflow")]
+/// struct Overflow;
+///
+/// impl Actor for Counter {
+///     const TYPE: &'static str = "counter";
+///     type Command = u64;
+///     type Event = CounterEvent;
+///     type Error = Overflow;
+///
+///     fn handle(&self, by: &u64) -> Result<Vec<CounterEvent>, Overflow> {
+///         self.value.checked_add(*by).ok_or(Overflow)?;
+///         Ok(vec![CounterEvent::Incremented(*by)])
+///     }
+///
+///     fn apply(&mut self, event: &CounterEvent) {
+///         match event { CounterEvent::Incremented(by) => self.value += by }
+///     }
+/// }
+/// // Stored events are named after the enum variant, with no extra code:
+/// assert_eq!(Counter::event_type(&CounterEvent::Incremented(1)), "Incremented");
+/// ```
+pub trait Actor: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The actor type's name (metrics label, logs).
+    const TYPE: &'static str;
+    /// What callers ask the actor to do.
+    type Command: Send + Sync + 'static;
+    /// What happened; stored as the event payload (MessagePack).
+    type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// A domain refusal, returned to the caller as is.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Decides which events `command` causes, or refuses it. Must not mutate state: it may run
+    /// again after a concurrency conflict, on the reloaded state.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// The asynchronous form of [`Actor::handle`], which is what the runtime calls. Override it
+    /// when deciding needs to await something (a lookup); the default calls `handle`. An actor
+    /// that only decides asynchronously can make `handle` refuse with an error.
+    fn handle_async(
+        &self,
+        command: &Self::Command,
+    ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send {
+        std::future::ready(self.handle(command))
+    }
+
+    /// Folds one event into the state.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// The stored event type of `event`: by default the enum variant's name (or the struct's
+    /// name), read through serde, so no boilerplate is needed.
+    fn event_type(event: &Self::Event) -> &'static str {
+        event_type_of(event)
+    }
+}
+
+/// The name serde gives `value`'s variant (for an enum) or type (for a struct); the last path
+/// segment of the Rust type name for anything else.
+pub fn event_type_of<E: Serialize + ?Sized>(value: &E) -> &'static str {
+    match value.serialize(NameOf) {
+        Ok(name) | Err(NotNamed(Some(name))) => name,
+        Err(NotNamed(None)) => {
+            let full = std::any::type_name::<E>();
+            full.rsplit("::").next().unwrap_or(full)
+        }
+    }
+}
+
+/// Serializer that only records the name serde reports, and stops there. Compound values
+/// "fail" with their name, so nothing past the name is ever serialized.
+struct NameOf;
+
+#[derive(Debug)]
+struct NotNamed(Option<&'static str>);
+
+impl fmt::Display for NotNamed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("value has no serde name")
+    }
+}
+
+impl std::error::Error for NotNamed {}
+
+impl ser::Error for NotNamed {
+    fn custom<T: fmt::Display>(_msg: T) -> Self {
+        NotNamed(None)
+    }
+}
+
+macro_rules! not_named {
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<Self::Ok, Self::Error> { Err(NotNamed(None)) })*
+    };
+}
+
+impl ser::Serializer for NameOf {
+    type Ok = &'static str;
+    type Error = NotNamed;
+    type SerializeSeq = Impossible<&'static str, NotNamed>;
+    type SerializeTuple = Impossible<&'static str, NotNamed>;
+    type SerializeTupleStruct = Impossible<&'static str, NotNamed>;
+    type SerializeTupleVariant = Impossible<&'static str, NotNamed>;
+    type SerializeMap = Impossible<&'static str, NotNamed>;
+    type SerializeStruct = Impossible<&'static str, NotNamed>;
+    type SerializeStructVariant = Impossible<&'static str, NotNamed>;
+
+    not_named!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+        serialize_str(&str),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+    );
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Self::Ok, Self::Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit_struct(self, name: &'static str) -> Result<Self::Ok, Self::Error> {
+        Ok(name)
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<Self::Ok, Self::Error> {
+        Ok(variant)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        _value: &T,
+    ) -> Result<Self::Ok, Self::Error> {
+        Ok(name)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _value: &T,
+    ) -> Result<Self::Ok, Self::Error> {
+        Ok(variant)
+    }
+
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        Err(NotNamed(None))
+    }
+
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        Err(NotNamed(None))
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        Err(NotNamed(Some(name)))
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        Err(NotNamed(Some(variant)))
+    }
+
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Err(NotNamed(None))
+    }
+
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, Self::Error> {
+        Err(NotNamed(Some(name)))
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        Err(NotNamed(Some(variant)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_type_of;
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    enum E {
+        Unit,
+        New(u8),
+        Tuple(u8, u8),
+        Struct { a: u8 },
+    }
+
+    #[derive(Serialize)]
+    struct Plain {
+        a: u8,
+    }
+
+    #[derive(Serialize)]
+    struct Wrapped(u8);
+
+    #[test]
+    fn names_come_from_serde() {
+        assert_eq!(event_type_of(&E::Unit), "Unit");
+        assert_eq!(event_type_of(&E::New(1)), "New");
+        assert_eq!(event_type_of(&E::Tuple(1, 2)), "Tuple");
+        assert_eq!(event_type_of(&E::Struct { a: 1 }), "Struct");
+        assert_eq!(event_type_of(&Wrapped(1)), "Wrapped");
+        assert_eq!(event_type_of(&Plain { a: 1 }), "Plain");
+        assert_eq!(event_type_of(&7u8), "u8");
+    }
+}

@@ -1,0 +1,209 @@
+//! Runtime policies: conflict retries, snapshots, activation limits.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+/// What a VM does when another writer appended to its actor first (a version conflict): reload
+/// the new events, wait, and run the command again on the new state — the Go examples' retry
+/// patterns (exponential backoff with jitter), built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1). Default 5.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each further one. Default 1 ms.
+    pub base_backoff: Duration,
+    /// Cap on one backoff. Default 100 ms.
+    pub max_backoff: Duration,
+    /// Share of each backoff, in percent (0–100), that is randomised, so competing writers
+    /// spread out. Default 50.
+    pub jitter_percent: u8,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(100),
+            jitter_percent: 50,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry: a conflict is returned to the caller.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the number of attempts (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets the first backoff and the cap.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base_backoff = base;
+        self.max_backoff = max.max(base);
+        self
+    }
+
+    /// Sets the randomised share of each backoff, in percent (capped at 100).
+    pub fn jitter_percent(mut self, percent: u8) -> Self {
+        self.jitter_percent = percent.min(100);
+        self
+    }
+
+    /// The wait before attempt `attempt` (2 for the first retry): exponential, capped, with
+    /// the configured share randomised.
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(2).min(20);
+        let full = self
+            .base_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff);
+        let jitter_share = u128::from(self.jitter_percent.min(100));
+        let fixed = full.as_nanos() * (100 - jitter_share) / 100;
+        let random_span = full.as_nanos() - fixed;
+        let random = if random_span == 0 {
+            0
+        } else {
+            u128::from(RandomState::new().hash_one(attempt)) % random_span
+        };
+        Duration::from_nanos(u64::try_from(fixed + random).unwrap_or(u64::MAX))
+    }
+}
+
+/// When the runtime snapshots an actor's state (through the store's `SnapshotStore`).
+///
+/// Activation loads the latest snapshot and replays only the events after it, so snapshots
+/// bound activation cost. `every` is the upper bound on events that accumulate without a
+/// snapshot; `min_events` is the lower bound below which a passivation does not bother.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotPolicy {
+    /// Snapshot once this many events were appended since the last snapshot. Default 1,000.
+    pub every: Option<u64>,
+    /// Snapshot when the actor is passivated (idle, evicted, stopped, shut down). Default on.
+    pub on_passivation: bool,
+    /// Passivation snapshots only when at least this many events are not yet covered by one.
+    /// Default 10.
+    pub min_events: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            every: Some(1000),
+            on_passivation: true,
+            min_events: 10,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// No snapshots: activation always replays every event.
+    pub fn off() -> Self {
+        Self {
+            every: None,
+            on_passivation: false,
+            min_events: 0,
+        }
+    }
+
+    /// Snapshot every `n` events (at least 1), and on passivation.
+    pub fn every(n: u64) -> Self {
+        Self {
+            every: Some(n.max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// Sets whether passivation snapshots.
+    pub fn on_passivation(mut self, on: bool) -> Self {
+        self.on_passivation = on;
+        self
+    }
+
+    /// Sets the minimum number of new events for a passivation snapshot.
+    pub fn min_events(mut self, n: u64) -> Self {
+        self.min_events = n;
+        self
+    }
+
+    pub(crate) fn after_command(&self, since_snapshot: u64) -> bool {
+        self.every.is_some_and(|n| since_snapshot >= n)
+    }
+
+    pub(crate) fn at_passivation(&self, since_snapshot: u64) -> bool {
+        self.on_passivation && since_snapshot > 0 && since_snapshot >= self.min_events
+    }
+}
+
+/// Runtime settings (see [`crate::RuntimeBuilder`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RuntimeConfig {
+    /// Commands buffered per actor before senders wait. Default 64.
+    pub mailbox_capacity: usize,
+    /// Passivate an actor that handled nothing for this long (it goes between one and two of
+    /// these after its last command). `None`: never. Default 5 minutes.
+    pub idle_timeout: Option<Duration>,
+    /// At most this many actors in memory; activating one more passivates the least recently
+    /// used. Default 100,000.
+    pub max_active: usize,
+    /// Conflict handling.
+    pub retry: RetryPolicy,
+    /// Snapshot policy (used only with a snapshot store).
+    pub snapshots: SnapshotPolicy,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 64,
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_active: 100_000,
+            retry: RetryPolicy::default(),
+            snapshots: SnapshotPolicy::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let p = RetryPolicy::default()
+            .backoff(Duration::from_millis(10), Duration::from_millis(40))
+            .jitter_percent(50);
+        for _ in 0..100 {
+            let b2 = p.backoff_for(2);
+            assert!(b2 >= Duration::from_millis(5) && b2 <= Duration::from_millis(10));
+            let b3 = p.backoff_for(3);
+            assert!(b3 >= Duration::from_millis(10) && b3 <= Duration::from_millis(20));
+            let b9 = p.backoff_for(9);
+            assert!(b9 >= Duration::from_millis(20) && b9 <= Duration::from_millis(40));
+        }
+        let exact = p.jitter_percent(0);
+        assert_eq!(exact.backoff_for(3), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn snapshot_policy_bounds() {
+        let p = SnapshotPolicy::every(100).min_events(10);
+        assert!(!p.after_command(99));
+        assert!(p.after_command(100));
+        assert!(!p.at_passivation(9));
+        assert!(p.at_passivation(10));
+        assert!(!SnapshotPolicy::off().at_passivation(1000));
+        assert!(!SnapshotPolicy::off().after_command(1000));
+    }
+}

@@ -1,0 +1,95 @@
+//! What a command to an actor can end in, besides success.
+
+use aether_core::{CodecError, StoreError};
+
+/// Why an `ask` (or a `tell`, where it is logged) did not succeed.
+///
+/// `Rejected` is the actor's own domain error; the others come from the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AskError<E: std::error::Error + 'static> {
+    /// The actor refused the command (its `handle` returned this error). Nothing was stored.
+    #[error("actor {actor_id} rejected the command: {source}")]
+    Rejected {
+        /// The actor.
+        actor_id: String,
+        /// The domain error.
+        #[source]
+        source: E,
+    },
+    /// Other writers kept winning: the command was tried `attempts` times, each on reloaded
+    /// state, and every append met a newer version.
+    #[error("actor {actor_id}: version conflict persisted after {attempts} attempts")]
+    Conflict {
+        /// The actor.
+        actor_id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The store failed (unavailable, timeout, ...). The outcome of the append is reported by
+    /// the store; a retry with the same command is safe for the runtime's own state.
+    #[error("actor {actor_id}: store failed")]
+    Store {
+        /// The actor.
+        actor_id: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// An event could not be encoded or a stored event could not be decoded into the actor's
+    /// event type.
+    #[error("actor {actor_id}: {context}")]
+    Codec {
+        /// The actor.
+        actor_id: String,
+        /// What was being encoded or decoded.
+        context: String,
+        /// The codec error.
+        #[source]
+        source: CodecError,
+    },
+    /// The actor could not be activated (its history could not be loaded or decoded).
+    #[error("actor {actor_id} could not be activated: {reason}")]
+    Activation {
+        /// The actor.
+        actor_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The handler (or `apply`) panicked. The actor was reloaded from the store; other actors
+    /// were not affected.
+    #[error("actor {actor_id} panicked while handling the command: {message}")]
+    Panicked {
+        /// The actor.
+        actor_id: String,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+    /// The runtime is shutting down and takes no new commands.
+    #[error("the runtime is shut down; actor {actor_id} takes no new commands")]
+    ShutDown {
+        /// The actor.
+        actor_id: String,
+    },
+    /// The actor stopped without answering (its task ended unexpectedly).
+    #[error("actor {actor_id} stopped before answering")]
+    NoReply {
+        /// The actor.
+        actor_id: String,
+    },
+}
+
+impl<E: std::error::Error + 'static> AskError<E> {
+    /// The domain error, if the actor refused the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            Self::Rejected { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether the actor refused the command (as opposed to a runtime failure).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+}

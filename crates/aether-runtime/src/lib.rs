@@ -1,0 +1,31 @@
+//! # aether-runtime
+//!
+//! Event-sourced virtual actors on one node.
+//!
+//! - [`Actor`]: your domain logic, decider style — `handle(&self, &command) -> events | error`
+//!   and `apply(&mut self, &event)`; the state is the actor value, stored event types come from
+//!   the event enum's variant names.
+//! - [`Runtime`]: actors by id ([`ActorRef::ask`] / [`ActorRef::tell`]). An actor is activated
+//!   on its first message (latest snapshot, then only the later events), handles one command at
+//!   a time (different actors in parallel), appends its events all-or-nothing at the expected
+//!   version, applies them, and optionally publishes them on a bus. On a version conflict it
+//!   folds in the other writer's events and runs the command again ([`RetryPolicy`]). Idle
+//!   actors are passivated, the least recently used is evicted at the cap, a panicking handler
+//!   only reloads its own actor, and [`Runtime::shutdown`] drains every mailbox.
+//! - [`SnapshotPolicy`]: every N events, on passivation, with a lower bound.
+//! - [`metrics`]: the names recorded through the `metrics` facade.
+//!
+//! The runtime sees stores only as `Arc<dyn EventStore>` / `Arc<dyn SnapshotStore>` and the bus
+//! as `Arc<dyn EventBroadcaster>`, so the same actor runs on the memory store in tests and on
+//! JetStream in production.
+
+mod actor;
+mod config;
+mod error;
+pub mod metrics;
+mod runtime;
+
+pub use actor::{Actor, event_type_of};
+pub use config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
+pub use error::AskError;
+pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats};
