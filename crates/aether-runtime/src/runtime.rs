@@ -883,14 +883,24 @@ impl<A: Actor> Vm<A> {
         let retry = self.shared.config.retry;
         let mut attempt = 1;
         loop {
-            let events =
-                self.state
-                    .handle_async(command)
-                    .await
-                    .map_err(|source| AskError::Rejected {
+            let events = match self.state.handle_async(command).await {
+                Ok(events) => events,
+                Err(source) => {
+                    // A refusal is final only if it was decided on the latest state: another
+                    // writer may have appended since (one version read, on this path only).
+                    if attempt < retry.max_attempts && self.behind_the_store().await {
+                        self.catch_up().await?;
+                        attempt += 1;
+                        bump(&self.shared.stats.retries);
+                        self.shared.metrics.retries.increment(1);
+                        continue;
+                    }
+                    return Err(AskError::Rejected {
                         actor_id: self.id.to_string(),
                         source,
-                    })?;
+                    });
+                }
+            };
             if events.is_empty() {
                 return Ok(Applied {
                     version: self.version,
@@ -938,12 +948,7 @@ impl<A: Actor> Vm<A> {
                         });
                     }
                     // Another writer got there first: fold in its events, wait, decide again.
-                    replay(&self.shared, &self.id, &mut self.state, &mut self.version)
-                        .await
-                        .map_err(|reason| AskError::Activation {
-                            actor_id: self.id.to_string(),
-                            reason,
-                        })?;
+                    self.catch_up().await?;
                     attempt += 1;
                     bump(&self.shared.stats.retries);
                     self.shared.metrics.retries.increment(1);
@@ -957,6 +962,29 @@ impl<A: Actor> Vm<A> {
                 }
             }
         }
+    }
+
+    /// Whether the store holds events this VM has not applied.
+    async fn behind_the_store(&self) -> bool {
+        match self.shared.store.get_latest_version(&self.id).await {
+            Ok(latest) => latest > self.version,
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "could not check for newer events before refusing");
+                false
+            }
+        }
+    }
+
+    /// Folds in the events other writers appended.
+    async fn catch_up(&mut self) -> Result<(), AskError<A::Error>> {
+        let replayed = replay(&self.shared, &self.id, &mut self.state, &mut self.version)
+            .await
+            .map_err(|reason| AskError::Activation {
+                actor_id: self.id.to_string(),
+                reason,
+            })?;
+        self.since_snapshot += replayed;
+        Ok(())
     }
 
     async fn after_command(&mut self) {

@@ -9,6 +9,7 @@
 //! | `memory` (default) | [`store::memory::InMemoryEventStore`] | `aether-store-memory` |
 //! | `jetstream` | `store::jetstream::JetStreamEventStore` | `aether-store-jetstream` |
 //! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
+//! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -33,6 +34,12 @@ pub use aether_core::*;
 #[cfg(feature = "bus")]
 pub mod bus {
     pub use aether_bus::*;
+}
+
+/// The actor runtime: event-sourced virtual actors with snapshots.
+#[cfg(feature = "runtime")]
+pub mod runtime {
+    pub use aether_runtime::*;
 }
 
 /// Event store implementations.

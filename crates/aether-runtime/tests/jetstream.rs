@@ -1,0 +1,124 @@
+//! The runtime on a real JetStream store (a nats-server started by the test kit).
+
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_core::{EventStore, SnapshotStore};
+use aether_runtime::{Actor, RetryPolicy, Runtime, SnapshotPolicy};
+use aether_store_jetstream::JetStreamEventStore;
+use aether_testkit::nats::NatsServer;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Tally {
+    total: u64,
+    adds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum TallyEvent {
+    Added(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("zero is not an amount")]
+struct Zero;
+
+impl Actor for Tally {
+    const TYPE: &'static str = "tally";
+    type Command = u64;
+    type Event = TallyEvent;
+    type Error = Zero;
+
+    fn handle(&self, n: &u64) -> Result<Vec<TallyEvent>, Zero> {
+        if *n == 0 {
+            return Err(Zero);
+        }
+        Ok(vec![TallyEvent::Added(*n)])
+    }
+
+    fn apply(&mut self, TallyEvent::Added(n): &TallyEvent) {
+        self.total += n;
+        self.adds += 1;
+    }
+}
+
+async fn store(server: &NatsServer) -> Arc<JetStreamEventStore> {
+    Arc::new(
+        JetStreamEventStore::new(server.connect().await.unwrap(), "runtime")
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_persist_snapshot_and_come_back_on_jetstream() {
+    let server = NatsServer::start().await.unwrap();
+    let store = store(&server).await;
+    let runtime = Runtime::<Tally>::builder(store.clone())
+        .snapshots(store.clone())
+        .snapshot_policy(SnapshotPolicy::every(10).on_passivation(false))
+        .build();
+    let actor = runtime.actor("t-1");
+    for n in 1..=25 {
+        actor.ask(n).await.unwrap();
+    }
+    assert!(actor.ask(0).await.unwrap_err().is_rejected());
+    assert_eq!(store.get_latest_version("t-1").await.unwrap(), 25);
+    assert_eq!(
+        store
+            .get_latest_snapshot("t-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        20
+    );
+    assert!(runtime.stop_vm("t-1").await);
+    let replayed_before = runtime.stats().replayed;
+    let (state, version) = runtime.capture_state("t-1").await.unwrap();
+    assert_eq!((state.total, state.adds, version), (325, 25, 25));
+    assert_eq!(
+        runtime.stats().replayed - replayed_before,
+        5,
+        "snapshot at 20 + 5 events"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtimes_on_two_connections_lose_no_update() {
+    let server = NatsServer::start().await.unwrap();
+    let retry = RetryPolicy::default()
+        .max_attempts(100)
+        .backoff(Duration::from_micros(200), Duration::from_millis(5));
+    let one = Runtime::<Tally>::builder(store(&server).await)
+        .retry(retry)
+        .build();
+    let two = Runtime::<Tally>::builder(store(&server).await)
+        .retry(retry)
+        .build();
+    let tasks: Vec<_> = [one.clone(), two.clone()]
+        .into_iter()
+        .map(|runtime| {
+            tokio::spawn(async move {
+                let actor = runtime.actor("contended");
+                for _ in 0..40 {
+                    actor.ask(1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let check = store(&server).await;
+    assert_eq!(check.get_latest_version("contended").await.unwrap(), 80);
+    let conflicts = one.stats().conflicts + two.stats().conflicts;
+    assert!(conflicts > 0, "the two writers met");
+    one.shutdown().await;
+    two.shutdown().await;
+}
