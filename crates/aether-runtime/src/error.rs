@@ -1,10 +1,13 @@
 //! What a command to an actor can end in, besides success.
 
+use std::sync::Arc;
+
 use aether_core::{CodecError, StoreError};
 
 /// Why an `ask` (or a `tell`, where it is logged) did not succeed.
 ///
-/// `Rejected` is the actor's own domain error; the others come from the runtime.
+/// `Rejected` is the actor's own domain error; the others come from the runtime. The variants
+/// are kept small (shared actor id, boxed sources): every reply carries one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AskError<E: std::error::Error + 'static> {
@@ -12,7 +15,7 @@ pub enum AskError<E: std::error::Error + 'static> {
     #[error("actor {actor_id} rejected the command: {source}")]
     Rejected {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// The domain error.
         #[source]
         source: E,
@@ -22,7 +25,7 @@ pub enum AskError<E: std::error::Error + 'static> {
     #[error("actor {actor_id}: version conflict persisted after {attempts} attempts")]
     Conflict {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// Attempts made.
         attempts: u32,
     },
@@ -31,28 +34,28 @@ pub enum AskError<E: std::error::Error + 'static> {
     #[error("actor {actor_id}: store failed")]
     Store {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// An event could not be encoded or a stored event could not be decoded into the actor's
     /// event type.
     #[error("actor {actor_id}: {context}")]
     Codec {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// What was being encoded or decoded.
         context: String,
         /// The codec error.
         #[source]
-        source: CodecError,
+        source: Box<CodecError>,
     },
     /// The actor could not be activated (its history could not be loaded or decoded).
     #[error("actor {actor_id} could not be activated: {reason}")]
     Activation {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// Why.
         reason: String,
     },
@@ -61,7 +64,7 @@ pub enum AskError<E: std::error::Error + 'static> {
     #[error("actor {actor_id} panicked while handling the command: {message}")]
     Panicked {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
         /// The panic message, when it was a string.
         message: String,
     },
@@ -69,13 +72,13 @@ pub enum AskError<E: std::error::Error + 'static> {
     #[error("the runtime is shut down; actor {actor_id} takes no new commands")]
     ShutDown {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
     },
     /// The actor stopped without answering (its task ended unexpectedly).
     #[error("actor {actor_id} stopped before answering")]
     NoReply {
         /// The actor.
-        actor_id: String,
+        actor_id: Arc<str>,
     },
 }
 

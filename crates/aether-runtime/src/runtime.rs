@@ -7,14 +7,15 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use aether_core::{
     ActorSnapshot, Event, EventBroadcaster, EventStore, Namespace, SnapshotStore, limits,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::actor::Actor;
 use crate::config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
@@ -24,11 +25,14 @@ use crate::metrics::Metrics;
 const SHARDS: usize = 64;
 /// Actors looked at when choosing one to evict (sampled LRU).
 const EVICTION_SAMPLE: usize = 64;
+/// One command in this many has its latency measured.
+const LATENCY_SAMPLE: u64 = 8;
 
 type Reply<A> =
     oneshot::Sender<Result<Applied<<A as Actor>::Event>, AskError<<A as Actor>::Error>>>;
 
-type Look<A> = Box<dyn FnOnce(&A, u64) + Send>;
+/// Double-boxed so the envelope stays two words wide (every mailbox slot has its size).
+type Look<A> = Box<Box<dyn FnOnce(&A, u64) + Send>>;
 
 enum Envelope<A: Actor> {
     Ask(A::Command, Reply<A>),
@@ -85,18 +89,30 @@ fn bump(counter: &AtomicU64) {
 
 struct Handle<A: Actor> {
     tx: mpsc::Sender<Envelope<A>>,
+    /// The runtime's use clock when the actor last emptied its mailbox.
     last_used: Arc<AtomicU64>,
-    done: watch::Receiver<bool>,
     generation: u64,
 }
 
 enum Slot<A: Actor> {
     Active(Handle<A>),
     /// Draining its mailbox and snapshotting; a new activation waits for it.
-    Passivating(watch::Receiver<bool>),
+    Passivating(u64),
+}
+
+impl<A: Actor> Slot<A> {
+    fn generation(&self) -> u64 {
+        match self {
+            Slot::Active(h) => h.generation,
+            Slot::Passivating(g) => *g,
+        }
+    }
 }
 
 type Shard<A> = Mutex<HashMap<Arc<str>, Slot<A>>>;
+
+/// An actor chosen for eviction: id, mailbox, activation.
+type Victim<A> = (Arc<str>, mpsc::Sender<Envelope<A>>, u64);
 
 struct Shared<A: Actor> {
     store: Arc<dyn EventStore>,
@@ -109,7 +125,10 @@ struct Shared<A: Actor> {
     closed: AtomicBool,
     generations: AtomicU64,
     evict_cursor: AtomicUsize,
-    epoch: Instant,
+    /// Woken whenever an actor finishes passivating.
+    passivated: Notify,
+    sweeper: AtomicBool,
+    clock: AtomicU64,
     stats: Stats,
     metrics: Metrics,
 }
@@ -204,7 +223,9 @@ impl<A: Actor> RuntimeBuilder<A> {
                 closed: AtomicBool::new(false),
                 generations: AtomicU64::new(0),
                 evict_cursor: AtomicUsize::new(0),
-                epoch: Instant::now(),
+                passivated: Notify::new(),
+                sweeper: AtomicBool::new(false),
+                clock: AtomicU64::new(1),
                 stats: Stats::default(),
                 metrics: Metrics::new(A::TYPE),
             }),
@@ -313,18 +334,18 @@ impl<A: Actor> Runtime<A> {
         let found = {
             let shard = lock(self.shared.shard(id));
             match shard.get(id) {
-                Some(Slot::Active(h)) => Some((Some(h.tx.clone()), h.done.clone())),
-                Some(Slot::Passivating(done)) => Some((None, done.clone())),
+                Some(Slot::Active(h)) => Some((Some(h.tx.clone()), h.generation)),
+                Some(Slot::Passivating(generation)) => Some((None, *generation)),
                 None => None,
             }
         };
-        let Some((tx, mut done)) = found else {
+        let Some((tx, generation)) = found else {
             return false;
         };
         if let Some(tx) = tx {
             let _ = tx.send(Envelope::Stop).await;
         }
-        let _ = done.wait_for(|d| *d).await;
+        self.shared.wait_gone(id, generation).await;
         true
     }
 
@@ -357,12 +378,14 @@ impl<A: Actor> Runtime<A> {
         let actor = self.actor(id);
         let (tx, rx) = oneshot::channel();
         actor
-            .deliver(Envelope::Inspect(Box::new(move |state: &A, version| {
-                let _ = tx.send((state.clone(), version));
-            })))
+            .deliver(Envelope::Inspect(Box::new(Box::new(
+                move |state: &A, version| {
+                    let _ = tx.send((state.clone(), version));
+                },
+            ))))
             .await?;
         rx.await.map_err(|_| AskError::NoReply {
-            actor_id: id.to_owned(),
+            actor_id: id.into(),
         })
     }
 
@@ -389,21 +412,22 @@ impl<A: Actor> Runtime<A> {
         loop {
             let mut waits = Vec::new();
             for shard in self.shared.shards.iter() {
-                for slot in lock(shard).values() {
-                    match slot {
-                        Slot::Active(h) => waits.push((Some(h.tx.clone()), h.done.clone())),
-                        Slot::Passivating(done) => waits.push((None, done.clone())),
-                    }
+                for (id, slot) in lock(shard).iter() {
+                    let tx = match slot {
+                        Slot::Active(h) => Some(h.tx.clone()),
+                        Slot::Passivating(_) => None,
+                    };
+                    waits.push((id.clone(), tx, slot.generation()));
                 }
             }
             if waits.is_empty() {
                 return;
             }
-            for (tx, mut done) in waits {
+            for (id, tx, generation) in waits {
                 if let Some(tx) = tx {
                     let _ = tx.send(Envelope::Stop).await;
                 }
-                let _ = done.wait_for(|d| *d).await;
+                self.shared.wait_gone(&id, generation).await;
             }
         }
     }
@@ -450,7 +474,7 @@ impl<A: Actor> ActorRef<A> {
         self.deliver(Envelope::Ask(command, tx)).await?;
         rx.await.unwrap_or_else(|_| {
             Err(AskError::NoReply {
-                actor_id: self.id.to_string(),
+                actor_id: self.id.clone(),
             })
         })
     }
@@ -507,8 +531,11 @@ impl<A: Actor> Shared<A> {
         &self.shards[(h as usize) % SHARDS]
     }
 
+    /// The use clock: a logical time that advances at every activation and every idle sweep.
+    /// Reading it is one load of a rarely written word, so actors stamp it for free; LRU
+    /// eviction compares stamps, and the sweeper knows which stamp it saw a period ago.
     fn now_ticks(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+        self.clock.load(Ordering::Relaxed)
     }
 
     /// The mailbox of actor `id`, activating it if needed (evicting at the cap).
@@ -518,21 +545,21 @@ impl<A: Actor> Shared<A> {
     ) -> Result<mpsc::Sender<Envelope<A>>, AskError<A::Error>> {
         if let Err(e) = limits::validate_actor_id(id) {
             return Err(AskError::Activation {
-                actor_id: id.to_string(),
+                actor_id: id.clone(),
                 reason: format!("invalid actor id: {e}"),
             });
         }
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(AskError::ShutDown {
-                    actor_id: id.to_string(),
+                    actor_id: id.clone(),
                 });
             }
             let waiting = {
                 let mut shard = lock(self.shard(id));
                 match shard.get(id) {
                     Some(Slot::Active(h)) => return Ok(h.tx.clone()),
-                    Some(Slot::Passivating(done)) => Some(done.clone()),
+                    Some(Slot::Passivating(generation)) => Some((id.clone(), *generation)),
                     None => {
                         if self.active.fetch_add(1, Ordering::AcqRel) < self.config.max_active {
                             let handle = self.spawn_vm(id.clone());
@@ -546,13 +573,13 @@ impl<A: Actor> Shared<A> {
                     }
                 }
             };
-            let mut wait = match waiting {
-                Some(done) => done,
+            let (gone, generation) = match waiting {
+                Some(wait) => wait,
                 // At the cap: passivate the least recently used actor and wait for it.
                 None => match self.pick_victim() {
-                    Some((tx, done)) => {
+                    Some((victim, tx, generation)) => {
                         let _ = tx.send(Envelope::Stop).await;
-                        done
+                        (victim, generation)
                     }
                     None => {
                         // Every actor is already leaving: let them finish.
@@ -561,22 +588,22 @@ impl<A: Actor> Shared<A> {
                     }
                 },
             };
-            let _ = wait.wait_for(|d| *d).await;
+            self.wait_gone(&gone, generation).await;
         }
     }
 
     /// The least recently used of a sample of active actors.
-    fn pick_victim(&self) -> Option<(mpsc::Sender<Envelope<A>>, watch::Receiver<bool>)> {
+    fn pick_victim(&self) -> Option<Victim<A>> {
         let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(u64, mpsc::Sender<Envelope<A>>, watch::Receiver<bool>)> = None;
+        let mut best: Option<(u64, Victim<A>)> = None;
         let mut seen = 0;
         for i in 0..SHARDS {
             let shard = lock(&self.shards[(start + i) % SHARDS]);
-            for slot in shard.values() {
+            for (id, slot) in shard.iter() {
                 if let Slot::Active(h) = slot {
                     let used = h.last_used.load(Ordering::Relaxed);
-                    if best.as_ref().is_none_or(|(b, _, _)| used < *b) {
-                        best = Some((used, h.tx.clone(), h.done.clone()));
+                    if best.as_ref().is_none_or(|(b, _)| used < *b) {
+                        best = Some((used, (id.clone(), h.tx.clone(), h.generation)));
                     }
                     seen += 1;
                 }
@@ -585,44 +612,61 @@ impl<A: Actor> Shared<A> {
                 break;
             }
         }
-        best.map(|(_, tx, done)| (tx, done))
+        best.map(|(_, victim)| victim)
     }
 
     fn spawn_vm(self: &Arc<Self>, id: Arc<str>) -> Handle<A> {
+        if let Some(idle) = self.config.idle_timeout
+            && !self.sweeper.swap(true, Ordering::AcqRel)
+        {
+            tokio::spawn(sweep(Arc::downgrade(self), idle));
+        }
         let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
-        let (done_tx, done) = watch::channel(false);
-        let last_used = Arc::new(AtomicU64::new(self.now_ticks()));
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run_vm(
-            self.clone(),
-            id,
-            rx,
-            done_tx,
-            last_used.clone(),
-            generation,
+        let last_used = Arc::new(AtomicU64::new(
+            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
         ));
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(run_vm(self.clone(), id, rx, last_used.clone(), generation));
         Handle {
             tx,
             last_used,
-            done,
             generation,
+        }
+    }
+
+    /// Waits until the activation `generation` of actor `id` has left memory.
+    async fn wait_gone(&self, id: &str, generation: u64) {
+        loop {
+            let notified = self.passivated.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let present = lock(self.shard(id))
+                .get(id)
+                .is_some_and(|slot| slot.generation() == generation);
+            if !present {
+                return;
+            }
+            notified.await;
         }
     }
 
     /// Marks the actor as leaving (new messages wait for it to finish).
-    fn begin_passivation(&self, id: &Arc<str>, generation: u64, done: &watch::Sender<bool>) {
+    fn begin_passivation(&self, id: &Arc<str>, generation: u64) {
         let mut shard = lock(self.shard(id));
         if let Some(slot) = shard.get_mut(id)
             && matches!(slot, Slot::Active(h) if h.generation == generation)
         {
-            *slot = Slot::Passivating(done.subscribe());
+            *slot = Slot::Passivating(generation);
         }
     }
 
-    fn finish_passivation(&self, id: &Arc<str>, done: &watch::Sender<bool>) {
+    fn finish_passivation(&self, id: &Arc<str>, generation: u64) {
         {
             let mut shard = lock(self.shard(id));
-            if matches!(shard.get(id), Some(Slot::Passivating(_))) {
+            if shard
+                .get(id)
+                .is_some_and(|slot| slot.generation() == generation)
+            {
                 shard.remove(id);
             }
         }
@@ -630,7 +674,45 @@ impl<A: Actor> Shared<A> {
         self.metrics.active.decrement(1.0);
         self.metrics.passivations.increment(1);
         bump(&self.stats.passivations);
-        done.send_replace(true);
+        self.passivated.notify_waiters();
+    }
+}
+
+/// Passivates actors idle for `idle`: every half of it, the sweeper advances the use clock
+/// and stops the actors whose stamp predates the advance two sweeps ago (unused for at least
+/// `idle`) and whose mailbox is empty. Ends with the runtime.
+async fn sweep<A: Actor>(shared: std::sync::Weak<Shared<A>>, idle: Duration) {
+    let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marks = std::collections::VecDeque::with_capacity(3);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        marks.push_back(shared.clock.fetch_add(1, Ordering::Relaxed) + 1);
+        if marks.len() < 3 {
+            continue;
+        }
+        let threshold = marks.pop_front().unwrap_or(0);
+        let mut idle_ones = Vec::new();
+        for shard in shared.shards.iter() {
+            for slot in lock(shard).values() {
+                if let Slot::Active(h) = slot
+                    && h.last_used.load(Ordering::Relaxed) < threshold
+                    && h.tx.capacity() == h.tx.max_capacity()
+                {
+                    idle_ones.push(h.tx.clone());
+                }
+            }
+        }
+        for tx in idle_ones {
+            // A full mailbox means the actor is not idle after all.
+            let _ = tx.try_send(Envelope::Stop);
+        }
     }
 }
 
@@ -697,19 +779,20 @@ struct Vm<A: Actor> {
     /// Set when a reload after a panic failed: the state is unknown, so every command is
     /// refused until the actor is activated again.
     broken: Option<String>,
+    commands: u64,
 }
 
 async fn run_vm<A: Actor>(
     shared: Arc<Shared<A>>,
     id: Arc<str>,
     mut rx: mpsc::Receiver<Envelope<A>>,
-    done: watch::Sender<bool>,
     last_used: Arc<AtomicU64>,
     generation: u64,
 ) {
     bump(&shared.stats.activations);
     shared.metrics.activations.increment(1);
-    let mut vm = match load(&shared, &id).await {
+    // Rare paths are boxed so they do not grow every idle actor's task.
+    let mut vm = match Box::pin(load(&shared, &id)).await {
         Ok((state, version, replayed)) => {
             shared.metrics.replayed.record(replayed as f64);
             shared.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
@@ -720,84 +803,73 @@ async fn run_vm<A: Actor>(
                 version,
                 since_snapshot: replayed,
                 broken: None,
+                commands: 0,
             }
         }
         Err(reason) => {
             tracing::warn!(actor_type = A::TYPE, actor_id = %id, %reason, "activation failed");
-            shared.begin_passivation(&id, generation, &done);
+            shared.begin_passivation(&id, generation);
             rx.close();
             while let Some(envelope) = rx.recv().await {
                 if let Envelope::Ask(_, reply) = envelope {
                     let _ = reply.send(Err(AskError::Activation {
-                        actor_id: id.to_string(),
+                        actor_id: id.clone(),
                         reason: reason.clone(),
                     }));
                 }
             }
-            shared.finish_passivation(&id, &done);
+            shared.finish_passivation(&id, generation);
             return;
         }
     };
 
-    let idle = shared.config.idle_timeout;
-    let sleep = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
-    tokio::pin!(sleep);
-    let mut handled = 0u64;
-    let mut seen = 0u64;
-    loop {
-        let envelope = tokio::select! {
-            biased;
-            envelope = rx.recv() => envelope,
-            () = &mut sleep, if idle.is_some() => {
-                if handled == seen {
-                    break;
-                }
-                seen = handled;
-                sleep.as_mut().reset(tokio::time::Instant::now() + idle.unwrap_or_default());
-                continue;
-            }
-        };
-        let Some(envelope) = envelope else { break };
+    // One loop for serving and for draining (a single await of `process` keeps the task small).
+    let mut draining = false;
+    while let Some(envelope) = rx.recv().await {
         if matches!(envelope, Envelope::Stop) {
-            break;
+            if !draining {
+                // Passivation: refuse new sends, handle what is queued, then leave.
+                draining = true;
+                shared.begin_passivation(&id, generation);
+                rx.close();
+            }
+            continue;
         }
-        handled += 1;
         shared.metrics.mailbox.record(rx.len() as f64);
-        vm.process(envelope).await;
-        if rx.is_empty() {
+        Box::pin(vm.process(envelope)).await;
+        if !draining && rx.is_empty() {
             last_used.store(shared.now_ticks(), Ordering::Relaxed);
         }
     }
-
-    // Passivation: refuse new sends, handle what is queued, snapshot, leave.
-    shared.begin_passivation(&id, generation, &done);
-    rx.close();
-    while let Some(envelope) = rx.recv().await {
-        vm.process(envelope).await;
+    if !draining {
+        shared.begin_passivation(&id, generation);
     }
     if vm.broken.is_none() && shared.config.snapshots.at_passivation(vm.since_snapshot) {
-        vm.snapshot().await;
+        Box::pin(vm.snapshot()).await;
     }
-    shared.finish_passivation(&id, &done);
+    shared.finish_passivation(&id, generation);
 }
 
 impl<A: Actor> Vm<A> {
     async fn process(&mut self, envelope: Envelope<A>) {
-        match envelope {
-            Envelope::Ask(command, reply) => {
-                let outcome = self.command(&command).await;
+        let (command, reply) = match envelope {
+            Envelope::Ask(command, reply) => (command, Some(reply)),
+            Envelope::Tell(command) => (command, None),
+            Envelope::Inspect(look) => return look(&self.state, self.version),
+            Envelope::Stop => return,
+        };
+        let outcome = self.command(&command).await;
+        match reply {
+            Some(reply) => {
                 let _ = reply.send(outcome);
-                self.after_command().await;
             }
-            Envelope::Tell(command) => {
-                if let Err(e) = self.command(&command).await {
+            None => {
+                if let Err(e) = outcome {
                     tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "told command failed");
                 }
-                self.after_command().await;
             }
-            Envelope::Inspect(look) => look(&self.state, self.version),
-            Envelope::Stop => {}
         }
+        self.after_command().await;
     }
 
     async fn command(
@@ -807,15 +879,28 @@ impl<A: Actor> Vm<A> {
         if let Some(reason) = &self.broken {
             self.shared.metrics.failed.increment(1);
             return Err(AskError::Activation {
-                actor_id: self.id.to_string(),
+                actor_id: self.id.clone(),
                 reason: reason.clone(),
             });
         }
-        let started = Instant::now();
-        let outcome = match AssertUnwindSafe(self.decide_and_append(command))
-            .catch_unwind()
+        // Latency is sampled (one command in 8): reading the clock twice per command would be
+        // a noticeable share of a local round trip.
+        self.commands = self.commands.wrapping_add(1);
+        let started = self.commands.is_multiple_of(LATENCY_SAMPLE).then(Instant::now);
+        // Panics are caught around each poll of the pinned future (not by wrapping it in a
+        // combinator, which would move it and double its size in every actor's task).
+        let caught = {
+            let mut decide = std::pin::pin!(self.decide_and_append(command));
+            std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| decide.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            })
             .await
-        {
+        };
+        let outcome = match caught {
             Ok(outcome) => outcome,
             Err(panic) => {
                 let message = panic
@@ -826,15 +911,17 @@ impl<A: Actor> Vm<A> {
                 bump(&self.shared.stats.panics);
                 self.shared.metrics.panics.increment(1);
                 tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %message, "handler panicked; reloading the actor from the store");
-                self.reload().await;
+                Box::pin(self.reload()).await;
                 Err(AskError::Panicked {
-                    actor_id: self.id.to_string(),
+                    actor_id: self.id.clone(),
                     message,
                 })
             }
         };
         let m = &self.shared.metrics;
-        m.latency.record(started.elapsed().as_secs_f64());
+        if let Some(started) = started {
+            m.latency.record(started.elapsed().as_secs_f64());
+        }
         match &outcome {
             Ok(_) => m.ok.increment(1),
             Err(AskError::Rejected { .. }) => m.rejected.increment(1),
@@ -868,9 +955,9 @@ impl<A: Actor> Vm<A> {
                     .payload(event)
                     .build()
                     .map_err(|source| AskError::Codec {
-                        actor_id: self.id.to_string(),
+                        actor_id: self.id.clone(),
                         context: format!("encoding a {event_type} event"),
-                        source,
+                        source: Box::new(source),
                     })
             })
             .collect()
@@ -880,7 +967,6 @@ impl<A: Actor> Vm<A> {
         &mut self,
         command: &A::Command,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
-        let retry = self.shared.config.retry;
         let mut attempt = 1;
         loop {
             let events = match self.state.handle_async(command).await {
@@ -888,15 +974,17 @@ impl<A: Actor> Vm<A> {
                 Err(source) => {
                     // A refusal is final only if it was decided on the latest state: another
                     // writer may have appended since (one version read, on this path only).
-                    if attempt < retry.max_attempts && self.behind_the_store().await {
-                        self.catch_up().await?;
+                    if attempt < self.shared.config.retry.max_attempts
+                        && Box::pin(self.behind_the_store()).await
+                    {
+                        Box::pin(self.catch_up()).await?;
                         attempt += 1;
                         bump(&self.shared.stats.retries);
                         self.shared.metrics.retries.increment(1);
                         continue;
                     }
                     return Err(AskError::Rejected {
-                        actor_id: self.id.to_string(),
+                        actor_id: self.id.clone(),
                         source,
                     });
                 }
@@ -926,12 +1014,8 @@ impl<A: Actor> Vm<A> {
                     self.version += n;
                     self.since_snapshot += n;
                     self.shared.metrics.events.increment(n);
-                    if let (Some((bus, namespace)), Some(stored)) = (&self.shared.bus, to_publish) {
-                        for event in &stored {
-                            if let Err(e) = bus.publish(namespace, event).await {
-                                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "publishing an appended event failed");
-                            }
-                        }
+                    if let Some(stored) = to_publish {
+                        Box::pin(self.publish(stored)).await;
                     }
                     return Ok(Applied {
                         version: self.version,
@@ -941,25 +1025,39 @@ impl<A: Actor> Vm<A> {
                 Err(e) if e.is_version_conflict() => {
                     bump(&self.shared.stats.conflicts);
                     self.shared.metrics.conflicts.increment(1);
-                    if attempt >= retry.max_attempts {
+                    if attempt >= self.shared.config.retry.max_attempts {
                         return Err(AskError::Conflict {
-                            actor_id: self.id.to_string(),
+                            actor_id: self.id.clone(),
                             attempts: attempt,
                         });
                     }
                     // Another writer got there first: fold in its events, wait, decide again.
-                    self.catch_up().await?;
+                    Box::pin(self.catch_up()).await?;
                     attempt += 1;
                     bump(&self.shared.stats.retries);
                     self.shared.metrics.retries.increment(1);
-                    tokio::time::sleep(retry.backoff_for(attempt)).await;
+                    Box::pin(tokio::time::sleep(
+                        self.shared.config.retry.backoff_for(attempt),
+                    ))
+                    .await;
                 }
                 Err(source) => {
                     return Err(AskError::Store {
-                        actor_id: self.id.to_string(),
-                        source,
+                        actor_id: self.id.clone(),
+                        source: Box::new(source),
                     });
                 }
+            }
+        }
+    }
+
+    async fn publish(&self, stored: Vec<Event>) {
+        let Some((bus, namespace)) = &self.shared.bus else {
+            return;
+        };
+        for event in &stored {
+            if let Err(e) = bus.publish(namespace, event).await {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "publishing an appended event failed");
             }
         }
     }
@@ -980,7 +1078,7 @@ impl<A: Actor> Vm<A> {
         let replayed = replay(&self.shared, &self.id, &mut self.state, &mut self.version)
             .await
             .map_err(|reason| AskError::Activation {
-                actor_id: self.id.to_string(),
+                actor_id: self.id.clone(),
                 reason,
             })?;
         self.since_snapshot += replayed;
@@ -995,7 +1093,7 @@ impl<A: Actor> Vm<A> {
                 .snapshots
                 .after_command(self.since_snapshot)
         {
-            self.snapshot().await;
+            Box::pin(self.snapshot()).await;
         }
     }
 

@@ -41,3 +41,4 @@ fn futures_are_send(runtime: Runtime<Unit>, actor: ActorRef<Unit>) {
     is_send(&runtime.shutdown());
     is_send(&runtime.create_vm("a"));
 }
+

@@ -1,0 +1,4 @@
+//! Bench-only crate: `benches/runtime.rs` measures `aether-runtime` against kameo, ractor, actix,
+//! cqrs-es and a raw tokio mpsc + oneshot actor in the same run. Run it with
+//! `cargo xtask bench -p aether-runtime-bench`. The peers are dev-dependencies, so a plain
+//! `cargo build` never compiles them.
