@@ -886,7 +886,10 @@ impl<A: Actor> Vm<A> {
         // Latency is sampled (one command in 8): reading the clock twice per command would be
         // a noticeable share of a local round trip.
         self.commands = self.commands.wrapping_add(1);
-        let started = self.commands.is_multiple_of(LATENCY_SAMPLE).then(Instant::now);
+        let started = self
+            .commands
+            .is_multiple_of(LATENCY_SAMPLE)
+            .then(Instant::now);
         // Panics are caught around each poll of the pinned future (not by wrapping it in a
         // combinator, which would move it and double its size in every actor's task).
         let caught = {

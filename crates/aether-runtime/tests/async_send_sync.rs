@@ -41,4 +41,3 @@ fn futures_are_send(runtime: Runtime<Unit>, actor: ActorRef<Unit>) {
     is_send(&runtime.shutdown());
     is_send(&runtime.create_vm("a"));
 }
-
