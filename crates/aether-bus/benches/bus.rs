@@ -132,47 +132,56 @@ fn remote(c: &mut Criterion) {
     let mut g = c.benchmark_group("bus_nats_node_to_node");
     g.throughput(Throughput::Elements(REMOTE));
     g.sample_size(10);
-    g.bench_function("baseline", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let a = server.connect().await.unwrap();
-                let bconn = server.connect().await.unwrap();
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let subject = format!("raw.{}", Uuid::new_v4().simple());
-                    let mut sub = bconn.subscribe(subject.clone()).await.unwrap();
-                    // Not `flush`: that only writes the socket, and the first messages could
-                    // reach the server before the subscription does.
-                    aether_bus::round_trip(&bconn).await.unwrap();
-                    let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
-                    let reader = tokio::spawn(async move {
-                        for i in 1..=REMOTE {
-                            let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                                .await
-                                .unwrap_or_else(|_| panic!("raw: stuck after {i}"));
-                            black_box(m.unwrap());
-                            if i.is_multiple_of(WINDOW) || i == REMOTE {
-                                seen_tx.send_replace(i);
+    // "baseline": raw bytes in, raw bytes out. "baseline_decoded": the same, and the reader
+    // decodes each message into an `Event` (what any subscriber of events must do).
+    for (name, decode) in [("baseline", false), ("baseline_decoded", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let a = server.connect().await.unwrap();
+                    let bconn = server.connect().await.unwrap();
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let subject = format!("raw.{}", Uuid::new_v4().simple());
+                        let mut sub = bconn.subscribe(subject.clone()).await.unwrap();
+                        // Not `flush`: that only writes the socket, and the first messages could
+                        // reach the server before the subscription does.
+                        aether_bus::round_trip(&bconn).await.unwrap();
+                        let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
+                        let reader = tokio::spawn(async move {
+                            for i in 1..=REMOTE {
+                                let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                                    .await
+                                    .unwrap_or_else(|_| panic!("raw: stuck after {i}"));
+                                let m = m.unwrap();
+                                if decode {
+                                    black_box(rmp_serde::from_slice::<Event>(&m.payload).unwrap());
+                                } else {
+                                    black_box(m);
+                                }
+                                if i.is_multiple_of(WINDOW) || i == REMOTE {
+                                    seen_tx.send_replace(i);
+                                }
+                            }
+                        });
+                        let start = Instant::now();
+                        for (i, b) in bytes.iter().enumerate() {
+                            a.publish(subject.clone(), b.clone()).await.unwrap();
+                            let sent = i as u64 + 1;
+                            if sent.is_multiple_of(WINDOW) {
+                                // At most two windows in flight: core NATS drops for slow consumers.
+                                seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
                             }
                         }
-                    });
-                    let start = Instant::now();
-                    for (i, b) in bytes.iter().enumerate() {
-                        a.publish(subject.clone(), b.clone()).await.unwrap();
-                        let sent = i as u64 + 1;
-                        if sent.is_multiple_of(WINDOW) {
-                            // At most two windows in flight: core NATS drops for slow consumers.
-                            seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
-                        }
+                        a.flush().await.unwrap();
+                        reader.await.unwrap();
+                        total += start.elapsed();
                     }
-                    a.flush().await.unwrap();
-                    reader.await.unwrap();
-                    total += start.elapsed();
-                }
-                total
+                    total
+                })
             })
-        })
-    });
+        });
+    }
     g.bench_function("aether", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -345,24 +354,33 @@ fn main() {
         println!("\n== aether-bus vs baselines (same run) ==");
         println!("| path | baseline | aether | ratio (baseline time / aether time) |");
         println!("| --- | --- | --- | --- |");
-        for (group, n, name) in [
+        for (group, n, name, baseline) in [
             (
                 "bus_local_fanout_4",
                 FANOUT * SUBSCRIBERS as u64,
                 "local fan-out, 1 publisher, 4 subscribers",
+                "baseline",
             ),
             (
                 "bus_nats_node_to_node",
                 REMOTE,
-                "NATS bus, one node to another",
+                "NATS bus, one node to another (raw bytes)",
+                "baseline",
+            ),
+            (
+                "bus_nats_node_to_node",
+                REMOTE,
+                "NATS bus, one node to another (raw bytes, decoded by the reader)",
+                "baseline_decoded",
             ),
             (
                 "bus_projection_catch_up_100k",
                 CATCH_UP,
                 "projection catch-up over 100k events",
+                "baseline",
             ),
         ] {
-            if let (Some(b), Some(a)) = (mean_ns(group, "baseline"), mean_ns(group, "aether")) {
+            if let (Some(b), Some(a)) = (mean_ns(group, baseline), mean_ns(group, "aether")) {
                 let rate = |ns: f64| n as f64 / ns * 1e9;
                 println!(
                     "| {name} | {:.0} ev/s | {:.0} ev/s | {:.2}x |",
