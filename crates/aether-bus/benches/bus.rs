@@ -354,33 +354,37 @@ fn main() {
         println!("\n== aether-bus vs baselines (same run) ==");
         println!("| path | baseline | aether | ratio (baseline time / aether time) |");
         println!("| --- | --- | --- | --- |");
-        for (group, n, name, baseline) in [
+        for (group, n, name, baseline, ours) in [
             (
                 "bus_local_fanout_4",
                 FANOUT * SUBSCRIBERS as u64,
                 "local fan-out, 1 publisher, 4 subscribers",
                 "baseline",
+                "aether",
             ),
             (
                 "bus_nats_node_to_node",
                 REMOTE,
                 "NATS bus, one node to another (raw bytes)",
                 "baseline",
+                "aether",
             ),
             (
                 "bus_nats_node_to_node",
                 REMOTE,
                 "NATS bus, one node to another (raw bytes, decoded by the reader)",
                 "baseline_decoded",
+                "aether",
             ),
             (
                 "bus_projection_catch_up_100k",
                 CATCH_UP,
                 "projection catch-up over 100k events",
                 "baseline",
+                "aether",
             ),
         ] {
-            if let (Some(b), Some(a)) = (mean_ns(group, baseline), mean_ns(group, "aether")) {
+            if let (Some(b), Some(a)) = (mean_ns(group, baseline), mean_ns(group, ours)) {
                 let rate = |ns: f64| n as f64 / ns * 1e9;
                 println!(
                     "| {name} | {:.0} ev/s | {:.0} ev/s | {:.2}x |",

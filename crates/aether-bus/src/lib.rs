@@ -23,7 +23,7 @@ mod projection;
 
 pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
 #[cfg(feature = "nats")]
-pub use nats::{BusError, HEADER_NODE, NatsEventBus, SUBJECT_PREFIX, round_trip, subject};
+pub use nats::{BusError, NODE_REPLY_PREFIX, NatsEventBus, SUBJECT_PREFIX, round_trip, subject};
 pub use pattern::{Pattern, PatternError};
 #[cfg(feature = "nats")]
 pub use projection::{

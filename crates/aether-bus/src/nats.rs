@@ -16,8 +16,11 @@ use crate::pattern::Pattern;
 
 /// First token of every bus subject: events of namespace `ns` travel on `aether.<ns>`.
 pub const SUBJECT_PREFIX: &str = "aether";
-/// Header naming the node that published a message, so it can skip its own echo.
-pub const HEADER_NODE: &str = "Aether-Node";
+/// Prefix of the reply subject that names the node that published a message
+/// (`_AETHER.node.<node id>`), so a node can skip its own echo. It is never replied to; the
+/// reply field is used because it costs nothing, where a header made every message several
+/// times more expensive to send and to parse.
+pub const NODE_REPLY_PREFIX: &str = "_AETHER.node";
 
 /// Starting a [`NatsEventBus`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ struct Counters {
 struct Inner {
     client: async_nats::Client,
     node_id: String,
+    /// `_AETHER.node.<node_id>`, the reply subject of everything this node publishes.
+    origin: async_nats::Subject,
     local: EventBus,
     cache: Option<Arc<dyn VersionCache>>,
     counters: Counters,
@@ -55,7 +60,7 @@ struct Inner {
 /// the matching subscribers on every node, over core NATS subjects `aether.<namespace>`.
 ///
 /// Local subscribers get events from their own node at once (not echoed back through NATS: the
-/// publishing node's id travels in the [`HEADER_NODE`] header). Messages that cannot be decoded
+/// publishing node's id travels in the reply subject, see [`NODE_REPLY_PREFIX`]). Messages that cannot be decoded
 /// are counted ([`NatsEventBus::undecodable`]) and logged. Reconnects are handled by the client.
 ///
 /// ```no_run
@@ -122,9 +127,11 @@ impl NatsEventBus {
             subject,
             source: Box::new(e),
         })?;
+        let node_id = uuid::Uuid::new_v4().simple().to_string();
         let inner = Arc::new(Inner {
             client,
-            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            origin: async_nats::Subject::from(format!("{NODE_REPLY_PREFIX}.{node_id}")),
+            node_id,
             local: EventBus::new(),
             cache,
             counters: Counters::default(),
@@ -142,7 +149,7 @@ impl NatsEventBus {
         Ok(Self { inner })
     }
 
-    /// This node's id, carried in [`HEADER_NODE`].
+    /// This node's id, carried in the reply subject `_AETHER.node.<id>`.
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
     }
@@ -186,11 +193,13 @@ impl NatsEventBus {
             context: format!("encoding event {}", event.id()),
             source: Box::new(e),
         })?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(HEADER_NODE, self.inner.node_id.as_str());
         self.inner
             .client
-            .publish_with_headers(subject(namespace), headers, payload.into())
+            .publish_with_reply(
+                subject(namespace),
+                self.inner.origin.clone(),
+                payload.into(),
+            )
             .await
             .map_err(|e| BroadcastError::Transport {
                 context: format!("publishing event {} to {}", event.id(), subject(namespace)),
@@ -225,41 +234,39 @@ impl NatsEventBus {
     }
 }
 
+/// The namespace (from the subject) and the event (from the body) of a bus message.
+fn decode(msg: &async_nats::Message) -> Result<(Namespace, Event), String> {
+    let namespace = msg
+        .subject
+        .as_str()
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|s| s.strip_prefix('.'))
+        .ok_or_else(|| "subject outside the bus prefix".to_owned())
+        .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()))?;
+    let event = rmp_serde::from_slice::<Event>(&msg.payload)
+        .map_err(|e| format!("not an Aether event: {e}"))?;
+    Ok((namespace, event))
+}
+
 impl Inner {
+    fn undecodable(&self, msg: &async_nats::Message, reason: &str) {
+        self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            subject = %msg.subject,
+            bytes = msg.payload.len(),
+            %reason,
+            "skipping a bus message that cannot be decoded"
+        );
+    }
+
     async fn receive(&self, msg: async_nats::Message) {
-        let from = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_NODE))
-            .map(|v| v.as_str());
-        if from == Some(self.node_id.as_str()) {
+        if msg.reply.as_ref() == Some(&self.origin) {
             self.counters.echoes.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let namespace = msg
-            .subject
-            .as_str()
-            .strip_prefix(SUBJECT_PREFIX)
-            .and_then(|s| s.strip_prefix('.'))
-            .ok_or_else(|| "subject outside the bus prefix".to_owned())
-            .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()));
-        let decoded = namespace.and_then(|ns| {
-            rmp_serde::from_slice::<Event>(&msg.payload)
-                .map(|e| (ns, e))
-                .map_err(|e| format!("not an Aether event: {e}"))
-        });
-        let (namespace, event) = match decoded {
+        let (namespace, event) = match decode(&msg) {
             Ok(ok) => ok,
-            Err(reason) => {
-                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    subject = %msg.subject,
-                    bytes = msg.payload.len(),
-                    %reason,
-                    "skipping a bus message that cannot be decoded"
-                );
-                return;
-            }
+            Err(reason) => return self.undecodable(&msg, &reason),
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if event.event_type() == EVENT_STORED
