@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         "doc" => docs(),
         "deny" => deny(),
         "clean" => cargo(&["clean"]),
+        "model" => model(rest),
         "help" | "--help" | "-h" => {
             println!("{}", HELP.trim());
             Ok(())
@@ -72,7 +73,40 @@ usage: cargo xtask <task>
   doc     build the docs with -D warnings and run the doc tests
   deny    cargo deny check bans licenses sources
   clean   cargo clean
+  model   check or draw an EventStorming model file:
+          `cargo xtask model check FILE`,
+          `cargo xtask model diagram FILE --format mermaid|dot`,
+          `cargo xtask model convert FILE --format yaml|json|toml`
 ";
+
+/// The example model CI checks.
+const EXAMPLE_MODEL: &str = "examples/model/order_fulfilment.yaml";
+
+/// Runs aether-model's `model` example with `args` (file paths relative to where you are).
+fn model(args: &[String]) -> Result {
+    // `run` works from the workspace root: make the caller's relative paths absolute first.
+    let here = env::current_dir().map_err(|e| format!("reading the current directory: {e}"))?;
+    let args = args.iter().map(|a| {
+        let path = here.join(a);
+        if !a.starts_with('-') && path.exists() {
+            path.display().to_string()
+        } else {
+            a.clone()
+        }
+    });
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "aether-model",
+        "--example",
+        "model",
+        "--",
+    ])
+    .args(args);
+    run(&mut cmd)
+}
 
 fn root() -> PathBuf {
     // xtask lives in <root>/xtask.
@@ -154,6 +188,12 @@ fn ci() -> Result {
     step("tests", || run_tests(&bin, &[]))?;
     step("quick start (cargo run --example quickstart)", quickstart)?;
     step("examples without a server", memory_examples)?;
+    step("example model (cargo xtask model check)", || {
+        model(&[
+            "check".to_owned(),
+            root().join(EXAMPLE_MODEL).display().to_string(),
+        ])
+    })?;
     step("NATS examples against a throwaway nats-server", || {
         jetstream_example(&bin)
     })?;

@@ -1,0 +1,266 @@
+//! The model types: what an EventStorming board holds, as serde data.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole model: bounded contexts and free-form notes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// The model's name.
+    pub name: String,
+    /// What it describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The bounded contexts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contexts: Vec<BoundedContext>,
+    /// Notes about the whole model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+}
+
+/// A bounded context: one part of the domain with its own language.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoundedContext {
+    /// The context's name.
+    pub name: String,
+    /// What it covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Aggregates (consistency boundaries that take commands and emit events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregates: Vec<Aggregate>,
+    /// Domain events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<DomainEvent>,
+    /// Policies: "when event E, issue command C to aggregate A".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Policy>,
+    /// Read models and the events they consume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_models: Vec<ReadModel>,
+    /// External systems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_systems: Vec<ExternalSystem>,
+    /// Actors (people or roles) that issue commands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<Role>,
+    /// Notes about this context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+}
+
+/// An aggregate and the commands it handles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// The aggregate's name (also the actor type of a model-driven actor).
+    pub name: String,
+    /// What it guards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The commands it handles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<Command>,
+}
+
+/// A command, its fields and the events it may emit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// The command's name.
+    pub name: String,
+    /// Its fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<Field>,
+    /// The events it may emit (by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emits: Vec<String>,
+}
+
+/// A domain event and its fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainEvent {
+    /// The event's name (its stored event type).
+    pub name: String,
+    /// Its fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<Field>,
+}
+
+/// A field of a command or an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    /// The field's name.
+    pub name: String,
+    /// Its type: one of [`FIELD_TYPES`], or `list<T>` of one of them.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Whether it must be present (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The field types a model may use (and `list<T>` of each).
+pub const FIELD_TYPES: [&str; 8] = [
+    "string",
+    "integer",
+    "number",
+    "boolean",
+    "timestamp",
+    "uuid",
+    "money",
+    "object",
+];
+
+/// Whether `ty` is a known field type.
+pub fn is_known_type(ty: &str) -> bool {
+    let inner = ty
+        .strip_prefix("list<")
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(ty);
+    FIELD_TYPES.contains(&inner)
+}
+
+/// "When event `when` happens, issue command `issue` to aggregate `to`."
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The policy's name.
+    pub name: String,
+    /// The triggering event.
+    pub when: String,
+    /// The command it issues.
+    pub issue: String,
+    /// The aggregate that receives the command.
+    pub to: String,
+    /// The field of the triggering event whose value is the target actor's id; when absent,
+    /// the target has the triggering event's actor id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_field: Option<String>,
+}
+
+/// A read model and the events that feed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadModel {
+    /// The read model's name.
+    pub name: String,
+    /// The events it consumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumes: Vec<String>,
+}
+
+/// A system outside the model that issues commands or consumes events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSystem {
+    /// The system's name.
+    pub name: String,
+    /// What it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Commands it issues.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<String>,
+    /// Events it consumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumes: Vec<String>,
+}
+
+/// A person or role that issues commands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// The role's name.
+    pub name: String,
+    /// Commands it issues.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<String>,
+}
+
+/// A free-form note (a pink sticky), optionally about one element.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Note {
+    /// The text.
+    pub text: String,
+    /// The element it is about, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<String>,
+}
+
+impl Model {
+    /// An empty model named `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            description: None,
+            contexts: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Every aggregate, with its context.
+    pub fn aggregates(&self) -> impl Iterator<Item = (&BoundedContext, &Aggregate)> {
+        self.contexts
+            .iter()
+            .flat_map(|c| c.aggregates.iter().map(move |a| (c, a)))
+    }
+
+    /// The aggregate named `name`.
+    pub fn aggregate(&self, name: &str) -> Option<&Aggregate> {
+        self.aggregates().map(|(_, a)| a).find(|a| a.name == name)
+    }
+
+    /// The domain event named `name`.
+    pub fn event(&self, name: &str) -> Option<&DomainEvent> {
+        self.contexts
+            .iter()
+            .flat_map(|c| &c.events)
+            .find(|e| e.name == name)
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.contexts.iter().flat_map(|c| &c.policies)
+    }
+
+    /// The number of elements (aggregates, commands, events, policies, read models, external
+    /// systems, actors, notes) — one node each in a diagram.
+    pub fn element_count(&self) -> usize {
+        self.notes.len()
+            + self
+                .contexts
+                .iter()
+                .map(|c| {
+                    c.aggregates.len()
+                        + c.aggregates.iter().map(|a| a.commands.len()).sum::<usize>()
+                        + c.events.len()
+                        + c.policies.len()
+                        + c.read_models.len()
+                        + c.external_systems.len()
+                        + c.actors.len()
+                        + c.notes.len()
+                })
+                .sum::<usize>()
+    }
+}
+
+impl Aggregate {
+    /// The command named `name`.
+    pub fn command(&self, name: &str) -> Option<&Command> {
+        self.commands.iter().find(|c| c.name == name)
+    }
+}
