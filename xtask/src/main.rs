@@ -228,28 +228,19 @@ fn test(extra: &[String]) -> Result {
 fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
     let mut cmd = Command::new(cargo_bin());
     // The peer comparison crate only has benchmarks (clippy checks them; `xtask bench` runs
-    // them): building its peers for a test run would only cost time.
+    // them): building its peers for a test run would only cost time. All features, so the
+    // feature-gated parts (runtime models, the facade's examples and their unit tests) are
+    // tested too.
     cmd.args([
         "test",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--exclude",
         BENCH_ONLY,
     ])
     .args(extra)
     .env("NATS_SERVER_BIN", nats_bin);
-    run(&mut cmd)?;
-    // The examples behind the `runtime` feature, with their unit tests.
-    let mut cmd = Command::new(cargo_bin());
-    cmd.args([
-        "test",
-        "-p",
-        "aether",
-        "--features",
-        "runtime",
-        "--examples",
-    ])
-    .args(extra);
     run(&mut cmd)
 }
 
@@ -257,7 +248,7 @@ fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
 const BENCH_ONLY: &str = "aether-runtime-bench";
 
 /// Examples that need no server: run them and check they succeed.
-const MEMORY_EXAMPLES: [&str; 2] = ["bank_account", "retry_patterns"];
+const MEMORY_EXAMPLES: [&str; 3] = ["bank_account", "retry_patterns", "model_driven"];
 
 fn memory_examples() -> Result {
     MEMORY_EXAMPLES.iter().try_for_each(|example| {
@@ -268,7 +259,7 @@ fn memory_examples() -> Result {
             "-p",
             "aether",
             "--features",
-            "runtime",
+            "model",
             "--example",
             example,
         ]))

@@ -76,8 +76,16 @@ pub trait Actor: Default + Serialize + DeserializeOwned + Send + Sync + 'static 
 
     /// The stored event type of `event`: by default the enum variant's name (or the struct's
     /// name), read through serde, so no boilerplate is needed.
-    fn event_type(event: &Self::Event) -> &'static str {
+    fn event_type(event: &Self::Event) -> &str {
         event_type_of(event)
+    }
+
+    /// The command's name in an EventStorming model, if it has one. With a model loaded
+    /// (`Runtime::load_model`, feature `model`), named commands the model does not declare for
+    /// this aggregate are refused. Default: unnamed (only events are checked).
+    fn command_type(command: &Self::Command) -> Option<&str> {
+        let _ = command;
+        None
     }
 }
 

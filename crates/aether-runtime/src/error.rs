@@ -68,6 +68,15 @@ pub enum AskError<E: std::error::Error + 'static> {
         /// The panic message, when it was a string.
         message: String,
     },
+    /// The command or an event it produced is not declared for this aggregate in the loaded
+    /// EventStorming model. Nothing was stored.
+    #[error("actor {actor_id}: {reason}")]
+    NotInModel {
+        /// The actor.
+        actor_id: Arc<str>,
+        /// What the model does not declare.
+        reason: String,
+    },
     /// The runtime is shutting down and takes no new commands.
     #[error("the runtime is shut down; actor {actor_id} takes no new commands")]
     ShutDown {

@@ -14,6 +14,9 @@
 //!   only reloads its own actor, and [`Runtime::shutdown`] drains every mailbox.
 //! - [`SnapshotPolicy`]: every N events, on passivation, with a lower bound.
 //! - [`metrics`]: the names recorded through the `metrics` facade.
+//! - Feature `model`: `Runtime::load_model` refuses commands and events an EventStorming model
+//!   (`aether-model`) does not declare for the aggregate; `ModelRuntime` runs the model's
+//!   aggregates and policies without Rust code per aggregate.
 //!
 //! The runtime sees stores only as `Arc<dyn EventStore>` / `Arc<dyn SnapshotStore>` and the bus
 //! as `Arc<dyn EventBroadcaster>`, so the same actor runs on the memory store in tests and on
@@ -23,9 +26,13 @@ mod actor;
 mod config;
 mod error;
 pub mod metrics;
+#[cfg(feature = "model")]
+mod model;
 mod runtime;
 
 pub use actor::{Actor, event_type_of};
 pub use config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
 pub use error::AskError;
+#[cfg(feature = "model")]
+pub use model::{LoadModelError, ModelActor, ModelCommand, ModelError, ModelEvent, ModelRuntime};
 pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats};

@@ -111,10 +111,54 @@ impl<A: Actor> Slot<A> {
 
 type Shard<A> = Mutex<HashMap<Arc<str>, Slot<A>>>;
 
+/// The commands of one aggregate in a loaded model and the events each may emit.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    pub(crate) aggregate: String,
+    pub(crate) commands: HashMap<String, Vec<String>>,
+}
+
+impl Rules {
+    fn check<A: Actor>(&self, command: &A::Command, events: &[A::Event]) -> Result<(), String> {
+        let declared = match A::command_type(command) {
+            Some(name) => Some((
+                name,
+                self.commands.get(name).ok_or_else(|| {
+                    format!(
+                        "the model declares no command `{name}` for aggregate `{}`",
+                        self.aggregate
+                    )
+                })?,
+            )),
+            None => None,
+        };
+        for event in events {
+            let ty = A::event_type(event);
+            let allowed = match declared {
+                Some((_, emits)) => emits.iter().any(|e| e == ty),
+                None => self.commands.values().flatten().any(|e| e == ty),
+            };
+            if !allowed {
+                return Err(match declared {
+                    Some((name, _)) => format!(
+                        "the model does not let command `{name}` of aggregate `{}` emit event `{ty}`",
+                        self.aggregate
+                    ),
+                    None => format!(
+                        "the model does not let aggregate `{}` emit event `{ty}`",
+                        self.aggregate
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An actor chosen for eviction: id, mailbox, activation.
 type Victim<A> = (Arc<str>, mpsc::Sender<Envelope<A>>, u64);
 
-struct Shared<A: Actor> {
+pub(crate) struct Shared<A: Actor> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
@@ -129,6 +173,8 @@ struct Shared<A: Actor> {
     passivated: Notify,
     sweeper: AtomicBool,
     clock: AtomicU64,
+    /// What a loaded EventStorming model allows this actor type (see `load_model`).
+    pub(crate) rules: std::sync::OnceLock<Arc<Rules>>,
     stats: Stats,
     metrics: Metrics,
 }
@@ -226,6 +272,7 @@ impl<A: Actor> RuntimeBuilder<A> {
                 passivated: Notify::new(),
                 sweeper: AtomicBool::new(false),
                 clock: AtomicU64::new(1),
+                rules: std::sync::OnceLock::new(),
                 stats: Stats::default(),
                 metrics: Metrics::new(A::TYPE),
             }),
@@ -265,7 +312,7 @@ impl<A: Actor> RuntimeBuilder<A> {
 /// # Ok(()) }
 /// ```
 pub struct Runtime<A: Actor> {
-    shared: Arc<Shared<A>>,
+    pub(crate) shared: Arc<Shared<A>>,
 }
 
 impl<A: Actor> Clone for Runtime<A> {
@@ -992,6 +1039,14 @@ impl<A: Actor> Vm<A> {
                     });
                 }
             };
+            if let Some(rules) = self.shared.rules.get() {
+                rules
+                    .check::<A>(command, &events)
+                    .map_err(|reason| AskError::NotInModel {
+                        actor_id: self.id.clone(),
+                        reason,
+                    })?;
+            }
             if events.is_empty() {
                 return Ok(Applied {
                     version: self.version,

@@ -10,6 +10,7 @@
 //! | `jetstream` | `store::jetstream::JetStreamEventStore` | `aether-store-jetstream` |
 //! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
 //! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
+//! | `model` | `model::Model` (EventStorming models), `runtime::ModelRuntime` | `aether-model` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -40,6 +41,12 @@ pub mod bus {
 #[cfg(feature = "runtime")]
 pub mod runtime {
     pub use aether_runtime::*;
+}
+
+/// EventStorming models: types, loading, validation, diagrams.
+#[cfg(feature = "model")]
+pub mod model {
+    pub use aether_model::*;
 }
 
 /// Event store implementations.
