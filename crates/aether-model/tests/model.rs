@@ -157,6 +157,13 @@ fn every_problem_kind_is_reported_with_its_path() {
                 field: "order".into(),
             },
         ),
+        (
+            "    aggregates: [{ name: G, commands: [{ name: Do, emits: [E] }] }]\n    events: [{ name: E }]\n    read_models: [{ name: \" \" }]\n",
+            "contexts[c].read_models[ ]",
+            ProblemKind::EmptyName {
+                kind: ElementKind::ReadModel,
+            },
+        ),
     ];
     for (rest, path, kind) in cases {
         let text = format!("{base}{rest}");
