@@ -3,7 +3,9 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -127,7 +129,10 @@ impl Subscriber {
 
 #[derive(Default)]
 struct BusInner {
-    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    /// Read without locking by every publish; replaced whole (under `changes`) by subscribe
+    /// and unsubscribe.
+    subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
+    changes: Mutex<()>,
     next_id: AtomicU64,
 }
 
@@ -178,13 +183,14 @@ impl EventBus {
     pub fn subscribe_with(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
         let dropped = Arc::new(AtomicU64::new(0));
         let capacity = options.capacity.max(1);
-        let mut subscribers = self
+        let _changing = self
             .inner
-            .subscribers
-            .write()
+            .changes
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let current = self.inner.subscribers.load_full();
         if options.overflow == Overflow::DropOldest {
-            let shared = subscribers.iter().find(|s| {
+            let shared = current.iter().find(|s| {
                 matches!(s.sink, Sink::Ring(_))
                     && s.capacity == capacity
                     && s.pattern == pattern
@@ -214,6 +220,7 @@ impl EventBus {
                 (Sink::Queue(tx, timeout), Receiver::Queue(rx))
             }
         };
+        let mut subscribers = Vec::clone(&current);
         subscribers.push(Arc::new(Subscriber {
             id,
             readers: std::sync::atomic::AtomicUsize::new(1),
@@ -224,6 +231,7 @@ impl EventBus {
             sink,
             dropped: dropped.clone(),
         }));
+        self.inner.subscribers.store(Arc::new(subscribers));
         Subscription {
             id,
             bus: Arc::downgrade(&self.inner),
@@ -236,11 +244,7 @@ impl EventBus {
     pub async fn publish(&self, namespace: &Namespace, event: &Event) {
         let mut waiting = Vec::new();
         {
-            let subscribers = self
-                .inner
-                .subscribers
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let subscribers = self.inner.subscribers.load();
             for sub in subscribers.iter().filter(|s| s.wants(namespace, event)) {
                 match &sub.sink {
                     // A full ring overwrites the oldest; the receiver learns how many it missed.
@@ -269,8 +273,7 @@ impl EventBus {
     pub fn subscriber_count(&self) -> usize {
         self.inner
             .subscribers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+            .load()
             .iter()
             .map(|s| s.readers.load(Ordering::Relaxed))
             .sum()
@@ -407,10 +410,11 @@ fn lagged(id: u64, dropped: &AtomicU64, n: u64) {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(bus) = self.bus.upgrade() {
-            bus.subscribers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
+            let _changing = bus.changes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut subscribers = Vec::clone(&bus.subscribers.load_full());
+            subscribers
                 .retain(|s| s.id != self.id || s.readers.fetch_sub(1, Ordering::Relaxed) > 1);
+            bus.subscribers.store(Arc::new(subscribers));
         }
     }
 }
