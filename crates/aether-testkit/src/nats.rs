@@ -202,16 +202,34 @@ fn check_version(path: PathBuf) -> Result<ServerBinary, HarnessError> {
     }
 }
 
-/// Reserves a free TCP port on 127.0.0.1 (bind to port 0, read it, release it).
+/// Reserves a free TCP port on 127.0.0.1 (bind to port 0, read it, release it). A port is
+/// handed out once per process: the OS may offer a just-released port again, and a cluster's
+/// route ports are chosen before its nodes' client ports (a node once got the same port for
+/// both and failed to start).
 fn free_port(name: &str) -> Result<u16, HarnessError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| HarnessError::Io {
-            name: name.into(),
-            context: "reserving a port".into(),
-            source,
-        })
+    static HANDED_OUT: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let io = |source| HarnessError::Io {
+        name: name.into(),
+        context: "reserving a port".into(),
+        source,
+    };
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(io)?;
+        let fresh = HANDED_OUT
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port);
+        if fresh {
+            return Ok(port);
+        }
+    }
+    Err(io(std::io::Error::other(
+        "the OS kept offering ports this process already uses",
+    )))
 }
 
 #[derive(Default)]
