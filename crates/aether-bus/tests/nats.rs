@@ -195,6 +195,27 @@ async fn event_stored_keeps_another_stores_cache_in_step() {
     assert_eq!(store2.cached_version("synced"), Some(3));
 }
 
+/// Regression: `NatsEventBus::new` returns only once the server has its subscription, so an
+/// event another connection publishes right after is delivered (with a mere `flush`, the first
+/// messages of a burst were lost now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_bus_receives_what_is_published_right_after() {
+    let server = NatsServer::start_without_jetstream().await.unwrap();
+    let publisher = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let receiver = NatsEventBus::new(server.connect().await.unwrap())
+            .await
+            .unwrap();
+        let mut sub = receiver.subscribe(Pattern::new("first").unwrap());
+        let event = ev("first", round + 1);
+        publisher.publish(&ns("first"), &event).await.unwrap();
+        assert_eq!(next(&mut sub).await, event, "round {round}");
+        receiver.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buses_survive_a_server_restart() {
     let mut server = NatsServer::start_without_jetstream().await.unwrap();
