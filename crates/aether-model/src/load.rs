@@ -98,6 +98,14 @@ pub enum LoadError {
         /// The cargo feature that enables it.
         feature: &'static str,
     },
+    /// The model could not be written in this format.
+    #[error("writing the model as {format}: {message}")]
+    Write {
+        /// The format.
+        format: Format,
+        /// What the serializer said.
+        message: String,
+    },
     /// The text is not a valid model.
     #[error("{location}: {message}")]
     Parse {
@@ -146,16 +154,7 @@ impl Model {
 
     /// The model as text in `format` (for converting between formats).
     pub fn to_text(&self, format: Format) -> Result<String, LoadError> {
-        let failed = |message: String| LoadError::Parse {
-            format,
-            location: Location {
-                file: None,
-                line: None,
-                column: None,
-                field: ".".to_owned(),
-            },
-            message,
-        };
+        let failed = |message: String| LoadError::Write { format, message };
         match format {
             #[cfg(feature = "yaml")]
             Format::Yaml => serde_norway::to_string(self).map_err(|e| failed(e.to_string())),
