@@ -1,0 +1,916 @@
+//! [`ClusterManager`]: one node's membership, election and shard-map tasks.
+//!
+//! Three tasks per node, all stopped by one cancellation token:
+//! - the **watcher** keeps this node's view of the bucket (members, lease, map) and turns changes
+//!   into [`ClusterEvent`]s;
+//! - the **heartbeat** renews the node's record (revision-checked, with the failure timeout as
+//!   its TTL) and re-creates it if it expired while the node was paused;
+//! - the **leader** task competes for the lease, renews it while it holds it, steps down before
+//!   the lease can lapse, and publishes shard maps fenced by the lease revision.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures::StreamExt;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::error::ClusterError;
+use crate::events::{ClusterEvent, ClusterEvents};
+use crate::hash::{ShardId, shard_for};
+use crate::kv::{Bucket, WriteError, whole_seconds};
+use crate::map::{ShardMap, plan_between};
+use crate::metrics::Metrics;
+use crate::placement::{ConsistentHashPlacement, PlacementStrategy};
+use crate::record::{ClusterSettings, LeaseRecord, NodeRecord, NodeStatus, decode, encode, now_ms};
+
+/// Bucket key of the cluster's fixed settings.
+pub const KEY_CONFIG: &str = "config";
+/// Bucket key of the leader lease.
+pub const KEY_LEADER: &str = "leader";
+/// Bucket key of the shard map.
+pub const KEY_SHARD_MAP: &str = "shardmap";
+/// Prefix of the node record keys (`nodes.<node id>`).
+pub const KEY_NODES_PREFIX: &str = "nodes.";
+
+/// The leader as this node sees it in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The lease holder.
+    pub node_id: String,
+    /// Its fencing term.
+    pub term: u64,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    members: BTreeMap<String, NodeRecord>,
+    leader: Option<LeaderInfo>,
+    map: Option<Arc<ShardMap>>,
+    /// Highest bucket revision applied.
+    revision: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldLease {
+    term: u64,
+    revision: u64,
+    valid_until: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    bucket: Mutex<Option<Bucket>>,
+    view: RwLock<View>,
+    view_changed: Notify,
+    lease: Mutex<Option<HeldLease>>,
+    events: broadcast::Sender<ClusterEvent>,
+    membership_changed: Notify,
+    leader_gone: Notify,
+    load: AtomicU64,
+    record_revision: AtomicU64,
+    incarnation: String,
+    started_at_ms: u64,
+    cancel: CancellationToken,
+    metrics: Metrics,
+}
+
+/// One node of an Aether cluster: joins, heartbeats, competes for leadership, and (while it
+/// leads) publishes the shard map. See docs/cluster.md for the protocol.
+///
+/// ```no_run
+/// # async fn demo(client: async_nats::Client) -> Result<(), aether_cluster::ClusterError> {
+/// use aether_cluster::{ClusterConfig, ClusterManager};
+/// use futures::StreamExt;
+///
+/// let node = ClusterManager::new(client, ClusterConfig::new("orders"))?;
+/// let mut events = node.watch();
+/// node.start().await?;
+/// if node.is_leader() {
+///     println!("leading");
+/// }
+/// if let Some(map) = node.shard_map() {
+///     println!("order-42 lives on {:?}", map.node_for_actor("order-42"));
+/// }
+/// while let Some(event) = events.next().await {
+///     println!("{event:?}");
+/// #   break;
+/// }
+/// node.leave().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ClusterManager {
+    inner: Arc<Inner>,
+    tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+}
+
+impl Drop for ClusterManager {
+    /// Dropping a started node without [`leave`](Self::leave) stops its tasks; the cluster sees
+    /// it as failed once its record expires.
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ClusterManager {
+    /// A node for `config` on `client`'s NATS (with JetStream). Checks the configuration; does no
+    /// I/O until [`start`](Self::start).
+    pub fn new(client: async_nats::Client, config: ClusterConfig) -> Result<Self, ClusterError> {
+        config.validate()?;
+        let (events, _) = broadcast::channel(1024);
+        let metrics = Metrics::new(&config.cluster_name, &config.node_id);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                bucket: Mutex::new(None),
+                view: RwLock::new(View::default()),
+                view_changed: Notify::new(),
+                lease: Mutex::new(None),
+                events,
+                membership_changed: Notify::new(),
+                leader_gone: Notify::new(),
+                load: AtomicU64::new(0),
+                record_revision: AtomicU64::new(0),
+                incarnation: uuid::Uuid::new_v4().to_string(),
+                started_at_ms: now_ms(),
+                cancel: CancellationToken::new(),
+                metrics,
+            }),
+            tasks: Mutex::new(None),
+        })
+    }
+
+    /// Joins the cluster: opens (or creates) its bucket, checks the shard count, writes this
+    /// node's record, loads the current members, lease and map, and starts the node's tasks.
+    ///
+    /// Fails with [`ClusterError::ShardCountMismatch`] if the cluster has another shard count,
+    /// and [`ClusterError::NodeIdInUse`] if another live process holds this node id (after
+    /// waiting up to twice the failure timeout for a stale record of a crashed process to expire).
+    pub async fn start(&self) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        if lock(&self.tasks).is_some() {
+            return Err(ClusterError::AlreadyStarted {
+                node_id: inner.config.node_id.clone(),
+            });
+        }
+        if inner.cancel.is_cancelled() {
+            return Err(inner.not_running());
+        }
+        let cfg = &inner.config;
+        let js = async_nats::jetstream::new(inner.client.clone());
+        let bucket = Bucket::open(js, &cfg.cluster_name, cfg.replicas)
+            .await
+            .map_err(|source| inner.setup("opening the cluster bucket", source))?;
+        inner.check_settings(&bucket).await?;
+        let revision = inner.create_record(&bucket).await?;
+        inner.record_revision.store(revision, Ordering::SeqCst);
+        *lock(&inner.bucket) = Some(bucket.clone());
+
+        let watch = inner.resync(&bucket, None).await?;
+        let tasks = vec![
+            tokio::spawn(Arc::clone(inner).watch_task(bucket.clone(), watch)),
+            tokio::spawn(Arc::clone(inner).heartbeat_task(bucket.clone(), revision)),
+            tokio::spawn(Arc::clone(inner).leader_task(bucket)),
+        ];
+        *lock(&self.tasks) = Some(tasks);
+        tracing::info!(cluster = %cfg.cluster_name, node = %cfg.node_id, "joined the cluster");
+        Ok(())
+    }
+
+    /// Leaves gracefully: gives up the lease if this node holds it (so another node takes over
+    /// at once), deletes this node's record (others see [`ClusterEvent::MemberLeft`] and the
+    /// leader moves its shards), and stops the node's tasks.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        let Some(tasks) = lock(&self.tasks).take() else {
+            return Err(inner.not_running());
+        };
+        inner.cancel.cancel();
+        for task in tasks {
+            // A task that panicked has nothing left to clean up.
+            let _ = task.await;
+        }
+        let Some(bucket) = lock(&inner.bucket).clone() else {
+            return Err(inner.not_running());
+        };
+        let key = inner.record_key();
+        let mut revision = inner.record_revision.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            match bucket.delete(&key, revision).await {
+                Ok(_) => break,
+                Err(WriteError::WrongRevision) => match inner.own_record_revision(&bucket).await {
+                    Some(r) => revision = r,
+                    None => break, // already gone (expired)
+                },
+                Err(e) => {
+                    return Err(inner.nats("deleting this node's record", e));
+                }
+            }
+        }
+        inner.emit(ClusterEvent::MemberLeft {
+            node_id: inner.config.node_id.clone(),
+        });
+        tracing::info!(cluster = %inner.config.cluster_name, node = %inner.config.node_id, "left the cluster");
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The cluster name.
+    pub fn cluster_name(&self) -> &str {
+        &self.inner.config.cluster_name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// Whether this node holds a lease it may act on right now. Turns false as soon as the lease
+    /// could have lapsed, even before the node's tasks run again (after a pause, say).
+    pub fn is_leader(&self) -> bool {
+        self.inner.valid_lease().is_some()
+    }
+
+    /// This node's fencing term while it leads.
+    pub fn term(&self) -> Option<u64> {
+        self.inner.valid_lease().map(|l| l.term)
+    }
+
+    /// The leader as this node last saw it in the bucket.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.inner.read_view().leader.clone()
+    }
+
+    /// The members this node sees (records alive in the bucket), in id order.
+    pub fn members(&self) -> Vec<NodeRecord> {
+        self.inner.read_view().members.values().cloned().collect()
+    }
+
+    /// The shard map this node has (none before the first leader publishes one).
+    pub fn shard_map(&self) -> Option<Arc<ShardMap>> {
+        self.inner.read_view().map.clone()
+    }
+
+    /// The shard `actor_id` belongs to.
+    pub fn shard_for(&self, actor_id: &str) -> ShardId {
+        shard_for(actor_id, self.inner.config.shard_count)
+    }
+
+    /// The node the current map gives `actor_id`'s shard.
+    pub fn node_for_actor(&self, actor_id: &str) -> Option<String> {
+        self.shard_map()
+            .and_then(|m| m.node_for_actor(actor_id).map(str::to_owned))
+    }
+
+    /// The shards the current map gives this node.
+    pub fn shards_owned(&self) -> Vec<ShardId> {
+        self.shard_map()
+            .map(|m| m.shards_of(self.node_id()))
+            .unwrap_or_default()
+    }
+
+    /// Sets the load this node reports in its record from the next heartbeat on.
+    pub fn set_load(&self, load: u64) {
+        self.inner.load.store(load, Ordering::Relaxed);
+    }
+
+    /// A stream of membership, leadership and shard-map changes from now on. Call it before
+    /// [`start`](Self::start) to also see the initial members, lease and map as events.
+    pub fn watch(&self) -> ClusterEvents {
+        ClusterEvents::new(self.inner.events.subscribe())
+    }
+}
+
+impl Inner {
+    fn read_view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_view(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn valid_lease(&self) -> Option<HeldLease> {
+        lock(&self.lease).filter(|l| Instant::now() < l.valid_until)
+    }
+
+    fn emit(&self, event: ClusterEvent) {
+        // No receivers is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn not_running(&self) -> ClusterError {
+        ClusterError::NotRunning {
+            node_id: self.config.node_id.clone(),
+        }
+    }
+
+    fn setup(&self, context: &str, source: crate::error::BoxError) -> ClusterError {
+        ClusterError::Setup {
+            cluster: self.config.cluster_name.clone(),
+            context: context.to_owned(),
+            source,
+        }
+    }
+
+    fn nats(&self, context: &str, e: WriteError) -> ClusterError {
+        ClusterError::Nats {
+            cluster: self.config.cluster_name.clone(),
+            context: context.to_owned(),
+            source: match e {
+                WriteError::Other(source) => source,
+                other => other.to_string().into(),
+            },
+        }
+    }
+
+    fn record_key(&self) -> String {
+        format!("{KEY_NODES_PREFIX}{}", self.config.node_id)
+    }
+
+    fn record(&self) -> NodeRecord {
+        NodeRecord {
+            id: self.config.node_id.clone(),
+            metadata: self.config.metadata.clone(),
+            capacity: self.config.capacity,
+            load: self.load.load(Ordering::Relaxed),
+            status: NodeStatus::Active,
+            started_at_ms: self.started_at_ms,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            shard_count: self.config.shard_count,
+            incarnation: self.incarnation.clone(),
+        }
+    }
+
+    fn failure_ttl(&self) -> Duration {
+        Duration::from_secs(whole_seconds(self.config.failure_timeout))
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(whole_seconds(self.config.lease_ttl))
+    }
+
+    /// Writes the cluster's settings if this is its first node, else checks them.
+    async fn check_settings(&self, bucket: &Bucket) -> Result<(), ClusterError> {
+        let cfg = &self.config;
+        let mine = ClusterSettings {
+            shard_count: cfg.shard_count,
+        };
+        match bucket.create(KEY_CONFIG, encode(&mine), None).await {
+            Ok(_) => return Ok(()),
+            Err(WriteError::Exists) => {}
+            Err(e) => {
+                return Err(self.setup(
+                    "writing the cluster settings",
+                    Box::new(std::io::Error::other(e.to_string())),
+                ));
+            }
+        }
+        let entry = bucket
+            .kv
+            .entry(KEY_CONFIG)
+            .await
+            .map_err(|e| self.setup("reading the cluster settings", Box::new(e)))?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Err(self.setup(
+                "reading the cluster settings",
+                "the settings vanished while joining".into(),
+            ));
+        };
+        let theirs: ClusterSettings = decode(&entry.value).map_err(|e| ClusterError::Corrupt {
+            cluster: cfg.cluster_name.clone(),
+            key: KEY_CONFIG.into(),
+            reason: e.to_string(),
+        })?;
+        if theirs.shard_count != cfg.shard_count {
+            return Err(ClusterError::ShardCountMismatch {
+                cluster: cfg.cluster_name.clone(),
+                cluster_shards: theirs.shard_count,
+                configured: cfg.shard_count,
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates this node's record, waiting out a stale one of a crashed process with the same id.
+    async fn create_record(&self, bucket: &Bucket) -> Result<u64, ClusterError> {
+        let key = self.record_key();
+        let started = Instant::now();
+        let patience = self.failure_ttl() * 2;
+        loop {
+            match bucket
+                .create(&key, encode(&self.record()), Some(self.failure_ttl()))
+                .await
+            {
+                Ok(revision) => return Ok(revision),
+                Err(WriteError::Exists | WriteError::WrongRevision)
+                    if started.elapsed() < patience =>
+                {
+                    tracing::warn!(node = %self.config.node_id, "a live record holds this node id; waiting for it to expire");
+                    tokio::time::sleep(self.config.heartbeat_interval).await;
+                }
+                Err(WriteError::Exists | WriteError::WrongRevision) => {
+                    return Err(ClusterError::NodeIdInUse {
+                        cluster: self.config.cluster_name.clone(),
+                        node_id: self.config.node_id.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+                Err(e) => return Err(self.nats("writing this node's record", e)),
+            }
+        }
+    }
+
+    /// The revision of this incarnation's record, if it is there (a write whose ack was lost may
+    /// still have landed).
+    async fn own_record_revision(&self, bucket: &Bucket) -> Option<u64> {
+        let entry = bucket.kv.entry(self.record_key()).await.ok()??;
+        if entry.operation != Operation::Put {
+            return None;
+        }
+        let rec: NodeRecord = decode(&entry.value).ok()?;
+        (rec.incarnation == self.incarnation).then_some(entry.revision)
+    }
+
+    /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
+    /// continues from there. Members that vanished since the previous view are reported failed.
+    async fn resync(
+        &self,
+        bucket: &Bucket,
+        _previous: Option<()>,
+    ) -> Result<kv::Watch, ClusterError> {
+        let mut watch = bucket
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| self.setup("watching the cluster bucket", Box::new(e)))?;
+        let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
+        // The bucket always holds `config`, so at least one entry arrives and the last one
+        // delivered is marked `seen_current`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let next = tokio::time::timeout_at(deadline, watch.next()).await;
+            match next {
+                Ok(Some(Ok(entry))) => {
+                    let done = entry.seen_current;
+                    latest.insert(entry.key.clone(), entry);
+                    if done {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(self.setup("loading the cluster state", Box::new(e)));
+                }
+                Ok(None) => {
+                    return Err(self.setup("loading the cluster state", "the watch ended".into()));
+                }
+                Err(_) => {
+                    return Err(
+                        self.setup("loading the cluster state", "timed out after 10s".into())
+                    );
+                }
+            }
+        }
+        let vanished: Vec<String> = {
+            let view = self.read_view();
+            view.members
+                .keys()
+                .filter(|id| {
+                    latest
+                        .get(&format!("{KEY_NODES_PREFIX}{id}"))
+                        .is_none_or(|e| e.operation != Operation::Put)
+                })
+                .cloned()
+                .collect()
+        };
+        for id in vanished {
+            self.write_view().members.remove(&id);
+            self.emit(ClusterEvent::MemberFailed { node_id: id });
+            self.membership_changed.notify_one();
+        }
+        if !latest.contains_key(KEY_LEADER) && self.read_view().leader.is_some() {
+            self.set_leader(None);
+        }
+        let mut entries: Vec<kv::Entry> = latest.into_values().collect();
+        entries.sort_by_key(|e| e.revision);
+        for entry in entries {
+            self.apply(entry);
+        }
+        self.update_member_metrics();
+        Ok(watch)
+    }
+
+    fn set_leader(&self, leader: Option<LeaderInfo>) {
+        let changed = {
+            let mut view = self.write_view();
+            let changed = view.leader != leader;
+            view.leader.clone_from(&leader);
+            changed
+        };
+        if changed {
+            let term = leader.as_ref().map_or(0, |l| l.term);
+            self.metrics.leader_term.set(term as f64);
+            if leader.is_none() {
+                self.leader_gone.notify_one();
+            }
+            self.emit(ClusterEvent::LeaderChanged {
+                leader: leader.map(|l| l.node_id),
+                term,
+            });
+        }
+    }
+
+    /// Applies one bucket entry to the view and reports what changed.
+    fn apply(&self, entry: kv::Entry) {
+        {
+            let mut view = self.write_view();
+            view.revision = view.revision.max(entry.revision);
+        }
+        let present = entry.operation == Operation::Put;
+        let key = entry.key.as_str();
+        if key == KEY_LEADER {
+            let leader = present
+                .then(|| decode::<LeaseRecord>(&entry.value).ok())
+                .flatten()
+                .map(|l| LeaderInfo {
+                    node_id: l.node,
+                    term: l.term.unwrap_or(entry.revision),
+                });
+            self.set_leader(leader);
+        } else if key == KEY_SHARD_MAP {
+            if !present {
+                return;
+            }
+            let map = match ShardMap::decode(&entry.value) {
+                Ok(map) => Arc::new(map),
+                Err(e) => {
+                    tracing::warn!(cluster = %self.config.cluster_name, error = %e, "ignoring a shard map that does not decode");
+                    return;
+                }
+            };
+            let prev = {
+                let mut view = self.write_view();
+                if view.map.as_ref().is_some_and(|m| m.epoch() >= map.epoch()) {
+                    return;
+                }
+                view.map.replace(Arc::clone(&map))
+            };
+            let plan = plan_between(prev.as_deref(), &map);
+            self.metrics.map_epoch.set(map.epoch() as f64);
+            self.metrics
+                .shards_owned
+                .set(map.shards_of(&self.config.node_id).len() as f64);
+            self.emit(ClusterEvent::ShardMapChanged { map, plan });
+        } else if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX) {
+            // (event, whether placement may change)
+            let event = if present {
+                let Ok(rec) = decode::<NodeRecord>(&entry.value) else {
+                    tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
+                    return;
+                };
+                let mut view = self.write_view();
+                match view.members.insert(id.to_owned(), rec.clone()) {
+                    None => Some((ClusterEvent::MemberJoined(rec), true)),
+                    Some(old) if old != rec => {
+                        let placement = old.status != rec.status || old.capacity != rec.capacity;
+                        Some((ClusterEvent::MemberUpdated(rec), placement))
+                    }
+                    Some(_) => None,
+                }
+            } else {
+                let removed = self.write_view().members.remove(id).is_some();
+                let node_id = id.to_owned();
+                removed.then_some(match entry.operation {
+                    Operation::Delete => (ClusterEvent::MemberLeft { node_id }, true),
+                    _ => (ClusterEvent::MemberFailed { node_id }, true),
+                })
+            };
+            if let Some((event, placement)) = event {
+                self.update_member_metrics();
+                self.emit(event);
+                if placement {
+                    self.membership_changed.notify_one();
+                }
+            }
+        }
+        self.view_changed.notify_waiters();
+    }
+
+    fn update_member_metrics(&self) {
+        self.metrics
+            .members
+            .set(self.read_view().members.len() as f64);
+    }
+
+    async fn watch_task(self: Arc<Self>, bucket: Bucket, mut watch: kv::Watch) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                next = watch.next() => match next {
+                    Some(Ok(entry)) => self.apply(entry),
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::warn!(cluster = %self.config.cluster_name, error = %e, "cluster watch failed; reloading");
+                        }
+                        // Reload everything with a fresh watch (the server may have gone away).
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            if self.cancel.is_cancelled() {
+                                return;
+                            }
+                            match self.resync(&bucket, None).await {
+                                Ok(w) => {
+                                    watch = w;
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
+                                    tokio::select! {
+                                        () = self.cancel.cancelled() => return,
+                                        () = tokio::time::sleep(backoff) => {}
+                                    }
+                                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn heartbeat_task(self: Arc<Self>, bucket: Bucket, mut revision: u64) {
+        let key = self.record_key();
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the record was just written
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let value = encode(&self.record());
+            match bucket
+                .update(&key, value.clone(), revision, Some(self.failure_ttl()))
+                .await
+            {
+                Ok(r) => revision = r,
+                Err(WriteError::WrongRevision | WriteError::Exists) => {
+                    if let Some(r) = self.own_record_revision(&bucket).await {
+                        revision = r; // our last write landed though its ack was lost
+                        continue;
+                    }
+                    // The record expired (this node was paused or cut off) or was taken over.
+                    match bucket.create(&key, value, Some(self.failure_ttl())).await {
+                        Ok(r) => {
+                            tracing::warn!(node = %self.config.node_id, "membership record had expired; rejoined");
+                            revision = r;
+                        }
+                        Err(e) => {
+                            tracing::error!(node = %self.config.node_id, error = %e, "cannot renew or re-create this node's record")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.config.node_id, error = %e, "heartbeat failed; retrying")
+                }
+            }
+            self.record_revision.store(revision, Ordering::SeqCst);
+        }
+    }
+
+    async fn leader_task(self: Arc<Self>, bucket: Bucket) {
+        let ttl = self.lease_ttl();
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            if self.read_view().leader.is_none() {
+                let sent = Instant::now();
+                let lease = LeaseRecord {
+                    node: self.config.node_id.clone(),
+                    term: None,
+                };
+                match bucket.create(KEY_LEADER, encode(&lease), Some(ttl)).await {
+                    Ok(revision) => {
+                        let held = HeldLease {
+                            term: revision,
+                            revision,
+                            valid_until: sent + ttl * 4 / 5,
+                        };
+                        self.lead(&bucket, held).await;
+                        continue;
+                    }
+                    Err(WriteError::Exists | WriteError::WrongRevision) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %self.config.node_id, error = %e, "competing for the lease failed")
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.leader_gone.notified() => {}
+                () = tokio::time::sleep(ttl / 3) => {}
+            }
+        }
+    }
+
+    fn step_down(&self, term: u64, reason: &str) {
+        *lock(&self.lease) = None;
+        self.metrics.is_leader.set(0.0);
+        tracing::warn!(node = %self.config.node_id, term, reason, "stepped down");
+        self.emit(ClusterEvent::SteppedDown {
+            term,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Holds the lease until it is lost, lapses or the node stops.
+    async fn lead(&self, bucket: &Bucket, mut held: HeldLease) {
+        let ttl = self.lease_ttl();
+        let term = held.term;
+        *lock(&self.lease) = Some(held);
+        self.metrics.is_leader.set(1.0);
+        tracing::info!(node = %self.config.node_id, term, "became leader");
+        self.emit(ClusterEvent::BecameLeader { term });
+
+        // Start from the map in force when the lease was won: wait until the view has caught up
+        // with the lease's own revision (every earlier map write is before it in the stream).
+        let caught_up = tokio::time::timeout_at(held.valid_until, async {
+            loop {
+                let notified = self.view_changed.notified();
+                if self.read_view().revision >= held.revision {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if caught_up.is_err() {
+            self.step_down(term, "could not load the cluster state in time");
+            return;
+        }
+        let mut base: Option<Arc<ShardMap>> = self.read_view().map.clone();
+        let mut next_renewal = Instant::now() + ttl / 3;
+        let mut rebalance_at = Some(Instant::now());
+        loop {
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => {
+                    // Hand the lease back so another node takes over without waiting for the TTL.
+                    if Instant::now() < held.valid_until {
+                        let _ = bucket.delete(KEY_LEADER, held.revision).await;
+                    }
+                    self.step_down(term, "node stopped");
+                    return;
+                }
+                () = tokio::time::sleep_until(held.valid_until) => {
+                    self.step_down(term, "lease not renewed in time");
+                    return;
+                }
+                () = tokio::time::sleep_until(next_renewal) => {
+                    let sent = Instant::now();
+                    let lease = LeaseRecord { node: self.config.node_id.clone(), term: Some(term) };
+                    let renewal = bucket.update(KEY_LEADER, encode(&lease), held.revision, Some(ttl));
+                    match tokio::time::timeout_at(held.valid_until, renewal).await {
+                        Ok(Ok(revision)) => {
+                            held.revision = revision;
+                            held.valid_until = sent + ttl * 4 / 5;
+                            next_renewal = sent + ttl / 3;
+                            *lock(&self.lease) = Some(held);
+                        }
+                        Ok(Err(WriteError::WrongRevision | WriteError::Exists)) => {
+                            match self.own_lease_revision(bucket, term).await {
+                                Some(revision) => held.revision = revision,
+                                None => {
+                                    self.step_down(term, "lease lost: it expired or another node holds it");
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(node = %self.config.node_id, error = %e, "lease renewal failed; retrying");
+                            next_renewal = Instant::now() + Duration::from_millis(200).min(ttl / 3);
+                        }
+                        Err(_) => {
+                            self.step_down(term, "lease renewal did not complete in time");
+                            return;
+                        }
+                    }
+                }
+                () = self.membership_changed.notified() => {
+                    let at = Instant::now() + self.config.rebalance_delay;
+                    rebalance_at = Some(rebalance_at.map_or(at, |r| r.min(at)));
+                }
+                () = tokio::time::sleep_until(rebalance_at.unwrap_or(far)), if rebalance_at.is_some() => {
+                    rebalance_at = None;
+                    match self.rebalance(bucket, &held, base.as_deref()).await {
+                        Ok(Some(map)) => base = Some(map),
+                        Ok(None) => {}
+                        Err(RebalanceError::Fenced) => {
+                            self.step_down(term, "the server refused a shard map: the lease moved on");
+                            return;
+                        }
+                        Err(RebalanceError::Other(e)) => {
+                            tracing::warn!(node = %self.config.node_id, error = %e, "publishing the shard map failed; retrying");
+                            rebalance_at = Some(Instant::now() + Duration::from_millis(500));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The revision of this node's lease for `term`, if it is still there.
+    async fn own_lease_revision(&self, bucket: &Bucket, term: u64) -> Option<u64> {
+        let entry = bucket.kv.entry(KEY_LEADER).await.ok()??;
+        if entry.operation != Operation::Put {
+            return None;
+        }
+        let lease: LeaseRecord = decode(&entry.value).ok()?;
+        let their_term = lease.term.unwrap_or(entry.revision);
+        (lease.node == self.config.node_id && their_term == term).then_some(entry.revision)
+    }
+
+    /// Computes the map for the current members and publishes it if it differs from `base`.
+    async fn rebalance(
+        &self,
+        bucket: &Bucket,
+        held: &HeldLease,
+        base: Option<&ShardMap>,
+    ) -> Result<Option<Arc<ShardMap>>, RebalanceError> {
+        let cfg = &self.config;
+        let members: Vec<NodeRecord> = self
+            .read_view()
+            .members
+            .values()
+            .filter(|m| m.status == NodeStatus::Active)
+            .cloned()
+            .collect();
+        let mut owners = if members.is_empty() {
+            Vec::new()
+        } else {
+            cfg.placement.assign(cfg.shard_count, &members, base)
+        };
+        let valid = owners.is_empty()
+            || (owners.len() == cfg.shard_count as usize
+                && owners.iter().all(|o| members.iter().any(|m| *m.id == **o)));
+        if !valid {
+            tracing::error!(strategy = ?cfg.placement, "placement strategy returned an invalid assignment; using consistent hashing");
+            owners = ConsistentHashPlacement::default().assign(cfg.shard_count, &members, base);
+        }
+        if base.is_some_and(|b| b.owners() == owners.as_slice()) {
+            return Ok(None);
+        }
+        let epoch = base.map_or(0, ShardMap::epoch) + 1;
+        let map = Arc::new(ShardMap::new(
+            epoch,
+            held.term,
+            cfg.node_id.as_str(),
+            cfg.shard_count,
+            owners,
+        ));
+        let write = bucket.fenced_put(
+            KEY_SHARD_MAP,
+            map.encode().into(),
+            KEY_LEADER,
+            held.revision,
+        );
+        match tokio::time::timeout_at(held.valid_until, write).await {
+            Ok(Ok(_)) => {
+                let moved = base.map_or(map.owners().len(), |b| b.plan_to(&map).len());
+                self.metrics.rebalances.increment(1);
+                self.metrics.shards_moved.increment(moved as u64);
+                tracing::info!(node = %cfg.node_id, epoch, term = held.term, moved, members = members.len(), "published a shard map");
+                Ok(Some(map))
+            }
+            Ok(Err(WriteError::WrongRevision)) => Err(RebalanceError::Fenced),
+            Ok(Err(e)) => Err(RebalanceError::Other(e.to_string())),
+            Err(_) => Err(RebalanceError::Other("timed out".into())),
+        }
+    }
+}
+
+enum RebalanceError {
+    Fenced,
+    Other(String),
+}

@@ -1,0 +1,213 @@
+//! The cluster control plane against real nats-servers: membership, failure detection, leader
+//! election with fencing, shard maps. Nodes that must be killed or paused run as child processes.
+
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use aether_cluster::{ClusterError, ClusterEvent, ClusterManager};
+use aether_testkit::nats::{NatsCluster, NatsServer};
+use common::*;
+use tokio::time::Instant;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// Not a test: the body of a child node process (see `common::ChildNode`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a cluster node run as a child process by the multi-process tests"]
+async fn child_node() {
+    run_child_node().await;
+}
+
+fn one_leader(nodes: &[&ClusterManager]) -> usize {
+    nodes.iter().filter(|n| n.is_leader()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_three_server_cluster_agree_on_one_leader_and_one_map() {
+    let nats = NatsCluster::start(3).await.expect("nats cluster");
+    let name = cluster_name();
+    let mut nodes = Vec::new();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let client = nats.node(i).connect().await.unwrap();
+        nodes.push(Node::start(client, fast_config(&name, id).replicas(3)).await);
+    }
+    for node in &mut nodes {
+        node.until("a map over a, b, c", SETTLE, |m| {
+            map_owned_by(m, &["a", "b", "c"]) && m.members().len() == 3
+        })
+        .await;
+    }
+    // Every node converges on the same epoch (the last map the leader published).
+    let leader_map = {
+        let managers: Vec<&ClusterManager> = nodes.iter().map(|n| &n.manager).collect();
+        assert_eq!(one_leader(&managers), 1, "exactly one leader");
+        let leader = managers.iter().find(|m| m.is_leader()).unwrap();
+        leader.shard_map().unwrap()
+    };
+    for node in &mut nodes {
+        node.until("the leader's map", SETTLE, |m| {
+            m.shard_map()
+                .is_some_and(|x| x.epoch() == leader_map.epoch())
+        })
+        .await;
+        let map = node.manager.shard_map().unwrap();
+        assert_eq!(*map, *leader_map);
+        assert_eq!(node.manager.leader().unwrap().term, map.term());
+    }
+    // Every shard is owned exactly once, by a member, and the owners are balanced-ish.
+    let counts = leader_map.counts();
+    assert_eq!(counts.values().sum::<usize>(), 64);
+    for (owner, n) in &counts {
+        assert!(["a", "b", "c"].contains(owner));
+        assert!(*n >= 8, "{owner} owns only {n} of 64 shards: {counts:?}");
+    }
+    // The shards each node reports as its own partition the shard space.
+    let mut all: Vec<u32> = nodes
+        .iter()
+        .flat_map(|n| n.manager.shards_owned())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..64).collect::<Vec<_>>());
+    for node in &nodes {
+        node.manager.leave().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_shard_count_is_refused() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let first = Node::start(server.connect().await.unwrap(), fast_config(&name, "a")).await;
+    let other = ClusterManager::new(
+        server.connect().await.unwrap(),
+        fast_config(&name, "b").shard_count(128),
+    )
+    .unwrap();
+    match other.start().await {
+        Err(
+            e @ ClusterError::ShardCountMismatch {
+                cluster_shards: 64,
+                configured: 128,
+                ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("64") && text.contains("128") && text.contains("fixed"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a shard count mismatch, got {other:?}"),
+    }
+    // Nothing of the refused node is left behind.
+    assert_eq!(first.manager.members().len(), 1);
+    assert!(matches!(
+        other.leave().await,
+        Err(ClusterError::NotRunning { .. })
+    ));
+    first.manager.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_node_id_is_refused() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let first = Node::start(server.connect().await.unwrap(), fast_config(&name, "a")).await;
+    let twin =
+        ClusterManager::new(server.connect().await.unwrap(), fast_config(&name, "a")).unwrap();
+    match twin.start().await {
+        Err(ClusterError::NodeIdInUse {
+            node_id, waited, ..
+        }) => {
+            assert_eq!(node_id, "a");
+            assert!(waited >= FAILURE_TIMEOUT * 2);
+        }
+        other => panic!("expected NodeIdInUse, got {other:?}"),
+    }
+    assert!(first.manager.is_leader());
+    first.manager.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_and_a_kill_9_move_only_their_shards() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let mut p = Node::start(server.connect().await.unwrap(), fast_config(&name, "p")).await;
+    p.until("leadership", SETTLE, ClusterManager::is_leader)
+        .await;
+    let leaver = Node::start(
+        server.connect().await.unwrap(),
+        fast_config(&name, "leaver"),
+    )
+    .await;
+    let victim = ChildNode::spawn("child_node", &server.url(), &name, "victim").await;
+    p.until("a map over p, leaver, victim", SETTLE, |m| {
+        map_owned_by(m, &["p", "leaver", "victim"])
+    })
+    .await;
+    let before = p.manager.shard_map().unwrap();
+
+    // Graceful leave: noticed at once, only the leaver's shards move.
+    let t = Instant::now();
+    leaver.manager.leave().await.unwrap();
+    p.event(
+        "leaver left",
+        SETTLE,
+        |e| matches!(e, ClusterEvent::MemberLeft { node_id } if node_id == "leaver"),
+    )
+    .await;
+    let left_after = t.elapsed();
+    p.until("a map without the leaver", SETTLE, |m| {
+        map_owned_by(m, &["p", "victim"])
+    })
+    .await;
+    let after_leave = p.manager.shard_map().unwrap();
+    for mv in before.plan_to(&after_leave).moves {
+        assert_eq!(
+            mv.from.as_deref(),
+            Some("leaver"),
+            "shard {} moved from a node that stayed",
+            mv.shard
+        );
+    }
+    assert!(
+        left_after < FAILURE_TIMEOUT,
+        "a graceful leave took {left_after:?} to be noticed"
+    );
+
+    // kill -9: noticed within the failure timeout (plus the server's expiry sweep), only its shards move.
+    let t = Instant::now();
+    victim.kill9();
+    p.event(
+        "victim failed",
+        SETTLE,
+        |e| matches!(e, ClusterEvent::MemberFailed { node_id } if node_id == "victim"),
+    )
+    .await;
+    let failed_after = t.elapsed();
+    p.until("a map without the victim", SETTLE, |m| {
+        map_owned_by(m, &["p"])
+    })
+    .await;
+    let after_kill = p.manager.shard_map().unwrap();
+    for mv in after_leave.plan_to(&after_kill).moves {
+        assert_eq!(
+            mv.from.as_deref(),
+            Some("victim"),
+            "shard {} moved from a node that stayed",
+            mv.shard
+        );
+    }
+    eprintln!(
+        "leave noticed after {left_after:?}, kill -9 after {failed_after:?} (failure timeout {FAILURE_TIMEOUT:?})"
+    );
+    assert!(
+        failed_after <= FAILURE_TIMEOUT + HEARTBEAT + Duration::from_secs(1),
+        "kill -9 noticed after {failed_after:?}"
+    );
+    p.manager.leave().await.unwrap();
+}

@@ -1,0 +1,240 @@
+//! Helpers shared by the cluster tests: fast configs, waiting on a node's events, child nodes.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aether_cluster::{ClusterConfig, ClusterEvent, ClusterEvents, ClusterManager};
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::Instant;
+
+pub const SHARDS: u32 = 64;
+pub const HEARTBEAT: Duration = Duration::from_millis(300);
+pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+pub fn cluster_name() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Short timeouts so failures are noticed in seconds.
+pub fn fast_config(cluster: &str, node: &str) -> ClusterConfig {
+    ClusterConfig::new(cluster)
+        .node_id(node)
+        .shard_count(SHARDS)
+        .heartbeat_interval(HEARTBEAT)
+        .failure_timeout(FAILURE_TIMEOUT)
+        .lease_ttl(LEASE_TTL)
+        .rebalance_delay(Duration::from_millis(100))
+}
+
+/// A node and its event stream (subscribed before start, so nothing is missed).
+pub struct Node {
+    pub manager: ClusterManager,
+    pub events: ClusterEvents,
+    pub seen: Vec<ClusterEvent>,
+}
+
+impl Node {
+    pub async fn start(client: async_nats::Client, config: ClusterConfig) -> Self {
+        let manager = ClusterManager::new(client, config).expect("valid config");
+        let events = manager.watch();
+        manager.start().await.expect("node starts");
+        Self {
+            manager,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (on events, not on a timer) until `pred` holds for the node; panics after `timeout`.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ClusterManager) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !pred(&self.manager) {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Ok(Some(e)) => self.seen.push(e),
+                Ok(None) => panic!(
+                    "{}: event stream ended waiting for {what}",
+                    self.manager.node_id()
+                ),
+                Err(_) => panic!(
+                    "{}: no {what} within {timeout:?}; members {:?}, leader {:?}, map {:?}",
+                    self.manager.node_id(),
+                    self.manager
+                        .members()
+                        .iter()
+                        .map(|m| m.id.clone())
+                        .collect::<Vec<_>>(),
+                    self.manager.leader(),
+                    self.manager.shard_map().map(|m| (
+                        m.epoch(),
+                        m.counts()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect::<Vec<_>>()
+                    )),
+                ),
+            }
+        }
+    }
+
+    /// Waits for an event matching `pred` and returns it.
+    pub async fn event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&ClusterEvent) -> bool,
+    ) -> ClusterEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Ok(Some(e)) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!(
+                    "{}: event stream ended waiting for {what}",
+                    self.manager.node_id()
+                ),
+                Err(_) => panic!(
+                    "{}: no {what} within {timeout:?}; saw {:?}",
+                    self.manager.node_id(),
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+/// Whether the node's map gives every shard to one of exactly `owners`.
+pub fn map_owned_by(m: &ClusterManager, owners: &[&str]) -> bool {
+    m.shard_map().is_some_and(|map| {
+        let counts = map.counts();
+        map.owners().len() == SHARDS as usize
+            && counts.len() == owners.len()
+            && owners.iter().all(|o| counts.contains_key(o))
+    })
+}
+
+/// A cluster node in a child OS process (this test binary re-run with `child_node`), so tests
+/// can SIGKILL or SIGSTOP it. It prints one line per event to stdout.
+pub struct ChildNode {
+    pub child: Child,
+    pub lines: Lines<BufReader<ChildStdout>>,
+    pub node_id: String,
+}
+
+impl ChildNode {
+    pub async fn spawn(test_binary_filter: &str, urls: &str, cluster: &str, node_id: &str) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new(exe)
+            .args([
+                test_binary_filter,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "AETHER_CLUSTER_CHILD",
+                format!("{urls}|{cluster}|{node_id}"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn child node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut node = Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            node_id: node_id.to_owned(),
+        };
+        node.expect_line("started", Duration::from_secs(30)).await;
+        node
+    }
+
+    /// Waits for a stdout line starting with `NODE <prefix>`; returns the rest.
+    pub async fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let want = format!("NODE {prefix}");
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                // libtest may print "test child_node ... " before the first line.
+                Ok(Ok(Some(line))) if line.contains(&want) => {
+                    let at = line.find(&want).unwrap_or(0) + want.len();
+                    return line[at..].trim().to_owned();
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => panic!("child {} exited waiting for {prefix:?}", self.node_id),
+                Ok(Err(e)) => panic!("child {} stdout: {e}", self.node_id),
+                Err(_) => panic!(
+                    "child {} printed no {prefix:?} within {timeout:?}",
+                    self.node_id
+                ),
+            }
+        }
+    }
+
+    fn pid(&self) -> rustix::process::Pid {
+        let raw = self
+            .child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .expect("child running");
+        rustix::process::Pid::from_raw(raw).expect("pid")
+    }
+
+    pub fn kill9(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::KILL).expect("SIGKILL");
+    }
+
+    pub fn pause(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::STOP).expect("SIGSTOP");
+    }
+
+    pub fn resume(&self) {
+        rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT).expect("SIGCONT");
+    }
+}
+
+/// The body of the child process: join, print events, run until killed.
+pub async fn run_child_node() {
+    let Ok(spec) = std::env::var("AETHER_CLUSTER_CHILD") else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (Some(urls), Some(cluster), Some(node_id)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("AETHER_CLUSTER_CHILD must be urls|cluster|node_id, not {spec:?}");
+    };
+    let addrs: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(|u| u.parse().expect("url")).collect();
+    let client = async_nats::connect(addrs).await.expect("child connects");
+    let manager = ClusterManager::new(client, fast_config(cluster, node_id)).expect("config");
+    let mut events = manager.watch();
+    manager.start().await.expect("child starts");
+    println!("NODE started");
+    while let Some(event) = events.next().await {
+        match event {
+            ClusterEvent::BecameLeader { term } => println!("NODE leader {term}"),
+            ClusterEvent::SteppedDown { term, reason } => {
+                println!("NODE stepped-down {term} {reason}")
+            }
+            ClusterEvent::ShardMapChanged { map, .. } => {
+                println!("NODE map {} {}", map.epoch(), map.term())
+            }
+            other => println!("NODE event {other:?}"),
+        }
+    }
+}
