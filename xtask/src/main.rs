@@ -294,7 +294,12 @@ fn quickstart() -> Result {
 }
 
 /// The examples that need a nats-server.
-const NATS_EXAMPLES: [&str; 3] = ["jetstream_store", "cross_node_broadcast", "projection"];
+const NATS_EXAMPLES: [&str; 4] = [
+    "jetstream_store",
+    "cross_node_broadcast",
+    "projection",
+    "cluster_membership",
+];
 
 /// Starts nats-server on a free port with a temporary store, runs the examples that need one
 /// against it, and stops the server.
@@ -337,7 +342,7 @@ fn jetstream_example(nats_bin: &Path) -> Result {
                     "-p",
                     "aether",
                     "--features",
-                    "jetstream,bus",
+                    "jetstream,bus,cluster",
                     "--example",
                     example,
                 ])

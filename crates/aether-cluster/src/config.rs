@@ -11,10 +11,13 @@ use crate::placement::{ConsistentHashPlacement, PlacementStrategy};
 pub const DEFAULT_SHARD_COUNT: u32 = 1024;
 /// How often a node renews its membership record.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// How long after its last heartbeat a silent node is declared failed.
-pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a leader lease lasts without renewal.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// How long after its last heartbeat a silent node is declared failed. Above the time JetStream
+/// takes to elect a new leader for the bucket's stream when a NATS server dies (4-5.5 s measured
+/// on R3), so that a server failover is not mistaken for node failures.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leader lease lasts without renewal. Above JetStream's stream-leader election time
+/// for the same reason: the leader keeps its lease through a NATS server failover.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long the leader waits after a membership change before it publishes a map, so that
 /// nodes starting together cause one rebalance, not one each.
 pub const DEFAULT_REBALANCE_DELAY: Duration = Duration::from_millis(200);

@@ -29,6 +29,9 @@
 //! # Ok(()) }
 //! ```
 
+/// The NATS client this crate is built on, re-exported so callers use the same version.
+pub use async_nats;
+
 mod config;
 mod error;
 mod events;

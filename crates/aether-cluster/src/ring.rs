@@ -11,15 +11,15 @@ use std::sync::Arc;
 
 use crate::hash::stable_hash;
 
-/// Virtual nodes per node when none is given. With 1024 shards and up to 100 nodes this keeps
-/// every node within the balance bounds stated in docs/cluster.md.
-pub const DEFAULT_VIRTUAL_NODES: u32 = 160;
+/// Virtual nodes per node when none is given. With 1024 shards this keeps every node between 1/3
+/// and 2x of the mean share (docs/cluster.md states the measured bounds).
+pub const DEFAULT_VIRTUAL_NODES: u32 = 256;
 
 /// A consistent-hash ring with virtual nodes.
 ///
 /// ```
 /// use aether_cluster::ConsistentHashRing;
-/// let mut ring = ConsistentHashRing::new(160);
+/// let mut ring = ConsistentHashRing::new(256);
 /// ring.add_node("node-a");
 /// ring.add_node("node-b");
 /// let owner = ring.get_node("order-42").unwrap();

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use aether_cluster::{ClusterError, ClusterEvent, ClusterManager};
+use aether_cluster::{
+    ClusterError, ClusterEvent, ClusterManager, KEY_LEADER, KEY_SHARD_MAP, bucket_name,
+};
 use aether_testkit::nats::{NatsCluster, NatsServer};
 use common::*;
 use tokio::time::Instant;
@@ -210,4 +212,212 @@ async fn a_graceful_leave_and_a_kill_9_move_only_their_shards() {
         "kill -9 noticed after {failed_after:?}"
     );
     p.manager.leave().await.unwrap();
+}
+
+/// Publishes a shard map the way a leader does, fenced by `lease_revision` (docs/cluster.md).
+async fn fenced_map_write(
+    client: &async_nats::Client,
+    cluster: &str,
+    lease_revision: u64,
+) -> Result<u64, String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = bucket_name(cluster);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        lease_revision.to_string().as_str(),
+    );
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        format!("$KV.{bucket}.{KEY_LEADER}").as_str(),
+    );
+    let map = aether_cluster::ShardMap::new(u64::MAX, lease_revision, "stale", SHARDS, vec![]);
+    let ack = js
+        .publish_with_headers(
+            format!("$KV.{bucket}.{KEY_SHARD_MAP}"),
+            headers,
+            map.encode().into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|a| a.sequence).map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_steps_down_without_writing_when_resumed() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    // The child starts first and leads.
+    let mut old = ChildNode::spawn("child_node", &server.url(), &name, "old").await;
+    let old_term: u64 = old.expect_line("leader", SETTLE).await.parse().unwrap();
+    let mut p = Node::start(server.connect().await.unwrap(), fast_config(&name, "p")).await;
+    p.until("a map over old and p", SETTLE, |m| {
+        map_owned_by(m, &["old", "p"])
+    })
+    .await;
+    assert!(!p.manager.is_leader());
+
+    // Pause the leader past its TTL.
+    old.pause();
+    let kv = async_nats::jetstream::new(server.connect().await.unwrap())
+        .get_key_value(bucket_name(&name))
+        .await
+        .unwrap();
+    // The old leader cannot renew while stopped: this is its last lease revision.
+    let stale_revision = kv.entry(KEY_LEADER).await.unwrap().unwrap().revision;
+    let paused_at = Instant::now();
+    let became = p
+        .event("p leading", SETTLE, |e| {
+            matches!(e, ClusterEvent::BecameLeader { .. })
+        })
+        .await;
+    let ClusterEvent::BecameLeader { term: new_term } = became else {
+        unreachable!()
+    };
+    eprintln!(
+        "new leader after {:?} (lease TTL {LEASE_TTL:?})",
+        paused_at.elapsed()
+    );
+    assert!(new_term > old_term, "term {new_term} not above {old_term}");
+    p.until("a map without old, by the new term", SETTLE, |m| {
+        map_owned_by(m, &["p"]) && m.shard_map().is_some_and(|x| x.term() == new_term)
+    })
+    .await;
+
+    // The KV itself refuses a map fenced by the old leader's lease.
+    let refused = fenced_map_write(&server.connect().await.unwrap(), &name, stale_revision).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("wrong last sequence")),
+        "a map with the stale lease was accepted: {refused:?}"
+    );
+
+    // Resume: the old leader finds out and steps down; it never publishes with its stale term.
+    old.resume();
+    let reason = old
+        .expect_line(&format!("stepped-down {old_term}"), SETTLE)
+        .await;
+    eprintln!("old leader stepped down: {reason}");
+    p.event(
+        "old rejoined",
+        SETTLE,
+        |e| matches!(e, ClusterEvent::MemberJoined(r) if r.id == "old"),
+    )
+    .await;
+    p.until("a map over old and p again", SETTLE, |m| {
+        map_owned_by(m, &["old", "p"])
+    })
+    .await;
+    assert!(
+        p.manager.is_leader(),
+        "leadership stays with the new leader"
+    );
+    let maps_after: Vec<(u64, u64)> = p
+        .seen
+        .iter()
+        .skip_while(|e| !matches!(e, ClusterEvent::BecameLeader { .. }))
+        .filter_map(|e| match e {
+            ClusterEvent::ShardMapChanged { map, .. } => Some((map.epoch(), map.term())),
+            _ => None,
+        })
+        .collect();
+    assert!(!maps_after.is_empty());
+    for (epoch, term) in &maps_after {
+        assert_eq!(
+            *term, new_term,
+            "map epoch {epoch} was written with term {term} after the new leader took over"
+        );
+    }
+    p.manager.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_leadership_survive_the_loss_of_a_nats_server() {
+    let mut nats = NatsCluster::start(3).await.expect("nats cluster");
+    let name = cluster_name();
+    // Timeouts above JetStream's stream-leader election (4-5.5 s measured), as docs/cluster.md says.
+    let config = |id: &str| {
+        fast_config(&name, id)
+            .replicas(3)
+            .failure_timeout(Duration::from_secs(10))
+            .lease_ttl(Duration::from_secs(10))
+    };
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(Node::start(nats.connect().await.unwrap(), config(id)).await);
+    }
+    for node in &mut nodes {
+        node.until("a map over a, b, c", SETTLE, |m| {
+            map_owned_by(m, &["a", "b", "c"])
+        })
+        .await;
+    }
+    let leader_before = nodes[0].manager.leader().unwrap();
+    // Kill the server that leads the bucket's stream: the worst case.
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    let mut stream = js
+        .get_stream(format!("KV_{}", bucket_name(&name)))
+        .await
+        .unwrap();
+    let stream_leader = stream
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    let victim = (0..3)
+        .find(|&i| nats.node(i).name() == stream_leader)
+        .unwrap_or(0);
+    eprintln!(
+        "killing {} (stream leader {stream_leader})",
+        nats.node(victim).name()
+    );
+    nats.node_mut(victim).kill().await.unwrap();
+    drop(js);
+
+    // Every node must keep heartbeating through the election: for twice the failure timeout
+    // after the kill, nobody is reported failed or left, and the control plane still works.
+    let watch_until = Instant::now() + Duration::from_secs(20);
+    for node in &mut nodes {
+        let result = tokio::time::timeout_at(
+            watch_until,
+            node.event("a member lost", SETTLE * 2, |e| {
+                matches!(
+                    e,
+                    ClusterEvent::MemberFailed { .. } | ClusterEvent::MemberLeft { .. }
+                )
+            }),
+        )
+        .await;
+        assert!(result.is_err(), "{}: {:?}", node.manager.node_id(), result);
+    }
+    let managers: Vec<&ClusterManager> = nodes.iter().map(|n| &n.manager).collect();
+    assert_eq!(
+        one_leader(&managers),
+        1,
+        "exactly one leader after the server loss"
+    );
+    for node in &nodes {
+        assert_eq!(node.manager.members().len(), 3);
+        assert!(map_owned_by(&node.manager, &["a", "b", "c"]));
+    }
+    let leader_after = nodes[0].manager.leader().unwrap();
+    eprintln!("leader before {leader_before:?}, after {leader_after:?}");
+    // With a lease TTL above the election time the leader renews through it: same leader, same term.
+    assert_eq!(leader_after, leader_before);
+    // A node joining now is seen by all: the bucket is writable through the remaining servers.
+    let d = Node::start(nats.connect().await.unwrap(), config("d")).await;
+    for node in &mut nodes {
+        node.until("d in the map", SETTLE, |m| {
+            map_owned_by(m, &["a", "b", "c", "d"])
+        })
+        .await;
+    }
+    d.manager.leave().await.unwrap();
+    for node in &nodes {
+        node.manager.leave().await.unwrap();
+    }
 }

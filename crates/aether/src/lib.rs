@@ -11,6 +11,7 @@
 //! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
 //! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
 //! | `model` | `model::Model` (EventStorming models), `runtime::ModelRuntime` | `aether-model` |
+//! | `cluster` | `cluster::ClusterManager` (membership, leader, shard map on NATS KV) | `aether-cluster` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -41,6 +42,12 @@ pub mod bus {
 #[cfg(feature = "runtime")]
 pub mod runtime {
     pub use aether_runtime::*;
+}
+
+/// The cluster control plane: membership, leader election, shards and the shard map.
+#[cfg(feature = "cluster")]
+pub mod cluster {
+    pub use aether_cluster::*;
 }
 
 /// EventStorming models: types, loading, validation, diagrams.
