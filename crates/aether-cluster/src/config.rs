@@ -99,7 +99,8 @@ impl ClusterConfig {
     }
 
     /// The leader lease's TTL (whole seconds, rounded up, at least 1 s). The leader renews every
-    /// third of it and steps down if a renewal has not succeeded 80 % of the way through.
+    /// fifth of it and steps down if a renewal has not succeeded 90 % of the way through (so it
+    /// keeps the lease through an outage of up to 70 % of the TTL).
     pub fn lease_ttl(mut self, d: Duration) -> Self {
         self.lease_ttl = d;
         self

@@ -77,6 +77,8 @@ struct Inner {
     leader_gone: Notify,
     load: AtomicU64,
     record_revision: AtomicU64,
+    /// The oldest heartbeat revision the watch has not delivered yet, and when it was written.
+    canary: Mutex<Option<(u64, Instant)>>,
     incarnation: String,
     started_at_ms: u64,
     cancel: CancellationToken,
@@ -145,6 +147,7 @@ impl ClusterManager {
                 leader_gone: Notify::new(),
                 load: AtomicU64::new(0),
                 record_revision: AtomicU64::new(0),
+                canary: Mutex::new(None),
                 incarnation: uuid::Uuid::new_v4().to_string(),
                 started_at_ms: now_ms(),
                 cancel: CancellationToken::new(),
@@ -180,7 +183,7 @@ impl ClusterManager {
         inner.record_revision.store(revision, Ordering::SeqCst);
         *lock(&inner.bucket) = Some(bucket.clone());
 
-        let watch = inner.resync(&bucket, None).await?;
+        let watch = inner.resync(&bucket).await?;
         let tasks = vec![
             tokio::spawn(Arc::clone(inner).watch_task(bucket.clone(), watch)),
             tokio::spawn(Arc::clone(inner).heartbeat_task(bucket.clone(), revision)),
@@ -424,6 +427,10 @@ impl Inner {
                 Err(WriteError::Exists | WriteError::WrongRevision)
                     if started.elapsed() < patience =>
                 {
+                    // Our own record, from an earlier start whose reply was lost?
+                    if let Some(revision) = self.own_record_revision(bucket).await {
+                        return Ok(revision);
+                    }
                     tracing::warn!(node = %self.config.node_id, "a live record holds this node id; waiting for it to expire");
                     tokio::time::sleep(self.config.heartbeat_interval).await;
                 }
@@ -452,19 +459,16 @@ impl Inner {
 
     /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
     /// continues from there. Members that vanished since the previous view are reported failed.
-    async fn resync(
-        &self,
-        bucket: &Bucket,
-        _previous: Option<()>,
-    ) -> Result<kv::Watch, ClusterError> {
+    async fn resync(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
+        // The load below ends at the entry marked `seen_current`, so the bucket must hold at
+        // least one: `config`, which nobody deletes -- but if someone did, write it back.
+        self.check_settings(bucket).await?;
         let mut watch = bucket
             .kv
             .watch_with_history(">")
             .await
             .map_err(|e| self.setup("watching the cluster bucket", Box::new(e)))?;
         let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
-        // The bucket always holds `config`, so at least one entry arrives and the last one
-        // delivered is marked `seen_current`.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let next = tokio::time::timeout_at(deadline, watch.next()).await;
@@ -621,39 +625,72 @@ impl Inner {
     }
 
     async fn watch_task(self: Arc<Self>, bucket: Bucket, mut watch: kv::Watch) {
+        // This node's own heartbeats are the canary: a watch that has not delivered a record
+        // this node wrote a while ago is stuck (seen after a NATS server was killed: the ordered
+        // consumer neither delivered nor failed), and is replaced.
+        let stale_after = (self.config.heartbeat_interval * 3).max(Duration::from_secs(2));
+        let mut check = tokio::time::interval(self.config.heartbeat_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let reload = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 next = watch.next() => match next {
-                    Some(Ok(entry)) => self.apply(entry),
-                    other => {
-                        if let Some(Err(e)) = other {
-                            tracing::warn!(cluster = %self.config.cluster_name, error = %e, "cluster watch failed; reloading");
-                        }
-                        // Reload everything with a fresh watch (the server may have gone away).
-                        let mut backoff = Duration::from_millis(100);
-                        loop {
-                            if self.cancel.is_cancelled() {
-                                return;
-                            }
-                            match self.resync(&bucket, None).await {
-                                Ok(w) => {
-                                    watch = w;
-                                    break;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
-                                    tokio::select! {
-                                        () = self.cancel.cancelled() => return,
-                                        () = tokio::time::sleep(backoff) => {}
-                                    }
-                                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                                }
-                            }
-                        }
+                    Some(Ok(entry)) => {
+                        self.apply(entry);
+                        false
                     }
+                    Some(Err(e)) => {
+                        tracing::warn!(cluster = %self.config.cluster_name, error = %e, "cluster watch failed; reloading");
+                        true
+                    }
+                    None => true,
                 },
+                _ = check.tick() => {
+                    let canary = *lock(&self.canary);
+                    let stuck = canary.is_some_and(|(revision, written)| {
+                        self.read_view().revision < revision && written.elapsed() > stale_after
+                    });
+                    if stuck {
+                        tracing::warn!(cluster = %self.config.cluster_name, "cluster watch stalled; reloading");
+                    }
+                    stuck
+                }
+            };
+            if !reload {
+                continue;
             }
+            // Reload everything with a fresh watch (the server may have gone away).
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if self.cancel.is_cancelled() {
+                    return;
+                }
+                match self.resync(&bucket).await {
+                    Ok(w) => {
+                        watch = w;
+                        *lock(&self.canary) = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
+                        tokio::select! {
+                            () = self.cancel.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a heartbeat write for the watch's liveness check, keeping the oldest write the
+    /// watch has not delivered yet.
+    fn note_canary(&self, revision: u64) {
+        let seen = self.read_view().revision;
+        let mut canary = lock(&self.canary);
+        if canary.is_none_or(|(r, _)| seen >= r) {
+            *canary = Some((revision, Instant::now()));
         }
     }
 
@@ -672,7 +709,10 @@ impl Inner {
                 .update(&key, value.clone(), revision, Some(self.failure_ttl()))
                 .await
             {
-                Ok(r) => revision = r,
+                Ok(r) => {
+                    revision = r;
+                    self.note_canary(r);
+                }
                 Err(WriteError::WrongRevision | WriteError::Exists) => {
                     if let Some(r) = self.own_record_revision(&bucket).await {
                         revision = r; // our last write landed though its ack was lost
@@ -714,7 +754,7 @@ impl Inner {
                         let held = HeldLease {
                             term: revision,
                             revision,
-                            valid_until: sent + ttl * 4 / 5,
+                            valid_until: sent + lease_validity(ttl),
                         };
                         self.lead(&bucket, held).await;
                         continue;
@@ -769,7 +809,7 @@ impl Inner {
             return;
         }
         let mut base: Option<Arc<ShardMap>> = self.read_view().map.clone();
-        let mut next_renewal = Instant::now() + ttl / 3;
+        let mut next_renewal = Instant::now() + renewal_interval(ttl);
         let mut rebalance_at = Some(Instant::now());
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
@@ -794,8 +834,8 @@ impl Inner {
                     match tokio::time::timeout_at(held.valid_until, renewal).await {
                         Ok(Ok(revision)) => {
                             held.revision = revision;
-                            held.valid_until = sent + ttl * 4 / 5;
-                            next_renewal = sent + ttl / 3;
+                            held.valid_until = sent + lease_validity(ttl);
+                            next_renewal = sent + renewal_interval(ttl);
                             *lock(&self.lease) = Some(held);
                         }
                         Ok(Err(WriteError::WrongRevision | WriteError::Exists)) => {
@@ -809,7 +849,7 @@ impl Inner {
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(node = %self.config.node_id, error = %e, "lease renewal failed; retrying");
-                            next_renewal = Instant::now() + Duration::from_millis(200).min(ttl / 3);
+                            next_renewal = Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
                         }
                         Err(_) => {
                             self.step_down(term, "lease renewal did not complete in time");
@@ -823,6 +863,13 @@ impl Inner {
                 }
                 () = tokio::time::sleep_until(rebalance_at.unwrap_or(far)), if rebalance_at.is_some() => {
                     rebalance_at = None;
+                    // A map whose ack was lost may still have landed: the view then holds it
+                    // (only this leader writes maps in its term), and the next epoch follows it.
+                    if let Some(seen) = self.read_view().map.clone()
+                        && base.as_ref().is_none_or(|b| seen.epoch() > b.epoch())
+                    {
+                        base = Some(seen);
+                    }
                     match self.rebalance(bucket, &held, base.as_deref()).await {
                         Ok(Some(map)) => base = Some(map),
                         Ok(None) => {}
@@ -908,6 +955,19 @@ impl Inner {
             Err(_) => Err(RebalanceError::Other("timed out".into())),
         }
     }
+}
+
+/// How long a lease may be acted on after the renewal that was *sent* at the start: 90 % of the
+/// TTL. The server removes it no earlier than the TTL after it stored the write, which is after
+/// the send, so the node stops acting before anyone else can win the lease.
+fn lease_validity(ttl: Duration) -> Duration {
+    ttl * 9 / 10
+}
+
+/// How often the leader renews: a fifth of the TTL, so it keeps the lease through an outage of
+/// up to 70 % of the TTL (JetStream's stream-leader election, for one).
+fn renewal_interval(ttl: Duration) -> Duration {
+    ttl / 5
 }
 
 enum RebalanceError {

@@ -51,7 +51,7 @@ pub(crate) struct LeaseRecord {
     pub node: String,
     /// The holder's term: the KV revision at which it created the lease. Absent in the creating
     /// write itself (its own revision is the term).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u64>,
 }
 

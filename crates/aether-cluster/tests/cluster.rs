@@ -421,3 +421,35 @@ async fn membership_and_leadership_survive_the_loss_of_a_nats_server() {
         node.manager.leave().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_bucket_is_ignored_and_loses_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let mut a = Node::start(server.connect().await.unwrap(), fast_config(&name, "a")).await;
+    a.until("a map over a", SETTLE, |m| map_owned_by(m, &["a"]))
+        .await;
+    let good = a.manager.shard_map().unwrap();
+    let kv = async_nats::jetstream::new(server.connect().await.unwrap())
+        .get_key_value(bucket_name(&name))
+        .await
+        .unwrap();
+    // A record and a map that are not the documented MessagePack, and a huge value.
+    kv.put("nodes.evil", "not msgpack".into()).await.unwrap();
+    kv.put(KEY_SHARD_MAP, vec![0xc1; 64].into()).await.unwrap();
+    let huge = kv
+        .put("nodes.huge", vec![0x90; 2 * 1024 * 1024].into())
+        .await;
+    assert!(huge.is_err(), "the bucket caps values at 1 MiB");
+    // A real node still joins, and the leader publishes a correct map over both real nodes.
+    let b = Node::start(server.connect().await.unwrap(), fast_config(&name, "b")).await;
+    a.until("a map over a and b", SETTLE, |m| {
+        map_owned_by(m, &["a", "b"])
+    })
+    .await;
+    let members: Vec<String> = a.manager.members().into_iter().map(|m| m.id).collect();
+    assert_eq!(members, ["a", "b"]);
+    assert!(a.manager.shard_map().unwrap().epoch() > good.epoch());
+    b.manager.leave().await.unwrap();
+    a.manager.leave().await.unwrap();
+}
