@@ -170,7 +170,7 @@ impl ClusterConfig {
             );
         }
         if self.failure_timeout < Duration::from_secs(1)
-            || self.failure_timeout < self.heartbeat_interval * 2
+            || self.failure_timeout / 2 < self.heartbeat_interval
         {
             return bad(
                 "failure_timeout",
@@ -257,6 +257,10 @@ mod tests {
                 "lease_ttl",
             ),
             (ClusterConfig::new("c").replicas(0), "replicas"),
+            (
+                ClusterConfig::new("c").heartbeat_interval(Duration::MAX),
+                "failure_timeout",
+            ),
             (
                 ClusterConfig::new("c").metadata("k", "v".repeat(20_000)),
                 "metadata",

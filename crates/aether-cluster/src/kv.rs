@@ -108,6 +108,27 @@ impl Bucket {
         })
     }
 
+    /// Fails unless the bucket's stream has per-message TTLs and delete markers: without them a
+    /// dead node's record or a lapsed lease would never be seen to go (a bucket created by
+    /// something else than Aether, say).
+    pub(crate) async fn check_ttl_support(&self) -> Result<(), BoxError> {
+        let status = self
+            .kv
+            .status()
+            .await
+            .map_err(|e| Box::new(e) as BoxError)?;
+        let config = &status.info.config;
+        if !config.allow_message_ttl || config.subject_delete_marker_ttl.is_none() {
+            return Err(format!(
+                "bucket {} exists without per-message TTLs and delete markers \
+                 (stream allow_msg_ttl and subject_delete_marker_ttl); delete it or let Aether create it",
+                status.bucket
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     pub(crate) fn subject(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }

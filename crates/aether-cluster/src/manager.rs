@@ -112,7 +112,15 @@ struct Inner {
 #[derive(Debug)]
 pub struct ClusterManager {
     inner: Arc<Inner>,
-    tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+enum State {
+    New,
+    Starting,
+    Running(Vec<JoinHandle<()>>),
+    Stopped,
 }
 
 impl Drop for ClusterManager {
@@ -153,7 +161,7 @@ impl ClusterManager {
                 cancel: CancellationToken::new(),
                 metrics,
             }),
-            tasks: Mutex::new(None),
+            state: Mutex::new(State::New),
         })
     }
 
@@ -165,64 +173,67 @@ impl ClusterManager {
     /// waiting up to twice the failure timeout for a stale record of a crashed process to expire).
     pub async fn start(&self) -> Result<(), ClusterError> {
         let inner = &self.inner;
-        if lock(&self.tasks).is_some() {
-            return Err(ClusterError::AlreadyStarted {
-                node_id: inner.config.node_id.clone(),
-            });
+        {
+            let mut state = lock(&self.state);
+            match *state {
+                State::New => *state = State::Starting,
+                State::Starting | State::Running(_) => {
+                    return Err(ClusterError::AlreadyStarted {
+                        node_id: inner.config.node_id.clone(),
+                    });
+                }
+                State::Stopped => return Err(inner.not_running()),
+            }
         }
-        if inner.cancel.is_cancelled() {
-            return Err(inner.not_running());
+        match inner.join().await {
+            Ok(tasks) => {
+                *lock(&self.state) = State::Running(tasks);
+                let cfg = &inner.config;
+                tracing::info!(cluster = %cfg.cluster_name, node = %cfg.node_id, "joined the cluster");
+                Ok(())
+            }
+            Err(e) => {
+                // Leave nothing behind: a record of a node that never runs would get shards.
+                let bucket = lock(&inner.bucket).take();
+                if let Some(bucket) = bucket {
+                    let _ = inner.delete_record(&bucket).await;
+                }
+                *lock(&self.state) = State::New;
+                Err(e)
+            }
         }
-        let cfg = &inner.config;
-        let js = async_nats::jetstream::new(inner.client.clone());
-        let bucket = Bucket::open(js, &cfg.cluster_name, cfg.replicas)
-            .await
-            .map_err(|source| inner.setup("opening the cluster bucket", source))?;
-        inner.check_settings(&bucket).await?;
-        let revision = inner.create_record(&bucket).await?;
-        inner.record_revision.store(revision, Ordering::SeqCst);
-        *lock(&inner.bucket) = Some(bucket.clone());
-
-        let watch = inner.resync(&bucket).await?;
-        let tasks = vec![
-            tokio::spawn(Arc::clone(inner).watch_task(bucket.clone(), watch)),
-            tokio::spawn(Arc::clone(inner).heartbeat_task(bucket.clone(), revision)),
-            tokio::spawn(Arc::clone(inner).leader_task(bucket)),
-        ];
-        *lock(&self.tasks) = Some(tasks);
-        tracing::info!(cluster = %cfg.cluster_name, node = %cfg.node_id, "joined the cluster");
-        Ok(())
     }
 
     /// Leaves gracefully: gives up the lease if this node holds it (so another node takes over
     /// at once), deletes this node's record (others see [`ClusterEvent::MemberLeft`] and the
-    /// leader moves its shards), and stops the node's tasks.
+    /// leader moves its shards), and stops the node's tasks. If deleting the record fails (NATS
+    /// unreachable), the error says so and `leave` may be called again to retry; otherwise the
+    /// record expires after the failure timeout and the node is reported failed.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         let inner = &self.inner;
-        let Some(tasks) = lock(&self.tasks).take() else {
-            return Err(inner.not_running());
-        };
-        inner.cancel.cancel();
-        for task in tasks {
-            // A task that panicked has nothing left to clean up.
-            let _ = task.await;
+        let state = std::mem::replace(&mut *lock(&self.state), State::Stopped);
+        match state {
+            State::Running(tasks) => {
+                inner.cancel.cancel();
+                for task in tasks {
+                    // A task that panicked has nothing left to clean up.
+                    let _ = task.await;
+                }
+            }
+            State::Stopped if inner.record_revision.load(Ordering::SeqCst) != 0 => {} // retry the delete
+            other => {
+                *lock(&self.state) = other;
+                return Err(inner.not_running());
+            }
         }
         let Some(bucket) = lock(&inner.bucket).clone() else {
             return Err(inner.not_running());
         };
-        let key = inner.record_key();
-        let mut revision = inner.record_revision.load(Ordering::SeqCst);
-        for _ in 0..3 {
-            match bucket.delete(&key, revision).await {
-                Ok(_) => break,
-                Err(WriteError::WrongRevision) => match inner.own_record_revision(&bucket).await {
-                    Some(r) => revision = r,
-                    None => break, // already gone (expired)
-                },
-                Err(e) => {
-                    return Err(inner.nats("deleting this node's record", e));
-                }
-            }
+        inner.delete_record(&bucket).await?;
+        {
+            let mut view = inner.write_view();
+            view.members.clear();
+            view.leader = None;
         }
         inner.emit(ClusterEvent::MemberLeft {
             node_id: inner.config.node_id.clone(),
@@ -303,6 +314,61 @@ impl ClusterManager {
 }
 
 impl Inner {
+    /// The I/O part of `start`: bucket, settings, record, view, tasks.
+    async fn join(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, ClusterError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.not_running());
+        }
+        let cfg = &self.config;
+        let js = async_nats::jetstream::new(self.client.clone());
+        let bucket = Bucket::open(js, &cfg.cluster_name, cfg.replicas)
+            .await
+            .map_err(|source| self.setup("opening the cluster bucket", source))?;
+        bucket
+            .check_ttl_support()
+            .await
+            .map_err(|source| self.setup("checking the cluster bucket", source))?;
+        self.check_settings(&bucket).await?;
+        *lock(&self.bucket) = Some(bucket.clone());
+        let revision = self.create_record(&bucket).await?;
+        self.record_revision.store(revision, Ordering::SeqCst);
+        let watch = self.load(&bucket).await?;
+        Ok(vec![
+            tokio::spawn(Arc::clone(self).watch_task(bucket.clone(), watch)),
+            tokio::spawn(Arc::clone(self).heartbeat_task(bucket.clone(), revision)),
+            tokio::spawn(Arc::clone(self).leader_task(bucket)),
+        ])
+    }
+
+    /// Deletes this incarnation's record (a `DEL` marker), if it is there.
+    async fn delete_record(&self, bucket: &Bucket) -> Result<(), ClusterError> {
+        let key = self.record_key();
+        let mut revision = self.record_revision.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            if revision == 0 {
+                return Ok(()); // never written, or already deleted
+            }
+            match bucket.delete(&key, revision).await {
+                Ok(_) => {
+                    self.record_revision.store(0, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(WriteError::WrongRevision | WriteError::Exists) => {
+                    revision = self
+                        .own_record_revision(bucket)
+                        .await
+                        .map_err(|e| self.nats("reading this node's record", e))?
+                        .unwrap_or(0);
+                }
+                Err(e) => return Err(self.nats("deleting this node's record", e)),
+            }
+        }
+        Err(self.nats(
+            "deleting this node's record",
+            WriteError::Other("its revision kept changing".into()),
+        ))
+    }
+
     fn read_view(&self) -> std::sync::RwLockReadGuard<'_, View> {
         self.view.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -428,7 +494,7 @@ impl Inner {
                     if started.elapsed() < patience =>
                 {
                     // Our own record, from an earlier start whose reply was lost?
-                    if let Some(revision) = self.own_record_revision(bucket).await {
+                    if let Ok(Some(revision)) = self.own_record_revision(bucket).await {
                         return Ok(revision);
                     }
                     tracing::warn!(node = %self.config.node_id, "a live record holds this node id; waiting for it to expire");
@@ -448,21 +514,33 @@ impl Inner {
 
     /// The revision of this incarnation's record, if it is there (a write whose ack was lost may
     /// still have landed).
-    async fn own_record_revision(&self, bucket: &Bucket) -> Option<u64> {
-        let entry = bucket.kv.entry(self.record_key()).await.ok()??;
-        if entry.operation != Operation::Put {
-            return None;
-        }
-        let rec: NodeRecord = decode(&entry.value).ok()?;
-        (rec.incarnation == self.incarnation).then_some(entry.revision)
+    async fn own_record_revision(&self, bucket: &Bucket) -> Result<Option<u64>, WriteError> {
+        let entry = bucket
+            .kv
+            .entry(self.record_key())
+            .await
+            .map_err(|e| WriteError::Other(Box::new(e)))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| {
+                decode::<NodeRecord>(&e.value)
+                    .ok()
+                    .filter(|rec| rec.incarnation == self.incarnation)
+                    .map(|_| e.revision)
+            }))
     }
 
     /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
     /// continues from there. Members that vanished since the previous view are reported failed.
     async fn resync(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
-        // The load below ends at the entry marked `seen_current`, so the bucket must hold at
-        // least one: `config`, which nobody deletes -- but if someone did, write it back.
+        // The load ends at the entry marked `seen_current`, so the bucket must hold at least
+        // one: `config`, which nobody deletes -- but if someone did, write it back.
         self.check_settings(bucket).await?;
+        self.load(bucket).await
+    }
+
+    /// Loads the whole view (see [`resync`](Self::resync)); `config` is known to exist.
+    async fn load(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
         let mut watch = bucket
             .kv
             .watch_with_history(">")
@@ -564,6 +642,10 @@ impl Inner {
                 return;
             }
             let map = match ShardMap::decode(&entry.value) {
+                Ok(map) if map.shard_count() != self.config.shard_count => {
+                    tracing::warn!(cluster = %self.config.cluster_name, shards = map.shard_count(), "ignoring a shard map with another shard count");
+                    return;
+                }
                 Ok(map) => Arc::new(map),
                 Err(e) => {
                     tracing::warn!(cluster = %self.config.cluster_name, error = %e, "ignoring a shard map that does not decode");
@@ -586,7 +668,10 @@ impl Inner {
         } else if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX) {
             // (event, whether placement may change)
             let event = if present {
-                let Ok(rec) = decode::<NodeRecord>(&entry.value) else {
+                let Some(rec) = decode::<NodeRecord>(&entry.value)
+                    .ok()
+                    .filter(|r| r.id == id)
+                else {
                     tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
                     return;
                 };
@@ -705,18 +790,36 @@ impl Inner {
                 _ = tick.tick() => {}
             }
             let value = encode(&self.record());
-            match bucket
-                .update(&key, value.clone(), revision, Some(self.failure_ttl()))
-                .await
-            {
+            let beat = bucket.update(&key, value.clone(), revision, Some(self.failure_ttl()));
+            // Bounded, so one lost ack does not hold up the beats after it (a write that landed
+            // anyway is adopted by its incarnation below).
+            let beat = tokio::time::timeout(
+                self.config.heartbeat_interval.max(Duration::from_secs(1)),
+                beat,
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(WriteError::Other(
+                    "no ack within the heartbeat interval".into(),
+                ))
+            });
+            match beat {
                 Ok(r) => {
                     revision = r;
                     self.note_canary(r);
                 }
                 Err(WriteError::WrongRevision | WriteError::Exists) => {
-                    if let Some(r) = self.own_record_revision(&bucket).await {
-                        revision = r; // our last write landed though its ack was lost
-                        continue;
+                    match self.own_record_revision(&bucket).await {
+                        Ok(Some(r)) => {
+                            revision = r; // our last write landed though its ack was lost
+                            self.record_revision.store(revision, Ordering::SeqCst);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(node = %self.config.node_id, error = %e, "heartbeat could not read its record; retrying");
+                            continue;
+                        }
                     }
                     // The record expired (this node was paused or cut off) or was taken over.
                     match bucket.create(&key, value, Some(self.failure_ttl())).await {
@@ -743,27 +846,14 @@ impl Inner {
             if self.cancel.is_cancelled() {
                 return;
             }
-            if self.read_view().leader.is_none() {
-                let sent = Instant::now();
-                let lease = LeaseRecord {
-                    node: self.config.node_id.clone(),
-                    term: None,
-                };
-                match bucket.create(KEY_LEADER, encode(&lease), Some(ttl)).await {
-                    Ok(revision) => {
-                        let held = HeldLease {
-                            term: revision,
-                            revision,
-                            valid_until: sent + lease_validity(ttl),
-                        };
-                        self.lead(&bucket, held).await;
-                        continue;
-                    }
-                    Err(WriteError::Exists | WriteError::WrongRevision) => {}
-                    Err(e) => {
-                        tracing::warn!(node = %self.config.node_id, error = %e, "competing for the lease failed")
-                    }
-                }
+            // Compete when nobody seems to lead -- or when the view still names this node, which
+            // no longer holds a valid lease (it stepped down; the key may linger until its TTL).
+            let compete = match &self.read_view().leader {
+                None => true,
+                Some(l) => l.node_id == self.config.node_id && self.valid_lease().is_none(),
+            };
+            if compete {
+                self.compete(&bucket, ttl).await;
             }
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -773,14 +863,66 @@ impl Inner {
         }
     }
 
-    fn step_down(&self, term: u64, reason: &str) {
+    /// One attempt to win the lease; leads until it is lost if the attempt succeeds.
+    async fn compete(&self, bucket: &Bucket, ttl: Duration) {
+        let sent = Instant::now();
+        let lease = LeaseRecord {
+            node: self.config.node_id.clone(),
+            term: None,
+        };
+        match bucket.create(KEY_LEADER, encode(&lease), Some(ttl)).await {
+            Ok(revision) => {
+                let held = HeldLease {
+                    term: revision,
+                    revision,
+                    valid_until: sent + lease_validity(ttl),
+                };
+                self.lead(bucket, held).await;
+            }
+            Err(WriteError::Exists | WriteError::WrongRevision) => {
+                // A value that is not a lease (written by something else) would block the
+                // election forever: write over it as over a marker.
+                if let Ok(Some(entry)) = bucket.kv.entry(KEY_LEADER).await
+                    && entry.operation == Operation::Put
+                    && decode::<LeaseRecord>(&entry.value).is_err()
+                {
+                    tracing::warn!(cluster = %self.config.cluster_name, "the leader key holds no lease; replacing it");
+                    if let Ok(revision) = bucket
+                        .update(KEY_LEADER, encode(&lease), entry.revision, Some(ttl))
+                        .await
+                    {
+                        let held = HeldLease {
+                            term: revision,
+                            revision,
+                            valid_until: sent + lease_validity(ttl),
+                        };
+                        self.lead(bucket, held).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.config.node_id, error = %e, "competing for the lease failed")
+            }
+        }
+    }
+
+    /// Gives up leadership: `is_leader()` is false from here on; if the lease may still be this
+    /// node's on the server, hands it back (best effort) so others need not wait for its TTL.
+    async fn step_down(&self, bucket: &Bucket, held: &HeldLease, reason: &str, hand_back: bool) {
         *lock(&self.lease) = None;
         self.metrics.is_leader.set(0.0);
-        tracing::warn!(node = %self.config.node_id, term, reason, "stepped down");
+        tracing::warn!(node = %self.config.node_id, term = held.term, reason, "stepped down");
         self.emit(ClusterEvent::SteppedDown {
-            term,
+            term: held.term,
             reason: reason.to_owned(),
         });
+        if hand_back {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                bucket.delete(KEY_LEADER, held.revision),
+            )
+            .await;
+        }
     }
 
     /// Holds the lease until it is lost, lapses or the node stops.
@@ -797,18 +939,34 @@ impl Inner {
         let caught_up = tokio::time::timeout_at(held.valid_until, async {
             loop {
                 let notified = self.view_changed.notified();
-                if self.read_view().revision >= held.revision {
+                if self.read_view().revision >= held.revision || self.cancel.is_cancelled() {
                     return;
                 }
-                notified.await;
+                tokio::select! {
+                    () = notified => {}
+                    () = self.cancel.cancelled() => return,
+                }
             }
         })
         .await;
+        if self.cancel.is_cancelled() {
+            self.step_down(bucket, &held, "node stopped", true).await;
+            return;
+        }
         if caught_up.is_err() {
-            self.step_down(term, "could not load the cluster state in time");
+            self.step_down(
+                bucket,
+                &held,
+                "could not load the cluster state in time",
+                true,
+            )
+            .await;
             return;
         }
         let mut base: Option<Arc<ShardMap>> = self.read_view().map.clone();
+        // The highest epoch this leader tried to publish: a write whose ack was lost may have
+        // landed, so a retry never reuses its epoch.
+        let mut attempted_epoch = 0;
         let mut next_renewal = Instant::now() + renewal_interval(ttl);
         let mut rebalance_at = Some(Instant::now());
         loop {
@@ -817,21 +975,22 @@ impl Inner {
                 biased;
                 () = self.cancel.cancelled() => {
                     // Hand the lease back so another node takes over without waiting for the TTL.
-                    if Instant::now() < held.valid_until {
-                        let _ = bucket.delete(KEY_LEADER, held.revision).await;
-                    }
-                    self.step_down(term, "node stopped");
+                    let valid = Instant::now() < held.valid_until;
+                    self.step_down(bucket, &held, "node stopped", valid).await;
                     return;
                 }
                 () = tokio::time::sleep_until(held.valid_until) => {
-                    self.step_down(term, "lease not renewed in time");
+                    self.step_down(bucket, &held, "lease not renewed in time", true).await;
                     return;
                 }
                 () = tokio::time::sleep_until(next_renewal) => {
                     let sent = Instant::now();
                     let lease = LeaseRecord { node: self.config.node_id.clone(), term: Some(term) };
                     let renewal = bucket.update(KEY_LEADER, encode(&lease), held.revision, Some(ttl));
-                    match tokio::time::timeout_at(held.valid_until, renewal).await {
+                    // Bounded by the renewal interval (not async-nats's 5 s ack wait), so a lost
+                    // ack leaves time for more attempts before the lease's validity ends.
+                    let give_up = held.valid_until.min(sent + renewal_interval(ttl));
+                    match tokio::time::timeout_at(give_up, renewal).await {
                         Ok(Ok(revision)) => {
                             held.revision = revision;
                             held.valid_until = sent + lease_validity(ttl);
@@ -840,10 +999,18 @@ impl Inner {
                         }
                         Ok(Err(WriteError::WrongRevision | WriteError::Exists)) => {
                             match self.own_lease_revision(bucket, term).await {
-                                Some(revision) => held.revision = revision,
-                                None => {
-                                    self.step_down(term, "lease lost: it expired or another node holds it");
+                                // An earlier renewal landed though its ack was lost: adopt it.
+                                Ok(Some(revision)) => {
+                                    held.revision = revision;
+                                    next_renewal = Instant::now() + Duration::from_millis(100);
+                                }
+                                Ok(None) => {
+                                    self.step_down(bucket, &held, "lease lost: it expired or another node holds it", false).await;
                                     return;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
+                                    next_renewal = Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
                                 }
                             }
                         }
@@ -852,8 +1019,8 @@ impl Inner {
                             next_renewal = Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
                         }
                         Err(_) => {
-                            self.step_down(term, "lease renewal did not complete in time");
-                            return;
+                            tracing::warn!(node = %self.config.node_id, "lease renewal got no ack in time; retrying");
+                            next_renewal = Instant::now();
                         }
                     }
                 }
@@ -870,13 +1037,24 @@ impl Inner {
                     {
                         base = Some(seen);
                     }
-                    match self.rebalance(bucket, &held, base.as_deref()).await {
+                    match self.rebalance(bucket, &held, base.as_deref(), &mut attempted_epoch).await {
                         Ok(Some(map)) => base = Some(map),
                         Ok(None) => {}
-                        Err(RebalanceError::Fenced) => {
-                            self.step_down(term, "the server refused a shard map: the lease moved on");
-                            return;
-                        }
+                        Err(RebalanceError::Fenced) => match self.own_lease_revision(bucket, term).await {
+                            // The lease moved on only by this node's own renewal whose ack was lost.
+                            Ok(Some(revision)) if revision != held.revision => {
+                                held.revision = revision;
+                                rebalance_at = Some(Instant::now());
+                            }
+                            Ok(_) => {
+                                self.step_down(bucket, &held, "the server refused a shard map: the lease moved on", false).await;
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
+                                rebalance_at = Some(Instant::now() + Duration::from_millis(200));
+                            }
+                        },
                         Err(RebalanceError::Other(e)) => {
                             tracing::warn!(node = %self.config.node_id, error = %e, "publishing the shard map failed; retrying");
                             rebalance_at = Some(Instant::now() + Duration::from_millis(500));
@@ -888,14 +1066,23 @@ impl Inner {
     }
 
     /// The revision of this node's lease for `term`, if it is still there.
-    async fn own_lease_revision(&self, bucket: &Bucket, term: u64) -> Option<u64> {
-        let entry = bucket.kv.entry(KEY_LEADER).await.ok()??;
-        if entry.operation != Operation::Put {
-            return None;
-        }
-        let lease: LeaseRecord = decode(&entry.value).ok()?;
-        let their_term = lease.term.unwrap_or(entry.revision);
-        (lease.node == self.config.node_id && their_term == term).then_some(entry.revision)
+    async fn own_lease_revision(
+        &self,
+        bucket: &Bucket,
+        term: u64,
+    ) -> Result<Option<u64>, WriteError> {
+        let entry = bucket
+            .kv
+            .entry(KEY_LEADER)
+            .await
+            .map_err(|e| WriteError::Other(Box::new(e)))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| {
+                let lease: LeaseRecord = decode(&e.value).ok()?;
+                let their_term = lease.term.unwrap_or(e.revision);
+                (lease.node == self.config.node_id && their_term == term).then_some(e.revision)
+            }))
     }
 
     /// Computes the map for the current members and publishes it if it differs from `base`.
@@ -904,6 +1091,7 @@ impl Inner {
         bucket: &Bucket,
         held: &HeldLease,
         base: Option<&ShardMap>,
+        attempted_epoch: &mut u64,
     ) -> Result<Option<Arc<ShardMap>>, RebalanceError> {
         let cfg = &self.config;
         let members: Vec<NodeRecord> = self
@@ -918,9 +1106,12 @@ impl Inner {
         } else {
             cfg.placement.assign(cfg.shard_count, &members, base)
         };
-        let valid = owners.is_empty()
-            || (owners.len() == cfg.shard_count as usize
-                && owners.iter().all(|o| members.iter().any(|m| *m.id == **o)));
+        let valid = if members.is_empty() {
+            owners.is_empty()
+        } else {
+            owners.len() == cfg.shard_count as usize
+                && owners.iter().all(|o| members.iter().any(|m| *m.id == **o))
+        };
         if !valid {
             tracing::error!(strategy = ?cfg.placement, "placement strategy returned an invalid assignment; using consistent hashing");
             owners = ConsistentHashPlacement::default().assign(cfg.shard_count, &members, base);
@@ -928,7 +1119,16 @@ impl Inner {
         if base.is_some_and(|b| b.owners() == owners.as_slice()) {
             return Ok(None);
         }
-        let epoch = base.map_or(0, ShardMap::epoch) + 1;
+        let Some(epoch) = base
+            .map_or(0, ShardMap::epoch)
+            .max(*attempted_epoch)
+            .checked_add(1)
+        else {
+            return Err(RebalanceError::Other(
+                "the shard map epoch is exhausted (someone wrote epoch u64::MAX)".into(),
+            ));
+        };
+        *attempted_epoch = epoch;
         let map = Arc::new(ShardMap::new(
             epoch,
             held.term,

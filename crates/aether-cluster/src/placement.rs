@@ -120,6 +120,7 @@ impl PlacementStrategy for CapacityPlacement {
         if let Some(cur) = current.filter(|c| c.shard_count() == shard_count) {
             for (s, o) in cur.owners().iter().enumerate() {
                 if let Some(&i) = index.get(&**o)
+                    && s < owner.len()
                     && held[i] < quota[i]
                 {
                     held[i] += 1;

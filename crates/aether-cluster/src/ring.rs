@@ -57,8 +57,9 @@ impl ConsistentHashRing {
     pub fn with_nodes<'a>(virtual_nodes: u32, nodes: impl IntoIterator<Item = &'a str>) -> Self {
         let mut ring = Self::new(virtual_nodes);
         for node in nodes {
-            ring.add_node(node);
+            ring.insert_points(node);
         }
+        ring.points.sort_unstable();
         ring
     }
 
@@ -69,14 +70,21 @@ impl ConsistentHashRing {
 
     /// Adds a node (no effect if it is already there).
     pub fn add_node(&mut self, node_id: &str) {
+        if self.insert_points(node_id) {
+            self.points.sort_unstable();
+        }
+    }
+
+    /// Adds a node's points unsorted; false if it was already there.
+    fn insert_points(&mut self, node_id: &str) -> bool {
         if self.nodes.contains(node_id) {
-            return;
+            return false;
         }
         let id: Arc<str> = Arc::from(node_id);
         self.nodes.insert(id.clone());
         self.points
             .extend((0..self.virtual_nodes).map(|i| (Self::point_of(node_id, i), id.clone())));
-        self.points.sort_unstable();
+        true
     }
 
     /// Removes a node (no effect if it is not there).

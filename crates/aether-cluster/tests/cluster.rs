@@ -441,15 +441,78 @@ async fn garbage_in_the_bucket_is_ignored_and_loses_nothing() {
         .put("nodes.huge", vec![0x90; 2 * 1024 * 1024].into())
         .await;
     assert!(huge.is_err(), "the bucket caps values at 1 MiB");
+    // A well-formed map for another shard count, and a record whose id is not its key.
+    let foreign = aether_cluster::ShardMap::new(1_000, 1, "x", 8, vec!["x".into(); 8]);
+    kv.put(KEY_SHARD_MAP, foreign.encode().into())
+        .await
+        .unwrap();
+    let twisted = serde_json::json!({
+        "id": "someone-else", "metadata": {}, "capacity": 1, "status": "active",
+        "started_at_ms": 0, "version": "x", "shard_count": 64, "incarnation": "x",
+    });
+    kv.put(
+        "nodes.twisted",
+        rmp_serde::to_vec_named(&twisted).unwrap().into(),
+    )
+    .await
+    .unwrap();
     // A real node still joins, and the leader publishes a correct map over both real nodes.
-    let b = Node::start(server.connect().await.unwrap(), fast_config(&name, "b")).await;
+    let mut b = Node::start(server.connect().await.unwrap(), fast_config(&name, "b")).await;
     a.until("a map over a and b", SETTLE, |m| {
         map_owned_by(m, &["a", "b"])
     })
     .await;
+    assert_eq!(a.manager.shard_map().unwrap().shard_count(), 64);
+    // A lease key overwritten with garbage (no TTL) does not block the election forever.
+    kv.put(KEY_LEADER, "garbage".into()).await.unwrap();
+    a.until("a leader again", SETTLE, |m| m.leader().is_some())
+        .await;
+    b.until("a leader again", SETTLE, |m| m.leader().is_some())
+        .await;
+    let leaders = [&a.manager, &b.manager]
+        .iter()
+        .filter(|m| m.is_leader())
+        .count();
+    assert!(leaders <= 1);
     let members: Vec<String> = a.manager.members().into_iter().map(|m| m.id).collect();
     assert_eq!(members, ["a", "b"]);
     assert!(a.manager.shard_map().unwrap().epoch() > good.epoch());
     b.manager.leave().await.unwrap();
     a.manager.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_leader_hands_the_lease_over_without_waiting_for_its_ttl() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    // A long lease: a successor elected well before it ran out proves the lease was handed back.
+    let config = |id: &str| fast_config(&name, id).lease_ttl(Duration::from_secs(30));
+    let mut a = Node::start(server.connect().await.unwrap(), config("a")).await;
+    a.until("leadership", SETTLE, ClusterManager::is_leader)
+        .await;
+    let mut b = Node::start(server.connect().await.unwrap(), config("b")).await;
+    b.until("a map over a and b", SETTLE, |m| {
+        map_owned_by(m, &["a", "b"])
+    })
+    .await;
+    let old_term = a.manager.term().unwrap();
+    a.manager.leave().await.unwrap();
+    assert!(!a.manager.is_leader());
+    let became = b
+        .event("b leading", Duration::from_secs(15), |e| {
+            matches!(e, ClusterEvent::BecameLeader { .. })
+        })
+        .await;
+    let ClusterEvent::BecameLeader { term } = became else {
+        unreachable!()
+    };
+    assert!(term > old_term);
+    b.until("a map over b alone", SETTLE, |m| map_owned_by(m, &["b"]))
+        .await;
+    // Leaving twice is an error, not a hang.
+    assert!(matches!(
+        a.manager.leave().await,
+        Err(ClusterError::NotRunning { .. })
+    ));
+    b.manager.leave().await.unwrap();
 }
