@@ -1,5 +1,5 @@
 # Every target delegates to `cargo xtask`, which holds the project's automation.
-.PHONY: build test lint clean bench ci nats doc fmt
+.PHONY: build test lint clean bench ci nats python doc fmt
 
 build:
 	cargo xtask build
@@ -13,6 +13,8 @@ bench:
 	cargo xtask bench
 ci:
 	cargo xtask ci
+python:
+	cargo xtask python
 nats:
 	cargo xtask nats
 doc:

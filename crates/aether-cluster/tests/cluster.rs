@@ -516,3 +516,103 @@ async fn a_leaving_leader_hands_the_lease_over_without_waiting_for_its_ttl() {
     ));
     b.manager.leave().await.unwrap();
 }
+
+/// docs/cluster.md is a contract: a node written in Python from the doc alone joins, gets shards
+/// from the Rust leader, routes actor ids exactly as the Rust nodes do, cannot slip a forged map
+/// past the fence, and is reported failed when it stops heartbeating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_node_written_from_the_doc_joins_and_routes_like_the_rust_nodes() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let mut a = Node::start(server.connect().await.unwrap(), fast_config(&name, "a")).await;
+    a.until("leadership", SETTLE, ClusterManager::is_leader)
+        .await;
+    let b = Node::start(server.connect().await.unwrap(), fast_config(&name, "b")).await;
+    a.until("a map over a and b", SETTLE, |m| {
+        map_owned_by(m, &["a", "b"])
+    })
+    .await;
+
+    let actors: Vec<String> = (0..200)
+        .map(|i| format!("order-{i}"))
+        .chain(["kunde-ü".to_owned(), "a.b*>".to_owned()])
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/py_node.py");
+    let mut cmd = aether_testkit::python::command(script).unwrap_or_else(|e| panic!("{e}"));
+    let python = cmd
+        .arg(server.url())
+        .arg(&name)
+        .arg("py-node")
+        .args(&actors)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the Python node runs, the Rust leader gives it shards.
+    a.until("a map over a, b and py-node", SETTLE, |m| {
+        map_owned_by(m, &["a", "b", "py-node"])
+    })
+    .await;
+    let out = tokio::time::timeout(SETTLE * 2, python.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py_node.py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seen["shard_count"], 64);
+    assert_eq!(seen["members"], serde_json::json!(["a", "b", "py-node"]));
+    assert_eq!(seen["map_leader"], "a");
+    assert_eq!(seen["lease_node"], "a");
+    let term = a.manager.term().unwrap();
+    assert_eq!(seen["lease_term"], term);
+    assert_eq!(seen["term"], term);
+    assert_eq!(
+        seen["forged_map_refused_with"], 10071,
+        "the server must refuse a stale fence"
+    );
+
+    // The Rust map of the same epoch routes every actor to the same node.
+    let epoch = seen["epoch"].as_u64().unwrap();
+    let map = a
+        .seen
+        .iter()
+        .find_map(|e| match e {
+            ClusterEvent::ShardMapChanged { map, .. } if map.epoch() == epoch => Some(map.clone()),
+            _ => None,
+        })
+        .or_else(|| a.manager.shard_map().filter(|m| m.epoch() == epoch))
+        .expect("the Rust node saw the map the Python node read");
+    for actor in &actors {
+        assert_eq!(
+            seen["routes"][actor].as_str(),
+            map.node_for_actor(actor),
+            "{actor} routed differently"
+        );
+    }
+
+    // It stopped heartbeating without leaving: reported failed, its shards move back.
+    a.event(
+        "py-node failed",
+        SETTLE,
+        |e| matches!(e, ClusterEvent::MemberFailed { node_id } if node_id == "py-node"),
+    )
+    .await;
+    a.until("a map over a and b again", SETTLE, |m| {
+        map_owned_by(m, &["a", "b"])
+    })
+    .await;
+    b.manager.leave().await.unwrap();
+    a.manager.leave().await.unwrap();
+}

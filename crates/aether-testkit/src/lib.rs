@@ -8,11 +8,13 @@
 //!   stop, kill, restart and pause for fault injection;
 //! - [`actor`]: `given(events).when(command).then_expect(events | error)` for any
 //!   [`aether_runtime::Actor`];
-//! - [`bench`](mod@bench): reading criterion's estimates for the ratio tables the benchmarks print.
+//! - [`bench`](mod@bench): reading criterion's estimates for the ratio tables the benchmarks print;
+//! - [`python`]: Python (nats-py, msgpack, xxhash) as a client in another language.
 
 pub mod actor;
 pub mod bench;
 pub mod conformance;
 pub mod nats;
+pub mod python;
 
 pub use conformance::{ConformanceStore, StoreHarness};

@@ -150,18 +150,23 @@ fn find_binary() -> Result<ServerBinary, HarnessError> {
 /// `target/tools/nats-server/bin/nats-server` above the running test executable, or under
 /// `CARGO_TARGET_DIR`.
 fn provisioned_binary() -> Option<PathBuf> {
-    let rel = Path::new("tools/nats-server/bin/nats-server");
+    provisioned(Path::new("tools/nats-server/bin/nats-server"))
+}
+
+/// `rel` (a path under the target directory, where `cargo xtask` provisions tools) under
+/// `CARGO_TARGET_DIR`, or above the running test executable, if it exists.
+pub(crate) fn provisioned(rel: &Path) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let p = Path::new(&dir).join(rel);
-        if p.is_file() {
+        if p.exists() {
             return Some(p);
         }
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors().map(|a| a.join(rel)).find(|p| p.is_file())
+    exe.ancestors().map(|a| a.join(rel)).find(|p| p.exists())
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
