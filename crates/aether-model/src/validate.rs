@@ -1,9 +1,25 @@
 //! Model validation: every problem at once, each with its path in the model.
+//!
+//! [`Model::validate`] runs one pass per kind of check. A pass is a small function that takes
+//! the model (and, for most passes, one bounded context) and pushes what it finds into a shared
+//! report:
+//!
+//! - name passes: names are not empty and unique per kind across the model; fields are checked
+//!   with their command or event (names unique within it, types known);
+//! - reference passes: commands' emitted events; policies' event, aggregate, command and target
+//!   field; the events read models and external systems consume; the commands external systems
+//!   and actors issue;
+//! - reachability passes: events no command emits, commands nobody issues;
+//! - the policy cycle pass, over the whole model.
+//!
+//! Problems come out in model order: each group of passes runs over every context in turn
+//! (names, then references, then reachability), and within a context the passes follow the
+//! order in which a context lists its elements.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::model::{Field, Model, is_known_type};
+use crate::model::{BoundedContext, Field, Model, is_known_type};
 
 /// The kind of element a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,45 +164,107 @@ impl std::error::Error for ValidationError {}
 impl Model {
     /// Checks references, names, reachability, policy cycles and field types, and reports
     /// every problem at once.
+    ///
+    /// Runs the passes in order: the name passes over every context, then the reference passes
+    /// over every context, then the reachability passes over every context, then the policy
+    /// cycle pass over the whole model.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let problems = problems(self);
-        if problems.is_empty() {
+        let mut report = Report::default();
+        for passes in [&NAME_PASSES[..], &REFERENCE_PASSES, &REACHABILITY_PASSES] {
+            for context in &self.contexts {
+                for pass in passes {
+                    pass(self, context, &mut report);
+                }
+            }
+        }
+        check_policy_cycles(self, &mut report);
+        if report.problems.is_empty() {
             Ok(())
         } else {
-            Err(ValidationError { problems })
+            Err(ValidationError {
+                problems: report.problems,
+            })
         }
     }
 }
 
-struct Report(Vec<Problem>);
+/// A pass over one bounded context of the model: it pushes what it finds into the report.
+type ContextPass = fn(&Model, &BoundedContext, &mut Report);
+
+/// Names: not empty and unique per kind across the model (fields: unique per command or
+/// event, with a known type). In the order a context lists its elements.
+const NAME_PASSES: [ContextPass; 7] = [
+    check_context_name,
+    check_aggregate_names,
+    check_event_names,
+    check_policy_names,
+    check_read_model_names,
+    check_external_system_names,
+    check_actor_names,
+];
+
+/// References by name to events, commands and aggregates.
+const REFERENCE_PASSES: [ContextPass; 5] = [
+    check_command_emits,
+    check_policy_references,
+    check_read_model_consumes,
+    check_external_system_references,
+    check_actor_issues,
+];
+
+/// Reachability: events nobody emits, commands nobody issues.
+const REACHABILITY_PASSES: [ContextPass; 2] = [check_events_emitted, check_commands_issued];
+
+/// The problems found so far, shared by every pass, and the names seen so far per kind.
+#[derive(Default)]
+struct Report {
+    /// Every problem found, in the order found.
+    problems: Vec<Problem>,
+    /// The names already used, per kind, across the whole model (fields excluded).
+    seen: BTreeMap<ElementKind, BTreeSet<String>>,
+}
 
 impl Report {
+    /// Records a problem at `path`.
     fn add(&mut self, path: impl Into<String>, kind: ProblemKind) {
-        self.0.push(Problem {
+        self.problems.push(Problem {
             path: path.into(),
             kind,
         });
     }
 
-    fn name(&mut self, path: &str, kind: ElementKind, name: &str, seen: &mut BTreeSet<String>) {
-        if name.trim().is_empty() {
-            self.add(path, ProblemKind::EmptyName { kind });
-        } else if !seen.insert(name.to_owned()) {
-            self.add(
-                path,
-                ProblemKind::Duplicate {
-                    kind,
-                    name: name.to_owned(),
-                },
-            );
+    /// Checks an element's name: not empty, and not used by another element of its kind
+    /// anywhere in the model.
+    fn name(&mut self, path: &str, kind: ElementKind, name: &str) {
+        let seen = self.seen.entry(kind).or_default();
+        if let Some(problem) = name_problem(kind, name, seen) {
+            self.add(path, problem);
         }
     }
 
+    /// Checks the names of the elements of one kind listed under `key` in a context.
+    fn names<'a>(
+        &mut self,
+        context: &BoundedContext,
+        key: &str,
+        kind: ElementKind,
+        names: impl IntoIterator<Item = &'a str>,
+    ) {
+        let cp = context_path(context);
+        for name in names {
+            self.name(&format!("{cp}.{key}[{name}]"), kind, name);
+        }
+    }
+
+    /// Checks the fields of the command or event at `path`: names not empty and unique among
+    /// these fields, types known.
     fn fields(&mut self, path: &str, fields: &[Field]) {
         let mut seen = BTreeSet::new();
         for f in fields {
             let here = format!("{path}.fields[{}]", f.name);
-            self.name(&here, ElementKind::Field, &f.name, &mut seen);
+            if let Some(problem) = name_problem(ElementKind::Field, &f.name, &mut seen) {
+                self.add(&here, problem);
+            }
             if !is_known_type(&f.ty) {
                 self.add(
                     here,
@@ -200,6 +278,22 @@ impl Report {
     }
 }
 
+/// What is wrong with `name` given the names of its kind in `seen` (empty, or already there);
+/// a new non-empty name is added to `seen`.
+fn name_problem(kind: ElementKind, name: &str, seen: &mut BTreeSet<String>) -> Option<ProblemKind> {
+    if name.trim().is_empty() {
+        Some(ProblemKind::EmptyName { kind })
+    } else if !seen.insert(name.to_owned()) {
+        Some(ProblemKind::Duplicate {
+            kind,
+            name: name.to_owned(),
+        })
+    } else {
+        None
+    }
+}
+
+/// A reference to a `kind` named `name` that does not exist.
 fn unknown(kind: ElementKind, name: &str) -> ProblemKind {
     ProblemKind::UnknownReference {
         kind,
@@ -207,215 +301,243 @@ fn unknown(kind: ElementKind, name: &str) -> ProblemKind {
     }
 }
 
-fn problems(model: &Model) -> Vec<Problem> {
-    let mut r = Report(Vec::new());
-    // Names, uniqueness (model-wide per kind; fields per owner) and field types.
-    let mut names: BTreeMap<ElementKind, BTreeSet<String>> = BTreeMap::new();
-    for c in &model.contexts {
-        let cp = format!("contexts[{}]", c.name);
-        r.name(
-            &cp,
-            ElementKind::Context,
-            &c.name,
-            names.entry(ElementKind::Context).or_default(),
-        );
-        for a in &c.aggregates {
-            let ap = format!("{cp}.aggregates[{}]", a.name);
-            r.name(
-                &ap,
-                ElementKind::Aggregate,
-                &a.name,
-                names.entry(ElementKind::Aggregate).or_default(),
-            );
-            for cmd in &a.commands {
-                let p = format!("{ap}.commands[{}]", cmd.name);
-                r.name(
-                    &p,
-                    ElementKind::Command,
-                    &cmd.name,
-                    names.entry(ElementKind::Command).or_default(),
-                );
-                r.fields(&p, &cmd.fields);
-            }
-        }
-        for e in &c.events {
-            let p = format!("{cp}.events[{}]", e.name);
-            r.name(
-                &p,
-                ElementKind::Event,
-                &e.name,
-                names.entry(ElementKind::Event).or_default(),
-            );
-            r.fields(&p, &e.fields);
-        }
-        for (items, kind, key) in [
-            (
-                c.policies
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>(),
-                ElementKind::Policy,
-                "policies",
-            ),
-            (
-                c.read_models.iter().map(|p| p.name.as_str()).collect(),
-                ElementKind::ReadModel,
-                "read_models",
-            ),
-            (
-                c.external_systems.iter().map(|p| p.name.as_str()).collect(),
-                ElementKind::ExternalSystem,
-                "external_systems",
-            ),
-            (
-                c.actors.iter().map(|p| p.name.as_str()).collect(),
-                ElementKind::Actor,
-                "actors",
-            ),
-        ] {
-            for name in items {
-                r.name(
-                    &format!("{cp}.{key}[{name}]"),
-                    kind,
-                    name,
-                    names.entry(kind).or_default(),
-                );
-            }
+/// The path of a context, e.g. `contexts[sales]`.
+fn context_path(context: &BoundedContext) -> String {
+    format!("contexts[{}]", context.name)
+}
+
+/// Whether the model has an event named `name`.
+fn has_event(model: &Model, name: &str) -> bool {
+    model.event(name).is_some()
+}
+
+/// Whether some aggregate of the model has a command named `name`.
+fn has_command(model: &Model, name: &str) -> bool {
+    model.aggregates().any(|(_, a)| a.command(name).is_some())
+}
+
+/// Name pass: the context's own name.
+fn check_context_name(_: &Model, context: &BoundedContext, r: &mut Report) {
+    r.name(&context_path(context), ElementKind::Context, &context.name);
+}
+
+/// Name pass: each aggregate's name, then each of its commands' name and fields.
+fn check_aggregate_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for a in &context.aggregates {
+        let ap = format!("{cp}.aggregates[{}]", a.name);
+        r.name(&ap, ElementKind::Aggregate, &a.name);
+        for cmd in &a.commands {
+            let p = format!("{ap}.commands[{}]", cmd.name);
+            r.name(&p, ElementKind::Command, &cmd.name);
+            r.fields(&p, &cmd.fields);
         }
     }
+}
 
-    // References.
-    let events: BTreeSet<&str> = model
-        .contexts
-        .iter()
-        .flat_map(|c| &c.events)
-        .map(|e| e.name.as_str())
-        .collect();
-    let commands: BTreeSet<&str> = model
-        .aggregates()
-        .flat_map(|(_, a)| &a.commands)
-        .map(|c| c.name.as_str())
-        .collect();
-    let mut emitted = BTreeSet::new();
-    let mut issued = BTreeSet::new();
-    for c in &model.contexts {
-        let cp = format!("contexts[{}]", c.name);
-        for a in &c.aggregates {
-            for cmd in &a.commands {
-                for (i, e) in cmd.emits.iter().enumerate() {
-                    emitted.insert(e.as_str());
-                    if !events.contains(e.as_str()) {
-                        r.add(
-                            format!(
-                                "{cp}.aggregates[{}].commands[{}].emits[{i}]",
-                                a.name, cmd.name
-                            ),
-                            unknown(ElementKind::Event, e),
-                        );
-                    }
-                }
-            }
-        }
-        for p in &c.policies {
-            let pp = format!("{cp}.policies[{}]", p.name);
-            if !events.contains(p.when.as_str()) {
-                r.add(format!("{pp}.when"), unknown(ElementKind::Event, &p.when));
-            }
-            match model.aggregate(&p.to) {
-                None => r.add(format!("{pp}.to"), unknown(ElementKind::Aggregate, &p.to)),
-                Some(a) if a.command(&p.issue).is_none() => {
+/// Name pass: each event's name and fields.
+fn check_event_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for e in &context.events {
+        let p = format!("{cp}.events[{}]", e.name);
+        r.name(&p, ElementKind::Event, &e.name);
+        r.fields(&p, &e.fields);
+    }
+}
+
+/// Name pass: the policies' names.
+fn check_policy_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let names = context.policies.iter().map(|p| p.name.as_str());
+    r.names(context, "policies", ElementKind::Policy, names);
+}
+
+/// Name pass: the read models' names.
+fn check_read_model_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let names = context.read_models.iter().map(|m| m.name.as_str());
+    r.names(context, "read_models", ElementKind::ReadModel, names);
+}
+
+/// Name pass: the external systems' names.
+fn check_external_system_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let names = context.external_systems.iter().map(|x| x.name.as_str());
+    r.names(
+        context,
+        "external_systems",
+        ElementKind::ExternalSystem,
+        names,
+    );
+}
+
+/// Name pass: the actors' (roles') names.
+fn check_actor_names(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let names = context.actors.iter().map(|a| a.name.as_str());
+    r.names(context, "actors", ElementKind::Actor, names);
+}
+
+/// Reference pass: the events each command emits exist.
+fn check_command_emits(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for a in &context.aggregates {
+        for cmd in &a.commands {
+            for (i, e) in cmd.emits.iter().enumerate() {
+                if !has_event(model, e) {
                     r.add(
-                        format!("{pp}.issue"),
-                        unknown(ElementKind::Command, &p.issue),
-                    );
-                }
-                Some(_) => {
-                    issued.insert(p.issue.as_str());
-                }
-            }
-            if let Some(field) = &p.target_field
-                && let Some(event) = model.event(&p.when)
-                && !event.fields.iter().any(|f| &f.name == field)
-            {
-                r.add(
-                    format!("{pp}.target_field"),
-                    ProblemKind::UnknownTargetField {
-                        event: p.when.clone(),
-                        field: field.clone(),
-                    },
-                );
-            }
-        }
-        for m in &c.read_models {
-            for (i, e) in m.consumes.iter().enumerate() {
-                if !events.contains(e.as_str()) {
-                    r.add(
-                        format!("{cp}.read_models[{}].consumes[{i}]", m.name),
+                        format!(
+                            "{cp}.aggregates[{}].commands[{}].emits[{i}]",
+                            a.name, cmd.name
+                        ),
                         unknown(ElementKind::Event, e),
                     );
                 }
             }
         }
-        for x in &c.external_systems {
-            for (i, e) in x.consumes.iter().enumerate() {
-                if !events.contains(e.as_str()) {
-                    r.add(
-                        format!("{cp}.external_systems[{}].consumes[{i}]", x.name),
-                        unknown(ElementKind::Event, e),
-                    );
-                }
-            }
-            for (i, cmd) in x.issues.iter().enumerate() {
-                issued.insert(cmd.as_str());
-                if !commands.contains(cmd.as_str()) {
-                    r.add(
-                        format!("{cp}.external_systems[{}].issues[{i}]", x.name),
-                        unknown(ElementKind::Command, cmd),
-                    );
-                }
-            }
+    }
+}
+
+/// Reference pass: each policy's triggering event, target aggregate and its command, and the
+/// target field on the triggering event.
+fn check_policy_references(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for p in &context.policies {
+        let pp = format!("{cp}.policies[{}]", p.name);
+        if !has_event(model, &p.when) {
+            r.add(format!("{pp}.when"), unknown(ElementKind::Event, &p.when));
         }
-        for actor in &c.actors {
-            for (i, cmd) in actor.issues.iter().enumerate() {
-                issued.insert(cmd.as_str());
-                if !commands.contains(cmd.as_str()) {
-                    r.add(
-                        format!("{cp}.actors[{}].issues[{i}]", actor.name),
-                        unknown(ElementKind::Command, cmd),
-                    );
-                }
+        match model.aggregate(&p.to) {
+            None => r.add(format!("{pp}.to"), unknown(ElementKind::Aggregate, &p.to)),
+            Some(a) if a.command(&p.issue).is_none() => {
+                r.add(
+                    format!("{pp}.issue"),
+                    unknown(ElementKind::Command, &p.issue),
+                );
+            }
+            Some(_) => {}
+        }
+        if let Some(field) = &p.target_field
+            && let Some(event) = model.event(&p.when)
+            && !event.fields.iter().any(|f| &f.name == field)
+        {
+            r.add(
+                format!("{pp}.target_field"),
+                ProblemKind::UnknownTargetField {
+                    event: p.when.clone(),
+                    field: field.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Reference pass: the events each read model consumes exist.
+fn check_read_model_consumes(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for m in &context.read_models {
+        for (i, e) in m.consumes.iter().enumerate() {
+            if !has_event(model, e) {
+                r.add(
+                    format!("{cp}.read_models[{}].consumes[{i}]", m.name),
+                    unknown(ElementKind::Event, e),
+                );
             }
         }
     }
+}
 
-    // Reachability: events nobody emits, commands nobody issues.
-    for c in &model.contexts {
-        let cp = format!("contexts[{}]", c.name);
-        for e in &c.events {
-            if !emitted.contains(e.name.as_str()) {
+/// Reference pass: the events each external system consumes and the commands it issues exist.
+fn check_external_system_references(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for x in &context.external_systems {
+        for (i, e) in x.consumes.iter().enumerate() {
+            if !has_event(model, e) {
                 r.add(
-                    format!("{cp}.events[{}]", e.name),
-                    ProblemKind::EventNeverEmitted {
-                        name: e.name.clone(),
+                    format!("{cp}.external_systems[{}].consumes[{i}]", x.name),
+                    unknown(ElementKind::Event, e),
+                );
+            }
+        }
+        for (i, cmd) in x.issues.iter().enumerate() {
+            if !has_command(model, cmd) {
+                r.add(
+                    format!("{cp}.external_systems[{}].issues[{i}]", x.name),
+                    unknown(ElementKind::Command, cmd),
+                );
+            }
+        }
+    }
+}
+
+/// Reference pass: the commands each actor (role) issues exist.
+fn check_actor_issues(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for actor in &context.actors {
+        for (i, cmd) in actor.issues.iter().enumerate() {
+            if !has_command(model, cmd) {
+                r.add(
+                    format!("{cp}.actors[{}].issues[{i}]", actor.name),
+                    unknown(ElementKind::Command, cmd),
+                );
+            }
+        }
+    }
+}
+
+/// Reachability pass: each event is emitted by some command of some aggregate.
+fn check_events_emitted(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for e in &context.events {
+        let emitted = model
+            .aggregates()
+            .flat_map(|(_, a)| &a.commands)
+            .any(|cmd| cmd.emits.contains(&e.name));
+        if !emitted {
+            r.add(
+                format!("{cp}.events[{}]", e.name),
+                ProblemKind::EventNeverEmitted {
+                    name: e.name.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Reachability pass: each command is issued by an actor, an external system, or a policy
+/// whose target aggregate has it.
+fn check_commands_issued(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for a in &context.aggregates {
+        for cmd in &a.commands {
+            if !is_issued(model, &cmd.name) {
+                r.add(
+                    format!("{cp}.aggregates[{}].commands[{}]", a.name, cmd.name),
+                    ProblemKind::CommandNeverIssued {
+                        name: cmd.name.clone(),
                     },
                 );
             }
         }
-        for a in &c.aggregates {
-            for cmd in &a.commands {
-                if !issued.contains(cmd.name.as_str()) {
-                    r.add(
-                        format!("{cp}.aggregates[{}].commands[{}]", a.name, cmd.name),
-                        ProblemKind::CommandNeverIssued {
-                            name: cmd.name.clone(),
-                        },
-                    );
-                }
-            }
-        }
     }
+}
 
-    // Policy cycles.
+/// Whether an actor, an external system or a policy issues the command `name`. A policy counts
+/// only when its target aggregate exists and has a command of that name.
+fn is_issued(model: &Model, name: &str) -> bool {
+    model.contexts.iter().any(|c| {
+        c.policies.iter().any(|p| {
+            p.issue == name
+                && model
+                    .aggregate(&p.to)
+                    .is_some_and(|a| a.command(&p.issue).is_some())
+        }) || c
+            .external_systems
+            .iter()
+            .any(|x| x.issues.iter().any(|i| i == name))
+            || c.actors.iter().any(|a| a.issues.iter().any(|i| i == name))
+    })
+}
+
+/// Model pass: policies that trigger each other in a loop, each cycle reported once at its
+/// first policy.
+fn check_policy_cycles(model: &Model, r: &mut Report) {
     for cycle in policy_cycles(model) {
         let first = cycle.first().cloned().unwrap_or_default();
         let context = model
@@ -431,7 +553,6 @@ fn problems(model: &Model) -> Vec<Problem> {
             ProblemKind::PolicyCycle { policies },
         );
     }
-    r.0
 }
 
 /// Cycles among policies: P -> Q when P's command emits the event Q waits for. Each cycle is

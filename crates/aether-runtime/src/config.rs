@@ -149,14 +149,14 @@ impl SnapshotPolicy {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RuntimeConfig {
-    /// Commands buffered per actor before senders wait. Default 64.
+    /// Commands buffered per actor before senders wait. Default 64; 0 counts as 1.
     pub mailbox_capacity: usize,
     /// Passivate an actor that handled nothing for this long (a sweep every half of it stops
     /// actors idle for at least this, so one goes between 1 and 1.5 of these after its last
     /// command). `None`: never. Default 5 minutes.
     pub idle_timeout: Option<Duration>,
     /// At most this many actors in memory; activating one more passivates the least recently
-    /// used. Default 100,000.
+    /// used. Default 100,000; 0 counts as 1.
     pub max_active: usize,
     /// Conflict handling.
     pub retry: RetryPolicy,

@@ -34,5 +34,8 @@ pub use actor::{Actor, event_type_of};
 pub use config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
 pub use error::AskError;
 #[cfg(feature = "model")]
-pub use model::{LoadModelError, ModelActor, ModelCommand, ModelError, ModelEvent, ModelRuntime};
+pub use model::{
+    Causes, LoadModelError, MAX_CAUSES, ModelActor, ModelCommand, ModelError, ModelEvent,
+    ModelRuntime,
+};
 pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats};

@@ -184,12 +184,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Configures a [`Runtime`]: the store is required, everything else has a default.
+///
+/// Setters may come in any order: [`config`](Self::config) replaces the base configuration, and
+/// the single-value setters (`snapshot_policy`, `retry`, `idle_timeout`, `max_active`,
+/// `mailbox_capacity`) apply on top of it whether they come before or after it.
 pub struct RuntimeBuilder<A: Actor> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
     config: RuntimeConfig,
+    overrides: Vec<Override>,
     _actor: PhantomData<fn() -> A>,
+}
+
+/// A setter's value, applied on top of the base configuration at `build`.
+#[derive(Debug, Clone)]
+enum Override {
+    Snapshots(SnapshotPolicy),
+    Retry(RetryPolicy),
+    IdleTimeout(Option<Duration>),
+    MaxActive(usize),
+    MailboxCapacity(usize),
+}
+
+impl Override {
+    fn apply(&self, config: &mut RuntimeConfig) {
+        match self {
+            Self::Snapshots(p) => config.snapshots = *p,
+            Self::Retry(r) => config.retry = *r,
+            Self::IdleTimeout(t) => config.idle_timeout = *t,
+            Self::MaxActive(n) => config.max_active = *n,
+            Self::MailboxCapacity(n) => config.mailbox_capacity = *n,
+        }
+    }
 }
 
 impl<A: Actor> fmt::Debug for RuntimeBuilder<A> {
@@ -214,7 +241,7 @@ impl<A: Actor> RuntimeBuilder<A> {
 
     /// Sets when snapshots are taken (default [`SnapshotPolicy::default`]).
     pub fn snapshot_policy(mut self, policy: SnapshotPolicy) -> Self {
-        self.config.snapshots = policy;
+        self.overrides.push(Override::Snapshots(policy));
         self
     }
 
@@ -226,43 +253,58 @@ impl<A: Actor> RuntimeBuilder<A> {
 
     /// Sets the conflict retry policy.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.config.retry = retry;
+        self.overrides.push(Override::Retry(retry));
         self
     }
 
     /// Passivates actors idle this long (`None`: never).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.idle_timeout = timeout;
+        self.overrides.push(Override::IdleTimeout(timeout));
         self
     }
 
-    /// Caps the actors in memory (at least 1).
+    /// Caps the actors in memory (0 counts as 1).
     pub fn max_active(mut self, max: usize) -> Self {
-        self.config.max_active = max.max(1);
+        self.overrides.push(Override::MaxActive(max));
         self
     }
 
-    /// Sets the mailbox size per actor (at least 1).
+    /// Sets the mailbox size per actor (0 counts as 1).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
-        self.config.mailbox_capacity = capacity.max(1);
+        self.overrides.push(Override::MailboxCapacity(capacity));
         self
     }
 
-    /// Replaces the whole configuration.
+    /// Replaces the base configuration. Values given with the single-value setters are kept,
+    /// before or after this call.
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
         self
     }
 
+    /// The configuration `build` uses: the base, the setters' values in the order given, and
+    /// the clamps documented on [`RuntimeConfig`] (`mailbox_capacity` and `max_active` of 0
+    /// count as 1).
+    pub fn effective_config(&self) -> RuntimeConfig {
+        let mut config = self.config.clone();
+        for o in &self.overrides {
+            o.apply(&mut config);
+        }
+        config.mailbox_capacity = config.mailbox_capacity.max(1);
+        config.max_active = config.max_active.max(1);
+        config
+    }
+
     /// Builds the runtime. Actors are activated on their first message.
     pub fn build(self) -> Runtime<A> {
+        let config = self.effective_config();
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Runtime {
             shared: Arc::new(Shared {
                 store: self.store,
                 snapshots: self.snapshots,
                 bus: self.bus,
-                config: self.config,
+                config,
                 shards,
                 hasher: RandomState::new(),
                 active: AtomicUsize::new(0),
@@ -341,6 +383,7 @@ impl<A: Actor> Runtime<A> {
             snapshots: None,
             bus: None,
             config: RuntimeConfig::default(),
+            overrides: Vec::new(),
             _actor: PhantomData,
         }
     }

@@ -403,3 +403,51 @@ async fn activation_replays_only_after_the_snapshot_and_survives_a_bad_one() {
     assert_eq!(runtime.stats().replayed - before, 250);
     runtime.shutdown().await;
 }
+
+/// A zero mailbox or cap used to panic in `mpsc::channel` or spin forever in activation; both
+/// now count as 1 (documented on `RuntimeConfig`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_mailbox_and_zero_cap_are_clamped_not_fatal() {
+    let mut config = aether_runtime::RuntimeConfig::default();
+    config.mailbox_capacity = 0;
+    config.max_active = 0;
+    let builder = Runtime::<Ledger>::builder(memory()).config(config);
+    let effective = builder.effective_config();
+    assert_eq!((effective.mailbox_capacity, effective.max_active), (1, 1));
+    let runtime = builder.build();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let applied = tokio::time::timeout(Duration::from_secs(10), runtime.ask(id, record(0, 1)))
+            .await
+            .unwrap_or_else(|_| panic!("ask {i} hung"))
+            .unwrap();
+        assert_eq!(applied.version, 1);
+    }
+    assert!(runtime.active_count() <= 1);
+    let zero_by_setter = Runtime::<Ledger>::builder(memory())
+        .mailbox_capacity(0)
+        .max_active(0);
+    assert_eq!(zero_by_setter.effective_config().mailbox_capacity, 1);
+    runtime.shutdown().await;
+}
+
+/// `.config()` replaces the base configuration, but never drops what a setter gave, before or
+/// after it.
+#[test]
+fn setters_survive_a_later_config() {
+    let policy = SnapshotPolicy::every(7);
+    let after = Runtime::<Ledger>::builder(memory())
+        .snapshot_policy(policy)
+        .max_active(3)
+        .config(aether_runtime::RuntimeConfig::default())
+        .effective_config();
+    assert_eq!(after.snapshots, policy);
+    assert_eq!(after.max_active, 3);
+    let mut base = aether_runtime::RuntimeConfig::default();
+    base.mailbox_capacity = 9;
+    let before = Runtime::<Ledger>::builder(memory())
+        .config(base)
+        .snapshot_policy(policy)
+        .effective_config();
+    assert_eq!(before.snapshots, policy);
+    assert_eq!(before.mailbox_capacity, 9);
+}

@@ -46,6 +46,10 @@ pub struct JetStreamConfig {
     pub description: Option<String>,
     /// How long to wait for the server to answer a call (default 5 s).
     pub request_timeout: Duration,
+    /// Actors whose version and position the store caches (default 100,000; least recently used
+    /// evicted; 0 counts as 1). The cache only saves round trips: an evicted actor's position is
+    /// read again on its next append. The snapshot checkpoints are bounded the same way.
+    pub cache_capacity: usize,
 }
 
 impl Default for JetStreamConfig {
@@ -59,11 +63,21 @@ impl Default for JetStreamConfig {
             max_event_bytes: None,
             description: None,
             request_timeout: Duration::from_secs(5),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
         }
     }
 }
 
+/// Actors cached per store by default (see [`JetStreamConfig::cache_capacity`]).
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
 impl JetStreamConfig {
+    /// Sets how many actors the store caches (see the field).
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
+    }
+
     /// Sets the namespace.
     pub fn namespace(mut self, namespace: Namespace) -> Self {
         self.namespace = Some(namespace);

@@ -9,6 +9,7 @@
 //! The NATS layout (stream, subjects, headers, bucket, actor id encoding) is in [`layout`] and in
 //! the project's `docs/nats-layout.md`.
 
+mod cache;
 mod config;
 mod error;
 pub mod layout;
@@ -16,6 +17,6 @@ mod store;
 
 /// The async-nats version this crate is built on, so callers connect with a matching client.
 pub use async_nats;
-pub use config::{JetStreamConfig, Storage};
+pub use config::{DEFAULT_CACHE_CAPACITY, JetStreamConfig, Storage};
 pub use error::ConfigError;
 pub use store::JetStreamEventStore;

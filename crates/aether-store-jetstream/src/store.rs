@@ -1,6 +1,5 @@
 //! [`JetStreamEventStore`]: events in a JetStream stream, snapshots in a KV bucket.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -26,6 +25,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::cache::Bounded;
 use crate::config::{JetStreamConfig, Storage};
 use crate::error::{ConfigError, backend, jetstream_code};
 use crate::layout;
@@ -48,8 +48,9 @@ const HEADER_ALLOWANCE: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Known {
     version: u64,
-    /// Stream sequence of the subject's last message (0: the subject is empty).
-    seq: u64,
+    /// Stream sequence of the subject's last message (0: the subject is empty); `None` when only
+    /// the version is known (from `update_version_cache`): the next append reads it first.
+    seq: Option<u64>,
     /// Id of the last event, if the last message is a valid event.
     last_id: Option<Uuid>,
 }
@@ -74,7 +75,7 @@ impl ActorSlot {
     /// Records a fresher view; an older one (lower sequence) never replaces a newer one.
     fn observe(&self, known: Known) {
         let mut slot = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none_or(|k| k.seq <= known.seq) {
+        if slot.is_none_or(|k| k.seq.is_none() || k.seq <= known.seq) {
             *slot = Some(known);
         }
     }
@@ -128,9 +129,10 @@ struct Inner {
     namespace: Option<Namespace>,
     broadcast_namespace: Namespace,
     snapshots: kv::Store,
-    actors: Mutex<HashMap<String, Arc<ActorSlot>>>,
+    /// Per-actor slots (version cache, write serialisation), least recently used evicted.
+    actors: Bounded<Arc<ActorSlot>>,
     /// actor -> (snapshot version, stream sequence of that version), to start replays there.
-    checkpoints: Mutex<HashMap<String, (u64, u64)>>,
+    checkpoints: Bounded<(u64, u64)>,
     broadcaster: RwLock<Option<Arc<dyn EventBroadcaster>>>,
     closed: AtomicBool,
     max_event_bytes: usize,
@@ -408,8 +410,8 @@ impl JetStreamEventStore {
                 namespace: config.namespace,
                 broadcast_namespace,
                 snapshots,
-                actors: Mutex::default(),
-                checkpoints: Mutex::default(),
+                actors: Bounded::new(config.cache_capacity),
+                checkpoints: Bounded::new(config.cache_capacity),
                 broadcaster: RwLock::new(None),
                 closed: AtomicBool::new(false),
                 max_event_bytes,
@@ -498,14 +500,47 @@ impl JetStreamEventStore {
     }
 
     /// Tells the store that `actor_id` reached `version` elsewhere (Go's `UpdateVersionCache`,
-    /// fed by EventStored notifications). A cached entry below `version` is dropped, so the next
-    /// append re-learns the actor's position from the server instead of trusting a stale one.
+    /// fed by EventStored notifications): when `version` is greater than the cached one, or the
+    /// actor is not cached, [`cached_version`](Self::cached_version) returns `version` from now
+    /// on. Its stream position is then unknown, so the next append reads it from the server
+    /// first (one round trip, instead of a refused write). An equal or lower version changes
+    /// nothing. The cache is bounded ([`JetStreamConfig::cache_capacity`]): notifications for
+    /// any number of actors cannot grow memory.
     pub fn update_version_cache(&self, actor_id: &str, version: u64) {
-        if let Some(slot) = self.existing_slot(actor_id)
-            && slot.known().is_some_and(|k| k.version < version)
-        {
-            slot.set_known(None);
+        if version == 0 || self.inner.closed.load(Ordering::Relaxed) {
+            return;
         }
+        let slot = self.slot(actor_id);
+        let mut known = slot.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.is_none_or(|k| k.version < version) {
+            *known = Some(Known {
+                version,
+                seq: None,
+                last_id: None,
+            });
+        }
+    }
+
+    /// A builder-style [`set_broadcaster`](Self::set_broadcaster), for construction (Go's
+    /// `NewJetStreamEventStoreWithBroadcaster`):
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # async fn demo(client: aether_store_jetstream::async_nats::Client, bus: Arc<dyn aether_core::EventBroadcaster>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use aether_store_jetstream::JetStreamEventStore;
+    /// let store = JetStreamEventStore::new(client, "events").await?.with_broadcaster(bus);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_broadcaster(self, broadcaster: Arc<dyn EventBroadcaster>) -> Self {
+        self.set_broadcaster(broadcaster);
+        self
+    }
+
+    /// How many actors the store's version cache holds now (at most
+    /// [`JetStreamConfig::cache_capacity`]).
+    pub fn cached_actors(&self) -> usize {
+        self.inner.actors.len()
     }
 
     /// Publishes an EventStored notification through `broadcaster` after each successful append
@@ -523,11 +558,8 @@ impl JetStreamEventStore {
     /// connection belongs to the caller and stays open.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.inner.actors.clear();
+        self.inner.checkpoints.clear();
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -542,30 +574,20 @@ impl JetStreamEventStore {
     }
 
     fn existing_slot(&self, actor_id: &str) -> Option<Arc<ActorSlot>> {
-        self.inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(actor_id)
-            .cloned()
+        self.inner.actors.get(actor_id)
     }
 
+    /// The actor's slot, created if needed. An evicted slot still in use by an append keeps
+    /// working; a second slot for the same actor only loses the local serialisation, never
+    /// correctness (the server checks every write's expected position).
     fn slot(&self, actor_id: &str) -> Arc<ActorSlot> {
-        let mut actors = self
-            .inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = actors.get(actor_id) {
-            return slot.clone();
-        }
-        let slot = Arc::new(ActorSlot {
-            subject: self.subject_for(actor_id),
-            write: tokio::sync::Mutex::new(()),
-            known: Mutex::new(None),
-        });
-        actors.insert(actor_id.to_owned(), slot.clone());
-        slot
+        self.inner.actors.get_or_insert_with(actor_id, || {
+            Arc::new(ActorSlot {
+                subject: self.subject_for(actor_id),
+                write: tokio::sync::Mutex::new(()),
+                known: Mutex::new(None),
+            })
+        })
     }
 
     /// Reads the actor's last message from the stream leader (read-after-write on R3).
@@ -581,7 +603,7 @@ impl JetStreamEventStore {
             Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
                 return Ok(Known {
                     version: 0,
-                    seq: 0,
+                    seq: Some(0),
                     last_id: None,
                 });
             }
@@ -595,7 +617,7 @@ impl JetStreamEventStore {
         match decode_event(&msg.payload, actor_id) {
             Ok(event) => Ok(Known {
                 version: event.version(),
-                seq: msg.sequence,
+                seq: Some(msg.sequence),
                 last_id: Some(event.id()),
             }),
             Err(reason) => {
@@ -618,7 +640,7 @@ impl JetStreamEventStore {
                     .await?;
                 Ok(Known {
                     version,
-                    seq: msg.sequence,
+                    seq: Some(msg.sequence),
                     last_id: None,
                 })
             }
@@ -683,7 +705,7 @@ impl JetStreamEventStore {
         // refuses the write if the subject is not empty, and then the truth is read once.
         let mut known = slot.known().unwrap_or(Known {
             version: 0,
-            seq: 0,
+            seq: Some(0),
             last_id: None,
         });
         let mut refreshed = false;
@@ -704,18 +726,24 @@ impl JetStreamEventStore {
                 refreshed = true;
                 continue;
             }
+            let Some(expected_seq) = known.seq else {
+                // Only the version is known (told by `update_version_cache`): learn the position.
+                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                refreshed = true;
+                continue;
+            };
             let result = if events.len() == 1 {
-                self.publish_one(subject, first, &encoded[0], known.seq)
+                self.publish_one(subject, first, &encoded[0], expected_seq)
                     .await
             } else {
                 // Boxed: batches are rarer, and their future would swell every append's.
-                Box::pin(self.publish_batch(subject, &events, &encoded, known.seq)).await
+                Box::pin(self.publish_batch(subject, &events, &encoded, expected_seq)).await
             };
             match result {
                 Ok(Published::Stored(seq)) => {
                     slot.set_known(Some(Known {
                         version: last.version(),
-                        seq,
+                        seq: Some(seq),
                         last_id: Some(last.id()),
                     }));
                     drop(_serialized);
@@ -1032,13 +1060,7 @@ impl JetStreamEventStore {
         if from_version <= 1 {
             return DeliverPolicy::All;
         }
-        let checkpoint = self
-            .inner
-            .checkpoints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(actor_id)
-            .copied();
+        let checkpoint = self.inner.checkpoints.get(actor_id);
         match checkpoint {
             Some((version, seq)) if version < from_version && seq > 0 => {
                 DeliverPolicy::ByStartSequence {
@@ -1193,14 +1215,10 @@ impl JetStreamEventStore {
 
     fn remember_checkpoint(&self, record: &SnapshotRecord) {
         if record.sequence > 0 {
-            self.inner
-                .checkpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    record.snapshot.actor_id.clone(),
-                    (record.snapshot.version, record.sequence),
-                );
+            self.inner.checkpoints.put(
+                &record.snapshot.actor_id,
+                (record.snapshot.version, record.sequence),
+            );
         }
     }
 }
@@ -1369,7 +1387,8 @@ impl SnapshotStore for JetStreamEventStore {
             .existing_slot(&actor_id)
             .and_then(|s| s.known())
             .filter(|k| k.version == snapshot.version)
-            .map_or(0, |k| k.seq);
+            .and_then(|k| k.seq)
+            .unwrap_or(0);
         let record = SnapshotRecord { snapshot, sequence };
         let bytes = Bytes::from(rmp_serde::to_vec_named(&record).map_err(|e| {
             StoreError::backend(format!("encoding the snapshot of actor {actor_id:?}"), e)

@@ -438,17 +438,70 @@ async fn a_server_without_jetstream_is_reported() {
     }
 }
 
+/// The Go seed's `TestUpdateVersionCache` cases: (cached, new) -> cached afterwards.
 #[tokio::test]
-async fn update_version_cache_drops_a_stale_entry() {
+async fn update_version_cache_matches_the_go_seed() {
     let h = JetStreamHarness::single().await;
-    let store = h.store(None).await;
-    store.save_event(ev("cache", 1)).await.unwrap();
-    assert_eq!(store.cached_version("cache"), Some(1));
-    store.update_version_cache("cache", 1);
-    assert_eq!(store.cached_version("cache"), Some(1));
-    store.update_version_cache("cache", 5);
-    assert_eq!(store.cached_version("cache"), None);
-    assert_eq!(store.cached_version(&Uuid::new_v4().to_string()), None);
+    let cases = [
+        ("update when new version is greater", Some(5), 10, 10),
+        ("do not update when new version is equal", Some(5), 5, 5),
+        ("do not update when new version is less", Some(10), 5, 10),
+        ("update when no cached version exists", None, 1, 1),
+    ];
+    for (name, cached, new, expect) in cases {
+        let store = h.store(None).await;
+        let actor = format!("actor-{}", Uuid::new_v4().simple());
+        if let Some(v) = cached {
+            store.update_version_cache(&actor, v);
+            assert_eq!(store.cached_version(&actor), Some(v), "{name}: setup");
+        }
+        store.update_version_cache(&actor, new);
+        assert_eq!(store.cached_version(&actor), Some(expect), "{name}");
+    }
+}
+
+/// The Go seed's `TestUpdateVersionCache_Concurrent`: 50 concurrent updates with versions
+/// 1..=50 leave the highest one, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_version_cache_updates_keep_the_highest() {
+    let h = JetStreamHarness::single().await;
+    let store = std::sync::Arc::new(h.store(None).await);
+    store.update_version_cache("concurrent-actor", 1);
+    let tasks: Vec<_> = (0..50u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.update_version_cache("concurrent-actor", 1 + i % 100) })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.cached_version("concurrent-actor"), Some(50));
+}
+
+/// A version learned from a notification has no stream position: the next append reads it and
+/// succeeds (or reports the true conflict); a stale cache entry is refreshed by
+/// `get_latest_version`.
+#[tokio::test]
+async fn a_told_version_is_completed_by_the_next_append_and_stale_entries_refresh() {
+    let h = JetStreamHarness::single().await;
+    let writer = h.store(None).await;
+    let reader = h.store(None).await;
+    writer.save_event(ev("told", 1)).await.unwrap();
+    writer.save_event(ev("told", 2)).await.unwrap();
+    reader.update_version_cache("told", 2);
+    assert_eq!(reader.cached_version("told"), Some(2));
+    reader.save_event(ev("told", 3)).await.unwrap();
+    assert_eq!(reader.cached_version("told"), Some(3));
+    // The writer's cache (2) is stale now; get_latest_version refreshes it.
+    assert_eq!(writer.cached_version("told"), Some(2));
+    assert_eq!(writer.get_latest_version("told").await.unwrap(), 3);
+    assert_eq!(writer.cached_version("told"), Some(3));
+    // Told a version above the truth: the append's read finds the truth and stores at 4.
+    writer.update_version_cache("told", 9);
+    writer.save_event(ev("told", 4)).await.unwrap();
+    assert_eq!(writer.get_latest_version("told").await.unwrap(), 4);
+    assert_eq!(reader.cached_version(&Uuid::new_v4().to_string()), None);
 }
 
 #[tokio::test]
