@@ -14,6 +14,7 @@
 //!
 //! Both implement [`aether_core::EventBroadcaster`], so a store can publish through them.
 
+mod filter;
 mod local;
 #[cfg(feature = "nats")]
 mod nats;
@@ -21,6 +22,7 @@ mod pattern;
 #[cfg(feature = "nats")]
 mod projection;
 
+pub use filter::EventFilter;
 pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
 #[cfg(feature = "nats")]
 pub use nats::{BusError, NODE_REPLY_PREFIX, NatsEventBus, SUBJECT_PREFIX, round_trip, subject};

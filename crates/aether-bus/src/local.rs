@@ -16,6 +16,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::ReusableBoxFuture;
 
+use crate::filter::EventFilter;
 use crate::pattern::Pattern;
 
 /// What happens when a subscriber's buffer is full.
@@ -38,10 +39,8 @@ pub struct SubscribeOptions {
     pub capacity: usize,
     /// Policy when the buffer is full (default [`Overflow::DropOldest`]).
     pub overflow: Overflow,
-    /// Only these event types, if set.
-    pub event_types: Option<Vec<String>>,
-    /// Only actors whose id starts with this, if set.
-    pub actor_prefix: Option<String>,
+    /// Which events the subscriber wants (default: all).
+    pub filter: EventFilter,
 }
 
 impl Default for SubscribeOptions {
@@ -49,8 +48,7 @@ impl Default for SubscribeOptions {
         Self {
             capacity: 1024,
             overflow: Overflow::DropOldest,
-            event_types: None,
-            actor_prefix: None,
+            filter: EventFilter::default(),
         }
     }
 }
@@ -74,13 +72,19 @@ impl SubscribeOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self.filter = self.filter.event_types(types);
         self
     }
 
     /// Keeps only actors whose id starts with `prefix`.
     pub fn actor_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.actor_prefix = Some(prefix.into());
+        self.filter = self.filter.actor_prefix(prefix);
+        self
+    }
+
+    /// Sets the whole filter.
+    pub fn filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter;
         self
     }
 }
@@ -97,23 +101,14 @@ struct Subscriber {
     readers: std::sync::atomic::AtomicUsize,
     capacity: usize,
     pattern: Pattern,
-    event_types: Option<Vec<String>>,
-    actor_prefix: Option<String>,
+    filter: EventFilter,
     sink: Sink,
     dropped: Arc<AtomicU64>,
 }
 
 impl Subscriber {
     fn wants(&self, namespace: &Namespace, event: &Event) -> bool {
-        self.pattern.matches(namespace)
-            && self
-                .event_types
-                .as_ref()
-                .is_none_or(|t| t.iter().any(|t| t == event.event_type()))
-            && self
-                .actor_prefix
-                .as_ref()
-                .is_none_or(|p| event.actor_id().starts_with(p.as_str()))
+        self.pattern.matches(namespace) && self.filter.matches(event)
     }
 
     fn lost(&self, n: u64) {
@@ -194,8 +189,7 @@ impl EventBus {
                 matches!(s.sink, Sink::Ring(_))
                     && s.capacity == capacity
                     && s.pattern == pattern
-                    && s.event_types == options.event_types
-                    && s.actor_prefix == options.actor_prefix
+                    && s.filter == options.filter
             });
             if let Some(entry) = shared
                 && let Sink::Ring(tx) = &entry.sink
@@ -226,8 +220,7 @@ impl EventBus {
             readers: std::sync::atomic::AtomicUsize::new(1),
             capacity,
             pattern,
-            event_types: options.event_types,
-            actor_prefix: options.actor_prefix,
+            filter: options.filter,
             sink,
             dropped: dropped.clone(),
         }));

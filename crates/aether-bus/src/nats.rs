@@ -194,10 +194,11 @@ impl NatsEventBus {
             return Err(BroadcastError::Closed);
         }
         self.inner.local.publish(namespace, event).await;
-        let payload = rmp_serde::to_vec_named(event).map_err(|e| BroadcastError::Transport {
-            context: format!("encoding event {}", event.id()),
-            source: Box::new(e),
-        })?;
+        let payload =
+            aether_core::wire::encode_event(event).map_err(|e| BroadcastError::Transport {
+                context: format!("encoding event {}", event.id()),
+                source: Box::new(e),
+            })?;
         self.inner
             .client
             .publish_with_reply(
@@ -248,7 +249,7 @@ fn decode(msg: &async_nats::Message) -> Result<(Namespace, Event), String> {
         .and_then(|s| s.strip_prefix('.'))
         .ok_or_else(|| "subject outside the bus prefix".to_owned())
         .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()))?;
-    let event = rmp_serde::from_slice::<Event>(&msg.payload)
+    let event = aether_core::wire::decode_event(&msg.payload)
         .map_err(|e| format!("not an Aether event: {e}"))?;
     Ok((namespace, event))
 }

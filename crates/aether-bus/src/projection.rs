@@ -12,6 +12,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::filter::EventFilter;
+
 /// A read model or reaction kept up to date from the event stream.
 ///
 /// Events arrive in stream order, each with its stream `position` (strictly increasing). The
@@ -56,10 +58,8 @@ pub struct ProjectionConfig {
     pub stream: String,
     /// The subjects to read (`JetStreamEventStore::subject_filter`: all actors).
     pub subject_filter: String,
-    /// Only these event types reach `apply` (others are acknowledged and passed over).
-    pub event_types: Option<Vec<String>>,
-    /// Only actors whose id starts with this (the "actor type", e.g. `order-`).
-    pub actor_prefix: Option<String>,
+    /// Only events passing this reach `apply` (others are acknowledged and passed over).
+    pub filter: EventFilter,
     /// Where a new projection starts.
     pub start: StartFrom,
     /// Attempts per event before the projection parks (default 5).
@@ -81,8 +81,7 @@ impl ProjectionConfig {
             name: name.into(),
             stream: stream.into(),
             subject_filter: subject_filter.into(),
-            event_types: None,
-            actor_prefix: None,
+            filter: EventFilter::default(),
             start: StartFrom::Beginning,
             attempts: 5,
             backoff: Duration::from_millis(50),
@@ -92,13 +91,19 @@ impl ProjectionConfig {
 
     /// Keeps only these event types.
     pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
-        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self.filter = self.filter.event_types(types);
         self
     }
 
     /// Keeps only actors whose id starts with `prefix`.
     pub fn actor_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.actor_prefix = Some(prefix.into());
+        self.filter = self.filter.actor_prefix(prefix);
+        self
+    }
+
+    /// Sets the whole filter.
+    pub fn filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter;
         self
     }
 
@@ -125,13 +130,7 @@ impl ProjectionConfig {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        self.event_types
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|t| t == event.event_type()))
-            && self
-                .actor_prefix
-                .as_ref()
-                .is_none_or(|p| event.actor_id().starts_with(p.as_str()))
+        self.filter.matches(event)
     }
 }
 
@@ -340,7 +339,7 @@ async fn run(
             }
         };
         let position = msg.info().map_or(0, |i| i.stream_sequence);
-        let outcome = match rmp_serde::from_slice::<Event>(&msg.payload) {
+        let outcome = match aether_core::wire::decode_event(&msg.payload) {
             Err(e) => {
                 tracing::warn!(projection = %config.name, position, error = %e, "skipping a stored message that is not an event");
                 Outcome::Malformed
@@ -385,7 +384,7 @@ async fn apply_with_retry(
     event: &Event,
     position: u64,
 ) -> Result<(), ProjectionError> {
-    let mut delay = config.backoff;
+    let schedule = aether_core::Backoff::new(config.backoff, config.max_backoff);
     let mut attempt = 1;
     loop {
         match projection.apply(event, position).await {
@@ -401,8 +400,7 @@ async fn apply_with_retry(
             }
             Err(e) => {
                 tracing::warn!(projection = %config.name, position, attempt, error = %e, "projection failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.max_backoff);
+                tokio::time::sleep(schedule.delay(attempt)).await;
                 attempt += 1;
             }
         }

@@ -15,6 +15,7 @@
 //! assert_eq!(conflict.as_version_conflict().map(|c| c.current_version), Some(2));
 //! ```
 
+mod backoff;
 mod error;
 mod event;
 pub mod limits;
@@ -22,7 +23,9 @@ mod namespace;
 mod payload;
 mod snapshot;
 mod store;
+pub mod wire;
 
+pub use backoff::Backoff;
 pub use error::{
     BoxError, BroadcastError, CodecError, EventError, NamespaceError, StoreError, VersionConflict,
 };

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 
 use crate::error::{EventError, StoreError, VersionConflict};
 use crate::event::Event;
+use crate::snapshot::ActorSnapshot;
 
 /// Longest accepted actor id, in bytes.
 pub const MAX_ACTOR_ID_BYTES: usize = 1024;
@@ -52,6 +53,35 @@ pub fn validate_event_type(event_type: &str) -> Result<(), EventError> {
     if !printable_ascii && event_type.chars().any(char::is_control) {
         return Err(EventError::ControlCharInEventType {
             event_type: event_type.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a snapshot save against the version of the snapshot already stored for the actor
+/// (`None`: none): the version must be above 0 and not below the stored one (an equal version
+/// replaces it). Every store calls this, as it calls [`check_append`] for events.
+///
+/// Returns [`StoreError::InvalidSnapshot`] otherwise, and [`StoreError::InvalidEvent`] for a bad
+/// actor id.
+pub fn check_snapshot(
+    stored_version: Option<u64>,
+    snapshot: &ActorSnapshot,
+) -> Result<(), StoreError> {
+    validate_actor_id(&snapshot.actor_id)?;
+    if snapshot.version == 0 {
+        return Err(StoreError::InvalidSnapshot {
+            actor_id: snapshot.actor_id.clone(),
+            reason: "version must be greater than 0".into(),
+        });
+    }
+    if let Some(existing) = stored_version.filter(|v| *v > snapshot.version) {
+        return Err(StoreError::InvalidSnapshot {
+            actor_id: snapshot.actor_id.clone(),
+            reason: format!(
+                "version {} is below the stored snapshot's version {existing}",
+                snapshot.version
+            ),
         });
     }
     Ok(())

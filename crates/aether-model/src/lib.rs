@@ -44,7 +44,7 @@ mod validate;
 pub use diagram::{Graph, NodeKind};
 pub use load::{Format, LoadError, Location};
 pub use model::{
-    Aggregate, BoundedContext, Command, DomainEvent, ExternalSystem, FIELD_TYPES, Field, Model,
-    Note, Policy, ReadModel, Role, is_known_type,
+    Aggregate, BoundedContext, Command, DomainEvent, ExternalSystem, FIELD_TYPES, Field, FieldType,
+    Model, Note, Policy, ReadModel, Role, is_known_type,
 };
 pub use validate::{ElementKind, Problem, ProblemKind, ValidationError};

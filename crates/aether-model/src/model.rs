@@ -126,11 +126,80 @@ pub const FIELD_TYPES: [&str; 8] = [
 
 /// Whether `ty` is a known field type.
 pub fn is_known_type(ty: &str) -> bool {
-    let inner = ty
-        .strip_prefix("list<")
-        .and_then(|t| t.strip_suffix('>'))
-        .unwrap_or(ty);
-    FIELD_TYPES.contains(&inner)
+    FieldType::parse(ty).is_some()
+}
+
+/// A field's type, parsed from the model's text (`string`, ..., `list<T>`). The one definition
+/// both the model's validation and the runtime's checks of command data use.
+///
+/// ```
+/// use aether_model::FieldType;
+/// assert_eq!(FieldType::parse("list<uuid>"), Some(FieldType::List(FieldType::Uuid.into())));
+/// assert_eq!(FieldType::parse("list<list<uuid>>"), None); // one level of list only
+/// assert_eq!(FieldType::List(FieldType::Money.into()).to_string(), "list<money>");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FieldType {
+    /// `string`
+    String,
+    /// `integer`
+    Integer,
+    /// `number`
+    Number,
+    /// `boolean`
+    Boolean,
+    /// `timestamp`
+    Timestamp,
+    /// `uuid`
+    Uuid,
+    /// `money`
+    Money,
+    /// `object`
+    Object,
+    /// `list<T>` of a scalar type `T`.
+    List(Box<FieldType>),
+}
+
+impl FieldType {
+    /// Parses a type as written in a model; `None` for an unknown one.
+    pub fn parse(ty: &str) -> Option<Self> {
+        if let Some(inner) = ty.strip_prefix("list<").and_then(|t| t.strip_suffix('>')) {
+            return Self::scalar(inner).map(|t| Self::List(Box::new(t)));
+        }
+        Self::scalar(ty)
+    }
+
+    fn scalar(ty: &str) -> Option<Self> {
+        Some(match ty {
+            "string" => Self::String,
+            "integer" => Self::Integer,
+            "number" => Self::Number,
+            "boolean" => Self::Boolean,
+            "timestamp" => Self::Timestamp,
+            "uuid" => Self::Uuid,
+            "money" => Self::Money,
+            "object" => Self::Object,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for FieldType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::String => "string",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::Timestamp => "timestamp",
+            Self::Uuid => "uuid",
+            Self::Money => "money",
+            Self::Object => "object",
+            Self::List(inner) => return write!(f, "list<{inner}>"),
+        };
+        f.write_str(name)
+    }
 }
 
 /// "When event `when` happens, issue command `issue` to aggregate `to`."

@@ -1,6 +1,6 @@
 //! Runtime policies: conflict retries, snapshots, activation limits.
 
-use std::hash::{BuildHasher, RandomState};
+use aether_core::Backoff;
 use std::time::Duration;
 
 /// What a VM does when another writer appended to its actor first (a version conflict): reload
@@ -62,20 +62,12 @@ impl RetryPolicy {
     /// The wait before attempt `attempt` (2 for the first retry): exponential, capped, with
     /// the configured share randomised.
     pub fn backoff_for(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(2).min(20);
-        let full = self
-            .base_backoff
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_backoff);
-        let jitter_share = u128::from(self.jitter_percent.min(100));
-        let fixed = full.as_nanos() * (100 - jitter_share) / 100;
-        let random_span = full.as_nanos() - fixed;
-        let random = if random_span == 0 {
-            0
-        } else {
-            u128::from(RandomState::new().hash_one(attempt)) % random_span
-        };
-        Duration::from_nanos(u64::try_from(fixed + random).unwrap_or(u64::MAX))
+        self.schedule().delay(attempt.saturating_sub(1))
+    }
+
+    /// The policy's retry schedule (the one [`Backoff`] type every layer uses).
+    pub fn schedule(&self) -> Backoff {
+        Backoff::new(self.base_backoff, self.max_backoff).jitter_percent(self.jitter_percent)
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use aether_core::Event;
-use aether_model::{Field, Model, ValidationError};
+use aether_model::{Field, FieldType, Model, ValidationError};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -331,22 +331,27 @@ fn check_fields(
     Ok(())
 }
 
-/// Whether `value` fits the model field type `ty`.
+/// Whether `value` fits the model field type `ty` (an unknown type fits nothing; a loaded model
+/// has none: validation refuses them).
 fn has_type(ty: &str, value: &Value) -> bool {
-    if let Some(inner) = ty.strip_prefix("list<").and_then(|t| t.strip_suffix('>')) {
-        return value
-            .as_array()
-            .is_some_and(|items| items.iter().all(|v| has_type(inner, v)));
-    }
+    FieldType::parse(ty).is_some_and(|t| fits(&t, value))
+}
+
+fn fits(ty: &FieldType, value: &Value) -> bool {
     match ty {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        "timestamp" => value.is_string() || value.is_i64() || value.is_u64(),
-        "uuid" => value.as_str().is_some_and(is_uuid),
-        "money" => value.is_number() || value.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
-        "object" => value.is_object(),
+        FieldType::List(inner) => value
+            .as_array()
+            .is_some_and(|items| items.iter().all(|v| fits(inner, v))),
+        FieldType::String => value.is_string(),
+        FieldType::Integer => value.is_i64() || value.is_u64(),
+        FieldType::Number => value.is_number(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Timestamp => value.is_string() || value.is_i64() || value.is_u64(),
+        FieldType::Uuid => value.as_str().is_some_and(is_uuid),
+        FieldType::Money => {
+            value.is_number() || value.as_str().is_some_and(|s| s.parse::<f64>().is_ok())
+        }
+        FieldType::Object => value.is_object(),
         _ => false,
     }
 }

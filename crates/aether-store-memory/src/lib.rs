@@ -386,28 +386,10 @@ impl SnapshotStore for InMemoryEventStore {
     }
 
     async fn save_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
-        check_actor(&snapshot.actor_id)?;
-        if snapshot.version == 0 {
-            return Err(StoreError::InvalidSnapshot {
-                actor_id: snapshot.actor_id,
-                reason: "version must be greater than 0".into(),
-            });
-        }
+        limits::check_snapshot(None, &snapshot)?;
         let actor_id = snapshot.actor_id.clone();
         self.data.update_actor(&actor_id, |log| {
-            if let Some(existing) = log
-                .snapshot
-                .as_ref()
-                .filter(|existing| existing.version > snapshot.version)
-            {
-                return Err(StoreError::InvalidSnapshot {
-                    actor_id: snapshot.actor_id.clone(),
-                    reason: format!(
-                        "version {} is below the stored snapshot's version {}",
-                        snapshot.version, existing.version
-                    ),
-                });
-            }
+            limits::check_snapshot(log.snapshot.as_ref().map(|s| s.version), &snapshot)?;
             log.snapshot = Some(Box::new(snapshot));
             Ok(())
         })

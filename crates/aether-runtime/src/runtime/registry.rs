@@ -1,0 +1,325 @@
+//! The registry of active VMs: the `Shared` state of a runtime, its shards of actor slots,
+//! activation and passivation bookkeeping, the sampled LRU eviction at the cap, the idle
+//! sweeper, and the counters behind [`RuntimeStats`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, limits};
+use tokio::sync::{Notify, mpsc};
+
+use super::vm::{Envelope, run_vm};
+use super::{Rules, lock};
+use crate::actor::Actor;
+use crate::config::RuntimeConfig;
+use crate::error::AskError;
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 64;
+/// Actors looked at when choosing one to evict (sampled LRU).
+const EVICTION_SAMPLE: usize = 64;
+
+/// Counters of the rarer things a runtime did (the [`crate::metrics`] facade has them all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeStats {
+    /// Actors loaded into memory.
+    pub activations: u64,
+    /// Actors unloaded.
+    pub passivations: u64,
+    /// Appends refused with a version conflict.
+    pub conflicts: u64,
+    /// Commands re-run after a conflict.
+    pub retries: u64,
+    /// Snapshots saved.
+    pub snapshots: u64,
+    /// Handler panics.
+    pub panics: u64,
+    /// Events replayed by activations (after their snapshots).
+    pub replayed: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) replayed: AtomicU64,
+    pub(super) activations: AtomicU64,
+    pub(super) passivations: AtomicU64,
+    pub(super) conflicts: AtomicU64,
+    pub(super) retries: AtomicU64,
+    pub(super) snapshots: AtomicU64,
+    pub(super) panics: AtomicU64,
+}
+
+pub(super) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(super) struct Handle<A: Actor> {
+    pub(super) tx: mpsc::Sender<Envelope<A>>,
+    /// The runtime's use clock when the actor last emptied its mailbox.
+    last_used: Arc<AtomicU64>,
+    pub(super) generation: u64,
+}
+
+pub(super) enum Slot<A: Actor> {
+    Active(Handle<A>),
+    /// Draining its mailbox and snapshotting; a new activation waits for it.
+    Passivating(u64),
+}
+
+impl<A: Actor> Slot<A> {
+    pub(super) fn generation(&self) -> u64 {
+        match self {
+            Slot::Active(h) => h.generation,
+            Slot::Passivating(g) => *g,
+        }
+    }
+}
+
+type Shard<A> = Mutex<HashMap<Arc<str>, Slot<A>>>;
+
+/// An actor chosen for eviction: id, mailbox, activation.
+type Victim<A> = (Arc<str>, mpsc::Sender<Envelope<A>>, u64);
+
+pub(crate) struct Shared<A: Actor> {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(super) bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
+    pub(super) config: RuntimeConfig,
+    pub(super) shards: Box<[Shard<A>]>,
+    hasher: RandomState,
+    pub(super) active: AtomicUsize,
+    pub(super) closed: AtomicBool,
+    generations: AtomicU64,
+    evict_cursor: AtomicUsize,
+    /// Woken whenever an actor finishes passivating.
+    passivated: Notify,
+    sweeper: AtomicBool,
+    clock: AtomicU64,
+    /// What a loaded EventStorming model allows this actor type (see `load_model`).
+    pub(crate) rules: std::sync::OnceLock<Arc<Rules>>,
+    pub(super) stats: Stats,
+    pub(super) metrics: Metrics,
+}
+
+impl<A: Actor> Shared<A> {
+    /// The shared state of a new runtime (see `RuntimeBuilder::build`).
+    pub(super) fn new(
+        store: Arc<dyn EventStore>,
+        snapshots: Option<Arc<dyn SnapshotStore>>,
+        bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
+        config: RuntimeConfig,
+    ) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Shared {
+            store,
+            snapshots,
+            bus,
+            config,
+            shards,
+            hasher: RandomState::new(),
+            active: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            generations: AtomicU64::new(0),
+            evict_cursor: AtomicUsize::new(0),
+            passivated: Notify::new(),
+            sweeper: AtomicBool::new(false),
+            clock: AtomicU64::new(1),
+            rules: std::sync::OnceLock::new(),
+            stats: Stats::default(),
+            metrics: Metrics::new(A::TYPE),
+        }
+    }
+
+    pub(super) fn shard(&self, id: &str) -> &Shard<A> {
+        let h = self.hasher.hash_one(id);
+        &self.shards[(h as usize) % SHARDS]
+    }
+
+    /// The use clock: a logical time that advances at every activation and every idle sweep.
+    /// Reading it is one load of a rarely written word, so actors stamp it for free; LRU
+    /// eviction compares stamps, and the sweeper knows which stamp it saw a period ago.
+    pub(super) fn now_ticks(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// The mailbox of actor `id`, activating it if needed (evicting at the cap).
+    pub(super) async fn resolve(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+    ) -> Result<mpsc::Sender<Envelope<A>>, AskError<A::Error>> {
+        if let Err(e) = limits::validate_actor_id(id) {
+            return Err(AskError::Activation {
+                actor_id: id.clone(),
+                reason: format!("invalid actor id: {e}"),
+            });
+        }
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(AskError::ShutDown {
+                    actor_id: id.clone(),
+                });
+            }
+            let waiting = {
+                let mut shard = lock(self.shard(id));
+                match shard.get(id) {
+                    Some(Slot::Active(h)) => return Ok(h.tx.clone()),
+                    Some(Slot::Passivating(generation)) => Some((id.clone(), *generation)),
+                    None => {
+                        if self.active.fetch_add(1, Ordering::AcqRel) < self.config.max_active {
+                            let handle = self.spawn_vm(id.clone());
+                            let tx = handle.tx.clone();
+                            shard.insert(id.clone(), Slot::Active(handle));
+                            self.metrics.active.increment(1.0);
+                            return Ok(tx);
+                        }
+                        self.active.fetch_sub(1, Ordering::AcqRel);
+                        None
+                    }
+                }
+            };
+            let (gone, generation) = match waiting {
+                Some(wait) => wait,
+                // At the cap: passivate the least recently used actor and wait for it.
+                None => match self.pick_victim() {
+                    Some((victim, tx, generation)) => {
+                        let _ = tx.send(Envelope::Stop).await;
+                        (victim, generation)
+                    }
+                    None => {
+                        // Every actor is already leaving: let them finish.
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                },
+            };
+            self.wait_gone(&gone, generation).await;
+        }
+    }
+
+    /// The least recently used of a sample of active actors.
+    fn pick_victim(&self) -> Option<Victim<A>> {
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(u64, Victim<A>)> = None;
+        let mut seen = 0;
+        for i in 0..SHARDS {
+            let shard = lock(&self.shards[(start + i) % SHARDS]);
+            for (id, slot) in shard.iter() {
+                if let Slot::Active(h) = slot {
+                    let used = h.last_used.load(Ordering::Relaxed);
+                    if best.as_ref().is_none_or(|(b, _)| used < *b) {
+                        best = Some((used, (id.clone(), h.tx.clone(), h.generation)));
+                    }
+                    seen += 1;
+                }
+            }
+            if seen >= EVICTION_SAMPLE {
+                break;
+            }
+        }
+        best.map(|(_, victim)| victim)
+    }
+
+    fn spawn_vm(self: &Arc<Self>, id: Arc<str>) -> Handle<A> {
+        if let Some(idle) = self.config.idle_timeout
+            && !self.sweeper.swap(true, Ordering::AcqRel)
+        {
+            tokio::spawn(sweep(Arc::downgrade(self), idle));
+        }
+        let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
+        let last_used = Arc::new(AtomicU64::new(
+            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+        ));
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(run_vm(self.clone(), id, rx, last_used.clone(), generation));
+        Handle {
+            tx,
+            last_used,
+            generation,
+        }
+    }
+
+    /// Waits until the activation `generation` of actor `id` has left memory.
+    pub(super) async fn wait_gone(&self, id: &str, generation: u64) {
+        loop {
+            let notified = self.passivated.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let present = lock(self.shard(id))
+                .get(id)
+                .is_some_and(|slot| slot.generation() == generation);
+            if !present {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the actor as leaving (new messages wait for it to finish).
+    pub(super) fn begin_passivation(&self, id: &Arc<str>, generation: u64) {
+        let mut shard = lock(self.shard(id));
+        if let Some(slot) = shard.get_mut(id)
+            && matches!(slot, Slot::Active(h) if h.generation == generation)
+        {
+            *slot = Slot::Passivating(generation);
+        }
+    }
+
+    pub(super) fn finish_passivation(&self, id: &Arc<str>, generation: u64) {
+        {
+            let mut shard = lock(self.shard(id));
+            if shard
+                .get(id)
+                .is_some_and(|slot| slot.generation() == generation)
+            {
+                shard.remove(id);
+            }
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.active.decrement(1.0);
+        self.metrics.passivations.increment(1);
+        bump(&self.stats.passivations);
+        self.passivated.notify_waiters();
+    }
+}
+
+/// Passivates actors idle for `idle`: every half of it, the sweeper advances the use clock
+/// and stops the actors whose stamp predates the advance two sweeps ago (unused for at least
+/// `idle`) and whose mailbox is empty. Ends with the runtime.
+async fn sweep<A: Actor>(shared: std::sync::Weak<Shared<A>>, idle: Duration) {
+    let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marks = std::collections::VecDeque::with_capacity(3);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        marks.push_back(shared.clock.fetch_add(1, Ordering::Relaxed) + 1);
+        if marks.len() < 3 {
+            continue;
+        }
+        let threshold = marks.pop_front().unwrap_or(0);
+        let mut idle_ones = Vec::new();
+        for shard in shared.shards.iter() {
+            for slot in lock(shard).values() {
+                if let Slot::Active(h) = slot
+                    && h.last_used.load(Ordering::Relaxed) < threshold
+                    && h.tx.capacity() == h.tx.max_capacity()
+                {
+                    idle_ones.push(h.tx.clone());
+                }
+            }
+        }
+        for tx in idle_ones {
+            // A full mailbox means the actor is not idle after all.
+            let _ = tx.try_send(Envelope::Stop);
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The VM: one task per active actor. It activates the actor (latest snapshot, then the later
+//! events), serves its mailbox one envelope at a time, handles commands (decide, append at the
+//! expected version, apply, publish; on a conflict fold in the other writer's events and retry),
+//! catches handler panics and reloads, takes snapshots, and drains the mailbox on passivation.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Instant;
+
+use aether_core::{ActorSnapshot, Event};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Applied;
+use super::registry::{Shared, bump};
+use crate::actor::Actor;
+use crate::error::AskError;
+
+/// One command in this many has its latency measured.
+const LATENCY_SAMPLE: u64 = 8;
+
+type Reply<A> =
+    oneshot::Sender<Result<Applied<<A as Actor>::Event>, AskError<<A as Actor>::Error>>>;
+
+/// Double-boxed so the envelope stays two words wide (every mailbox slot has its size).
+type Look<A> = Box<Box<dyn FnOnce(&A, u64) + Send>>;
+
+pub(super) enum Envelope<A: Actor> {
+    Ask(A::Command, Reply<A>),
+    Tell(A::Command),
+    Inspect(Look<A>),
+    Stop,
+}
+
+/// Loads an actor: the latest snapshot that decodes, then the events after it.
+async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<(A, u64, u64), String> {
+    let mut state = A::default();
+    let mut version = 0;
+    if let Some(snapshots) = &shared.snapshots {
+        match snapshots.get_latest_snapshot(id).await {
+            Ok(Some(snapshot)) => match snapshot.decode::<A>() {
+                Ok(decoded) => {
+                    state = decoded;
+                    version = snapshot.version;
+                }
+                Err(e) => tracing::warn!(
+                    actor_type = A::TYPE,
+                    actor_id = id,
+                    snapshot_version = snapshot.version,
+                    error = %e,
+                    "snapshot does not decode into the current state type; replaying all events"
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => return Err(format!("loading its snapshot failed: {e}")),
+        }
+    }
+    let replayed = replay(shared, id, &mut state, &mut version).await?;
+    Ok((state, version, replayed))
+}
+
+/// Applies the stored events after `version` to `state`.
+async fn replay<A: Actor>(
+    shared: &Shared<A>,
+    id: &str,
+    state: &mut A,
+    version: &mut u64,
+) -> Result<u64, String> {
+    let mut events = shared.store.stream_events(id, *version + 1);
+    let mut replayed = 0;
+    while let Some(item) = events.next().await {
+        let event = item.map_err(|e| format!("reading its events failed: {e}"))?;
+        let decoded: A::Event = event.decode().map_err(|e| {
+            format!(
+                "stored event {} (version {}, type {}) is not a {} event: {e}",
+                event.id(),
+                event.version(),
+                event.event_type(),
+                A::TYPE
+            )
+        })?;
+        state.apply(&decoded);
+        *version = event.version();
+        replayed += 1;
+    }
+    Ok(replayed)
+}
+
+struct Vm<A: Actor> {
+    shared: Arc<Shared<A>>,
+    id: Arc<str>,
+    state: A,
+    version: u64,
+    since_snapshot: u64,
+    /// Set when a reload after a panic failed: the state is unknown, so every command is
+    /// refused until the actor is activated again.
+    broken: Option<String>,
+    commands: u64,
+}
+
+pub(super) async fn run_vm<A: Actor>(
+    shared: Arc<Shared<A>>,
+    id: Arc<str>,
+    mut rx: mpsc::Receiver<Envelope<A>>,
+    last_used: Arc<AtomicU64>,
+    generation: u64,
+) {
+    bump(&shared.stats.activations);
+    shared.metrics.activations.increment(1);
+    // Rare paths are boxed so they do not grow every idle actor's task.
+    let mut vm = match Box::pin(load(&shared, &id)).await {
+        Ok((state, version, replayed)) => {
+            shared.metrics.replayed.record(replayed as f64);
+            shared.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
+            Vm {
+                shared: shared.clone(),
+                id: id.clone(),
+                state,
+                version,
+                since_snapshot: replayed,
+                broken: None,
+                commands: 0,
+            }
+        }
+        Err(reason) => {
+            tracing::warn!(actor_type = A::TYPE, actor_id = %id, %reason, "activation failed");
+            shared.begin_passivation(&id, generation);
+            rx.close();
+            while let Some(envelope) = rx.recv().await {
+                if let Envelope::Ask(_, reply) = envelope {
+                    let _ = reply.send(Err(AskError::Activation {
+                        actor_id: id.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+            shared.finish_passivation(&id, generation);
+            return;
+        }
+    };
+
+    // One loop for serving and for draining (a single await of `process` keeps the task small).
+    let mut draining = false;
+    while let Some(envelope) = rx.recv().await {
+        if matches!(envelope, Envelope::Stop) {
+            if !draining {
+                // Passivation: refuse new sends, handle what is queued, then leave.
+                draining = true;
+                shared.begin_passivation(&id, generation);
+                rx.close();
+            }
+            continue;
+        }
+        shared.metrics.mailbox.record(rx.len() as f64);
+        Box::pin(vm.process(envelope)).await;
+        if !draining && rx.is_empty() {
+            last_used.store(shared.now_ticks(), Ordering::Relaxed);
+        }
+    }
+    if !draining {
+        shared.begin_passivation(&id, generation);
+    }
+    if vm.broken.is_none() && shared.config.snapshots.at_passivation(vm.since_snapshot) {
+        Box::pin(vm.snapshot()).await;
+    }
+    shared.finish_passivation(&id, generation);
+}
+
+impl<A: Actor> Vm<A> {
+    async fn process(&mut self, envelope: Envelope<A>) {
+        let (command, reply) = match envelope {
+            Envelope::Ask(command, reply) => (command, Some(reply)),
+            Envelope::Tell(command) => (command, None),
+            Envelope::Inspect(look) => return look(&self.state, self.version),
+            Envelope::Stop => return,
+        };
+        let outcome = self.command(&command).await;
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(outcome);
+            }
+            None => {
+                if let Err(e) = outcome {
+                    tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "told command failed");
+                }
+            }
+        }
+        self.after_command().await;
+    }
+
+    async fn command(
+        &mut self,
+        command: &A::Command,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        if let Some(reason) = &self.broken {
+            self.shared.metrics.failed.increment(1);
+            return Err(AskError::Activation {
+                actor_id: self.id.clone(),
+                reason: reason.clone(),
+            });
+        }
+        // Latency is sampled (one command in 8): reading the clock twice per command would be
+        // a noticeable share of a local round trip.
+        self.commands = self.commands.wrapping_add(1);
+        let started = self
+            .commands
+            .is_multiple_of(LATENCY_SAMPLE)
+            .then(Instant::now);
+        // Panics are caught around each poll of the pinned future (not by wrapping it in a
+        // combinator, which would move it and double its size in every actor's task).
+        let caught = {
+            let mut decide = std::pin::pin!(self.decide_and_append(command));
+            std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| decide.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            })
+            .await
+        };
+        let outcome = match caught {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic".to_owned());
+                bump(&self.shared.stats.panics);
+                self.shared.metrics.panics.increment(1);
+                tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %message, "handler panicked; reloading the actor from the store");
+                Box::pin(self.reload()).await;
+                Err(AskError::Panicked {
+                    actor_id: self.id.clone(),
+                    message,
+                })
+            }
+        };
+        let m = &self.shared.metrics;
+        if let Some(started) = started {
+            m.latency.record(started.elapsed().as_secs_f64());
+        }
+        match &outcome {
+            Ok(_) => m.ok.increment(1),
+            Err(AskError::Rejected { .. }) => m.rejected.increment(1),
+            Err(_) => m.failed.increment(1),
+        }
+        outcome
+    }
+
+    async fn reload(&mut self) {
+        match load(&self.shared, &self.id).await {
+            Ok((state, version, replayed)) => {
+                self.state = state;
+                self.version = version;
+                self.since_snapshot = replayed;
+            }
+            Err(reason) => {
+                tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %reason, "reload after a panic failed");
+                self.broken = Some(format!("reload after a panic failed: {reason}"));
+            }
+        }
+    }
+
+    fn encode(&self, events: &[A::Event]) -> Result<Vec<Event>, AskError<A::Error>> {
+        events
+            .iter()
+            .zip(self.version + 1..)
+            .map(|(event, version)| {
+                let event_type = A::event_type(event);
+                Event::builder(&*self.id, event_type)
+                    .version(version)
+                    .payload(event)
+                    .build()
+                    .map_err(|source| AskError::Codec {
+                        actor_id: self.id.clone(),
+                        context: format!("encoding a {event_type} event"),
+                        source: Box::new(source),
+                    })
+            })
+            .collect()
+    }
+
+    async fn decide_and_append(
+        &mut self,
+        command: &A::Command,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let mut attempt = 1;
+        loop {
+            let events = match self.state.handle_async(command).await {
+                Ok(events) => events,
+                Err(source) => {
+                    // A refusal is final only if it was decided on the latest state: another
+                    // writer may have appended since (one version read, on this path only).
+                    if attempt < self.shared.config.retry.max_attempts
+                        && Box::pin(self.behind_the_store()).await
+                    {
+                        Box::pin(self.catch_up()).await?;
+                        attempt += 1;
+                        bump(&self.shared.stats.retries);
+                        self.shared.metrics.retries.increment(1);
+                        continue;
+                    }
+                    return Err(AskError::Rejected {
+                        actor_id: self.id.clone(),
+                        source,
+                    });
+                }
+            };
+            if let Some(rules) = self.shared.rules.get() {
+                rules
+                    .check::<A>(command, &events)
+                    .map_err(|reason| AskError::NotInModel {
+                        actor_id: self.id.clone(),
+                        reason,
+                    })?;
+            }
+            if events.is_empty() {
+                return Ok(Applied {
+                    version: self.version,
+                    events,
+                });
+            }
+            let mut stored = self.encode(&events)?;
+            let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
+            let appended = if stored.len() == 1 {
+                match stored.pop() {
+                    Some(one) => self.shared.store.save_event(one).await,
+                    None => Ok(()),
+                }
+            } else {
+                self.shared.store.save_events(stored).await
+            };
+            match appended {
+                Ok(()) => {
+                    for event in &events {
+                        self.state.apply(event);
+                    }
+                    let n = events.len() as u64;
+                    self.version += n;
+                    self.since_snapshot += n;
+                    self.shared.metrics.events.increment(n);
+                    if let Some(stored) = to_publish {
+                        Box::pin(self.publish(stored)).await;
+                    }
+                    return Ok(Applied {
+                        version: self.version,
+                        events,
+                    });
+                }
+                Err(e) if e.is_version_conflict() => {
+                    bump(&self.shared.stats.conflicts);
+                    self.shared.metrics.conflicts.increment(1);
+                    if attempt >= self.shared.config.retry.max_attempts {
+                        return Err(AskError::Conflict {
+                            actor_id: self.id.clone(),
+                            attempts: attempt,
+                        });
+                    }
+                    // Another writer got there first: fold in its events, wait, decide again.
+                    Box::pin(self.catch_up()).await?;
+                    attempt += 1;
+                    bump(&self.shared.stats.retries);
+                    self.shared.metrics.retries.increment(1);
+                    Box::pin(tokio::time::sleep(
+                        self.shared.config.retry.backoff_for(attempt),
+                    ))
+                    .await;
+                }
+                Err(source) => {
+                    return Err(AskError::Store {
+                        actor_id: self.id.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, stored: Vec<Event>) {
+        let Some((bus, namespace)) = &self.shared.bus else {
+            return;
+        };
+        for event in &stored {
+            if let Err(e) = bus.publish(namespace, event).await {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "publishing an appended event failed");
+            }
+        }
+    }
+
+    /// Whether the store holds events this VM has not applied.
+    async fn behind_the_store(&self) -> bool {
+        match self.shared.store.get_latest_version(&self.id).await {
+            Ok(latest) => latest > self.version,
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "could not check for newer events before refusing");
+                false
+            }
+        }
+    }
+
+    /// Folds in the events other writers appended.
+    async fn catch_up(&mut self) -> Result<(), AskError<A::Error>> {
+        let replayed = replay(&self.shared, &self.id, &mut self.state, &mut self.version)
+            .await
+            .map_err(|reason| AskError::Activation {
+                actor_id: self.id.clone(),
+                reason,
+            })?;
+        self.since_snapshot += replayed;
+        Ok(())
+    }
+
+    async fn after_command(&mut self) {
+        if self.shared.snapshots.is_some()
+            && self
+                .shared
+                .config
+                .snapshots
+                .after_command(self.since_snapshot)
+        {
+            Box::pin(self.snapshot()).await;
+        }
+    }
+
+    async fn snapshot(&mut self) {
+        let Some(snapshots) = &self.shared.snapshots else {
+            return;
+        };
+        let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "state does not encode; no snapshot");
+                return;
+            }
+        };
+        match snapshots.save_snapshot(snapshot).await {
+            Ok(()) => {
+                self.since_snapshot = 0;
+                bump(&self.shared.stats.snapshots);
+                self.shared.metrics.snapshots.increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "saving a snapshot failed");
+            }
+        }
+    }
+}

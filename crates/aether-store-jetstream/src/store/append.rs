@@ -1,0 +1,468 @@
+//! Appending events: the version check against the per-actor cache, single publishes and atomic
+//! batches with the expected last subject sequence, classifying the server's answers (conflict,
+//! duplicate, too large, timeout), and the EventStored broadcast after a successful append.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use aether_core::{Event, EventStored, StoreError, VersionConflict, limits};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::JetStreamEventStore;
+use super::slots::Known;
+use crate::error::{backend, jetstream_code};
+use crate::layout;
+
+/// JetStream error codes that mean "the expected last subject sequence did not match".
+const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
+/// Atomic batch errors meaning "these message ids are already stored / being stored": a retried
+/// batch. Treated like a conflict, so the store re-reads the actor and recognises the retry.
+const BATCH_DUPLICATE_IDS: [u64; 2] = [10201, 10158];
+/// JetStream: message larger than the stream's maximum message size.
+const MESSAGE_TOO_LARGE: u64 = 10054;
+/// How many times an append is re-sent after finding the version cache stale.
+pub(super) const MAX_STALE_RETRIES: usize = 10;
+
+/// A JetStream reply to a raw (core NATS) publish request, as used for atomic batches.
+#[derive(Deserialize)]
+struct ApiReply {
+    error: Option<ApiError>,
+    seq: Option<u64>,
+}
+
+#[derive(Deserialize, Debug)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// What the server did with a publish.
+enum Published {
+    /// Stored at this stream sequence.
+    Stored(u64),
+    /// Dropped as a duplicate of the message id stored at this sequence.
+    Duplicate(u64),
+}
+
+/// Why a publish did not store the events.
+enum PublishFailure {
+    /// The expected last subject sequence did not match: someone else wrote.
+    Conflict,
+    /// Anything else.
+    Error(StoreError),
+}
+
+impl JetStreamEventStore {
+    pub(super) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.check_open()?;
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        // Structure and ids first; the version is checked against the real history below.
+        match limits::check_append(0, &events) {
+            Ok(()) | Err(StoreError::VersionConflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if events.len() > 1
+            && let Err(reason) = &self.inner.atomic_batches
+        {
+            return Err(StoreError::backend(
+                format!(
+                    "appending a batch of {} events for actor {:?}",
+                    events.len(),
+                    first.actor_id()
+                ),
+                reason.clone(),
+            ));
+        }
+        let encoded = events
+            .iter()
+            .map(|e| {
+                let mut bytes = Vec::with_capacity(e.payload().len() + 160);
+                rmp_serde::encode::write_named(&mut bytes, e).map_err(|err| {
+                    StoreError::backend(format!("encoding event {}", e.id()), err)
+                })?;
+                if bytes.len() > self.inner.max_event_bytes {
+                    return Err(StoreError::TooLarge {
+                        actor_id: e.actor_id().to_owned(),
+                        event_id: e.id(),
+                        size: bytes.len(),
+                        max: self.inner.max_event_bytes,
+                    });
+                }
+                Ok(Bytes::from(bytes))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let actor_id = first.actor_id().to_owned();
+        let slot = self.slot(&actor_id);
+        let subject = &slot.subject;
+        let _serialized = slot.write.lock().await;
+        let last = events.last().unwrap_or(first);
+        let is_retry = |k: &Known| k.version == last.version() && k.last_id == Some(last.id());
+
+        // Not cached: assume a new actor (an empty subject) rather than asking first. The server
+        // refuses the write if the subject is not empty, and then the truth is read once.
+        let mut known = slot.known().unwrap_or(Known {
+            version: 0,
+            seq: Some(0),
+            last_id: None,
+        });
+        let mut refreshed = false;
+        let mut attempt_backoff = Duration::from_millis(2);
+        for _ in 0..MAX_STALE_RETRIES {
+            // The batch's structure was checked above; only its first version can conflict.
+            if first.version() <= known.version {
+                if is_retry(&known) {
+                    return Ok(());
+                }
+                if refreshed {
+                    return Err(
+                        VersionConflict::new(actor_id, known.version, first.version()).into(),
+                    );
+                }
+                // Versions only grow: the conflict stands, but report the true current version.
+                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                refreshed = true;
+                continue;
+            }
+            let Some(expected_seq) = known.seq else {
+                // Only the version is known (told by `update_version_cache`): learn the position.
+                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                refreshed = true;
+                continue;
+            };
+            let result = if events.len() == 1 {
+                self.publish_one(subject, first, &encoded[0], expected_seq)
+                    .await
+            } else {
+                // Boxed: batches are rarer, and their future would swell every append's.
+                Box::pin(self.publish_batch(subject, &events, &encoded, expected_seq)).await
+            };
+            match result {
+                Ok(Published::Stored(seq)) => {
+                    slot.set_known(Some(Known {
+                        version: last.version(),
+                        seq: Some(seq),
+                        last_id: Some(last.id()),
+                    }));
+                    drop(_serialized);
+                    self.broadcast(&events).await;
+                    return Ok(());
+                }
+                Ok(Published::Duplicate(seq)) => {
+                    // The server had this id already (within the duplicate window). Its answer
+                    // names an older position, so forget the cache rather than trust it.
+                    slot.set_known(None);
+                    return Box::pin(self.verify_duplicate(first, seq)).await;
+                }
+                Err(PublishFailure::Conflict) => {
+                    // Someone else wrote: learn the truth and decide again.
+                    let sent = known.seq;
+                    known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                    refreshed = true;
+                    if is_retry(&known) {
+                        return Ok(());
+                    }
+                    if known.seq == sent {
+                        // Refused although nothing moved: on replicated streams another write to
+                        // this actor is still in flight (10164). Give it a moment.
+                        attempt_backoff = (attempt_backoff * 2).min(Duration::from_millis(200));
+                        tokio::time::sleep(attempt_backoff).await;
+                    }
+                }
+                Err(PublishFailure::Error(e)) => {
+                    // The outcome is unknown (a timeout may still be stored): forget the cache,
+                    // so the next call reads the truth; a retry with the same ids is safe.
+                    slot.set_known(None);
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            context: format!(
+                "appending to actor {actor_id:?}: the server kept refusing the expected position \
+                 ({MAX_STALE_RETRIES} attempts) while the actor did not move past version {}",
+                known.version
+            ),
+            source: None,
+        })
+    }
+
+    /// A publish was dropped as a duplicate of the id stored at `seq`: success if that is this
+    /// very event (a retry), an error if the id belongs to another event.
+    async fn verify_duplicate(&self, event: &Event, seq: u64) -> Result<(), StoreError> {
+        let stored = self.inner.stream.get_raw_message(seq).await.map_err(|e| {
+            backend(
+                format!("reading the event stored under id {}", event.id()),
+                e,
+            )
+        })?;
+        let same = rmp_serde::from_slice::<Event>(&stored.payload).ok();
+        match same {
+            Some(s) if s.actor_id() == event.actor_id() && s.version() == event.version() => Ok(()),
+            Some(s) => Err(StoreError::DuplicateEventId {
+                event_id: event.id(),
+                stored_actor_id: s.actor_id().to_owned(),
+                stored_version: s.version(),
+            }),
+            None => Err(StoreError::DuplicateEventId {
+                event_id: event.id(),
+                stored_actor_id: String::new(),
+                stored_version: 0,
+            }),
+        }
+    }
+
+    fn classify_publish(
+        &self,
+        e: async_nats::jetstream::context::PublishError,
+        event: &Event,
+        size: usize,
+    ) -> PublishFailure {
+        let code = jetstream_code(&e);
+        if matches!(e.kind(), PublishErrorKind::WrongLastSequence)
+            || code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c))
+        {
+            return PublishFailure::Conflict;
+        }
+        let context = format!(
+            "appending event {} (version {}) for actor {:?}",
+            event.id(),
+            event.version(),
+            event.actor_id()
+        );
+        if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded)
+            || code == Some(MESSAGE_TOO_LARGE)
+        {
+            return PublishFailure::Error(StoreError::TooLarge {
+                actor_id: event.actor_id().to_owned(),
+                event_id: event.id(),
+                size,
+                max: self.inner.max_event_bytes,
+            });
+        }
+        PublishFailure::Error(match e.kind() {
+            PublishErrorKind::TimedOut => StoreError::Timeout { context },
+            PublishErrorKind::BrokenPipe => StoreError::Unavailable {
+                context,
+                source: Some(Box::new(e)),
+            },
+            PublishErrorKind::StreamNotFound => StoreError::backend(
+                format!(
+                    "{context}: stream {} not found (deleted, or JetStream unavailable)",
+                    self.inner.stream_name
+                ),
+                e,
+            ),
+            _ => backend(context, e),
+        })
+    }
+
+    fn headers(event: &Event) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id().to_string().as_str());
+        headers.insert(HEADER_VERSION_NAME, event.version().to_string().as_str());
+        headers.insert(
+            HEADER_EVENT_TYPE_NAME,
+            HeaderValue::from(event.event_type()),
+        );
+        headers
+    }
+
+    async fn publish_one(
+        &self,
+        subject: &str,
+        event: &Event,
+        bytes: &Bytes,
+        expected_seq: u64,
+    ) -> Result<Published, PublishFailure> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let msg = PublishMessage::build()
+                .payload(bytes.clone())
+                .headers(Self::headers(event))
+                .expected_last_subject_sequence(expected_seq);
+            let result = match self.inner.js.send_publish(subject.to_owned(), msg).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ack) if ack.duplicate => return Ok(Published::Duplicate(ack.sequence)),
+                Ok(ack) => return Ok(Published::Stored(ack.sequence)),
+                // No responders: nothing received the message (a stream just created, or
+                // between leaders). Nothing was stored, so sending again is safe.
+                Err(e)
+                    if matches!(e.kind(), PublishErrorKind::StreamNotFound)
+                        && started.elapsed() + backoff < self.inner.request_timeout =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+                Err(e) => return Err(self.classify_publish(e, event, bytes.len())),
+            }
+        }
+    }
+
+    /// One all-or-nothing append with JetStream atomic batch publish (ADR-50).
+    async fn publish_batch(
+        &self,
+        subject: &str,
+        events: &[Event],
+        encoded: &[Bytes],
+        expected_seq: u64,
+    ) -> Result<Published, PublishFailure> {
+        let batch_id = Uuid::new_v4().simple().to_string();
+        let n = events.len();
+        let context = |what: &str| {
+            format!(
+                "{what} of a batch of {n} events for actor {:?}",
+                events.first().map(Event::actor_id).unwrap_or_default()
+            )
+        };
+        for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
+            let mut headers = Self::headers(event);
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            if i == 0 {
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    expected_seq.to_string().as_str(),
+                );
+            }
+            let commit = i + 1 == n;
+            if commit {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            if i == 0 || commit {
+                let reply = self
+                    .request_retrying(subject, headers, bytes, i == 0)
+                    .await
+                    .map_err(|e| {
+                        PublishFailure::Error(match e {
+                            StoreError::Timeout { .. } => StoreError::Timeout {
+                                context: context(if commit { "committing" } else { "starting" }),
+                            },
+                            other => other,
+                        })
+                    })?;
+                if reply.payload.is_empty() && !commit {
+                    continue;
+                }
+                let parsed: ApiReply = serde_json::from_slice(&reply.payload).map_err(|e| {
+                    PublishFailure::Error(StoreError::backend(context("reading the reply"), e))
+                })?;
+                if let Some(err) = parsed.error {
+                    if WRONG_LAST_SEQUENCE.contains(&err.err_code)
+                        || BATCH_DUPLICATE_IDS.contains(&err.err_code)
+                    {
+                        return Err(PublishFailure::Conflict);
+                    }
+                    return Err(PublishFailure::Error(StoreError::backend(
+                        context("appending"),
+                        format!("JetStream error {}: {}", err.err_code, err.description),
+                    )));
+                }
+                if commit {
+                    return parsed.seq.map(Published::Stored).ok_or_else(|| {
+                        PublishFailure::Error(StoreError::backend(
+                            context("committing"),
+                            "the commit reply carries no sequence",
+                        ))
+                    });
+                }
+            } else {
+                self.inner
+                    .client
+                    .publish_with_headers(subject.to_owned(), headers, bytes.clone())
+                    .await
+                    .map_err(|e| PublishFailure::Error(backend(context("sending"), e)))?;
+            }
+        }
+        Err(PublishFailure::Error(StoreError::backend(
+            context("appending"),
+            "empty batch",
+        )))
+    }
+
+    /// A core NATS request with the store's timeout. When `retry_no_responders` is set, "no
+    /// responders" (nothing received the message, so nothing was stored) is retried until the
+    /// timeout, as a stream can be briefly without a leader.
+    async fn request_retrying(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: &Bytes,
+        retry_no_responders: bool,
+    ) -> Result<async_nats::Message, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let left = self.inner.request_timeout.saturating_sub(started.elapsed());
+            let request = self.inner.client.request_with_headers(
+                subject.to_owned(),
+                headers.clone(),
+                payload.clone(),
+            );
+            match tokio::time::timeout(left, request).await {
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        context: format!("waiting for a reply on {subject}"),
+                    });
+                }
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e))
+                    if retry_no_responders
+                        && matches!(e.kind(), async_nats::RequestErrorKind::NoResponders)
+                        && started.elapsed() + backoff < self.inner.request_timeout =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+                Ok(Err(e)) => return Err(backend(format!("sending to {subject}"), e)),
+            }
+        }
+    }
+
+    async fn broadcast(&self, events: &[Event]) {
+        let broadcaster = self
+            .inner
+            .broadcaster
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(broadcaster) = broadcaster else {
+            return;
+        };
+        for event in events {
+            let notification = match EventStored::for_event(event).to_event() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not encode an EventStored notification");
+                    continue;
+                }
+            };
+            if let Err(e) = broadcaster
+                .publish(&self.inner.broadcast_namespace, &notification)
+                .await
+            {
+                tracing::warn!(
+                    error = %e,
+                    event_id = %event.id(),
+                    "the event is stored, but its EventStored notification was not published"
+                );
+            }
+        }
+    }
+}
+
+const HEADER_VERSION_NAME: &str = layout::HEADER_VERSION;
+const HEADER_EVENT_TYPE_NAME: &str = layout::HEADER_EVENT_TYPE;
