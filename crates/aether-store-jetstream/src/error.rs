@@ -60,40 +60,173 @@ pub(crate) fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<
     None
 }
 
-/// Permission problems come back as text from the server.
-fn is_permission(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+/// How a failed NATS call is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// No answer in time: the outcome is unknown.
+    Timeout,
+    /// Nothing was done: nobody answered the request (no stream leader, server gone) or the
+    /// connection is down. Safe to retry.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+/// An async-nats error the store can classify by its `kind()` (never by its message text).
+pub(crate) trait NatsError: std::error::Error + Send + Sync + 'static {
+    /// The class of this failure.
+    fn class(&self) -> Class;
+}
+
+macro_rules! classify_by_kind {
+    ($($ty:ty => |$k:ident| $body:expr;)*) => {
+        $(impl NatsError for $ty {
+            fn class(&self) -> Class {
+                let $k = self.kind();
+                $body
+            }
+        })*
+    };
+}
+
+use async_nats::jetstream::{consumer, context, kv, stream};
+
+classify_by_kind! {
+    async_nats::RequestError => |k| match k {
+        async_nats::RequestErrorKind::TimedOut => Class::Timeout,
+        async_nats::RequestErrorKind::NoResponders => Class::Unavailable,
+        _ => Class::Other,
+    };
+    context::RequestError => |k| match k {
+        context::RequestErrorKind::TimedOut => Class::Timeout,
+        context::RequestErrorKind::NoResponders => Class::Unavailable,
+        _ => Class::Other,
+    };
+    context::PublishError => |k| match k {
+        context::PublishErrorKind::TimedOut => Class::Timeout,
+        context::PublishErrorKind::BrokenPipe => Class::Unavailable,
+        _ => Class::Other,
+    };
+    async_nats::PublishError => |k| match k {
+        async_nats::client::PublishErrorKind::Send => Class::Unavailable,
+        _ => Class::Other,
+    };
+    stream::ConsumerError => |k| match k {
+        stream::ConsumerErrorKind::TimedOut => Class::Timeout,
+        _ => Class::Other,
+    };
+    consumer::StreamError => |k| match k {
+        consumer::StreamErrorKind::TimedOut => Class::Timeout,
+        _ => Class::Other,
+    };
+    kv::EntryError => |k| match k {
+        kv::EntryErrorKind::TimedOut => Class::Timeout,
+        _ => Class::Other,
+    };
+    kv::UpdateError => |k| match k {
+        kv::UpdateErrorKind::TimedOut => Class::Timeout,
+        _ => Class::Other,
+    };
+}
+
+/// Kinds without a timeout or "nothing done" case: classified by their cause, if any.
+impl NatsError for stream::LastRawMessageError {
+    fn class(&self) -> Class {
+        Class::Other
+    }
+}
+
+impl NatsError for consumer::push::OrderedError {
+    fn class(&self) -> Class {
+        Class::Other
+    }
+}
+
+impl NatsError for kv::CreateError {
+    fn class(&self) -> Class {
+        Class::Other
+    }
+}
+
+/// The class of the first classifiable error in `err`'s source chain (an operation's `Other`
+/// often wraps the request or I/O error that says what happened).
+fn cause_class(err: &(dyn std::error::Error + 'static)) -> Class {
+    let mut cur = err.source();
     while let Some(e) = cur {
-        if e.to_string().to_lowercase().contains("permission") {
-            return true;
+        let class = if let Some(e) = e.downcast_ref::<async_nats::RequestError>() {
+            e.class()
+        } else if let Some(e) = e.downcast_ref::<context::RequestError>() {
+            e.class()
+        } else if let Some(e) = e.downcast_ref::<context::PublishError>() {
+            e.class()
+        } else if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            match e.kind() {
+                std::io::ErrorKind::TimedOut => Class::Timeout,
+                std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::NotConnected => Class::Unavailable,
+                _ => Class::Other,
+            }
+        } else {
+            Class::Other
+        };
+        if class != Class::Other {
+            return class;
         }
         cur = e.source();
     }
-    false
+    Class::Other
 }
 
-/// Maps a failed server call to a [`StoreError`] with context.
-pub(crate) fn backend<E>(context: impl Into<String>, err: E) -> StoreError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
+/// Maps a failed server call to a [`StoreError`] with context, by the error's kind: a timeout is
+/// [`StoreError::Timeout`], "nobody answered" or a broken connection [`StoreError::Unavailable`]
+/// (nothing was done), anything else [`StoreError::Backend`].
+pub(crate) fn backend<E: NatsError>(context: impl Into<String>, err: E) -> StoreError {
     let context = context.into();
-    let text = err.to_string().to_lowercase();
-    if text.contains("timed out") || text.contains("timeout") {
-        return StoreError::Timeout { context };
-    }
-    if is_permission(&err) {
-        return StoreError::backend(format!("{context} (permission denied)"), err);
-    }
-    if text.contains("broken pipe")
-        || text.contains("no responders")
-        || text.contains("disconnected")
-        || text.contains("connection")
-    {
-        return StoreError::Unavailable {
+    let class = match err.class() {
+        Class::Other => cause_class(&err),
+        class => class,
+    };
+    match class {
+        Class::Timeout => StoreError::Timeout { context },
+        Class::Unavailable => StoreError::Unavailable {
             context,
             source: Some(Box::new(err)),
-        };
+        },
+        Class::Other => StoreError::backend(context, err),
     }
-    StoreError::backend(context, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::RequestErrorKind;
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+
+    #[test]
+    fn failures_are_classified_by_kind_not_text() {
+        let timeout = async_nats::RequestError::new(RequestErrorKind::TimedOut);
+        assert!(matches!(backend("a", timeout), StoreError::Timeout { .. }));
+        let nobody = async_nats::RequestError::new(RequestErrorKind::NoResponders);
+        assert!(matches!(
+            backend("b", nobody),
+            StoreError::Unavailable { .. }
+        ));
+        // An operation's `Other` wrapping "no responders": nothing was done.
+        let wrapped = stream::LastRawMessageError::with_source(
+            LastRawMessageErrorKind::Other,
+            async_nats::RequestError::new(RequestErrorKind::NoResponders),
+        );
+        assert!(matches!(
+            backend("c", wrapped),
+            StoreError::Unavailable { .. }
+        ));
+        // Text that merely mentions a timeout is not a timeout.
+        let other = stream::LastRawMessageError::with_source(
+            LastRawMessageErrorKind::Other,
+            std::io::Error::other("the word timeout in a message"),
+        );
+        assert!(matches!(backend("d", other), StoreError::Backend { .. }));
+    }
 }

@@ -13,6 +13,7 @@ mod cache;
 mod config;
 mod error;
 pub mod layout;
+pub mod server_version;
 mod store;
 
 /// The async-nats version this crate is built on, so callers connect with a matching client.

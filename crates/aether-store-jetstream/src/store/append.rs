@@ -5,6 +5,7 @@
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use aether_core::wire;
 use aether_core::{Event, EventStored, StoreError, VersionConflict, limits};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -85,8 +86,7 @@ impl JetStreamEventStore {
         let encoded = events
             .iter()
             .map(|e| {
-                let mut bytes = Vec::with_capacity(e.payload().len() + 160);
-                rmp_serde::encode::write_named(&mut bytes, e).map_err(|err| {
+                let bytes = wire::encode_event(e).map_err(|err| {
                     StoreError::backend(format!("encoding event {}", e.id()), err)
                 })?;
                 if bytes.len() > self.inner.max_event_bytes {
@@ -205,7 +205,7 @@ impl JetStreamEventStore {
                 e,
             )
         })?;
-        let same = rmp_serde::from_slice::<Event>(&stored.payload).ok();
+        let same = wire::decode_event(&stored.payload).ok();
         match same {
             Some(s) if s.actor_id() == event.actor_id() && s.version() == event.version() => Ok(()),
             Some(s) => Err(StoreError::DuplicateEventId {

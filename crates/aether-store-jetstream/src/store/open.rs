@@ -14,22 +14,12 @@ use crate::cache::Bounded;
 use crate::config::{JetStreamConfig, Storage};
 use crate::error::{ConfigError, jetstream_code};
 use crate::layout;
+use crate::server_version::{MIN_SERVER_VERSION, parse_server_version};
 
 /// Attempts at creating the stream or bucket when the server times out.
 const SETUP_ATTEMPTS: usize = 3;
 /// Room left for headers when checking an event against the server's `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
-
-fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
-    let mut parts = v
-        .trim_start_matches('v')
-        .split(|c: char| !c.is_ascii_digit());
-    Some((
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-        parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-    ))
-}
 
 fn desired_stream(
     name: &str,
@@ -150,9 +140,9 @@ impl JetStreamEventStore {
         if !server.jetstream {
             return Err(ConfigError::JetStreamNotEnabled);
         }
-        let atomic_batches = match parse_version(&server.version) {
+        let atomic_batches = match parse_server_version(&server.version) {
             // 2.12.0 refuses message ids inside batches; 2.12.1 accepts them.
-            Some(v) if v >= (2, 12, 1) => Ok(()),
+            Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
             _ => Err(format!(
                 "atomic batch appends need nats-server 2.12.1 or newer; the server is {}",
                 server.version

@@ -191,8 +191,8 @@ pub(super) type ReplayStream =
 
 /// Decodes a stored message; anything but a valid event of `actor_id` is malformed.
 pub(super) fn decode_event(payload: &[u8], actor_id: &str) -> Result<Event, String> {
-    let event: Event =
-        rmp_serde::from_slice(payload).map_err(|e| format!("not an Aether event: {e}"))?;
+    let event: Event = aether_core::wire::decode_event(payload)
+        .map_err(|e| format!("not an Aether event: {e}"))?;
     if event.actor_id() != actor_id {
         return Err(format!(
             "event {} names actor {:?}, but is stored under actor {actor_id:?}",

@@ -59,13 +59,7 @@ impl JetStreamEventStore {
     /// The body of `save_snapshot` (the [`SnapshotStore`](aether_core::SnapshotStore) impl).
     pub(super) async fn write_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
         self.check_open()?;
-        limits::validate_actor_id(&snapshot.actor_id)?;
-        if snapshot.version == 0 {
-            return Err(StoreError::InvalidSnapshot {
-                actor_id: snapshot.actor_id,
-                reason: "version must be greater than 0".into(),
-            });
-        }
+        limits::check_snapshot(None, &snapshot)?;
         let actor_id = snapshot.actor_id.clone();
         let key = layout::actor_token(&actor_id);
         let sequence = self
@@ -89,17 +83,11 @@ impl JetStreamEventStore {
                 .map_err(|e| backend(context(), e))?;
             let outcome = match current {
                 Some(entry) if matches!(entry.operation, kv::Operation::Put) => {
-                    if let Ok(existing) = rmp_serde::from_slice::<SnapshotRecord>(&entry.value)
-                        && existing.snapshot.version > record.snapshot.version
-                    {
-                        return Err(StoreError::InvalidSnapshot {
-                            actor_id,
-                            reason: format!(
-                                "version {} is below the stored snapshot's version {}",
-                                record.snapshot.version, existing.snapshot.version
-                            ),
-                        });
-                    }
+                    // A stored record that does not decode is replaced.
+                    let stored = rmp_serde::from_slice::<SnapshotRecord>(&entry.value)
+                        .ok()
+                        .map(|existing| existing.snapshot.version);
+                    limits::check_snapshot(stored, &record.snapshot)?;
                     self.inner
                         .snapshots
                         .update(key.as_str(), bytes.clone(), entry.revision)
