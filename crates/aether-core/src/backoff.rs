@@ -31,10 +31,15 @@ pub struct Backoff {
 
 impl Backoff {
     /// Doubling from `base` up to `max` (raised to `base` if lower), without jitter.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub const fn new(base: Duration, max: Duration) -> Self {
+        let max = if max.as_nanos() < base.as_nanos() {
+            base
+        } else {
+            max
+        };
         Self {
             base,
-            max: max.max(base),
+            max,
             jitter_percent: 0,
         }
     }

@@ -5,6 +5,7 @@
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use aether_core::Backoff;
 use aether_core::wire;
 use aether_core::{Event, EventStored, StoreError, VersionConflict, limits};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -18,6 +19,9 @@ use super::JetStreamEventStore;
 use super::slots::Known;
 use crate::error::{backend, jetstream_code};
 use crate::layout;
+
+/// Retries after "no responders" (nothing stored: a stream just created, or between leaders).
+const NO_RESPONDERS: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
 
 /// JetStream error codes that mean "the expected last subject sequence did not match".
 const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
@@ -116,7 +120,9 @@ impl JetStreamEventStore {
             last_id: None,
         });
         let mut refreshed = false;
-        let mut attempt_backoff = Duration::from_millis(2);
+        // Waits when the server refused a write although nothing moved (a write still in flight).
+        let in_flight = Backoff::new(Duration::from_millis(4), Duration::from_millis(200));
+        let mut waits = 0;
         for _ in 0..MAX_STALE_RETRIES {
             // The batch's structure was checked above; only its first version can conflict.
             if first.version() <= known.version {
@@ -174,8 +180,8 @@ impl JetStreamEventStore {
                     if known.seq == sent {
                         // Refused although nothing moved: on replicated streams another write to
                         // this actor is still in flight (10164). Give it a moment.
-                        attempt_backoff = (attempt_backoff * 2).min(Duration::from_millis(200));
-                        tokio::time::sleep(attempt_backoff).await;
+                        waits += 1;
+                        tokio::time::sleep(in_flight.delay(waits)).await;
                     }
                 }
                 Err(PublishFailure::Error(e)) => {
@@ -285,7 +291,8 @@ impl JetStreamEventStore {
         expected_seq: u64,
     ) -> Result<Published, PublishFailure> {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(5);
+        let mut retry = 1;
+        let mut backoff = NO_RESPONDERS.delay(retry);
         loop {
             let msg = PublishMessage::build()
                 .payload(bytes.clone())
@@ -305,7 +312,8 @@ impl JetStreamEventStore {
                         && started.elapsed() + backoff < self.inner.request_timeout =>
                 {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                    retry += 1;
+                    backoff = NO_RESPONDERS.delay(retry);
                 }
                 Err(e) => return Err(self.classify_publish(e, event, bytes.len())),
             }
@@ -404,7 +412,8 @@ impl JetStreamEventStore {
         retry_no_responders: bool,
     ) -> Result<async_nats::Message, StoreError> {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(5);
+        let mut retry = 1;
+        let mut backoff = NO_RESPONDERS.delay(retry);
         loop {
             let left = self.inner.request_timeout.saturating_sub(started.elapsed());
             let request = self.inner.client.request_with_headers(
@@ -425,7 +434,8 @@ impl JetStreamEventStore {
                         && started.elapsed() + backoff < self.inner.request_timeout =>
                 {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                    retry += 1;
+                    backoff = NO_RESPONDERS.delay(retry);
                 }
                 Ok(Err(e)) => return Err(backend(format!("sending to {subject}"), e)),
             }
