@@ -736,8 +736,11 @@ fn usable(path: &Path, origin: &str) -> Result<Option<PathBuf>> {
         }
         Some((_, text)) => {
             eprintln!(
-                "nats-server: ignoring {} from {origin}: {text} is older than 2.12.1",
-                path.display()
+                "nats-server: ignoring {} from {origin}: {text} is older than {}.{}.{}",
+                path.display(),
+                MIN_NATS.0,
+                MIN_NATS.1,
+                MIN_NATS.2
             );
             Ok(None)
         }

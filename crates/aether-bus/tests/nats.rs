@@ -161,21 +161,22 @@ async fn two_nodes_share_events_and_keep_namespaces_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stored_keeps_another_stores_cache_in_step() {
     let server = NatsServer::start().await.unwrap();
-    let store1 = JetStreamEventStore::new(server.connect().await.unwrap(), "events")
+    let bus1 = NatsEventBus::new(server.connect().await.unwrap())
         .await
         .unwrap();
+    // Given its broadcaster at construction (Go's NewJetStreamEventStoreWithBroadcaster).
+    let store1 = JetStreamEventStore::new(server.connect().await.unwrap(), "events")
+        .await
+        .unwrap()
+        .with_broadcaster(Arc::new(bus1.clone()));
     let store2 = Arc::new(
         JetStreamEventStore::new(server.connect().await.unwrap(), "events")
             .await
             .unwrap(),
     );
-    let bus1 = NatsEventBus::new(server.connect().await.unwrap())
-        .await
-        .unwrap();
     let bus2 = NatsEventBus::with_version_cache(server.connect().await.unwrap(), store2.clone())
         .await
         .unwrap();
-    store1.set_broadcaster(Arc::new(bus1.clone()));
     wait_until_connected(&bus1, &bus2).await;
 
     store2.save_event(ev("synced", 1)).await.unwrap();

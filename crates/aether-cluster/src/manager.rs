@@ -79,6 +79,8 @@ struct Inner {
     record_revision: AtomicU64,
     /// The oldest heartbeat revision the watch has not delivered yet, and when it was written.
     canary: Mutex<Option<(u64, Instant)>>,
+    /// An undecodable lease value (revision) and when this node first saw it.
+    garbage_lease: Mutex<Option<(u64, Instant)>>,
     incarnation: String,
     started_at_ms: u64,
     cancel: CancellationToken,
@@ -156,6 +158,7 @@ impl ClusterManager {
                 load: AtomicU64::new(0),
                 record_revision: AtomicU64::new(0),
                 canary: Mutex::new(None),
+                garbage_lease: Mutex::new(None),
                 incarnation: uuid::Uuid::new_v4().to_string(),
                 started_at_ms: now_ms(),
                 cancel: CancellationToken::new(),
@@ -880,11 +883,15 @@ impl Inner {
                 self.lead(bucket, held).await;
             }
             Err(WriteError::Exists | WriteError::WrongRevision) => {
-                // A value that is not a lease (written by something else) would block the
-                // election forever: write over it as over a marker.
+                // A value that is not a lease (written by something else, maybe without a TTL)
+                // would block the election forever: write over it -- but only once it has stood
+                // for a whole lease TTL, so that a leader whose lease it overwrote has certainly
+                // stepped down (its next renewal is refused, and its validity ends within 90 % of
+                // the TTL after its last one): never two leaders at once.
                 if let Ok(Some(entry)) = bucket.kv.entry(KEY_LEADER).await
                     && entry.operation == Operation::Put
                     && decode::<LeaseRecord>(&entry.value).is_err()
+                    && self.garbage_lease_stood(entry.revision, ttl)
                 {
                     tracing::warn!(cluster = %self.config.cluster_name, "the leader key holds no lease; replacing it");
                     if let Ok(revision) = bucket
@@ -902,6 +909,18 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(node = %self.config.node_id, error = %e, "competing for the lease failed")
+            }
+        }
+    }
+
+    /// Whether the undecodable lease at `revision` has been seen for at least `ttl`.
+    fn garbage_lease_stood(&self, revision: u64, ttl: Duration) -> bool {
+        let mut seen = lock(&self.garbage_lease);
+        match *seen {
+            Some((r, since)) if r == revision => since.elapsed() >= ttl,
+            _ => {
+                *seen = Some((revision, Instant::now()));
+                false
             }
         }
     }

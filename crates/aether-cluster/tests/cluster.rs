@@ -463,17 +463,25 @@ async fn garbage_in_the_bucket_is_ignored_and_loses_nothing() {
     })
     .await;
     assert_eq!(a.manager.shard_map().unwrap().shard_count(), 64);
-    // A lease key overwritten with garbage (no TTL) does not block the election forever.
+    // A lease key overwritten with garbage (no TTL) does not block the election forever, and
+    // the takeover never makes two leaders at once.
+    let old_term = a.manager.leader().unwrap().term;
     kv.put(KEY_LEADER, "garbage".into()).await.unwrap();
-    a.until("a leader again", SETTLE, |m| m.leader().is_some())
-        .await;
-    b.until("a leader again", SETTLE, |m| m.leader().is_some())
-        .await;
+    let newer = |m: &ClusterManager| m.leader().is_some_and(|l| l.term > old_term);
+    a.until("a new leader", SETTLE, newer).await;
+    b.until("a new leader", SETTLE, newer).await;
     let leaders = [&a.manager, &b.manager]
         .iter()
         .filter(|m| m.is_leader())
         .count();
-    assert!(leaders <= 1);
+    assert_eq!(leaders, 1, "exactly one leader after the takeover");
+    let saw_both = a
+        .seen
+        .iter()
+        .chain(&b.seen)
+        .filter(|e| matches!(e, ClusterEvent::BecameLeader { .. }))
+        .count();
+    assert!(saw_both >= 1);
     let members: Vec<String> = a.manager.members().into_iter().map(|m| m.id).collect();
     assert_eq!(members, ["a", "b"]);
     assert!(a.manager.shard_map().unwrap().epoch() > good.epoch());

@@ -154,6 +154,7 @@ impl Model {
 
     /// The model as text in `format` (for converting between formats).
     pub fn to_text(&self, format: Format) -> Result<String, LoadError> {
+        #[allow(unused_variables)] // unused when no format feature is enabled
         let failed = |message: String| LoadError::Write { format, message };
         match format {
             #[cfg(feature = "yaml")]
@@ -204,6 +205,7 @@ fn parse_error(
     }
 }
 
+#[allow(unused_variables)] // `text` is unused when no format feature is enabled
 fn parse(text: &str, format: Format) -> Result<Model, LoadError> {
     match format {
         #[cfg(feature = "yaml")]

@@ -185,6 +185,23 @@ impl FieldType {
     }
 }
 
+#[cfg(test)]
+mod field_type_tests {
+    use super::*;
+
+    /// `FIELD_TYPES` (the names docs and errors list) and `FieldType` agree, both ways.
+    #[test]
+    fn the_names_and_the_enum_agree() {
+        for name in FIELD_TYPES {
+            let ty = FieldType::parse(name).unwrap_or_else(|| panic!("{name} does not parse"));
+            assert_eq!(ty.to_string(), name);
+            let list = format!("list<{name}>");
+            assert_eq!(FieldType::parse(&list).map(|t| t.to_string()), Some(list));
+        }
+        assert_eq!(FieldType::parse("decimal"), None);
+    }
+}
+
 impl std::fmt::Display for FieldType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self {

@@ -111,9 +111,13 @@ fn setup_error<E: std::error::Error + Send + Sync + 'static>(context: &str, e: E
     if let Some(10039 | 10076) = jetstream_code(&e) {
         return ConfigError::JetStreamNotEnabled;
     }
-    if e.to_string()
-        .to_lowercase()
-        .contains("jetstream not enabled")
+    // By kind, never by message text.
+    if let Some(e) = (&e as &(dyn std::error::Error + 'static))
+        .downcast_ref::<async_nats::jetstream::context::CreateStreamError>()
+        && matches!(
+            e.kind(),
+            async_nats::jetstream::context::CreateStreamErrorKind::JetStreamUnavailable
+        )
     {
         return ConfigError::JetStreamNotEnabled;
     }
@@ -144,8 +148,8 @@ impl JetStreamEventStore {
             // 2.12.0 refuses message ids inside batches; 2.12.1 accepts them.
             Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
             _ => Err(format!(
-                "atomic batch appends need nats-server 2.12.1 or newer; the server is {}",
-                server.version
+                "atomic batch appends need nats-server {}.{}.{} or newer; the server is {}",
+                MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2, server.version
             )),
         };
         let js = jetstream::ContextBuilder::new()

@@ -53,7 +53,12 @@ impl ActorSlot {
 impl JetStreamEventStore {
     /// The body of [`update_version_cache`](Self::update_version_cache).
     pub(super) fn raise_cached_version(&self, actor_id: &str, version: u64) {
-        if version == 0 || self.inner.closed.load(Ordering::Relaxed) {
+        // An id no store would accept (empty, over 1 KiB) is not cached: a hostile notification
+        // cannot make an entry larger than a real actor's.
+        if version == 0
+            || self.inner.closed.load(Ordering::Relaxed)
+            || aether_core::limits::validate_actor_id(actor_id).is_err()
+        {
             return;
         }
         let slot = self.slot(actor_id);
