@@ -474,7 +474,9 @@ async fn garbage_in_the_bucket_is_ignored_and_loses_nothing() {
         .iter()
         .filter(|m| m.is_leader())
         .count();
-    assert_eq!(leaders, 1, "exactly one leader after the takeover");
+    // Safety: never two at once (the new term above shows the takeover happened; under heavy
+    // load the new leader may already have stepped down again, so 0 is allowed here).
+    assert!(leaders <= 1, "{leaders} leaders after the takeover");
     let saw_both = a
         .seen
         .iter()
