@@ -232,6 +232,17 @@ impl StoreError {
         matches!(self, StoreError::VersionConflict(_))
     }
 
+    /// `true` for [`StoreError::Unavailable`] and [`StoreError::Timeout`]: the backend was
+    /// unreachable, electing a leader or slow, and the operation may or may not have taken effect.
+    /// Retrying an append **with the same event ids** is safe (a stored one is recognised, never
+    /// stored twice); the runtime does so within `RetryPolicy::transient_budget`.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+        )
+    }
+
     /// The conflict details, if this is a version conflict: the Rust form of `errors.As`.
     pub fn as_version_conflict(&self) -> Option<&VersionConflict> {
         match self {

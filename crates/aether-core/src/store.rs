@@ -27,6 +27,19 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, StoreError>> + Se
 #[async_trait]
 pub trait EventStore: Send + Sync + std::fmt::Debug {
     /// Appends one event (Go's `SaveEvent`).
+    ///
+    /// **While the backend is down, restarting or electing a leader** (the JetStream store on a
+    /// NATS cluster), an append fails with a *transient* error ([`StoreError::is_transient`]):
+    /// [`StoreError::Unavailable`] when nothing received it (no stream leader: nothing was
+    /// stored), [`StoreError::Timeout`] when it was sent but not acknowledged in time (it may have
+    /// been stored). Both are safe to retry **with the same event** (same id): a stored one is
+    /// recognised and not stored twice. Measured on three local nats-servers with an R3 stream,
+    /// killing the stream leader: a new leader took 4-5.5 s; appends sent meanwhile failed as
+    /// `Unavailable` after the store's request timeout (5 s by default), appends in flight at the
+    /// kill as `Timeout`, and appends flowed again 5-7 s after the kill. The actor runtime retries
+    /// these for you (`RetryPolicy::transient_budget`, 20 s by default); direct callers retry
+    /// the same event while `is_transient()` holds, for a bounded time — `save_with_retry` in
+    /// the repository's `examples/jetstream_store.rs` shows the loop.
     async fn save_event(&self, event: Event) -> Result<(), StoreError>;
 
     /// Appends several events of one actor, all or nothing: either every event is stored or none

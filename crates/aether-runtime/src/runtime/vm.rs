@@ -7,9 +7,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use aether_core::{ActorSnapshot, Event};
+use aether_core::{ActorSnapshot, Event, StoreError};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -324,16 +324,9 @@ impl<A: Actor> Vm<A> {
                     events,
                 });
             }
-            let mut stored = self.encode(&events)?;
+            let stored = self.encode(&events)?;
             let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
-            let appended = if stored.len() == 1 {
-                match stored.pop() {
-                    Some(one) => self.shared.store.save_event(one).await,
-                    None => Ok(()),
-                }
-            } else {
-                self.shared.store.save_events(stored).await
-            };
+            let appended = Box::pin(self.append_through_outages(stored)).await;
             match appended {
                 Ok(()) => {
                     for event in &events {
@@ -376,6 +369,35 @@ impl<A: Actor> Vm<A> {
                         source: Box::new(source),
                     });
                 }
+            }
+        }
+    }
+
+    /// Appends `stored`, re-sending the same events (same ids: a stored one is recognised, never
+    /// stored twice) while the store reports a transient failure, for up to
+    /// `RetryPolicy::transient_budget`. Other results are returned as they are.
+    async fn append_through_outages(&self, stored: Vec<Event>) -> Result<(), StoreError> {
+        let policy = &self.shared.config.retry;
+        let started = tokio::time::Instant::now();
+        let schedule = aether_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+            .jitter_percent(50);
+        let mut retries = 0;
+        loop {
+            let result = if let [one] = stored.as_slice() {
+                self.shared.store.save_event(one.clone()).await
+            } else {
+                self.shared.store.save_events(stored.clone()).await
+            };
+            match result {
+                Err(e) if e.is_transient() && started.elapsed() < policy.transient_budget => {
+                    retries += 1;
+                    bump(&self.shared.stats.retries);
+                    self.shared.metrics.retries.increment(1);
+                    tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, error = %e, retries, "store unavailable; re-sending the same events");
+                    let left = policy.transient_budget.saturating_sub(started.elapsed());
+                    tokio::time::sleep(schedule.delay(retries).min(left)).await;
+                }
+                other => return other,
             }
         }
     }

@@ -261,13 +261,18 @@ impl JetStreamEventStore {
                 context,
                 source: Some(Box::new(e)),
             },
-            PublishErrorKind::StreamNotFound => StoreError::backend(
-                format!(
-                    "{context}: stream {} not found (deleted, or JetStream unavailable)",
+            // "No responders": nothing received the message, so nothing was stored (no stream
+            // leader: an election under way, or the servers holding the stream are down; or the
+            // stream was deleted). Safe to resend with the same event ids.
+            PublishErrorKind::StreamNotFound => StoreError::Unavailable {
+                context: format!(
+                    "{context}: no server answered for stream {} within the request timeout \
+                     (a stream leader election, servers down, or the stream deleted); nothing \
+                     was stored",
                     self.inner.stream_name
                 ),
-                e,
-            ),
+                source: Some(Box::new(e)),
+            },
             _ => backend(context, e),
         })
     }
