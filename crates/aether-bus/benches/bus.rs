@@ -126,7 +126,7 @@ fn remote(c: &mut Criterion) {
     let evs = Arc::new(events(REMOTE));
     let bytes: Arc<Vec<bytes::Bytes>> = Arc::new(
         evs.iter()
-            .map(|e| rmp_serde::to_vec_named(e).unwrap().into())
+            .map(|e| aether_core::wire::encode_event(e).unwrap().into())
             .collect(),
     );
     let mut g = c.benchmark_group("bus_nats_node_to_node");
@@ -155,7 +155,7 @@ fn remote(c: &mut Criterion) {
                                     .unwrap_or_else(|_| panic!("raw: stuck after {i}"));
                                 let m = m.unwrap();
                                 if decode {
-                                    black_box(rmp_serde::from_slice::<Event>(&m.payload).unwrap());
+                                    black_box(aether_core::wire::decode_event(&m.payload).unwrap());
                                 } else {
                                     black_box(m);
                                 }
@@ -293,7 +293,7 @@ fn catch_up(c: &mut Criterion) {
                     while let Some(m) = messages.next().await {
                         let m = m.unwrap();
                         let seq = m.info().unwrap().stream_sequence;
-                        black_box(rmp_serde::from_slice::<Event>(&m.payload).unwrap());
+                        black_box(aether_core::wire::decode_event(&m.payload).unwrap());
                         m.ack().await.unwrap();
                         if seq == last {
                             break;

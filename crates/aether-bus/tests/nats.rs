@@ -264,7 +264,10 @@ async fn garbage_on_a_bus_subject_is_counted_and_skipped() {
     // A valid event from "another node" (a plain client) after the garbage.
     let event = ev("fine", 1);
     client
-        .publish("aether.g", rmp_serde::to_vec_named(&event).unwrap().into())
+        .publish(
+            "aether.g",
+            aether_core::wire::encode_event(&event).unwrap().into(),
+        )
         .await
         .unwrap();
     assert_eq!(next(&mut sub).await, event);

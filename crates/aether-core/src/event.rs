@@ -307,14 +307,17 @@ impl EventStored {
     }
 }
 
-/// A stored record that could not be read back as an [`Event`], reported by
-/// [`crate::EventStoreWithErrors::get_events_with_errors`] (Go's `ReplayError`).
+/// A stored record that a replay skipped, reported by
+/// [`crate::EventStoreWithErrors::get_events_with_errors`] (Go's `ReplayError`): it could not be
+/// read back as an [`Event`], or its version was not above the versions stored before it (a
+/// writer that bypassed the version check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplayError {
     /// The record's position in the store (a stream sequence for JetStream).
     pub position: u64,
-    /// Why it could not be read.
+    /// Why it was skipped (for example `version 2 after 3`, `version 3 repeated`,
+    /// `body does not decode: ...`).
     pub reason: String,
     /// The raw bytes, for inspection.
     pub raw: bytes::Bytes,
@@ -338,7 +341,7 @@ impl ReplayError {
 pub struct ReplayResult {
     /// Events that decoded, in version order.
     pub events: Vec<Event>,
-    /// Records that could not be decoded, in position order.
+    /// Records that were skipped (undecodable, or out of version order), in position order.
     pub errors: Vec<ReplayError>,
 }
 

@@ -64,7 +64,9 @@ pub trait EventStore: Send + Sync + std::fmt::Debug {
 /// `EventStoreWithErrors`).
 #[async_trait]
 pub trait EventStoreWithErrors: EventStore {
-    /// The good events with `version >= from_version` plus every record that could not be read.
+    /// The good events with `version >= from_version` (strictly increasing versions) plus every
+    /// record that was skipped: one that could not be read, or whose version was not above the
+    /// versions stored before it.
     async fn get_events_with_errors(
         &self,
         actor_id: &str,

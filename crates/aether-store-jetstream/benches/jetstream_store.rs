@@ -53,7 +53,7 @@ fn event(actor: &str, version: u64) -> Event {
 }
 
 fn encoded(actor: &str, version: u64) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(&event(actor, version)).unwrap())
+    Bytes::from(aether_core::wire::encode_event(&event(actor, version)).unwrap())
 }
 
 fn env() -> Env {

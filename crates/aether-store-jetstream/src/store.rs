@@ -62,6 +62,11 @@ struct Inner {
 ///   actor meanwhile — across processes and nodes. A stale cache costs one retry, never a wrong
 ///   answer; a real conflict returns [`StoreError::VersionConflict`] with the true current version.
 ///   Appends to one actor through one store are serialized; different actors are pipelined.
+/// - **Versions:** a stored record's version is its `Aether-Version` header, and the actor's
+///   current version is read from its last record's header in one round trip. Reads yield
+///   strictly increasing versions: a record that repeats or goes below a version held before it,
+///   or whose body does not decode, is skipped, and reported with its stream sequence and the
+///   reason by [`EventStoreWithErrors::get_events_with_errors`].
 /// - **Batches:** [`EventStore::save_events`] uses JetStream atomic batch publish (nats-server
 ///   2.12.1 or newer): all events or none.
 /// - **Retries:** re-sending an event after a timeout stores it once.
@@ -245,11 +250,11 @@ impl EventStore for JetStreamEventStore {
             .filter_map(|item| async move {
                 match item {
                     Ok(Replayed::Event(e)) => Some(Ok(e)),
-                    Ok(Replayed::Malformed(m)) => {
+                    Ok(Replayed::Skipped { error, .. }) => {
                         tracing::warn!(
-                            position = m.position,
-                            reason = %m.reason,
-                            "skipping a malformed record during replay"
+                            position = error.position,
+                            reason = %error.reason,
+                            "skipping a record during replay"
                         );
                         None
                     }
@@ -259,17 +264,17 @@ impl EventStore for JetStreamEventStore {
             .boxed()
     }
 
-    /// Always asks the server, and refreshes the cache when it was stale (Go's
-    /// `GetLatestVersion`).
+    /// Always asks the server (one read of the actor's last record: its `Aether-Version`
+    /// header), and refreshes the cache when it was stale (Go's `GetLatestVersion`).
     async fn get_latest_version(&self, actor_id: &str) -> Result<u64, StoreError> {
         self.check_open()?;
         limits::validate_actor_id(actor_id)?;
         let known = self.fetch_known(actor_id).await?;
         // Refresh a cached entry, but do not start caching actors that are only read.
-        if let Some(slot) = self.existing_slot(actor_id) {
-            slot.observe(known);
-        }
-        Ok(known.version)
+        Ok(match self.existing_slot(actor_id) {
+            Some(slot) => slot.observe(known).version,
+            None => known.version,
+        })
     }
 }
 
@@ -292,7 +297,7 @@ impl EventStoreWithErrors for JetStreamEventStore {
         while let Some(item) = replay.next().await {
             match item? {
                 Replayed::Event(e) => events.push(e),
-                Replayed::Malformed(m) => errors.push(m),
+                Replayed::Skipped { error, .. } => errors.push(error),
             }
         }
         Ok(ReplayResult::new(events, errors))

@@ -125,7 +125,7 @@ async fn an_external_writer_is_detected_by_the_next_append() {
 
     // Another program publishes a valid event straight into the actor's subject.
     let js = async_nats::jetstream::new(h.client.clone());
-    let foreign = rmp_serde::to_vec_named(&ev("ext", 3)).unwrap();
+    let foreign = aether_core::wire::encode_event(&ev("ext", 3)).unwrap();
     js.publish(store.subject_for("ext"), foreign.into())
         .await
         .unwrap()
