@@ -282,7 +282,8 @@ pub struct EventStored {
     pub actor_id: String,
     /// Its version.
     pub version: u64,
-    /// When it was created.
+    /// When it was created (the stored event's `time`), as the MessagePack timestamp extension.
+    #[serde(with = "crate::wire::timestamp_ext")]
     pub timestamp: SystemTime,
 }
 
@@ -394,5 +395,39 @@ mod tests {
         assert_eq!(f.version(), 2);
         assert_eq!(e.id(), f.id());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod event_stored_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The notification's payload is language-neutral: the time is the MessagePack timestamp
+    /// extension (so an event from before 1970 can be announced too), and it round-trips.
+    #[test]
+    fn event_stored_uses_the_timestamp_extension() {
+        for at in [
+            UNIX_EPOCH + Duration::new(1_700_000_000, 5),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+        ] {
+            let event = Event::builder("a", "T")
+                .version(3)
+                .timestamp(at)
+                .build()
+                .unwrap();
+            let note = EventStored::for_event(&event);
+            let bytes = rmp_serde::to_vec_named(&note).unwrap();
+            assert!(
+                bytes
+                    .windows(2)
+                    .any(|w| w == [0xd7, 0xff] || w == [0xc7, 12]),
+                "a timestamp extension in {bytes:02x?}"
+            );
+            let back: EventStored = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(back, note);
+            let as_event = note.to_event().unwrap();
+            assert_eq!(as_event.decode::<EventStored>().unwrap(), note);
+        }
     }
 }

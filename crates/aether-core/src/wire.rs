@@ -193,19 +193,12 @@ fn write_str(buf: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), Wire
 
 /// The 64-bit form when the seconds fit in 34 bits (1970 to 2514), else the 96-bit form.
 fn write_time(buf: &mut Vec<u8>, time: SystemTime) -> Result<(), WireError> {
-    let (secs, nanos) = unix_parts(time)
+    let data = timestamp_data(time)
         .ok_or_else(|| WireError::field(TIME, "the timestamp does not fit in 64-bit seconds"))?;
-    match u64::try_from(secs) {
-        Ok(secs) if secs < 1 << 34 => {
-            rmp::encode::write_ext_meta(buf, 8, TIMESTAMP).map_err(|e| written(TIME, e))?;
-            buf.extend_from_slice(&((u64::from(nanos) << 34) | secs).to_be_bytes());
-        }
-        _ => {
-            rmp::encode::write_ext_meta(buf, 12, TIMESTAMP).map_err(|e| written(TIME, e))?;
-            buf.extend_from_slice(&nanos.to_be_bytes());
-            buf.extend_from_slice(&secs.to_be_bytes());
-        }
-    }
+    // 8 or 12 bytes: always fits the length.
+    let len = u32::try_from(data.len()).unwrap_or(12);
+    rmp::encode::write_ext_meta(buf, len, TIMESTAMP).map_err(|e| written(TIME, e))?;
+    buf.extend_from_slice(&data);
     Ok(())
 }
 
@@ -217,6 +210,99 @@ fn len32(field: &'static str, len: usize) -> Result<u32, WireError> {
 /// Writing to a `Vec` does not fail; this keeps the (impossible) error typed anyway.
 fn written(field: &'static str, e: impl fmt::Display) -> WireError {
     WireError::field(field, format!("writing failed: {e}"))
+}
+
+/// The data bytes of the timestamp extension for `time`: 8 bytes (64-bit form) when the seconds
+/// fit in 34 bits, else 12 (96-bit form); `None` outside 64-bit seconds.
+fn timestamp_data(time: SystemTime) -> Option<Vec<u8>> {
+    let (secs, nanos) = unix_parts(time)?;
+    Some(match u64::try_from(secs) {
+        Ok(secs) if secs < 1 << 34 => ((u64::from(nanos) << 34) | secs).to_be_bytes().to_vec(),
+        _ => {
+            let mut data = nanos.to_be_bytes().to_vec();
+            data.extend_from_slice(&secs.to_be_bytes());
+            data
+        }
+    })
+}
+
+/// The time in the data bytes of a timestamp extension (4, 8 or 12 bytes).
+fn time_from_data(data: &[u8]) -> Result<SystemTime, String> {
+    let (secs, nanos) = match data.len() {
+        4 => {
+            let b: [u8; 4] = data.try_into().map_err(|_| "4 bytes".to_owned())?;
+            (i64::from(u32::from_be_bytes(b)), 0)
+        }
+        8 => {
+            let b: [u8; 8] = data.try_into().map_err(|_| "8 bytes".to_owned())?;
+            let both = u64::from_be_bytes(b);
+            let nanos = u32::try_from(both >> 34).unwrap_or(u32::MAX);
+            (
+                i64::try_from(both & ((1 << 34) - 1)).unwrap_or(i64::MAX),
+                nanos,
+            )
+        }
+        12 => {
+            let (n, s) = data.split_at(4);
+            let n: [u8; 4] = n.try_into().map_err(|_| "12 bytes".to_owned())?;
+            let s: [u8; 8] = s.try_into().map_err(|_| "12 bytes".to_owned())?;
+            (i64::from_be_bytes(s), u32::from_be_bytes(n))
+        }
+        other => {
+            return Err(format!(
+                "a timestamp of {other} bytes; the forms are 4, 8 and 12 bytes"
+            ));
+        }
+    };
+    if i128::from(nanos) >= NANOS_PER_SEC {
+        return Err(format!("{nanos} nanoseconds is not below one second"));
+    }
+    system_time(secs, nanos).ok_or_else(|| format!("{secs} s since 1970 is out of range"))
+}
+
+/// Serde helpers that put a `SystemTime` into MessagePack (through rmp-serde) as the standard
+/// timestamp extension (type -1), the form every MessagePack library reads — instead of serde's
+/// `{secs_since_epoch, nanos_since_epoch}` struct. Use with `#[serde(with = "...")]`; the
+/// `EventStored` notification does.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Stamped {
+///     #[serde(with = "aether_core::wire::timestamp_ext")]
+///     at: std::time::SystemTime,
+/// }
+/// let s = Stamped { at: std::time::SystemTime::UNIX_EPOCH };
+/// let bytes = rmp_serde::to_vec_named(&s).unwrap();
+/// assert_eq!(&bytes[bytes.len() - 10..bytes.len() - 8], &[0xd7, 0xff]); // fixext 8, type -1
+/// assert_eq!(rmp_serde::from_slice::<Stamped>(&bytes).unwrap(), s);
+/// ```
+pub mod timestamp_ext {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
+
+    /// rmp-serde writes a newtype struct of this name holding `(type, data)` as an extension.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "_ExtStruct")]
+    struct Ext((i8, bytes::Bytes));
+
+    /// Writes `time` as the timestamp extension.
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        let data = super::timestamp_data(*time)
+            .ok_or_else(|| ser::Error::custom("the timestamp does not fit in 64-bit seconds"))?;
+        Ext((super::TIMESTAMP, bytes::Bytes::from(data))).serialize(serializer)
+    }
+
+    /// Reads the timestamp extension (32-, 64- or 96-bit form).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let Ext((ext_type, data)) = Ext::deserialize(deserializer)?;
+        if ext_type != super::TIMESTAMP {
+            return Err(de::Error::custom(format!(
+                "expected the timestamp extension (type -1), found extension type {ext_type}"
+            )));
+        }
+        super::time_from_data(&data).map_err(de::Error::custom)
+    }
 }
 
 /// `time` as whole seconds since the Unix epoch (rounded down, so negative before 1970) and the
