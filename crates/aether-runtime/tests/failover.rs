@@ -91,17 +91,8 @@ async fn commands_survive_the_loss_of_the_stream_leader() {
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
-    let mut stream = js.get_stream(store.stream_name()).await.unwrap();
-    let leader = stream
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .unwrap();
-    let victim = (0..3).find(|&i| nats.node(i).name() == leader).unwrap();
+    let victim = nats.stream_leader(store.stream_name()).await.unwrap();
+    let leader = nats.node(victim).name().to_owned();
     let before_kill = acked.load(Ordering::Relaxed);
     let killed_at = tokio::time::Instant::now();
     nats.node_mut(victim).kill().await.unwrap();

@@ -692,6 +692,27 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// The index of the node that leads JetStream stream `stream` (to kill the worst node).
+    pub async fn stream_leader(&self, stream: &str) -> Result<usize, HarnessError> {
+        let io = |what: String| HarnessError::Io {
+            name: "cluster".into(),
+            context: format!("finding the leader of stream {stream}"),
+            source: std::io::Error::other(what),
+        };
+        let js = async_nats::jetstream::new(self.connect().await?);
+        let mut handle = js.get_stream(stream).await.map_err(|e| io(e.to_string()))?;
+        let info = handle.info().await.map_err(|e| io(e.to_string()))?;
+        let leader = info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .ok_or_else(|| io("the stream reports no leader".into()))?;
+        self.nodes
+            .iter()
+            .position(|n| n.name == leader)
+            .ok_or_else(|| io(format!("no node is named {leader}")))
+    }
+
     /// Connects a client that knows every node (and fails over between them).
     pub async fn connect(&self) -> Result<async_nats::Client, HarnessError> {
         let addrs = self
