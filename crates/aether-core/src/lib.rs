@@ -34,7 +34,7 @@ pub use event::{
 };
 pub use namespace::Namespace;
 pub use payload::{Payload, Value};
-pub use snapshot::ActorSnapshot;
+pub use snapshot::{ActorSnapshot, CommandRecord};
 pub use store::{
     EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore, VersionCache,
 };

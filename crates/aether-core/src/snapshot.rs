@@ -20,6 +20,36 @@ pub struct ActorSnapshot {
     pub state: Payload,
     /// When the snapshot was taken.
     pub timestamp: SystemTime,
+    /// The last commands (by id) whose events are folded into `state`, oldest first, so that an
+    /// actor activated from this snapshot still recognises a retried command (at-most-once
+    /// effects across moves). Empty unless commands were sent with ids; absent on the wire
+    /// when empty, and ignored by readers that do not know it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandRecord>,
+}
+
+/// A command folded into an actor's state: its id (the causation id of its events) and the
+/// versions of the events it caused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CommandRecord {
+    /// The command id.
+    pub id: String,
+    /// Version of its first event.
+    pub first: u64,
+    /// Version of its last event.
+    pub last: u64,
+}
+
+impl CommandRecord {
+    /// A command `id` that caused the events at versions `first..=last`.
+    pub fn new(id: impl Into<String>, first: u64, last: u64) -> Self {
+        Self {
+            id: id.into(),
+            first,
+            last,
+        }
+    }
 }
 
 impl ActorSnapshot {
@@ -43,7 +73,15 @@ impl ActorSnapshot {
             version,
             state,
             timestamp: SystemTime::now(),
+            commands: Vec::new(),
         }
+    }
+
+    /// The same snapshot recording the last `commands` folded into its state.
+    #[must_use]
+    pub fn with_commands(mut self, commands: Vec<CommandRecord>) -> Self {
+        self.commands = commands;
+        self
     }
 
     /// Decodes the state into `T`.

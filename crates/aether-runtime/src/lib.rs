@@ -39,3 +39,8 @@ pub use model::{
     ModelRuntime,
 };
 pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats};
+
+/// How many recent commands (by id) an actor remembers, in memory and in its snapshots, to
+/// recognise a command sent again ([`ActorRef::ask_once`]): a command is applied at most once as
+/// long as fewer than this many other commands with ids reached the actor in between.
+pub const REMEMBERED_COMMANDS: usize = 256;

@@ -12,6 +12,7 @@
 //! | `aether_runtime_passivations_total` | counter | actors unloaded (idle, evicted, stopped, shut down) |
 //! | `aether_runtime_snapshots_total` | counter | snapshots saved |
 //! | `aether_runtime_panics_total` | counter | handler panics (the actor was reloaded) |
+//! | `aether_runtime_duplicate_commands_total` | counter | commands with an id already applied, answered from their events |
 //! | `aether_runtime_replayed_events` | histogram | events replayed per activation (after the snapshot) |
 //! | `aether_runtime_command_seconds` | histogram | time to handle one command, persistence included |
 //! | `aether_runtime_mailbox_depth` | histogram | commands waiting in the mailbox when one is taken |
@@ -35,6 +36,8 @@ pub const PASSIVATIONS: &str = "aether_runtime_passivations_total";
 pub const SNAPSHOTS: &str = "aether_runtime_snapshots_total";
 /// Counter: handler panics.
 pub const PANICS: &str = "aether_runtime_panics_total";
+/// Counter: commands with an id the actor had already applied.
+pub const DUPLICATE_COMMANDS: &str = "aether_runtime_duplicate_commands_total";
 /// Histogram: events replayed per activation.
 pub const REPLAYED_EVENTS: &str = "aether_runtime_replayed_events";
 /// Histogram: seconds per command.
@@ -57,6 +60,7 @@ pub(crate) struct Metrics {
     pub(crate) passivations: Counter,
     pub(crate) snapshots: Counter,
     pub(crate) panics: Counter,
+    pub(crate) duplicates: Counter,
     pub(crate) replayed: Histogram,
     pub(crate) latency: Histogram,
     pub(crate) mailbox: Histogram,
@@ -76,6 +80,7 @@ impl Metrics {
             passivations: metrics::counter!(PASSIVATIONS, "actor_type" => actor_type),
             snapshots: metrics::counter!(SNAPSHOTS, "actor_type" => actor_type),
             panics: metrics::counter!(PANICS, "actor_type" => actor_type),
+            duplicates: metrics::counter!(DUPLICATE_COMMANDS, "actor_type" => actor_type),
             replayed: metrics::histogram!(REPLAYED_EVENTS, "actor_type" => actor_type),
             latency: metrics::histogram!(COMMAND_SECONDS, "actor_type" => actor_type),
             mailbox: metrics::histogram!(MAILBOX_DEPTH, "actor_type" => actor_type),

@@ -149,6 +149,17 @@ impl<A: Actor> Runtime<A> {
         self.actor(id).ask(command).await
     }
 
+    /// Sends `command` with an id to actor `id`, applied at most once per id (see
+    /// [`ActorRef::ask_once`]).
+    pub async fn ask_once(
+        &self,
+        id: &str,
+        command: A::Command,
+        command_id: impl Into<Arc<str>>,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        self.actor(id).ask_once(command, command_id).await
+    }
+
     /// Queues `command` for actor `id` without waiting for it to be handled.
     pub async fn tell(&self, id: &str, command: A::Command) -> Result<(), AskError<A::Error>> {
         self.actor(id).tell(command).await
@@ -233,6 +244,7 @@ impl<A: Actor> Runtime<A> {
             snapshots: get(&s.snapshots),
             panics: get(&s.panics),
             replayed: get(&s.replayed),
+            duplicates: get(&s.duplicates),
         }
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::lock;
 use super::registry::Shared;
-use super::vm::Envelope;
+use super::vm::{Envelope, Once};
 use crate::actor::Actor;
 use crate::error::AskError;
 
@@ -77,6 +77,70 @@ impl<A: Actor> ActorRef<A> {
                 actor_id: self.id.clone(),
             })
         })
+    }
+
+    /// Sends `command` with an id and waits until it is handled, applying it **at most once**
+    /// per id: its events record `command_id` as their causation id, and if the actor has
+    /// already applied a command with this id (a retry after a lost reply, a copy another node
+    /// handled first, a conflict lost to such a copy) the answer is rebuilt from the stored
+    /// events instead of deciding again. The actor remembers the last
+    /// [`REMEMBERED_COMMANDS`](crate::REMEMBERED_COMMANDS) ids, in memory and in its snapshots.
+    ///
+    /// ```
+    /// # use aether_runtime::{Actor, Runtime};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Default, Clone, Serialize, Deserialize)] struct Counter { value: u64 }
+    /// # #[derive(Debug, PartialEq, Serialize, Deserialize)] enum Ev { Added(u64) }
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// # impl Actor for Counter {
+    /// #     const TYPE: &'static str = "counter";
+    /// #     type Command = u64; type Event = Ev; type Error = Never;
+    /// #     fn handle(&self, n: &u64) -> Result<Vec<Ev>, Never> { Ok(vec![Ev::Added(*n)]) }
+    /// #     fn apply(&mut self, Ev::Added(n): &Ev) { self.value += n }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = std::sync::Arc::new(aether_store_memory::InMemoryEventStore::new());
+    /// let runtime = Runtime::<Counter>::builder(store).build();
+    /// let counter = runtime.actor("c-1");
+    /// let first = counter.ask_once(5, "payment-77").await?;
+    /// let again = counter.ask_once(5, "payment-77").await?; // a retry: not applied twice
+    /// assert_eq!(first, again);
+    /// assert_eq!(runtime.capture_state("c-1").await?.0.value, 5);
+    /// # Ok(()) }
+    /// ```
+    pub async fn ask_once(
+        &self,
+        command: A::Command,
+        command_id: impl Into<Arc<str>>,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.deliver(Envelope::Once(Box::new(Once {
+            command,
+            id: command_id.into(),
+            reply: Some(tx),
+        })))
+        .await?;
+        rx.await.unwrap_or_else(|_| {
+            Err(AskError::NoReply {
+                actor_id: self.id.clone(),
+            })
+        })
+    }
+
+    /// Queues `command` with an id (applied at most once per id, as with
+    /// [`ask_once`](Self::ask_once)) without waiting for it to be handled.
+    pub async fn tell_once(
+        &self,
+        command: A::Command,
+        command_id: impl Into<Arc<str>>,
+    ) -> Result<(), AskError<A::Error>> {
+        self.deliver(Envelope::Once(Box::new(Once {
+            command,
+            id: command_id.into(),
+            reply: None,
+        })))
+        .await
     }
 
     /// Queues `command`; waits only while the mailbox is full. The outcome is not reported

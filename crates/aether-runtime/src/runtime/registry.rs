@@ -40,6 +40,9 @@ pub struct RuntimeStats {
     pub panics: u64,
     /// Events replayed by activations (after their snapshots).
     pub replayed: u64,
+    /// Commands with an id the actor had already applied, answered from their stored events
+    /// instead of being decided again.
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +54,7 @@ pub(super) struct Stats {
     pub(super) retries: AtomicU64,
     pub(super) snapshots: AtomicU64,
     pub(super) panics: AtomicU64,
+    pub(super) duplicates: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use aether_core::{ActorSnapshot, Event, StoreError};
+use std::collections::VecDeque;
+
+use aether_core::{ActorSnapshot, CommandRecord, Event, StoreError};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,20 +32,60 @@ type Look<A> = Box<Box<dyn FnOnce(&A, u64) + Send>>;
 pub(super) enum Envelope<A: Actor> {
     Ask(A::Command, Reply<A>),
     Tell(A::Command),
+    /// A command with an id (boxed: rarer, and it must not widen every mailbox slot).
+    Once(Box<Once<A>>),
     Inspect(Look<A>),
     Stop,
 }
 
+/// A command that carries an id: its events record the id as their causation id, and a command
+/// whose id the actor has already applied is answered from the stored events, not decided again.
+pub(super) struct Once<A: Actor> {
+    pub(super) command: A::Command,
+    pub(super) id: Arc<str>,
+    pub(super) reply: Option<Reply<A>>,
+}
+
+/// The last commands (by id) folded into an actor's state, oldest first; allocated only for
+/// actors that see command ids.
+type Recent = Option<Box<VecDeque<CommandRecord>>>;
+
+/// Notes that the event at `version` was caused by command `id`.
+fn remember(recent: &mut Recent, id: &str, version: u64) {
+    let list = recent.get_or_insert_with(Default::default);
+    if let Some(last) = list.back_mut()
+        && last.id == id
+    {
+        last.last = version;
+        return;
+    }
+    if list.len() >= crate::REMEMBERED_COMMANDS {
+        list.pop_front();
+    }
+    list.push_back(CommandRecord::new(id, version, version));
+}
+
+struct Loaded<A> {
+    state: A,
+    version: u64,
+    replayed: u64,
+    recent: Recent,
+}
+
 /// Loads an actor: the latest snapshot that decodes, then the events after it.
-async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<(A, u64, u64), String> {
+async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loaded<A>, String> {
     let mut state = A::default();
     let mut version = 0;
+    let mut recent: Recent = None;
     if let Some(snapshots) = &shared.snapshots {
         match snapshots.get_latest_snapshot(id).await {
             Ok(Some(snapshot)) => match snapshot.decode::<A>() {
                 Ok(decoded) => {
                     state = decoded;
                     version = snapshot.version;
+                    if !snapshot.commands.is_empty() {
+                        recent = Some(Box::new(snapshot.commands.into_iter().collect()));
+                    }
                 }
                 Err(e) => tracing::warn!(
                     actor_type = A::TYPE,
@@ -57,16 +99,22 @@ async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<(A, u64, u64), S
             Err(e) => return Err(format!("loading its snapshot failed: {e}")),
         }
     }
-    let replayed = replay(shared, id, &mut state, &mut version).await?;
-    Ok((state, version, replayed))
+    let replayed = replay(shared, id, &mut state, &mut version, &mut recent).await?;
+    Ok(Loaded {
+        state,
+        version,
+        replayed,
+        recent,
+    })
 }
 
-/// Applies the stored events after `version` to `state`.
+/// Applies the stored events after `version` to `state`, noting the commands that caused them.
 async fn replay<A: Actor>(
     shared: &Shared<A>,
     id: &str,
     state: &mut A,
     version: &mut u64,
+    recent: &mut Recent,
 ) -> Result<u64, String> {
     let mut events = shared.store.stream_events(id, *version + 1);
     let mut replayed = 0;
@@ -83,6 +131,9 @@ async fn replay<A: Actor>(
         })?;
         state.apply(&decoded);
         *version = event.version();
+        if let Some(cause) = &event.metadata().causation_id {
+            remember(recent, cause, *version);
+        }
         replayed += 1;
     }
     Ok(replayed)
@@ -98,6 +149,7 @@ struct Vm<A: Actor> {
     /// refused until the actor is activated again.
     broken: Option<String>,
     commands: u64,
+    recent: Recent,
 }
 
 pub(super) async fn run_vm<A: Actor>(
@@ -111,17 +163,19 @@ pub(super) async fn run_vm<A: Actor>(
     shared.metrics.activations.increment(1);
     // Rare paths are boxed so they do not grow every idle actor's task.
     let mut vm = match Box::pin(load(&shared, &id)).await {
-        Ok((state, version, replayed)) => {
+        Ok(loaded) => {
+            let replayed = loaded.replayed;
             shared.metrics.replayed.record(replayed as f64);
             shared.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
             Vm {
                 shared: shared.clone(),
                 id: id.clone(),
-                state,
-                version,
+                state: loaded.state,
+                version: loaded.version,
                 since_snapshot: replayed,
                 broken: None,
                 commands: 0,
+                recent: loaded.recent,
             }
         }
         Err(reason) => {
@@ -129,7 +183,12 @@ pub(super) async fn run_vm<A: Actor>(
             shared.begin_passivation(&id, generation);
             rx.close();
             while let Some(envelope) = rx.recv().await {
-                if let Envelope::Ask(_, reply) = envelope {
+                let reply = match envelope {
+                    Envelope::Ask(_, reply) => Some(reply),
+                    Envelope::Once(once) => once.reply,
+                    _ => None,
+                };
+                if let Some(reply) = reply {
                     let _ = reply.send(Err(AskError::Activation {
                         actor_id: id.clone(),
                         reason: reason.clone(),
@@ -170,13 +229,17 @@ pub(super) async fn run_vm<A: Actor>(
 
 impl<A: Actor> Vm<A> {
     async fn process(&mut self, envelope: Envelope<A>) {
-        let (command, reply) = match envelope {
-            Envelope::Ask(command, reply) => (command, Some(reply)),
-            Envelope::Tell(command) => (command, None),
+        let (command, reply, id) = match envelope {
+            Envelope::Ask(command, reply) => (command, Some(reply), None),
+            Envelope::Tell(command) => (command, None, None),
+            Envelope::Once(once) => {
+                let Once { command, id, reply } = *once;
+                (command, reply, Some(id))
+            }
             Envelope::Inspect(look) => return look(&self.state, self.version),
             Envelope::Stop => return,
         };
-        let outcome = self.command(&command).await;
+        let outcome = self.command(&command, id.as_deref()).await;
         match reply {
             Some(reply) => {
                 let _ = reply.send(outcome);
@@ -193,6 +256,7 @@ impl<A: Actor> Vm<A> {
     async fn command(
         &mut self,
         command: &A::Command,
+        command_id: Option<&str>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         if let Some(reason) = &self.broken {
             self.shared.metrics.failed.increment(1);
@@ -211,7 +275,7 @@ impl<A: Actor> Vm<A> {
         // Panics are caught around each poll of the pinned future (not by wrapping it in a
         // combinator, which would move it and double its size in every actor's task).
         let caught = {
-            let mut decide = std::pin::pin!(self.decide_and_append(command));
+            let mut decide = std::pin::pin!(self.decide_and_append(command, command_id));
             std::future::poll_fn(|cx| {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| decide.as_mut().poll(cx))) {
                     Ok(Poll::Pending) => Poll::Pending,
@@ -253,10 +317,11 @@ impl<A: Actor> Vm<A> {
 
     async fn reload(&mut self) {
         match load(&self.shared, &self.id).await {
-            Ok((state, version, replayed)) => {
-                self.state = state;
-                self.version = version;
-                self.since_snapshot = replayed;
+            Ok(loaded) => {
+                self.state = loaded.state;
+                self.version = loaded.version;
+                self.since_snapshot = loaded.replayed;
+                self.recent = loaded.recent;
             }
             Err(reason) => {
                 tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %reason, "reload after a panic failed");
@@ -265,16 +330,24 @@ impl<A: Actor> Vm<A> {
         }
     }
 
-    fn encode(&self, events: &[A::Event]) -> Result<Vec<Event>, AskError<A::Error>> {
+    fn encode(
+        &self,
+        events: &[A::Event],
+        command_id: Option<&str>,
+    ) -> Result<Vec<Event>, AskError<A::Error>> {
         events
             .iter()
             .zip(self.version + 1..)
             .map(|(event, version)| {
                 let event_type = A::event_type(event);
-                Event::builder(&*self.id, event_type)
+                let builder = Event::builder(&*self.id, event_type)
                     .version(version)
-                    .payload(event)
-                    .build()
+                    .payload(event);
+                match command_id {
+                    Some(cause) => builder.causation_id(cause),
+                    None => builder,
+                }
+                .build()
                     .map_err(|source| AskError::Codec {
                         actor_id: self.id.clone(),
                         context: format!("encoding a {event_type} event"),
@@ -287,9 +360,17 @@ impl<A: Actor> Vm<A> {
     async fn decide_and_append(
         &mut self,
         command: &A::Command,
+        command_id: Option<&str>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         let mut attempt = 1;
         loop {
+            // A command this actor already applied (a retry, or a copy another node handled
+            // first) is answered from its stored events, never decided again.
+            if let Some(cause) = command_id
+                && let Some(record) = self.applied_before(cause)
+            {
+                return Box::pin(self.answer_again(record)).await;
+            }
             let events = match self.state.handle_async(command).await {
                 Ok(events) => events,
                 Err(source) => {
@@ -324,7 +405,7 @@ impl<A: Actor> Vm<A> {
                     events,
                 });
             }
-            let stored = self.encode(&events)?;
+            let stored = self.encode(&events, command_id)?;
             let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
             let appended = Box::pin(self.append_through_outages(stored)).await;
             match appended {
@@ -333,6 +414,10 @@ impl<A: Actor> Vm<A> {
                         self.state.apply(event);
                     }
                     let n = events.len() as u64;
+                    if let Some(cause) = command_id {
+                        remember(&mut self.recent, cause, self.version + 1);
+                        remember(&mut self.recent, cause, self.version + n);
+                    }
                     self.version += n;
                     self.since_snapshot += n;
                     self.shared.metrics.events.increment(n);
@@ -413,6 +498,45 @@ impl<A: Actor> Vm<A> {
         }
     }
 
+    /// The record of command `id`, if its events are folded into the state.
+    fn applied_before(&self, id: &str) -> Option<CommandRecord> {
+        self.recent.as_ref()?.iter().rev().find(|r| r.id == id).cloned()
+    }
+
+    /// The outcome of an already applied command, rebuilt from its stored events.
+    async fn answer_again(
+        &self,
+        record: CommandRecord,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        bump(&self.shared.stats.duplicates);
+        self.shared.metrics.duplicates.increment(1);
+        tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, command_id = %record.id, "command already applied; answering from its events");
+        let stored = self
+            .shared
+            .store
+            .get_events(&self.id, record.first)
+            .await
+            .map_err(|source| AskError::Store {
+                actor_id: self.id.clone(),
+                source: Box::new(source),
+            })?;
+        let mut events = Vec::new();
+        for event in stored.iter().filter(|e| {
+            e.version() <= record.last
+                && e.metadata().causation_id.as_deref() == Some(record.id.as_str())
+        }) {
+            events.push(event.decode().map_err(|source| AskError::Codec {
+                actor_id: self.id.clone(),
+                context: format!("decoding stored event {} (version {})", event.id(), event.version()),
+                source: Box::new(source),
+            })?);
+        }
+        Ok(Applied {
+            version: record.last,
+            events,
+        })
+    }
+
     /// Whether the store holds events this VM has not applied.
     async fn behind_the_store(&self) -> bool {
         match self.shared.store.get_latest_version(&self.id).await {
@@ -426,8 +550,14 @@ impl<A: Actor> Vm<A> {
 
     /// Folds in the events other writers appended.
     async fn catch_up(&mut self) -> Result<(), AskError<A::Error>> {
-        let replayed = replay(&self.shared, &self.id, &mut self.state, &mut self.version)
-            .await
+        let replayed = replay(
+            &self.shared,
+            &self.id,
+            &mut self.state,
+            &mut self.version,
+            &mut self.recent,
+        )
+        .await
             .map_err(|reason| AskError::Activation {
                 actor_id: self.id.clone(),
                 reason,
@@ -453,7 +583,10 @@ impl<A: Actor> Vm<A> {
             return;
         };
         let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
-            Ok(s) => s,
+            Ok(s) => match &self.recent {
+                Some(recent) => s.with_commands(recent.iter().cloned().collect()),
+                None => s,
+            },
             Err(e) => {
                 tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "state does not encode; no snapshot");
                 return;
