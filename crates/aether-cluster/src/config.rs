@@ -51,7 +51,17 @@ pub struct ClusterConfig {
     pub(crate) capacity: u32,
     pub(crate) replicas: usize,
     pub(crate) placement: Arc<dyn PlacementStrategy>,
+    pub(crate) call_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) handoff_timeout: Duration,
 }
+
+/// Default for [`ClusterConfig::call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`ClusterConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClusterConfig::handoff_timeout`].
+pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClusterConfig {
     /// Defaults for a node of cluster `cluster_name` (letters, digits, `-`, `_`; at most 64),
@@ -69,7 +79,33 @@ impl ClusterConfig {
             capacity: 1,
             replicas: 1,
             placement: Arc::new(ConsistentHashPlacement::default()),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
         }
+    }
+
+    /// How long a call to an actor (`ClusterActors::ask`) may wait in all for a node to serve
+    /// it — across retries, shard moves and failover — before it fails with
+    /// `CallError::Unavailable`. Default 30 s: longer than the failure timeout, so that a
+    /// crashed owner's actors answer from their new node within it.
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+
+    /// How long one request to another node may take before it is sent again (with the same
+    /// command id, so it is applied at most once). Default 5 s.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// How long a new owner holds calls for a shard while waiting for the old owner's handoff
+    /// before serving anyway (safe: the store's version check decides). Default 10 s.
+    pub fn handoff_timeout(mut self, d: Duration) -> Self {
+        self.handoff_timeout = d;
+        self
     }
 
     /// This node's id (letters, digits, `-`, `_`; at most 64). Default: `node-<uuid>`.
@@ -197,6 +233,15 @@ impl ClusterConfig {
                 "rebalance_delay",
                 format!("must be at most 60s, not {:?}", self.rebalance_delay),
             );
+        }
+        for (field, d) in [
+            ("call_timeout", self.call_timeout),
+            ("request_timeout", self.request_timeout),
+            ("handoff_timeout", self.handoff_timeout),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return bad(field, format!("must be 10ms..=1h, not {d:?}"));
+            }
         }
         if !(1..=5).contains(&self.replicas) {
             return bad("replicas", format!("must be 1..=5, not {}", self.replicas));

@@ -40,13 +40,15 @@ mod kv;
 mod manager;
 mod map;
 pub mod metrics;
+mod node;
 mod placement;
 mod record;
 mod ring;
 
 pub use config::{
-    ClusterConfig, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_TTL,
-    DEFAULT_REBALANCE_DELAY, DEFAULT_SHARD_COUNT,
+    ClusterConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HANDOFF_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_REBALANCE_DELAY,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SHARD_COUNT,
 };
 pub use error::{BoxError, ClusterError};
 pub use events::{ClusterEvent, ClusterEvents};
@@ -56,6 +58,9 @@ pub use manager::{
     ClusterManager, KEY_CONFIG, KEY_LEADER, KEY_NODES_PREFIX, KEY_SHARD_MAP, LeaderInfo,
 };
 pub use map::{MapDecodeError, RebalancePlan, ShardMap, ShardMove};
+pub use node::{
+    CallError, ClusterActor, ClusterActors, ClusterNode, MigrationStatus, ShardMigration,
+};
 pub use placement::{CapacityPlacement, ConsistentHashPlacement, PlacementStrategy, shard_key};
 pub use record::{NodeRecord, NodeStatus};
 pub use ring::{ConsistentHashRing, DEFAULT_VIRTUAL_NODES};

@@ -83,6 +83,10 @@ struct Inner {
     membership_changed: Notify,
     leader_gone: Notify,
     load: AtomicU64,
+    /// Set by `mark_leaving`: the record says `leaving`, so the leader moves this node's shards.
+    leaving: std::sync::atomic::AtomicBool,
+    /// Wakes the heartbeat to write the record now (after a status change).
+    beat_now: Notify,
     record_revision: AtomicU64,
     /// The oldest heartbeat revision the watch has not delivered yet, and when it was written.
     canary: Mutex<Option<(u64, Instant)>>,
@@ -163,6 +167,8 @@ impl ClusterManager {
                 membership_changed: Notify::new(),
                 leader_gone: Notify::new(),
                 load: AtomicU64::new(0),
+                leaving: std::sync::atomic::AtomicBool::new(false),
+                beat_now: Notify::new(),
                 record_revision: AtomicU64::new(0),
                 canary: Mutex::new(None),
                 garbage_lease: Mutex::new(None),
@@ -250,6 +256,24 @@ impl ClusterManager {
         });
         tracing::info!(cluster = %inner.config.cluster_name, node = %inner.config.node_id, "left the cluster");
         Ok(())
+    }
+
+    /// Starts a graceful leave without stopping: the record says [`NodeStatus::Leaving`] from
+    /// the next heartbeat on (written at once), and the leader moves this node's shards to the
+    /// other members. Call [`leave`](Self::leave) once the shards are handed off.
+    pub fn mark_leaving(&self) {
+        self.inner.leaving.store(true, Ordering::SeqCst);
+        self.inner.beat_now.notify_one();
+    }
+
+    /// Whether [`mark_leaving`](Self::mark_leaving) was called.
+    pub fn is_leaving(&self) -> bool {
+        self.inner.leaving.load(Ordering::SeqCst)
+    }
+
+    /// A UUID new for every start of this process's node (its record's `incarnation`).
+    pub fn incarnation(&self) -> &str {
+        &self.inner.incarnation
     }
 
     /// This node's id.
@@ -402,7 +426,11 @@ impl Inner {
             metadata: self.config.metadata.clone(),
             capacity: self.config.capacity,
             load: self.load.load(Ordering::Relaxed),
-            status: NodeStatus::Active,
+            status: if self.leaving.load(Ordering::SeqCst) {
+                NodeStatus::Leaving
+            } else {
+                NodeStatus::Active
+            },
             started_at_ms: self.started_at_ms,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             shard_count: self.config.shard_count,

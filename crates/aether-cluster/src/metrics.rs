@@ -43,3 +43,66 @@ impl Metrics {
         }
     }
 }
+
+/// Counter: calls this node sent to another node, by `outcome` (`ok`, `rejected`, `failed`,
+/// `retried`: not owner, moving, no responders or timed out, sent again).
+pub const REMOTE_CALLS: &str = "aether_cluster_remote_calls_total";
+/// Histogram: seconds per call sent to another node (one request/reply).
+pub const REMOTE_CALL_SECONDS: &str = "aether_cluster_remote_call_seconds";
+/// Counter: calls this node answered for other nodes.
+pub const CALLS_SERVED: &str = "aether_cluster_calls_served_total";
+/// Counter: calls that had to wait for a shard move or a failover before a node served them.
+pub const CALLS_HELD: &str = "aether_cluster_calls_held_total";
+/// Histogram: seconds a held call waited.
+pub const CALL_HOLD_SECONDS: &str = "aether_cluster_call_hold_seconds";
+/// Counter: calls that failed because no node served the actor within the call timeout.
+pub const CALLS_UNAVAILABLE: &str = "aether_cluster_calls_unavailable_total";
+/// Counter: shard moves this node took part in, by `status` (`started`, `done`, `failed`).
+pub const MOVES: &str = "aether_cluster_moves_total";
+/// Counter: version conflicts met by this node's actors — another writer, typically a second
+/// node serving the same actor for a moment, wrote first; the store's check kept one history.
+pub const DOUBLE_SERVE_CONFLICTS: &str = "aether_cluster_double_serve_conflicts_total";
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeMetrics {
+    pub remote_ok: Counter,
+    pub remote_rejected: Counter,
+    pub remote_failed: Counter,
+    pub remote_retried: Counter,
+    pub remote_seconds: metrics::Histogram,
+    pub served: Counter,
+    pub held: Counter,
+    pub hold_seconds: metrics::Histogram,
+    pub unavailable: Counter,
+    pub moves_started: Counter,
+    pub moves_done: Counter,
+    pub moves_failed: Counter,
+    pub conflicts: Counter,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new(cluster: &str, node: &str) -> Self {
+        let l = |extra: Option<(&'static str, &'static str)>| {
+            let mut v = vec![("cluster", cluster.to_owned()), ("node", node.to_owned())];
+            if let Some((k, val)) = extra {
+                v.push((k, val.to_owned()));
+            }
+            v
+        };
+        Self {
+            remote_ok: metrics::counter!(REMOTE_CALLS, &l(Some(("outcome", "ok")))),
+            remote_rejected: metrics::counter!(REMOTE_CALLS, &l(Some(("outcome", "rejected")))),
+            remote_failed: metrics::counter!(REMOTE_CALLS, &l(Some(("outcome", "failed")))),
+            remote_retried: metrics::counter!(REMOTE_CALLS, &l(Some(("outcome", "retried")))),
+            remote_seconds: metrics::histogram!(REMOTE_CALL_SECONDS, &l(None)),
+            served: metrics::counter!(CALLS_SERVED, &l(None)),
+            held: metrics::counter!(CALLS_HELD, &l(None)),
+            hold_seconds: metrics::histogram!(CALL_HOLD_SECONDS, &l(None)),
+            unavailable: metrics::counter!(CALLS_UNAVAILABLE, &l(None)),
+            moves_started: metrics::counter!(MOVES, &l(Some(("status", "started")))),
+            moves_done: metrics::counter!(MOVES, &l(Some(("status", "done")))),
+            moves_failed: metrics::counter!(MOVES, &l(Some(("status", "failed")))),
+            conflicts: metrics::counter!(DOUBLE_SERVE_CONFLICTS, &l(None)),
+        }
+    }
+}

@@ -52,7 +52,11 @@ impl Actor for Account {
 async fn by_cause(store: &InMemoryEventStore, id: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for e in store.get_events(id, 1).await.unwrap() {
-        let cause = e.metadata().causation_id.clone().expect("every event has a cause");
+        let cause = e
+            .metadata()
+            .causation_id
+            .clone()
+            .expect("every event has a cause");
         *counts.entry(cause).or_default() += 1;
     }
     counts
@@ -97,12 +101,19 @@ async fn a_retry_after_a_snapshot_and_reactivation_is_recognised() {
     let snapshot = store.get_latest_snapshot("acct").await.unwrap().unwrap();
     assert_eq!(snapshot.version, 2);
     assert_eq!(snapshot.commands.len(), 1, "{:?}", snapshot.commands);
-    assert_eq!((snapshot.commands[0].first, snapshot.commands[0].last), (1, 2));
+    assert_eq!(
+        (snapshot.commands[0].first, snapshot.commands[0].last),
+        (1, 2)
+    );
 
     // Activated from the snapshot (nothing replayed), the actor still knows the command.
     let again = runtime.ask_once("acct", 7, "pay-1").await.unwrap();
     assert_eq!(first, again);
-    assert_eq!(runtime.stats().replayed, 0, "the second activation replayed nothing");
+    assert_eq!(
+        runtime.stats().replayed,
+        0,
+        "the second activation replayed nothing"
+    );
     assert_eq!(runtime.stats().duplicates, 1);
     assert_eq!(store.get_latest_version("acct").await.unwrap(), 2);
     // A new id is a new command.
@@ -117,8 +128,12 @@ async fn every_command_sent_to_two_runtimes_is_applied_once() {
     let retry = RetryPolicy::default()
         .max_attempts(100)
         .backoff(Duration::from_micros(20), Duration::from_millis(1));
-    let one = Runtime::<Account>::builder(store.clone()).retry(retry).build();
-    let two = Runtime::<Account>::builder(store.clone()).retry(retry).build();
+    let one = Runtime::<Account>::builder(store.clone())
+        .retry(retry)
+        .build();
+    let two = Runtime::<Account>::builder(store.clone())
+        .retry(retry)
+        .build();
     let mut tasks = Vec::new();
     for sender in 0..4 {
         for runtime in [one.clone(), two.clone()] {
@@ -137,7 +152,10 @@ async fn every_command_sent_to_two_runtimes_is_applied_once() {
     let mut total = 0;
     for a in 0..3 {
         let causes = by_cause(&store, &format!("acct-{a}")).await;
-        assert!(causes.values().all(|n| *n == 2), "a command applied twice: {causes:?}");
+        assert!(
+            causes.values().all(|n| *n == 2),
+            "a command applied twice: {causes:?}"
+        );
         total += causes.len();
     }
     assert_eq!(total, 400, "every command applied exactly once");

@@ -95,6 +95,7 @@ impl Inner {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                () = self.beat_now.notified() => {}
             }
             let value = encode(&self.record());
             let beat = bucket.update(&key, value.clone(), revision, Some(self.failure_ttl()));

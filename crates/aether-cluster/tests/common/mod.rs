@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod bank;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -136,19 +138,23 @@ pub struct ChildNode {
 
 impl ChildNode {
     pub async fn spawn(test_binary_filter: &str, urls: &str, cluster: &str, node_id: &str) -> Self {
+        let spec = format!("{urls}|{cluster}|{node_id}");
+        Self::spawn_env(test_binary_filter, "AETHER_CLUSTER_CHILD", spec, node_id).await
+    }
+
+    /// Re-runs this test binary's ignored test `test_filter` with `env_key=spec`, and waits for
+    /// its "started" line.
+    async fn spawn_env(test_filter: &str, env_key: &str, spec: String, node_id: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
-                test_binary_filter,
+                test_filter,
                 "--exact",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(
-                "AETHER_CLUSTER_CHILD",
-                format!("{urls}|{cluster}|{node_id}"),
-            )
+            .env(env_key, spec)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -160,7 +166,7 @@ impl ChildNode {
             lines: BufReader::new(stdout).lines(),
             node_id: node_id.to_owned(),
         };
-        node.expect_line("started", Duration::from_secs(30)).await;
+        node.expect_line("started", Duration::from_secs(60)).await;
         node
     }
 
@@ -236,5 +242,55 @@ pub async fn run_child_node() {
             }
             other => println!("NODE event {other:?}"),
         }
+    }
+}
+
+/// The body of a child process hosting the bank actor: join, serve, print map changes, run
+/// until killed. `AETHER_BANK_CHILD` = urls|cluster|node_id.
+pub async fn run_bank_child() {
+    let Ok(spec) = std::env::var("AETHER_BANK_CHILD") else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (Some(urls), Some(cluster), Some(node_id)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("AETHER_BANK_CHILD must be urls|cluster|node_id[|failure_ms], not {spec:?}");
+    };
+    let mut config = bank::routing(fast_config(cluster, node_id));
+    if let Some(ms) = parts.next() {
+        config = config.failure_timeout(Duration::from_millis(ms.parse().expect("failure ms")));
+    }
+    let addrs: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(|u| u.parse().expect("url")).collect();
+    let client = async_nats::connect(addrs).await.expect("child connects");
+    let (node, _accounts, _store) = bank::bank_node(client, config, 1).await;
+    let mut events = node.manager().watch();
+    println!("NODE started");
+    while let Some(event) = events.next().await {
+        if let ClusterEvent::ShardMapChanged { map, .. } = event {
+            println!("NODE map {} {}", map.epoch(), map.shards_of(node_id).len());
+        }
+    }
+}
+
+impl ChildNode {
+    /// A child process hosting the bank actor (see [`run_bank_child`]).
+    pub async fn spawn_bank(test_filter: &str, urls: &str, cluster: &str, node_id: &str) -> Self {
+        Self::spawn_bank_with(test_filter, urls, cluster, node_id, None).await
+    }
+
+    /// [`spawn_bank`](Self::spawn_bank) with another failure timeout (milliseconds).
+    pub async fn spawn_bank_with(
+        test_filter: &str,
+        urls: &str,
+        cluster: &str,
+        node_id: &str,
+        failure_ms: Option<u64>,
+    ) -> Self {
+        let mut spec = format!("{urls}|{cluster}|{node_id}");
+        if let Some(ms) = failure_ms {
+            spec.push_str(&format!("|{ms}"));
+        }
+        Self::spawn_env(test_filter, "AETHER_BANK_CHILD", spec, node_id).await
     }
 }

@@ -24,6 +24,14 @@ pub struct Applied<E> {
     pub events: Vec<E>,
 }
 
+impl<E> Applied<E> {
+    /// What a command did: the actor's `version` after it and the `events` it appended (for
+    /// layers that carry outcomes across processes, like the cluster).
+    pub fn new(version: u64, events: Vec<E>) -> Self {
+        Self { version, events }
+    }
+}
+
 /// A handle on one actor: `ask` waits for the outcome, `tell` only for the mailbox. Cheap to
 /// create; it remembers the actor's mailbox between messages and finds the actor again after a
 /// passivation.

@@ -348,11 +348,11 @@ impl<A: Actor> Vm<A> {
                     None => builder,
                 }
                 .build()
-                    .map_err(|source| AskError::Codec {
-                        actor_id: self.id.clone(),
-                        context: format!("encoding a {event_type} event"),
-                        source: Box::new(source),
-                    })
+                .map_err(|source| AskError::Codec {
+                    actor_id: self.id.clone(),
+                    context: format!("encoding a {event_type} event"),
+                    source: Box::new(source),
+                })
             })
             .collect()
     }
@@ -500,7 +500,12 @@ impl<A: Actor> Vm<A> {
 
     /// The record of command `id`, if its events are folded into the state.
     fn applied_before(&self, id: &str) -> Option<CommandRecord> {
-        self.recent.as_ref()?.iter().rev().find(|r| r.id == id).cloned()
+        self.recent
+            .as_ref()?
+            .iter()
+            .rev()
+            .find(|r| r.id == id)
+            .cloned()
     }
 
     /// The outcome of an already applied command, rebuilt from its stored events.
@@ -527,7 +532,11 @@ impl<A: Actor> Vm<A> {
         }) {
             events.push(event.decode().map_err(|source| AskError::Codec {
                 actor_id: self.id.clone(),
-                context: format!("decoding stored event {} (version {})", event.id(), event.version()),
+                context: format!(
+                    "decoding stored event {} (version {})",
+                    event.id(),
+                    event.version()
+                ),
                 source: Box::new(source),
             })?);
         }
@@ -558,10 +567,10 @@ impl<A: Actor> Vm<A> {
             &mut self.recent,
         )
         .await
-            .map_err(|reason| AskError::Activation {
-                actor_id: self.id.clone(),
-                reason,
-            })?;
+        .map_err(|reason| AskError::Activation {
+            actor_id: self.id.clone(),
+            reason,
+        })?;
         self.since_snapshot += replayed;
         Ok(())
     }

@@ -1,0 +1,133 @@
+//! One registered actor type, behind a type-erased [`Host`]: answers calls from their
+//! MessagePack bytes, lists and passivates the active actors of moving shards.
+
+use std::fmt;
+use std::sync::Arc;
+
+use aether_runtime::{Actor, AskError, Runtime};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire::{Answer, Status, encode};
+
+/// An actor type that can live in a cluster: its commands and domain errors cross nodes, so they
+/// are serde types (MessagePack on the wire). Implemented for every such [`Actor`].
+pub trait ClusterActor:
+    Actor<Command: Serialize + DeserializeOwned, Error: Serialize + DeserializeOwned>
+{
+}
+
+impl<A> ClusterActor for A where
+    A: Actor<Command: Serialize + DeserializeOwned, Error: Serialize + DeserializeOwned>
+{
+}
+
+#[async_trait::async_trait]
+pub(crate) trait Host: Send + Sync + fmt::Debug {
+    /// Handles a call that arrived from another node.
+    async fn serve(&self, actor: &str, id: Arc<str>, cmd: &[u8], epoch: u64) -> Answer;
+    /// Ids of the actors in memory.
+    fn active(&self) -> Vec<String>;
+    /// Passivates one actor (handles what it has queued, snapshots, leaves memory).
+    async fn passivate(&self, actor: &str);
+    /// Version conflicts its actors met so far.
+    fn conflicts(&self) -> u64;
+    /// Shuts the runtime down.
+    async fn shutdown(&self);
+}
+
+pub(crate) struct TypedHost<A: Actor> {
+    pub(crate) runtime: Runtime<A>,
+}
+
+impl<A: Actor> fmt::Debug for TypedHost<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedHost")
+            .field("actor_type", &A::TYPE)
+            .finish()
+    }
+}
+
+/// The text of an error and its sources.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The answer a local outcome gives on the wire.
+pub(crate) fn answer_of<A: ClusterActor>(
+    outcome: Result<aether_runtime::Applied<A::Event>, AskError<A::Error>>,
+    epoch: u64,
+) -> Answer {
+    match outcome {
+        Ok(applied) => match encode(&applied.events) {
+            Ok(events) => Answer {
+                version: Some(applied.version),
+                events: Some(events),
+                ..Answer::status(Status::Ok, epoch)
+            },
+            Err(e) => Answer::with_reason(
+                Status::Failed,
+                epoch,
+                format!(
+                    "the command was applied (version {}), but its events do not encode for the reply: {e}",
+                    applied.version
+                ),
+            ),
+        },
+        Err(AskError::Rejected { source, .. }) => match encode(&source) {
+            Ok(error) => Answer {
+                error: Some(error),
+                reason: Some(source.to_string()),
+                ..Answer::status(Status::Rejected, epoch)
+            },
+            Err(e) => Answer::with_reason(
+                Status::Failed,
+                epoch,
+                format!(
+                    "the actor refused the command ({source}), and the refusal does not encode: {e}"
+                ),
+            ),
+        },
+        Err(e) => Answer::with_reason(Status::Failed, epoch, chain(&e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: ClusterActor> Host for TypedHost<A> {
+    async fn serve(&self, actor: &str, id: Arc<str>, cmd: &[u8], epoch: u64) -> Answer {
+        let command: A::Command = match rmp_serde::from_slice(cmd) {
+            Ok(c) => c,
+            Err(e) => {
+                return Answer::with_reason(
+                    Status::BadRequest,
+                    epoch,
+                    format!("the command is not a {} command: {e}", A::TYPE),
+                );
+            }
+        };
+        answer_of::<A>(self.runtime.ask_once(actor, command, id).await, epoch)
+    }
+
+    fn active(&self) -> Vec<String> {
+        self.runtime.active_vms()
+    }
+
+    async fn passivate(&self, actor: &str) {
+        self.runtime.stop_vm(actor).await;
+    }
+
+    fn conflicts(&self) -> u64 {
+        self.runtime.stats().conflicts
+    }
+
+    async fn shutdown(&self) {
+        self.runtime.shutdown().await;
+    }
+}

@@ -1,0 +1,144 @@
+//! What nodes send each other over core NATS: calls to an actor's owner and their answers, and
+//! handoff confirmations. MessagePack maps with string keys, specified in docs/cluster.md.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Subject a node serves calls on.
+pub(crate) fn call_subject(cluster: &str, node: &str) -> String {
+    format!("aether-cluster.{cluster}.call.{node}")
+}
+
+/// Subject a node takes handoff confirmations on.
+pub(crate) fn handoff_subject(cluster: &str, node: &str) -> String {
+    format!("aether-cluster.{cluster}.handoff.{node}")
+}
+
+/// A command for an actor, sent to the node that owns its shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Call {
+    /// The actor type (`Actor::TYPE`).
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// The actor id.
+    pub actor: String,
+    /// The command id: the causation id of the events the command causes.
+    pub id: String,
+    /// The caller's shard map epoch.
+    pub epoch: u64,
+    /// The command, MessagePack.
+    pub cmd: Bytes,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Status {
+    /// Handled: `version` and `events` are set.
+    Ok,
+    /// The actor refused the command: `error` holds its domain error.
+    Rejected,
+    /// The owner failed to handle it (store, activation, codec...): `reason` says why. Nothing
+    /// was applied unless the store says otherwise; sending the same id again is safe.
+    Failed,
+    /// This node does not own the shard in its map (`epoch`): ask the map's owner.
+    NotOwner,
+    /// The shard is moving (leaving this node, or not yet handed to it): try again shortly.
+    Moving,
+    /// The call could not be understood (`reason`).
+    BadRequest,
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Answer {
+    pub status: Status,
+    /// The answering node's map epoch.
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The events appended, a MessagePack array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Bytes>,
+    /// The domain error, MessagePack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Answer {
+    pub(crate) fn status(status: Status, epoch: u64) -> Self {
+        Self {
+            status,
+            epoch,
+            version: None,
+            events: None,
+            error: None,
+            reason: None,
+        }
+    }
+
+    pub(crate) fn with_reason(status: Status, epoch: u64, reason: impl Into<String>) -> Self {
+        Self {
+            reason: Some(reason.into()),
+            ..Self::status(status, epoch)
+        }
+    }
+}
+
+/// "The shards `shards` you own from map `epoch` on are drained here; serve them."
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Handoff {
+    pub from: String,
+    pub epoch: u64,
+    pub shards: Vec<u32>,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value).map(Bytes::from)
+}
+
+pub(crate) use crate::record::decode;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_and_answers_round_trip_with_string_keys() {
+        let call = Call {
+            actor_type: "account".into(),
+            actor: "a.b *".into(),
+            id: "c-1".into(),
+            epoch: 3,
+            cmd: Bytes::from_static(&[0x05]),
+        };
+        let bytes = encode(&call).unwrap();
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let keys: Vec<_> = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys, ["type", "actor", "id", "epoch", "cmd"]);
+        let back: Call = decode(&bytes).unwrap();
+        assert_eq!(
+            (back.actor, back.cmd.as_ref()),
+            ("a.b *".into(), &[5u8][..])
+        );
+        let answer = Answer::with_reason(Status::NotOwner, 9, "x");
+        let back: Answer = decode(&encode(&answer).unwrap()).unwrap();
+        assert_eq!(
+            (back.status, back.epoch, back.version),
+            (Status::NotOwner, 9, None)
+        );
+        assert_eq!(
+            rmpv::decode::read_value(&mut &encode(&Status::NotOwner).unwrap()[..])
+                .unwrap()
+                .as_str(),
+            Some("not_owner")
+        );
+    }
+}
