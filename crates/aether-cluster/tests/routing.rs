@@ -461,7 +461,12 @@ async fn an_unconfirmed_handoff_fails_over_to_serving_and_loses_nothing() {
     // (not by a failure) and their handoff is never confirmed.
     let b = ChildNode::spawn_bank_with("child_bank_node", &server.url(), &name, "b", Some(60_000))
         .await;
-    let a = bank_nodes(&server, &name, &["a"]).await.remove(0);
+    let a = bank_node(
+        server.connect().await.unwrap(),
+        routing(fast_config(&name, "a")),
+        1,
+    )
+    .await;
     settled(&[&a.0], &["a", "b"]).await;
     for i in 0..50 {
         a.1.ask(&format!("acct-{i}"), Command::Deposit(10))
