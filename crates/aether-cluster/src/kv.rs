@@ -27,6 +27,9 @@ pub fn bucket_name(cluster: &str) -> String {
 }
 
 /// Why a write did not happen.
+/// How long a write is re-sent while the bucket's stream has no responders.
+const NO_STREAM_PATIENCE: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 pub(crate) enum WriteError {
     /// The expected revision (or, for a fenced write, the fence key's revision) did not match.
@@ -139,12 +142,36 @@ impl Bucket {
         headers: HeaderMap,
         value: Bytes,
     ) -> Result<u64, WriteError> {
-        let ack = self
-            .js
-            .publish_with_headers(self.subject(key), headers, value)
-            .await
-            .map_err(|e| WriteError::Other(Box::new(e)))?;
-        match ack.await {
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let ack = self
+                .js
+                .publish_with_headers(self.subject(key), headers.clone(), value.clone())
+                .await
+                .map_err(|e| WriteError::Other(Box::new(e)))?;
+            match ack.await {
+                // No responders: nothing received the write (a bucket just created on another
+                // server of a cluster, a stream between leaders). Sending again is safe.
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && started.elapsed() + wait < NO_STREAM_PATIENCE =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                other => return Self::outcome(other),
+            }
+        }
+    }
+
+    fn outcome(
+        ack: Result<
+            async_nats::jetstream::publish::PublishAck,
+            async_nats::jetstream::context::PublishError,
+        >,
+    ) -> Result<u64, WriteError> {
+        match ack {
             Ok(ack) => Ok(ack.sequence),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 Err(WriteError::WrongRevision)
