@@ -526,3 +526,59 @@ async fn an_unconfirmed_handoff_fails_over_to_serving_and_loses_nothing() {
     c.0.leave().await.unwrap();
     a.0.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_caller_written_from_the_doc_calls_actors_once() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let nodes = bank_nodes(&server, &name, &["a", "b"]).await;
+    // An id with a dot, a wildcard and non-ASCII: one subject token for the store, any bytes here.
+    let actor = "konto-ü.*";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/py_caller.py");
+    let mut cmd = aether_testkit::python::command(script).unwrap_or_else(|e| panic!("{e}"));
+    let out = cmd
+        .arg(server.url())
+        .arg(&name)
+        .arg(actor)
+        .arg("py-cmd-1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "py_caller.py failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seen["first"]["status"], "ok", "{seen}");
+    assert_eq!(seen["first"]["version"], 1);
+    assert_eq!(
+        seen["first"]["events"],
+        serde_json::json!([{"Deposited": 5}])
+    );
+    assert_eq!(
+        seen["first"]["owner"],
+        nodes[0].1.node_for(actor).unwrap().as_str()
+    );
+    // The retry with the same id is answered from the stored event, not applied again.
+    assert_eq!(seen["again"], seen["first"]);
+    assert_eq!(seen["refused"]["status"], "rejected");
+    assert_eq!(
+        seen["refused"]["error"],
+        serde_json::json!({"balance": 5, "asked": 1_000_000})
+    );
+    let (causes, states) = audit(&*nodes[0].2, [actor.to_owned()]).await;
+    assert_eq!(causes.get("py-cmd-1"), Some(&1));
+    assert_eq!(states[actor].balance, 5);
+    for (node, _, _) in &nodes {
+        node.leave().await.unwrap();
+    }
+}
