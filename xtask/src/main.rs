@@ -362,11 +362,12 @@ fn quickstart() -> Result {
 }
 
 /// The examples that need a nats-server.
-const NATS_EXAMPLES: [&str; 4] = [
+const NATS_EXAMPLES: [&str; 5] = [
     "jetstream_store",
     "cross_node_broadcast",
     "projection",
     "cluster_membership",
+    "cluster_node",
 ];
 
 /// Starts nats-server on a free port with a temporary store, runs the examples that need one

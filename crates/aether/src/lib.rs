@@ -11,7 +11,7 @@
 //! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
 //! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
 //! | `model` | `model::Model` (EventStorming models), `runtime::ModelRuntime` | `aether-model` |
-//! | `cluster` | `cluster::ClusterManager` (membership, leader, shard map on NATS KV) | `aether-cluster` |
+//! | `cluster` | `cluster::ClusterNode` (actors reachable from every node, shard handoff, failover), `cluster::ClusterManager` (membership, leader, shard map on NATS KV); turns on `runtime` | `aether-cluster` |
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -44,7 +44,8 @@ pub mod runtime {
     pub use aether_runtime::*;
 }
 
-/// The cluster control plane: membership, leader election, shards and the shard map.
+/// The cluster: membership, leader election, shards, the shard map, and location-transparent
+/// actors (routing, handoff, failover).
 #[cfg(feature = "cluster")]
 pub mod cluster {
     pub use aether_cluster::*;
