@@ -54,6 +54,8 @@ pub(crate) struct NodeInner {
     shards: Arc<Shards>,
     /// The map the shard table was last brought in line with.
     applied: Mutex<Option<Arc<ShardMap>>>,
+    /// The same map, for callers to read without a lock.
+    current: arc_swap::ArcSwapOption<ShardMap>,
     /// Handoffs confirmed before this node applied the map that gives it the shard: shard ->
     /// (previous owner, epoch).
     early: Mutex<HashMap<ShardId, (String, u64)>>,
@@ -131,6 +133,7 @@ impl ClusterNode {
                 config,
                 hosts: RwLock::new(HashMap::new()),
                 applied: Mutex::new(None),
+                current: arc_swap::ArcSwapOption::empty(),
                 early: Mutex::new(HashMap::new()),
                 map_changed: Notify::new(),
                 next_command: AtomicU64::new(0),
@@ -288,7 +291,22 @@ impl NodeInner {
     /// A command id unique in the cluster: this process's incarnation and a counter.
     fn command_id(&self) -> Arc<str> {
         let n = self.next_command.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.manager.incarnation()).into()
+        // 64 random bits of the incarnation are plenty next to a per-process counter; built on
+        // the stack so that the id costs one allocation.
+        let incarnation = self.manager.incarnation().as_bytes();
+        let prefix = &incarnation[..incarnation.len().min(16)];
+        let mut buf = [0u8; 16 + 1 + 16];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut len = prefix.len();
+        buf[len] = b'-';
+        len += 1;
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            buf[len + i] = b"0123456789abcdef"[nibble as usize];
+        }
+        len += digits;
+        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), Arc::from)
     }
 
     /// Stops the node's tasks and runtimes.

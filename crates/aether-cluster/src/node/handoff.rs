@@ -51,6 +51,7 @@ impl NodeInner {
                 return;
             }
             let previous = applied.replace(map.clone());
+            self.current.store(Some(map.clone()));
             let live: HashSet<String> = self.manager.members().into_iter().map(|m| m.id).collect();
             let mut early = lock(&self.early);
             for shard in 0..self.config.shard_count {

@@ -10,10 +10,10 @@ use aether_runtime::{Applied, AskError, Runtime};
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::NodeInner;
 use super::host::{ClusterActor, chain};
 use super::shards::Serve;
 use super::wire::{self, Answer, Call, Status};
-use super::{NodeInner, lock};
 use crate::hash::shard_for;
 
 /// Why a call to an actor did not succeed.
@@ -176,8 +176,14 @@ impl<A: ClusterActor> ClusterActors<A> {
         let shard = shard_for(actor_id, node.config.shard_count);
         let mut cmd = Cmd::Value(command);
         let mut held: Option<Instant> = None;
-        let started = Instant::now();
-        let deadline = started + node.config.call_timeout;
+        // Read the clock only off the fast path (the first local attempt needs no deadline).
+        let mut clock: Option<(Instant, Instant)> = None;
+        let mut deadline = || {
+            *clock.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + node.config.call_timeout)
+            })
+        };
         let mut backoff = Duration::from_millis(5);
         let mut reason;
         loop {
@@ -186,23 +192,27 @@ impl<A: ClusterActor> ClusterActors<A> {
                     actor_id: actor_id.to_owned(),
                 });
             }
-            // Armed before looking, so a change between the look and the wait is not missed.
-            let mapped = node.map_changed.notified();
-            let moved = node.shards.changed.notified();
-            tokio::pin!(mapped, moved);
-            mapped.as_mut().enable();
-            moved.as_mut().enable();
-            let map = node.manager.shard_map();
+            // The fast path arms no notification (that costs two locks per call); a change
+            // between this look and the wait below costs at most one backoff period.
+            // The map this node applied (the one its shard table follows), read without a lock.
+            let map = node.current.load();
             let epoch = map.as_ref().map_or(0, |m| m.epoch());
-            match map.as_ref().and_then(|m| m.owner(shard)) {
+            let have_map = map.is_some();
+            let owner = match map.as_ref().and_then(|m| m.owner(shard)) {
+                Some(o) if o == node.me() => Some(None),
+                Some(o) => Some(Some(o.to_owned())),
+                None => None,
+            };
+            drop(map);
+            match owner {
                 None => {
-                    reason = if map.is_none() {
+                    reason = if !have_map {
                         "no shard map yet".to_owned()
                     } else {
                         "the cluster has no members to own it".to_owned()
                     };
                 }
-                Some(owner) if owner == node.me() => match node.shards.enter(shard) {
+                Some(None) => match node.shards.enter(shard) {
                     Ok(entered) => {
                         let command = match cmd {
                             Cmd::Value(c) => c,
@@ -220,8 +230,7 @@ impl<A: ClusterActor> ClusterActors<A> {
                         };
                     }
                 },
-                Some(owner) => {
-                    let owner = owner.to_owned();
+                Some(Some(owner)) => {
                     let bytes = match &cmd {
                         Cmd::Bytes(b) => b.clone(),
                         Cmd::Value(c) => {
@@ -241,7 +250,7 @@ impl<A: ClusterActor> ClusterActors<A> {
                         epoch,
                         cmd: bytes,
                     };
-                    match node.request(&owner, &call, deadline).await {
+                    match node.request(&owner, &call, deadline().1).await {
                         Ok(answer) => match answer.status {
                             Status::Ok | Status::Rejected | Status::Failed | Status::BadRequest => {
                                 node.note_held(held);
@@ -254,11 +263,14 @@ impl<A: ClusterActor> ClusterActors<A> {
                                 );
                                 if answer.epoch > epoch {
                                     // This node's map is behind: wait for it, briefly.
-                                    let _ = tokio::time::timeout(
-                                        Duration::from_millis(200),
-                                        &mut mapped,
-                                    )
-                                    .await;
+                                    let mapped = node.map_changed.notified();
+                                    if node.applied_epoch() <= epoch {
+                                        let _ = tokio::time::timeout(
+                                            Duration::from_millis(200),
+                                            mapped,
+                                        )
+                                        .await;
+                                    }
                                     continue;
                                 }
                             }
@@ -272,6 +284,7 @@ impl<A: ClusterActor> ClusterActors<A> {
                 }
             }
             let now = Instant::now();
+            let (started, deadline) = deadline();
             if now >= deadline {
                 node.metrics.unavailable.increment(1);
                 return Err(CallError::Unavailable {
@@ -287,6 +300,9 @@ impl<A: ClusterActor> ClusterActors<A> {
             }
             let wake = deadline.min(now + backoff);
             backoff = (backoff * 2).min(Duration::from_millis(250));
+            let mapped = node.map_changed.notified();
+            let moved = node.shards.changed.notified();
+            tokio::pin!(mapped, moved);
             let _ = tokio::time::timeout_at(wake, futures::future::select(mapped, moved)).await;
         }
     }
@@ -404,6 +420,6 @@ impl NodeInner {
 
     /// The shard map this node applied (what its shard table follows).
     pub(super) fn applied_epoch(&self) -> u64 {
-        lock(&self.applied).as_ref().map_or(0, |m| m.epoch())
+        self.current.load().as_ref().map_or(0, |m| m.epoch())
     }
 }

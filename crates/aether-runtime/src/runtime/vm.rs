@@ -46,23 +46,112 @@ pub(super) struct Once<A: Actor> {
     pub(super) reply: Option<Reply<A>>,
 }
 
-/// The last commands (by id) folded into an actor's state, oldest first; allocated only for
-/// actors that see command ids.
-type Recent = Option<Box<VecDeque<CommandRecord>>>;
+/// A command folded into the state: its id, the hash of the id, its first and last version.
+struct Applied1 {
+    hash: u64,
+    id: Arc<str>,
+    first: u64,
+    last: u64,
+}
 
-/// Notes that the event at `version` was caused by command `id`.
-fn remember(recent: &mut Recent, id: &str, version: u64) {
-    let list = recent.get_or_insert_with(Default::default);
-    if let Some(last) = list.back_mut()
-        && last.id == id
+/// The last commands (by id) folded into an actor's state, oldest first, and a count of their
+/// id hashes, so that an unknown id (the common case) is told in one lookup.
+#[derive(Default)]
+struct RecentCommands {
+    list: VecDeque<Applied1>,
+    hashes: std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<Prehashed>>,
+}
+
+/// A `Hasher` for keys that are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; this fold is never on the hot path.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Allocated only for actors that see command ids.
+type Recent = Option<Box<RecentCommands>>;
+
+/// Only compared in this process's memory (the string is compared too), never stored.
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+impl RecentCommands {
+    fn from_snapshot(records: Vec<CommandRecord>) -> Self {
+        let mut recent = Self::default();
+        for r in records.into_iter().take(crate::REMEMBERED_COMMANDS) {
+            let hash = id_hash(&r.id);
+            *recent.hashes.entry(hash).or_default() += 1;
+            recent.list.push_back(Applied1 {
+                hash,
+                id: r.id.into(),
+                first: r.first,
+                last: r.last,
+            });
+        }
+        recent
+    }
+
+    fn to_snapshot(&self) -> Vec<CommandRecord> {
+        self.list
+            .iter()
+            .map(|r| CommandRecord::new(&*r.id, r.first, r.last))
+            .collect()
+    }
+
+    fn find(&self, hash: u64, id: &str) -> Option<CommandRecord> {
+        if !self.hashes.contains_key(&hash) {
+            return None;
+        }
+        self.list
+            .iter()
+            .rev()
+            .find(|r| r.hash == hash && &*r.id == id)
+            .map(|r| CommandRecord::new(&*r.id, r.first, r.last))
+    }
+}
+
+/// Notes that the events at `first..=last` were caused by command `id` (hash `hash`).
+fn remember(recent: &mut Recent, hash: u64, id: &Arc<str>, first: u64, last: u64) {
+    let recent = recent.get_or_insert_with(Default::default);
+    if let Some(prev) = recent.list.back_mut()
+        && prev.hash == hash
+        && prev.id == *id
     {
-        last.last = version;
+        prev.last = last;
         return;
     }
-    if list.len() >= crate::REMEMBERED_COMMANDS {
-        list.pop_front();
+    if recent.list.len() >= crate::REMEMBERED_COMMANDS
+        && let Some(old) = recent.list.pop_front()
+        && let std::collections::hash_map::Entry::Occupied(mut e) = recent.hashes.entry(old.hash)
+    {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
     }
-    list.push_back(CommandRecord::new(id, version, version));
+    *recent.hashes.entry(hash).or_default() += 1;
+    recent.list.push_back(Applied1 {
+        hash,
+        id: id.clone(),
+        first,
+        last,
+    });
 }
 
 struct Loaded<A> {
@@ -84,7 +173,7 @@ async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loaded<A>, Strin
                     state = decoded;
                     version = snapshot.version;
                     if !snapshot.commands.is_empty() {
-                        recent = Some(Box::new(snapshot.commands.into_iter().collect()));
+                        recent = Some(Box::new(RecentCommands::from_snapshot(snapshot.commands)));
                     }
                 }
                 Err(e) => tracing::warn!(
@@ -132,7 +221,13 @@ async fn replay<A: Actor>(
         state.apply(&decoded);
         *version = event.version();
         if let Some(cause) = &event.metadata().causation_id {
-            remember(recent, cause, *version);
+            let same = recent
+                .as_ref()
+                .and_then(|r| r.list.back())
+                .filter(|prev| &*prev.id == cause.as_str())
+                .map(|prev| prev.id.clone());
+            let id = same.unwrap_or_else(|| cause.as_str().into());
+            remember(recent, id_hash(cause), &id, *version, *version);
         }
         replayed += 1;
     }
@@ -239,7 +334,7 @@ impl<A: Actor> Vm<A> {
             Envelope::Inspect(look) => return look(&self.state, self.version),
             Envelope::Stop => return,
         };
-        let outcome = self.command(&command, id.as_deref()).await;
+        let outcome = self.command(&command, id.as_ref()).await;
         match reply {
             Some(reply) => {
                 let _ = reply.send(outcome);
@@ -256,7 +351,7 @@ impl<A: Actor> Vm<A> {
     async fn command(
         &mut self,
         command: &A::Command,
-        command_id: Option<&str>,
+        command_id: Option<&Arc<str>>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         if let Some(reason) = &self.broken {
             self.shared.metrics.failed.increment(1);
@@ -360,14 +455,15 @@ impl<A: Actor> Vm<A> {
     async fn decide_and_append(
         &mut self,
         command: &A::Command,
-        command_id: Option<&str>,
+        command_id: Option<&Arc<str>>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let keyed = command_id.map(|id| (id, id_hash(id)));
         let mut attempt = 1;
         loop {
             // A command this actor already applied (a retry, or a copy another node handled
             // first) is answered from its stored events, never decided again.
-            if let Some(cause) = command_id
-                && let Some(record) = self.applied_before(cause)
+            if let Some((cause, hash)) = keyed
+                && let Some(record) = self.recent.as_ref().and_then(|r| r.find(hash, cause))
             {
                 return Box::pin(self.answer_again(record)).await;
             }
@@ -405,7 +501,7 @@ impl<A: Actor> Vm<A> {
                     events,
                 });
             }
-            let stored = self.encode(&events, command_id)?;
+            let stored = self.encode(&events, command_id.map(|id| &**id))?;
             let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
             let appended = Box::pin(self.append_through_outages(stored)).await;
             match appended {
@@ -414,9 +510,14 @@ impl<A: Actor> Vm<A> {
                         self.state.apply(event);
                     }
                     let n = events.len() as u64;
-                    if let Some(cause) = command_id {
-                        remember(&mut self.recent, cause, self.version + 1);
-                        remember(&mut self.recent, cause, self.version + n);
+                    if let Some((id, hash)) = keyed {
+                        remember(
+                            &mut self.recent,
+                            hash,
+                            id,
+                            self.version + 1,
+                            self.version + n,
+                        );
                     }
                     self.version += n;
                     self.since_snapshot += n;
@@ -496,16 +597,6 @@ impl<A: Actor> Vm<A> {
                 tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "publishing an appended event failed");
             }
         }
-    }
-
-    /// The record of command `id`, if its events are folded into the state.
-    fn applied_before(&self, id: &str) -> Option<CommandRecord> {
-        self.recent
-            .as_ref()?
-            .iter()
-            .rev()
-            .find(|r| r.id == id)
-            .cloned()
     }
 
     /// The outcome of an already applied command, rebuilt from its stored events.
@@ -593,7 +684,7 @@ impl<A: Actor> Vm<A> {
         };
         let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
             Ok(s) => match &self.recent {
-                Some(recent) => s.with_commands(recent.iter().cloned().collect()),
+                Some(recent) => s.with_commands(recent.to_snapshot()),
                 None => s,
             },
             Err(e) => {
