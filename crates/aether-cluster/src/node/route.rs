@@ -152,9 +152,9 @@ impl<A: ClusterActor> ClusterActors<A> {
         self.route(actor_id, command, command_id.into()).await
     }
 
-    /// Sends `command` and returns once its owner has it: queued when the owner is this node,
-    /// handled when it is another (a remote owner's outcome is not reported, except failures
-    /// to deliver).
+    /// Sends `command` and returns once its owner has handled it, without reporting the outcome:
+    /// a refusal counts as delivered; failures to deliver (no node served the actor, the owner
+    /// failed) are returned. Like `ask`, the command is applied at most once.
     pub async fn tell(
         &self,
         actor_id: &str,

@@ -12,12 +12,17 @@ use super::wire::{self, Answer, Call, Handoff, Status};
 use super::{NodeInner, lock};
 use crate::hash::shard_for;
 
+/// Calls answered at once; more wait in the subscription (and, past its buffer, are dropped
+/// by NATS as a slow consumer's, which callers see as a timeout and re-send).
+const ANSWERING_AT_ONCE: usize = 4096;
+
 /// How long a call is held here for a shard that is about to be served (pending handoff, map
 /// not yet applied) before the caller is told to try again.
 const HOLD_HERE: Duration = Duration::from_secs(2);
 
 impl NodeInner {
     pub(super) async fn serve_calls(self: Arc<Self>, mut calls: async_nats::Subscriber) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(ANSWERING_AT_ONCE));
         loop {
             let message = tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -27,8 +32,12 @@ impl NodeInner {
             let Some(reply) = message.reply.clone() else {
                 continue; // nobody to answer
             };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let node = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let answer = node.answer(&message.payload).await;
                 match wire::encode(&answer) {
                     Ok(bytes) => {
