@@ -4,14 +4,7 @@
 //! the audit counts stored events per id (exactly one event per acknowledged command) and folds
 //! every actor's events.
 //!
-//! The seed's migration acceptance criteria map onto these tests: "returns a new shard map with
-//! assignments" and "processes the migration plan" (`a_fourth_node_joins_under_load`, which
-//! checks the moves and their migration records), "accepts actor migrations" and "state
-//! preserved" (the same test and `a_graceful_leave_under_load_returns_no_errors`: moved actors
-//! answer with their full state), "routes to the correct node"
-//! (`three_nodes_route_every_call_to_its_owner_and_apply_it_once`), "failed migrations are
-//! handled gracefully" (`an_unconfirmed_handoff_fails_over_to_serving_and_loses_nothing`), and
-//! "integration test with a multi-node cluster" (all of them).
+//! The seed's migration acceptance criteria have one test each in `tests/seed_migration.rs`.
 
 // Test code: a failed expectation panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
