@@ -336,12 +336,14 @@ async fn a_paused_leader_is_replaced_and_steps_down_without_writing_when_resumed
 async fn membership_and_leadership_survive_the_loss_of_a_nats_server() {
     let mut nats = NatsCluster::start(3).await.expect("nats cluster");
     let name = cluster_name();
-    // Timeouts above JetStream's stream-leader election (4-5.5 s measured), as docs/cluster.md says.
+    // Timeouts above JetStream's stream-leader election, as docs/cluster.md says: 4-5.5 s on an
+    // idle machine, but seen past 7 s (what the 10 s defaults ride out) while the other tests of
+    // this binary load both cores; 15 s keeps a margin (the leader rides out 10.5 s).
     let config = |id: &str| {
         fast_config(&name, id)
             .replicas(3)
-            .failure_timeout(Duration::from_secs(10))
-            .lease_ttl(Duration::from_secs(10))
+            .failure_timeout(Duration::from_secs(15))
+            .lease_ttl(Duration::from_secs(15))
     };
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
@@ -367,7 +369,7 @@ async fn membership_and_leadership_survive_the_loss_of_a_nats_server() {
 
     // Every node must keep heartbeating through the election: for twice the failure timeout
     // after the kill, nobody is reported failed or left, and the control plane still works.
-    let watch_until = Instant::now() + Duration::from_secs(20);
+    let watch_until = Instant::now() + Duration::from_secs(25);
     for node in &mut nodes {
         let result = tokio::time::timeout_at(
             watch_until,
