@@ -575,3 +575,130 @@ async fn a_python_caller_written_from_the_doc_calls_actors_once() {
         node.leave().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_calls_get_a_clear_answer_and_change_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let nodes = bank_nodes(&server, &name, &["a"]).await;
+    let (_, accounts, store) = &nodes[0];
+    accounts.ask("acct-1", Command::Deposit(7)).await.unwrap();
+    let raw = server.connect().await.unwrap();
+    let subject = format!("aether-cluster.{name}.call.a");
+    let call = |t: &str, actor: &str, cmd: Vec<u8>, epoch: u64| {
+        #[derive(serde::Serialize)]
+        struct Call<'a> {
+            #[serde(rename = "type")]
+            t: &'a str,
+            actor: &'a str,
+            id: &'a str,
+            epoch: u64,
+            #[serde(with = "serde_bytes_compat")]
+            cmd: Vec<u8>,
+        }
+        rmp_serde::to_vec_named(&Call {
+            t,
+            actor,
+            id: "hostile-1",
+            epoch,
+            cmd,
+        })
+        .unwrap()
+    };
+    let deposit = rmp_serde::to_vec_named(&Command::Deposit(1)).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage bytes",
+            b"\xc1\xff not msgpack".to_vec(),
+            "bad_request",
+        ),
+        ("empty body", Vec::new(), "bad_request"),
+        (
+            "unknown actor type",
+            call("nope", "acct-1", deposit.clone(), 0),
+            "bad_request",
+        ),
+        (
+            "empty actor id",
+            call("account", "", deposit.clone(), 0),
+            "bad_request",
+        ),
+        (
+            "a command of another type",
+            call("account", "acct-1", b"\x92\x01\x02".to_vec(), 0),
+            "bad_request",
+        ),
+        (
+            "a huge epoch (held briefly, then served by the owner's map)",
+            call("account", "acct-1", deposit.clone(), u64::MAX),
+            "ok",
+        ),
+    ];
+    for (what, body, want) in cases {
+        let reply = raw.request(subject.clone(), body.into()).await.unwrap();
+        let (status, reason) = status_and_reason(&reply.payload);
+        assert_eq!(status, want, "{what}: {reason:?}");
+        if want == "bad_request" {
+            assert!(reason.is_some_and(|r| !r.is_empty()), "{what}");
+        }
+    }
+    // Only the well-formed call was applied; the actor is intact.
+    let (causes, states) = audit(&**store, ["acct-1".to_owned()]).await;
+    assert_eq!(causes.get("hostile-1"), Some(&1));
+    assert_eq!(states["acct-1"].balance, 8);
+    nodes[0].0.leave().await.unwrap();
+}
+
+/// The `status` and `reason` of an answer, read as a plain MessagePack map.
+fn status_and_reason(bytes: &[u8]) -> (String, Option<String>) {
+    let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+    let get = |key: &str| {
+        value
+            .as_map()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .and_then(|(_, v)| v.as_str().map(str::to_owned))
+    };
+    (get("status").unwrap(), get("reason"))
+}
+
+mod serde_bytes_compat {
+    pub(super) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_serves_fails_clearly_after_the_call_timeout() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    // b stays a member for a minute while paused: its shards are not moved.
+    let b = ChildNode::spawn_bank_with("child_bank_node", &server.url(), &name, "b", Some(60_000))
+        .await;
+    let client = server.connect().await.unwrap();
+    let config = routing(fast_config(&name, "a"))
+        .call_timeout(Duration::from_millis(1500))
+        .request_timeout(Duration::from_millis(300));
+    let (a, accounts, _) = bank_node(client, config, 1).await;
+    settled(&[&a], &["a", "b"]).await;
+    let on_b = (0..100)
+        .map(|i| format!("acct-{i}"))
+        .find(|id| accounts.node_for(id).as_deref() == Some("b"))
+        .unwrap();
+    b.pause();
+    let t = Instant::now();
+    let err = accounts.ask(&on_b, Command::Deposit(1)).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(&err, aether_cluster::CallError::Unavailable { reason, .. } if reason.contains("did not answer")),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    println!("unavailable after {took:?}: {err}");
+    b.resume();
+    a.leave().await.unwrap();
+}
