@@ -56,9 +56,21 @@ impl Actor for Counter {
     }
 }
 
-const ROUNDS: usize = 5;
-const LATENCY_CALLS: usize = 2_000;
-const LOCAL_CALLS: usize = 20_000;
+/// Without `--bench` (as `cargo test --all-targets` runs it) the benchmark is a quick smoke run.
+static QUICK: AtomicBool = AtomicBool::new(false);
+
+/// `full` in a benchmark run, a hundredth (at least 10) in a smoke run.
+fn n(full: usize) -> usize {
+    if QUICK.load(Ordering::Relaxed) {
+        (full / 100).max(10)
+    } else {
+        full
+    }
+}
+
+fn rounds() -> usize {
+    if QUICK.load(Ordering::Relaxed) { 1 } else { 5 }
+}
 
 fn config(cluster: &str, node: &str) -> ClusterConfig {
     ClusterConfig::new(cluster)
@@ -179,13 +191,13 @@ async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str) {
     let requester = server.connect().await.unwrap();
     let call = bytes::Bytes::from(call);
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        for _ in 0..LATENCY_CALLS {
+    for _ in 0..rounds() {
+        for _ in 0..n(2_000) {
             let t = Instant::now();
             requester.request("bench.raw", call.clone()).await.unwrap();
             raw.push(t.elapsed());
         }
-        for _ in 0..LATENCY_CALLS {
+        for _ in 0..n(2_000) {
             let t = Instant::now();
             a_actors.ask(&target, 1).await.unwrap();
             ours.push(t.elapsed());
@@ -223,27 +235,27 @@ async fn local(server: &NatsServer) {
     let (base, ours, ratios, once) = tokio::spawn(async move {
         let (mut base, mut ours, mut ratios, mut once) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS * 2 {
+        for _ in 0..rounds() * 2 {
             let t = Instant::now();
-            for _ in 0..LOCAL_CALLS {
+            for _ in 0..n(20_000) {
                 plain.ask("local-1", 1).await.unwrap();
             }
             let b = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            for _ in 0..LOCAL_CALLS {
+            for _ in 0..n(20_000) {
                 actors.ask("local-1", 1).await.unwrap();
             }
             let o = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            for i in 0..LOCAL_CALLS {
+            for i in 0..n(20_000) {
                 plain
                     .ask_once("local-2", 1, format!("{i:x}"))
                     .await
                     .unwrap();
             }
-            once.push(t.elapsed().as_secs_f64() * 1e6 / LOCAL_CALLS as f64);
-            base.push(b * 1e6 / LOCAL_CALLS as f64);
-            ours.push(o * 1e6 / LOCAL_CALLS as f64);
+            once.push(t.elapsed().as_secs_f64() * 1e6 / n(20_000) as f64);
+            base.push(b * 1e6 / n(20_000) as f64);
+            ours.push(o * 1e6 / n(20_000) as f64);
             ratios.push(o / b);
         }
         (base, ours, ratios, once)
@@ -307,8 +319,8 @@ async fn jetstream(server: &NatsServer, name: &str) -> Arc<dyn EventStore> {
 }
 
 async fn throughput(server: &NatsServer) {
-    const ACTORS: usize = 1_000;
-    const TOTAL: usize = 30_000;
+    let actors = n(1_000);
+    let total = n(30_000);
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (solo, solo_actors) = node(
         server,
@@ -328,8 +340,8 @@ async fn throughput(server: &NatsServer) {
     let callers: Vec<_> = nodes.iter().map(|n| n.1.clone()).collect();
     let (mut one, mut three) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        one.push(drive(std::slice::from_ref(&solo_actors), ACTORS, TOTAL).await);
-        three.push(drive(&callers, ACTORS, TOTAL).await);
+        one.push(drive(std::slice::from_ref(&solo_actors), actors, total).await);
+        three.push(drive(&callers, actors, total).await);
     }
     let (one, three) = (median(&mut one), median(&mut three));
     println!(
@@ -343,7 +355,7 @@ async fn throughput(server: &NatsServer) {
 }
 
 async fn join_with_active_actors(server: &NatsServer) {
-    const ACTIVE: usize = 10_000;
+    let active_actors = n(10_000);
     const LANES: usize = 16;
     let cluster = format!("bench{}", uuid::Uuid::new_v4().simple());
     let store: Arc<dyn EventStore> = Arc::new(InMemoryEventStore::new());
@@ -352,7 +364,7 @@ async fn join_with_active_actors(server: &NatsServer) {
         nodes.push(node(server, &cluster, id, store.clone()).await);
     }
     settle(&nodes.iter().map(|n| &n.0).collect::<Vec<_>>(), 3).await;
-    drive(&[nodes[0].1.clone()], ACTIVE, ACTIVE * 2).await;
+    drive(&[nodes[0].1.clone()], active_actors, active_actors * 2).await;
     let active: usize = nodes.iter().map(|n| n.1.runtime().active_count()).sum();
     // Load during the join: every call timed; the longest is the longest a call was held.
     let stop = Arc::new(AtomicBool::new(false));
@@ -373,7 +385,10 @@ async fn join_with_active_actors(server: &NatsServer) {
                 let mut i = lane;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    actors.ask(&format!("tp-{}", i % ACTIVE), 1).await.unwrap();
+                    actors
+                        .ask(&format!("tp-{}", i % active_actors), 1)
+                        .await
+                        .unwrap();
                     let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
                     slowest.fetch_max(us, Ordering::Relaxed);
                     if us > 10_000 {
@@ -415,6 +430,7 @@ async fn join_with_active_actors(server: &NatsServer) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects rows by name.
+    QUICK.store(!std::env::args().any(|a| a == "--bench"), Ordering::Relaxed);
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let want = |row: &str| filter.as_deref().is_none_or(|f| row.contains(f));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -424,6 +440,9 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let server = NatsServer::start().await.unwrap();
+        if QUICK.load(Ordering::Relaxed) {
+            println!("smoke run (no --bench): sizes / 100, debug build; not a measurement");
+        }
         println!("| path | Aether | baseline (same run) | ratio |");
         println!("| --- | --- | --- | --- |");
         if want("remote") {
