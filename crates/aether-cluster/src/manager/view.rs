@@ -17,11 +17,20 @@ impl Inner {
 
     /// Loads the whole view (see [`resync`](Self::resync)); `config` is known to exist.
     pub(super) async fn load(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
-        let mut watch = bucket
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| self.setup("watching the cluster bucket", Box::new(e)))?;
+        // Creating the watch's consumer can time out while a just-created replicated bucket
+        // elects its stream leader, or on a loaded server: a few attempts, then the error.
+        let mut attempt = 0;
+        let mut watch = loop {
+            attempt += 1;
+            match bucket.kv.watch_with_history(">").await {
+                Ok(watch) => break watch,
+                Err(e) if attempt < 4 => {
+                    tracing::debug!(node = %self.config.node_id, error = %e, attempt, "creating the bucket watch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                }
+                Err(e) => return Err(self.setup("watching the cluster bucket", Box::new(e))),
+            }
+        };
         let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -20,7 +20,7 @@ import nats
 import xxhash
 from nats.js.errors import APIError, KeyNotFoundError
 
-TTL = "2s"  # the failure timeout, as a Nats-TTL header value
+TTL = "5s"  # this node's failure timeout, as a Nats-TTL header value (room for a loaded machine)
 
 
 async def main(url: str, cluster: str, node_id: str, actors: list) -> dict:
