@@ -2,11 +2,13 @@
 //!
 //! This file holds [`Runtime`] and its public methods; the parts live in submodules:
 //! `builder` ([`RuntimeBuilder`]), `registry` (the shards of active VMs, activation bookkeeping,
-//! eviction, the idle sweeper, [`RuntimeStats`]), `vm` (the per-actor task) and `actor_ref`
+//! eviction, the idle sweeper, [`RuntimeStats`]), `vm` (the per-actor task), `recent` (the
+//! command ids an actor remembers) and `actor_ref`
 //! ([`ActorRef`], [`Applied`]).
 
 mod actor_ref;
 mod builder;
+mod recent;
 mod registry;
 mod vm;
 
