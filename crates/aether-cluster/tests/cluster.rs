@@ -556,20 +556,7 @@ async fn a_python_node_written_from_the_doc_joins_and_routes_like_the_rust_nodes
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "py_node.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(
-        out.stdout
-            .trim_ascii_end()
-            .rsplit(|b| *b == b'\n')
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let seen = python_result("py_node.py", &out);
     assert_eq!(seen["shard_count"], 64);
     assert_eq!(seen["members"], serde_json::json!(["a", "b", "py-node"]));
     assert_eq!(seen["map_leader"], "a");

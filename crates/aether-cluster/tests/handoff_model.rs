@@ -86,6 +86,20 @@ struct Handoff {
 }
 
 impl Handoff {
+    /// `nodes` x `shards`, one command per entry of `commands` (its shard), each sent at most
+    /// twice, up to `max_maps` maps, with both command-id checks on.
+    fn new(nodes: u8, shards: u8, commands: Vec<Shard>, max_maps: usize) -> Self {
+        Self {
+            nodes,
+            shards,
+            commands,
+            sends: 2,
+            max_maps,
+            dedupe: true,
+            conflict_check: true,
+        }
+    }
+
     fn shard_of(&self, cmd: Cmd) -> Shard {
         self.commands[cmd as usize]
     }
@@ -366,30 +380,14 @@ fn check(model: Handoff) -> impl Checker<Handoff> {
 
 #[test]
 fn two_nodes_two_shards_the_handoff_is_safe() {
-    let checker = check(Handoff {
-        nodes: 2,
-        shards: 2,
-        commands: vec![0, 1],
-        sends: 2,
-        max_maps: 3,
-        dedupe: true,
-        conflict_check: true,
-    });
+    let checker = check(Handoff::new(2, 2, vec![0, 1], 3));
     checker.assert_properties();
     println!("2 nodes: {} states", checker.unique_state_count());
 }
 
 #[test]
 fn three_nodes_two_shards_the_handoff_is_safe() {
-    let checker = check(Handoff {
-        nodes: 3,
-        shards: 2,
-        commands: vec![0, 1],
-        sends: 2,
-        max_maps: 2,
-        dedupe: true,
-        conflict_check: true,
-    });
+    let checker = check(Handoff::new(3, 2, vec![0, 1], 2));
     checker.assert_properties();
     println!("3 nodes: {} states", checker.unique_state_count());
 }
@@ -397,13 +395,9 @@ fn three_nodes_two_shards_the_handoff_is_safe() {
 #[test]
 fn without_the_command_id_check_a_command_is_applied_twice() {
     let checker = check(Handoff {
-        nodes: 2,
-        shards: 1,
-        commands: vec![0],
-        sends: 2,
-        max_maps: 2,
         dedupe: false,
         conflict_check: false,
+        ..Handoff::new(2, 1, vec![0], 2)
     });
     let path = checker.assert_any_discovery("no command is applied twice");
     println!("counterexample: {:?}", path.into_actions());
@@ -415,13 +409,9 @@ fn without_the_command_id_check_a_command_is_applied_twice() {
 #[test]
 fn a_conflict_loser_that_does_not_look_for_its_command_applies_it_twice() {
     let checker = check(Handoff {
-        nodes: 2,
-        shards: 1,
-        commands: vec![0],
-        sends: 2,
-        max_maps: 2,
         dedupe: true,
         conflict_check: false,
+        ..Handoff::new(2, 1, vec![0], 2)
     });
     let path = checker.assert_any_discovery("no command is applied twice");
     let actions = path.into_actions();

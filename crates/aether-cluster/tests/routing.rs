@@ -537,20 +537,7 @@ async fn a_python_caller_written_from_the_doc_calls_actors_once() {
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "py_caller.py failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(
-        out.stdout
-            .trim_ascii_end()
-            .rsplit(|b| *b == b'\n')
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let seen = python_result("py_caller.py", &out);
     assert_eq!(seen["first"]["status"], "ok", "{seen}");
     assert_eq!(seen["first"]["version"], 1);
     assert_eq!(

@@ -294,3 +294,20 @@ impl ChildNode {
         Self::spawn_env(test_filter, "AETHER_BANK_CHILD", spec, node_id).await
     }
 }
+
+/// The JSON a Python test script printed on its last line; panics with its output if it failed.
+pub fn python_result(script: &str, out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = out
+        .stdout
+        .trim_ascii_end()
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default();
+    serde_json::from_slice(last).expect("the script's last line is JSON")
+}
