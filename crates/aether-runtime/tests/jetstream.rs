@@ -122,3 +122,72 @@ async fn two_runtimes_on_two_connections_lose_no_update() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// The sequence: a long history written by one process; a restarted process activates
+/// the actor only to read it (`capture_state`) and passivates it (a snapshot); from then on
+/// every activation reads only what follows that snapshot, and the counts say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_read_then_passivate_leaves_activation_constant() {
+    const HISTORY: u64 = 100_000;
+    let server = NatsServer::start().await.unwrap();
+    let writer = store(&server).await;
+    let events = |from: u64, to: u64| {
+        (from..=to)
+            .map(|v| aether_core::Event::new("read-mostly", "Added", v, &TallyEvent::Added(1)))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let mut v = 1;
+    while v <= HISTORY {
+        let end = (v + 999).min(HISTORY);
+        writer.save_events(events(v, end)).await.unwrap();
+        v = end + 1;
+    }
+    let policy = SnapshotPolicy::default().min_events(1);
+    // The restarted process: no snapshot yet, so the first activation reads everything once.
+    let restarted = store(&server).await;
+    let runtime = Runtime::<Tally>::builder(restarted.clone())
+        .snapshots(restarted.clone())
+        .snapshot_policy(policy)
+        .build();
+    let (state, version) = runtime.capture_state("read-mostly").await.unwrap();
+    assert_eq!((state.total, version), (HISTORY, HISTORY));
+    assert_eq!(runtime.stats().replayed, HISTORY);
+    assert_eq!(restarted.read_stats().records_read, HISTORY);
+    assert!(runtime.stop_vm("read-mostly").await);
+    assert_eq!(runtime.stats().snapshots, 1);
+    // Activations after it, in this process and in a new one, read nothing but the snapshot.
+    let mut expected = HISTORY;
+    for fresh in [false, true] {
+        let store = if fresh {
+            store(&server).await
+        } else {
+            restarted.clone()
+        };
+        let runtime = Runtime::<Tally>::builder(store.clone())
+            .snapshots(store.clone())
+            .snapshot_policy(policy)
+            .build();
+        let before = store.read_stats();
+        let (state, version) = runtime.capture_state("read-mostly").await.unwrap();
+        assert_eq!((state.total, version), (expected, expected));
+        let after = store.read_stats();
+        assert_eq!(runtime.stats().replayed, 0, "fresh store: {fresh}");
+        assert_eq!(
+            after.records_read, before.records_read,
+            "fresh store: {fresh}"
+        );
+        assert_eq!(after.position_lookups, before.position_lookups);
+        // One more event by another writer: the next activation reads exactly that one.
+        assert!(runtime.stop_vm("read-mostly").await);
+        let next = version + 1;
+        writer.save_events(events(next, next)).await.unwrap();
+        let before = store.read_stats();
+        let (_, version) = runtime.capture_state("read-mostly").await.unwrap();
+        assert_eq!(version, next);
+        expected = next;
+        assert_eq!(runtime.stats().replayed, 1);
+        assert_eq!(store.read_stats().records_read - before.records_read, 1);
+        assert!(runtime.stop_vm("read-mostly").await);
+    }
+}

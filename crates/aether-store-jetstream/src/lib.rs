@@ -20,4 +20,4 @@ mod store;
 pub use async_nats;
 pub use config::{DEFAULT_CACHE_CAPACITY, JetStreamConfig, Storage};
 pub use error::ConfigError;
-pub use store::JetStreamEventStore;
+pub use store::{JetStreamEventStore, ReadStats};

@@ -6,7 +6,7 @@
 //! [`slots`] (the per-actor version cache and write serialisation).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -28,8 +28,31 @@ use crate::layout;
 mod append;
 mod open;
 mod replay;
+mod seek;
 mod slots;
 mod snapshots;
+
+/// Counters of what this store read from the server (see [`JetStreamEventStore::read_stats`]).
+#[derive(Debug, Default)]
+struct ReadCounters {
+    records_read: AtomicU64,
+    lookups: AtomicU64,
+}
+
+/// What a [`JetStreamEventStore`] has read from the server since it was opened: the cost of
+/// reads, as opposed to what they returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadStats {
+    /// Records delivered by replays (`get_events`, `stream_events`, activations), including
+    /// the few below the requested version that a read starts before and drops, and the records
+    /// it skipped as broken.
+    pub records_read: u64,
+    /// Single-record lookups made to find where a version starts in an actor's subject (each
+    /// one server round trip): a read from version `V` makes O(log n) of them, none when a
+    /// snapshot's recorded position or this store's last append already tells.
+    pub position_lookups: u64,
+}
 
 struct Inner {
     client: async_nats::Client,
@@ -50,6 +73,7 @@ struct Inner {
     /// `Err(reason)` when the server or stream cannot do atomic batches.
     atomic_batches: Result<(), String>,
     request_timeout: Duration,
+    stats: ReadCounters,
 }
 
 /// The production event store: events in a JetStream stream, snapshots in a KV bucket, with
@@ -186,6 +210,27 @@ impl JetStreamEventStore {
     pub fn with_broadcaster(self, broadcaster: Arc<dyn EventBroadcaster>) -> Self {
         self.set_broadcaster(broadcaster);
         self
+    }
+
+    /// What this store has read from the server so far: records delivered by replays and
+    /// position lookups. Reads from a version cost what follows that version, not the history
+    /// before it:
+    ///
+    /// ```no_run
+    /// # async fn demo(store: aether_store_jetstream::JetStreamEventStore) -> Result<(), aether_core::StoreError> {
+    /// use aether_core::EventStore;
+    /// let before = store.read_stats();
+    /// let tail = store.get_events("order-1", 99_991).await?; // the last 10 of 100k events
+    /// let after = store.read_stats();
+    /// // At most a few dozen records below the version are read and dropped; usually none.
+    /// assert!(after.records_read - before.records_read <= tail.len() as u64 + 32);
+    /// # Ok(()) }
+    /// ```
+    pub fn read_stats(&self) -> ReadStats {
+        ReadStats {
+            records_read: self.inner.stats.records_read.load(Ordering::Relaxed),
+            position_lookups: self.inner.stats.lookups.load(Ordering::Relaxed),
+        }
     }
 
     /// How many actors the store's version cache holds now (at most

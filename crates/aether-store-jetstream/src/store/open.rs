@@ -228,6 +228,7 @@ impl JetStreamEventStore {
                 max_event_bytes,
                 atomic_batches,
                 request_timeout: config.request_timeout,
+                stats: super::ReadCounters::default(),
             }),
         })
     }

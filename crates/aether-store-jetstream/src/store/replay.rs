@@ -1,37 +1,24 @@
 //! Replaying an actor's events: an ordered push consumer filtered on the actor's subject, started
-//! at a snapshot checkpoint when one is known, read up to the leader's last sequence. Each record
+//! where the first wanted version starts (see [`super::seek`]), read up to the leader's last
+//! sequence. Each record
 //! is read as the version it holds (its `Aether-Version` header) and its event; reads yield
 //! strictly increasing versions, and every record they skip is reported (never a panic).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aether_core::{Event, ReplayError, StoreError, limits};
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::{Stream, StreamExt};
 
 use super::JetStreamEventStore;
+use super::seek::SKIP_BUDGET;
 use crate::error::backend;
 use crate::layout;
 
 impl JetStreamEventStore {
-    fn start_policy(&self, actor_id: &str, from_version: u64) -> DeliverPolicy {
-        if from_version <= 1 {
-            return DeliverPolicy::All;
-        }
-        let checkpoint = self.inner.checkpoints.get(actor_id);
-        match checkpoint {
-            Some((version, seq)) if version < from_version && seq > 0 => {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: seq.saturating_add(1),
-                }
-            }
-            _ => DeliverPolicy::All,
-        }
-    }
-
     /// Streams the actor's records with version >= `from_version` through an ordered push consumer
     /// filtered on the actor's subject: the events in strictly increasing version order, and the
     /// records skipped on the way ([`Order`]).
@@ -64,6 +51,7 @@ impl JetStreamEventStore {
                                 order: Order::new(from),
                                 last_sequence,
                                 timeout: store.inner.request_timeout,
+                                records: store.clone(),
                             },
                         ),
                         Ok(None) => return None,
@@ -100,6 +88,8 @@ impl JetStreamEventStore {
                         ));
                     }
                 };
+                let counters = &target.records.inner.stats;
+                counters.records_read.fetch_add(1, Ordering::Relaxed);
                 let position = next.info().map_or(0, |info| info.stream_sequence);
                 let record = read_record(next.headers.as_ref(), &next.payload, actor_id);
                 let item = target.order.admit(position, record, next.payload.clone());
@@ -115,9 +105,11 @@ impl JetStreamEventStore {
         .boxed()
     }
 
-    /// Starts a replay: the subject's last sequence is read from the stream leader first, and the
+    /// Starts a replay: the subject's last record is read from the stream leader first, and the
     /// replay reads up to it. The ordered consumer may be served by a replica that lags behind
-    /// (R3); reading to the leader's last sequence gives read-your-writes all the same.
+    /// (R3); reading to the leader's last sequence gives read-your-writes all the same. A read
+    /// from a version above 1 starts where that version starts ([`Self::find_start`]), not at
+    /// the beginning of the actor's history.
     async fn open_replay(
         &self,
         actor_id: &str,
@@ -125,24 +117,22 @@ impl JetStreamEventStore {
     ) -> Result<Option<(async_nats::jetstream::consumer::push::Ordered, u64)>, StoreError> {
         let context = || format!("starting a replay of actor {actor_id:?}");
         let subject = self.subject_for(actor_id);
-        let last_sequence = match self
-            .inner
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(msg) => msg.sequence,
-            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(backend(context(), e)),
-        };
-        let deliver_policy = self.start_policy(actor_id, from_version);
-        if let DeliverPolicy::ByStartSequence { start_sequence } = deliver_policy
-            && start_sequence > last_sequence
-        {
+        let Some(last) = self.last_record(actor_id, &subject, context).await? else {
             return Ok(None);
-        }
+        };
+        let Some(start) = self
+            .find_start(actor_id, &subject, from_version, last, SKIP_BUDGET)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let deliver_policy = if start <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            }
+        };
         let consumer = self
             .inner
             .stream
@@ -158,7 +148,7 @@ impl JetStreamEventStore {
             .messages()
             .await
             .map_err(|e| backend(context(), e))?;
-        Ok(Some((messages, last_sequence)))
+        Ok(Some((messages, last.seq)))
     }
 }
 
@@ -168,6 +158,8 @@ struct ReadTarget {
     order: Order,
     last_sequence: u64,
     timeout: Duration,
+    /// The store whose read counters this replay adds to.
+    records: JetStreamEventStore,
 }
 
 /// A record read back from the stream.

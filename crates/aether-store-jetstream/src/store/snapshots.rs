@@ -12,7 +12,8 @@ use crate::error::backend;
 use crate::layout;
 
 /// A snapshot as kept in the KV bucket: the snapshot and the stream sequence of the event at its
-/// version (0 if unknown), so replay after the snapshot can start there.
+/// version (0 only when no stored record holds that version), so replay after the snapshot can
+/// start there.
 #[derive(Serialize, Deserialize)]
 struct SnapshotRecord {
     snapshot: ActorSnapshot,
@@ -62,12 +63,7 @@ impl JetStreamEventStore {
         limits::check_snapshot(None, &snapshot)?;
         let actor_id = snapshot.actor_id.clone();
         let key = layout::actor_token(&actor_id);
-        let sequence = self
-            .existing_slot(&actor_id)
-            .and_then(|s| s.known())
-            .filter(|k| k.version == snapshot.version)
-            .and_then(|k| k.seq)
-            .unwrap_or(0);
+        let sequence = self.snapshot_position(&actor_id, snapshot.version).await?;
         let record = SnapshotRecord { snapshot, sequence };
         let bytes = Bytes::from(rmp_serde::to_vec_named(&record).map_err(|e| {
             StoreError::backend(format!("encoding the snapshot of actor {actor_id:?}"), e)
@@ -124,6 +120,36 @@ impl JetStreamEventStore {
             context(),
             "kept losing races with concurrent snapshot writers",
         ))
+    }
+
+    /// The stream sequence of the record holding `version`, so that a replay after the snapshot
+    /// starts right after it: from this store's last append when it wrote that version,
+    /// otherwise looked up on the server (the subject's last record, or a search when the actor
+    /// has moved on since). 0 when no record holds `version` (a snapshot of a version that is not
+    /// stored: a replay after it then searches for its start).
+    async fn snapshot_position(&self, actor_id: &str, version: u64) -> Result<u64, StoreError> {
+        if let Some(seq) = self
+            .existing_slot(actor_id)
+            .and_then(|s| s.known())
+            .filter(|k| k.version == version)
+            .and_then(|k| k.seq)
+            .filter(|&s| s > 0)
+        {
+            return Ok(seq);
+        }
+        if version == 0 {
+            return Ok(0);
+        }
+        let subject = self.subject_for(actor_id);
+        let context =
+            || format!("finding the stream position of the snapshot of actor {actor_id:?}");
+        let Some(last) = self.last_record(actor_id, &subject, context).await? else {
+            return Ok(0);
+        };
+        Ok(self
+            .position_of(actor_id, &subject, version, last)
+            .await?
+            .unwrap_or(0))
     }
 
     fn remember_checkpoint(&self, record: &SnapshotRecord) {
