@@ -38,7 +38,7 @@ pub use model::{
     Causes, LoadModelError, MAX_CAUSES, ModelActor, ModelCommand, ModelError, ModelEvent,
     ModelRuntime,
 };
-pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats};
+pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats, SHUTDOWN_WINDOW};
 
 /// How many recent commands (by id) an actor remembers, in memory and in its snapshots, to
 /// recognise a command sent again ([`ActorRef::ask_once`]): a command is applied at most once as

@@ -24,6 +24,9 @@ use crate::actor::Actor;
 use crate::error::AskError;
 
 pub use actor_ref::{ActorRef, Applied};
+
+/// How many actors [`Runtime::shutdown`] lets passivate at the same time.
+pub const SHUTDOWN_WINDOW: u64 = 1024;
 pub use builder::RuntimeBuilder;
 pub use registry::RuntimeStats;
 use registry::{Shared, Slot};
@@ -253,28 +256,31 @@ impl<A: Actor> Runtime<A> {
     /// Stops taking new commands, lets every actor handle what is already in its mailbox,
     /// snapshots under the policy and waits until all are passivated. Commands sent after this
     /// starts get [`AskError::ShutDown`].
+    ///
+    /// Actors stop in parallel, at most [`SHUTDOWN_WINDOW`] at a time (so a million actors
+    /// saving snapshots do not send a million requests at once), and the runtime's actor table
+    /// gives its memory back when they are gone.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         loop {
-            let mut waits = Vec::new();
+            let mut present = false;
+            let mut stops = Vec::new();
             for shard in self.shared.shards.iter() {
-                for (id, slot) in lock(shard).iter() {
-                    let tx = match slot {
-                        Slot::Active(h) => Some(h.tx.clone()),
-                        Slot::Passivating(_) => None,
-                    };
-                    waits.push((id.clone(), tx, slot.generation()));
+                for slot in lock(shard).values() {
+                    present = true;
+                    if let Slot::Active(h) = slot {
+                        stops.push(h.tx.clone());
+                    }
                 }
             }
-            if waits.is_empty() {
-                return;
+            if !present {
+                break;
             }
-            for (id, tx, generation) in waits {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Envelope::Stop).await;
-                }
-                self.shared.wait_gone(&id, generation).await;
-            }
+            self.shared.stop_all(stops, SHUTDOWN_WINDOW).await;
+            self.shared.wait_none_active().await;
+        }
+        for shard in self.shared.shards.iter() {
+            lock(shard).shrink_to_fit();
         }
     }
 }

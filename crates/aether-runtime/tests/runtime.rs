@@ -451,3 +451,45 @@ fn setters_survive_a_later_config() {
     assert_eq!(before.snapshots, policy);
     assert_eq!(before.mailbox_capacity, 9);
 }
+
+/// Shutdown with many actors, some of them busy: every queued command is handled, every actor
+/// passivates with its snapshot, commands after shutdown are refused, and nothing stays active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_of_many_actors_stops_them_all_and_loses_nothing() {
+    const ACTORS: usize = 5_000;
+    let store = memory();
+    let runtime = Runtime::<Ledger>::builder(store.clone())
+        .snapshots(store.clone())
+        .snapshot_policy(SnapshotPolicy::off().on_passivation(true).min_events(1))
+        .build();
+    let record = |seq| LedgerCommand::Record { sender: 0, seq };
+    for i in 0..ACTORS {
+        runtime.ask(&format!("many-{i}"), record(1)).await.unwrap();
+    }
+    // A few actors with commands still queued when shutdown starts.
+    for i in 0..10 {
+        for seq in 2..=20 {
+            runtime
+                .tell(&format!("many-{i}"), record(seq))
+                .await
+                .unwrap();
+        }
+    }
+    runtime.shutdown().await;
+    assert_eq!(runtime.active_count(), 0);
+    assert!(runtime.active_vms().is_empty());
+    let stats = runtime.stats();
+    assert_eq!(stats.passivations, ACTORS as u64);
+    assert_eq!(stats.snapshots, ACTORS as u64);
+    for i in 0..ACTORS {
+        let id = format!("many-{i}");
+        let want = if i < 10 { 20 } else { 1 };
+        assert_eq!(store.get_latest_version(&id).await.unwrap(), want, "{id}");
+        let snapshot = store.get_latest_snapshot(&id).await.unwrap().unwrap();
+        assert_eq!(snapshot.version, want, "{id}: snapshot at its last version");
+    }
+    assert!(matches!(
+        runtime.ask("many-0", record(99)).await,
+        Err(AskError::ShutDown { .. })
+    ));
+}

@@ -451,6 +451,13 @@ impl NatsServer {
         &self.binary
     }
 
+    /// The server's resident memory in bytes (`VmRSS` from `/proc`), for scale measurements;
+    /// `None` when it is not running or the platform has no `/proc`.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref().and_then(Child::id)?;
+        crate::bench::resident_bytes_of(&format!("/proc/{pid}/status"))
+    }
+
     /// Whether the process is running (it may be paused).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

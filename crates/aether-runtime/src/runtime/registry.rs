@@ -262,6 +262,48 @@ impl<A: Actor> Shared<A> {
         }
     }
 
+    /// Asks every actor of `stops` to passivate, with at most `window` passivations under way at
+    /// a time. A full mailbox is not waited on in the first pass: those actors are asked last.
+    pub(super) async fn stop_all(&self, stops: Vec<mpsc::Sender<Envelope<A>>>, window: u64) {
+        let start = self.stats.passivations.load(Ordering::Acquire);
+        let mut sent = 0u64;
+        let mut busy = Vec::new();
+        for tx in stops {
+            loop {
+                let notified = self.passivated.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let done = self.stats.passivations.load(Ordering::Acquire) - start;
+                if sent.saturating_sub(done) < window {
+                    break;
+                }
+                notified.await;
+            }
+            match tx.try_send(Envelope::Stop) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => busy.push(tx),
+                // Already gone.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for tx in busy {
+            let _ = tx.send(Envelope::Stop).await;
+        }
+    }
+
+    /// Waits until no actor is in memory (active or passivating).
+    pub(super) async fn wait_none_active(&self) {
+        loop {
+            let notified = self.passivated.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Marks the actor as leaving (new messages wait for it to finish).
     pub(super) fn begin_passivation(&self, id: &Arc<str>, generation: u64) {
         let mut shard = lock(self.shard(id));
