@@ -11,7 +11,8 @@
 //! | runtime memory per active actor, and shutdown | 10k / 100k / 1M | a plain tokio task and mpsc channel per actor in a `HashMap` |
 //!
 //! Memory rows run in a child process each (this binary again), so that one row's freed memory
-//! does not flatter the next. Run with `cargo xtask bench -p aether-runtime --bench scale`
+//! does not flatter the next; the binary counts live heap bytes (`stats_alloc`) beside the
+//! process's resident memory. Run with `cargo xtask bench -p aether-runtime --bench scale`
 //! (optionally a row name: `-- --bench read`). Without `--bench` (as `cargo test --all-targets`
 //! runs it) it is a quick smoke run with sizes / 100.
 
@@ -333,19 +334,37 @@ async fn reads_and_activation(server: &NatsServer) {
     }
 }
 
-/// What a memory child reports: memory per actor while active, shutdown time, memory held after.
+/// Counts live heap bytes, so "memory held" means what the code holds, not what the allocator
+/// keeps for reuse (glibc rarely gives small freed blocks back to the OS).
+#[global_allocator]
+static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+fn live_heap() -> f64 {
+    let s = HEAP.stats();
+    s.bytes_allocated as f64 - s.bytes_deallocated as f64 + s.bytes_reallocated as f64
+}
+
+/// What a memory child reports: resident and heap memory per active actor, shutdown time,
+/// heap still held after shutdown (the runtime still alive) and after dropping it.
 #[derive(Debug, Serialize, Deserialize)]
 struct MemoryReport {
-    per_actor: f64,
+    rss_per_actor: f64,
+    heap_per_actor: f64,
     stop: Duration,
-    held_after: f64,
+    held_after_stop: f64,
+    held_after_drop: f64,
 }
 
 /// Runs in a child process: `n` active actors (Aether, or the plain tokio structure).
 async fn memory_child(kind: &str, n: u64) -> MemoryReport {
-    let before = resident_bytes().unwrap_or(0);
-    let grown = |now: u64| now.saturating_sub(before) as f64;
-    let (active, stop) = if kind == "aether" {
+    let (rss0, heap0) = (resident_bytes().unwrap_or(0), live_heap());
+    let active = || {
+        (
+            resident_bytes().unwrap_or(0).saturating_sub(rss0) as f64 / n as f64,
+            (live_heap() - heap0) / n as f64,
+        )
+    };
+    let ((rss_per_actor, heap_per_actor), stop, held_after_stop) = if kind == "aether" {
         let runtime = Runtime::<Tally>::builder(Arc::new(InMemoryEventStore::new()))
             .max_active(n as usize)
             .build();
@@ -355,10 +374,11 @@ async fn memory_child(kind: &str, n: u64) -> MemoryReport {
         // Let every activation finish loading.
         runtime.capture_state("m-0").await.unwrap();
         tokio::task::yield_now().await;
-        let active = grown(resident_bytes().unwrap_or(0));
+        let per_actor = active();
         let t = Instant::now();
         runtime.shutdown().await;
-        (active, t.elapsed())
+        let stop = t.elapsed();
+        (per_actor, stop, live_heap() - heap0)
     } else {
         let mut map = HashMap::new();
         let mut tasks = Vec::new();
@@ -377,7 +397,7 @@ async fn memory_child(kind: &str, n: u64) -> MemoryReport {
             map.insert(Arc::<str>::from(format!("m-{i}")), tx);
         }
         tokio::task::yield_now().await;
-        let active = grown(resident_bytes().unwrap_or(0));
+        let per_actor = active();
         let t = Instant::now();
         for tx in map.values() {
             let _ = tx.try_send(0);
@@ -385,14 +405,17 @@ async fn memory_child(kind: &str, n: u64) -> MemoryReport {
         for task in tasks {
             task.await.unwrap();
         }
-        map.clear();
-        map.shrink_to_fit();
-        (active, t.elapsed())
+        let stop = t.elapsed();
+        let held = live_heap() - heap0;
+        drop(map);
+        (per_actor, stop, held)
     };
     MemoryReport {
-        per_actor: active / n as f64,
+        rss_per_actor,
+        heap_per_actor,
         stop,
-        held_after: grown(resident_bytes().unwrap_or(0)),
+        held_after_stop,
+        held_after_drop: live_heap() - heap0,
     }
 }
 
@@ -412,15 +435,26 @@ fn spawn_memory_child(kind: &str, n: u64) -> MemoryReport {
 }
 
 fn runtime_memory() {
+    let mb = |b: f64| format!("{:.1} MB", b / 1e6);
     for n in [10_000, 100_000, 1_000_000].map(size) {
         let plain = spawn_memory_child("plain", n);
         let ours = spawn_memory_child("aether", n);
         row(
-            "runtime memory per active actor (memory store)",
+            "runtime memory per active actor, resident (memory store)",
             n,
-            &format!("{:.0} B", ours.per_actor),
-            &format!("{:.0} B (tokio task + mpsc + HashMap)", plain.per_actor),
-            &format!("{:.2}x", ours.per_actor / plain.per_actor.max(1.0)),
+            &format!("{:.0} B", ours.rss_per_actor),
+            &format!("{:.0} B (tokio task + mpsc + HashMap)", plain.rss_per_actor),
+            &format!("{:.2}x", ours.rss_per_actor / plain.rss_per_actor.max(1.0)),
+        );
+        row(
+            "runtime memory per active actor, live heap",
+            n,
+            &format!("{:.0} B", ours.heap_per_actor),
+            &format!("{:.0} B", plain.heap_per_actor),
+            &format!(
+                "{:.2}x",
+                ours.heap_per_actor / plain.heap_per_actor.max(1.0)
+            ),
         );
         row(
             "shutdown of all active actors",
@@ -436,10 +470,18 @@ fn runtime_memory() {
             ),
         );
         row(
-            "memory still held after shutdown (process RSS growth)",
+            "live heap held after shutdown / after drop",
             n,
-            &format!("{:.1} MB", ours.held_after / 1e6),
-            &format!("{:.1} MB", plain.held_after / 1e6),
+            &format!(
+                "{} / {}",
+                mb(ours.held_after_stop),
+                mb(ours.held_after_drop)
+            ),
+            &format!(
+                "{} (tasks joined, map kept) / {}",
+                mb(plain.held_after_stop),
+                mb(plain.held_after_drop)
+            ),
             "-",
         );
     }

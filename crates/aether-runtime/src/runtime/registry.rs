@@ -101,6 +101,10 @@ pub(crate) struct Shared<A: Actor> {
     evict_cursor: AtomicUsize,
     /// Woken whenever an actor finishes passivating.
     passivated: Notify,
+    /// Woken (for shutdown) when the passivation count reaches `drain_target`, and when no
+    /// actor is left in memory: one wake-up per batch, not one per actor.
+    drained: Notify,
+    drain_target: AtomicU64,
     sweeper: AtomicBool,
     clock: AtomicU64,
     /// What a loaded EventStorming model allows this actor type (see `load_model`).
@@ -130,6 +134,8 @@ impl<A: Actor> Shared<A> {
             generations: AtomicU64::new(0),
             evict_cursor: AtomicUsize::new(0),
             passivated: Notify::new(),
+            drained: Notify::new(),
+            drain_target: AtomicU64::new(u64::MAX),
             sweeper: AtomicBool::new(false),
             clock: AtomicU64::new(1),
             rules: std::sync::OnceLock::new(),
@@ -266,18 +272,25 @@ impl<A: Actor> Shared<A> {
     /// a time. A full mailbox is not waited on in the first pass: those actors are asked last.
     pub(super) async fn stop_all(&self, stops: Vec<mpsc::Sender<Envelope<A>>>, window: u64) {
         let start = self.stats.passivations.load(Ordering::Acquire);
+        let window = window.max(2);
         let mut sent = 0u64;
         let mut busy = Vec::new();
         for tx in stops {
-            loop {
-                let notified = self.passivated.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let done = self.stats.passivations.load(Ordering::Acquire) - start;
-                if sent.saturating_sub(done) < window {
-                    break;
+            if sent >= window {
+                // Full: wait until half the window has passivated (one wake-up per half window).
+                let target = start + sent - window / 2;
+                self.drain_target.store(target, Ordering::SeqCst);
+                loop {
+                    let notified = self.drained.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.stats.passivations.load(Ordering::SeqCst) >= target
+                        || self.active.load(Ordering::SeqCst) == 0
+                    {
+                        break;
+                    }
+                    notified.await;
                 }
-                notified.await;
             }
             match tx.try_send(Envelope::Stop) {
                 Ok(()) => sent += 1,
@@ -286,6 +299,7 @@ impl<A: Actor> Shared<A> {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        self.drain_target.store(u64::MAX, Ordering::SeqCst);
         for tx in busy {
             let _ = tx.send(Envelope::Stop).await;
         }
@@ -294,10 +308,10 @@ impl<A: Actor> Shared<A> {
     /// Waits until no actor is in memory (active or passivating).
     pub(super) async fn wait_none_active(&self) {
         loop {
-            let notified = self.passivated.notified();
+            let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.active.load(Ordering::Acquire) == 0 {
+            if self.active.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -324,11 +338,14 @@ impl<A: Actor> Shared<A> {
                 shard.remove(id);
             }
         }
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        let left = self.active.fetch_sub(1, Ordering::SeqCst) - 1;
         self.metrics.active.decrement(1.0);
         self.metrics.passivations.increment(1);
-        bump(&self.stats.passivations);
+        let done = self.stats.passivations.fetch_add(1, Ordering::SeqCst) + 1;
         self.passivated.notify_waiters();
+        if left == 0 || done >= self.drain_target.load(Ordering::SeqCst) {
+            self.drained.notify_waiters();
+        }
     }
 }
 

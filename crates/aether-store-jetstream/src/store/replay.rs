@@ -43,7 +43,7 @@ impl JetStreamEventStore {
                     {
                         return Some((Err(e), State::Done));
                     }
-                    match store.open_replay(&actor_id, from).await {
+                    match store.open_replay_retrying(&actor_id, from).await {
                         Ok(Some((m, last_sequence))) => (
                             Box::new(m),
                             ReadTarget {
@@ -105,6 +105,30 @@ impl JetStreamEventStore {
         .boxed()
     }
 
+    /// [`Self::open_replay`], tried again (up to [`REPLAY_START_ATTEMPTS`] times) when the
+    /// server timed out or was unavailable: starting a read changes nothing, and right after a
+    /// server of a cluster dies the first requests may go unanswered while leaders move.
+    async fn open_replay_retrying(
+        &self,
+        actor_id: &str,
+        from_version: u64,
+    ) -> Result<Option<(async_nats::jetstream::consumer::push::Ordered, u64)>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.open_replay(actor_id, from_version).await {
+                Err(e @ (StoreError::Timeout { .. } | StoreError::Unavailable { .. }))
+                    if attempt < REPLAY_START_ATTEMPTS
+                        && !self.inner.closed.load(Ordering::Relaxed) =>
+                {
+                    tracing::debug!(actor_id, attempt, error = %e, "starting a replay again");
+                    tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Starts a replay: the subject's last record is read from the stream leader first, and the
     /// replay reads up to it. The ordered consumer may be served by a replica that lags behind
     /// (R3); reading to the leader's last sequence gives read-your-writes all the same. A read
@@ -151,6 +175,9 @@ impl JetStreamEventStore {
         Ok(Some((messages, last.seq)))
     }
 }
+
+/// Attempts at starting a replay when the server times out or is unavailable.
+const REPLAY_START_ATTEMPTS: u32 = 3;
 
 /// Where a replay stops (the subject's last sequence when it started) and what it yielded so far.
 struct ReadTarget {
