@@ -197,7 +197,24 @@ async fn appends_at_scale(server: &mut NatsServer) {
     let client = server.connect().await.unwrap();
     // The stream is loaded once it answers.
     let js = async_nats::jetstream::new(client);
-    js.get_stream("scale").await.unwrap().info().await.unwrap();
+    let info = js
+        .get_stream("scale")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    row(
+        "disk per stored event (stream bytes / messages; ~200-byte events)",
+        info.state.messages,
+        &format!(
+            "{:.0} B",
+            info.state.bytes as f64 / info.state.messages.max(1) as f64
+        ),
+        "-",
+        "-",
+    );
     row(
         "server memory per actor subject at rest (after a restart; whole process)",
         subjects,
