@@ -172,6 +172,11 @@ async fn two_runtimes_on_one_store_lose_no_update() {
     let two = Runtime::<Ledger>::builder(store.clone())
         .retry(retry)
         .build();
+    // Both hold the actor at version 0; the second writer is certain to meet a conflict.
+    one.capture_state("shared").await.unwrap();
+    two.capture_state("shared").await.unwrap();
+    one.ask("shared", record(4, 1)).await.unwrap();
+    two.ask("shared", record(4, 2)).await.unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|sender| {
             let runtime = if sender % 2 == 0 {
@@ -190,9 +195,9 @@ async fn two_runtimes_on_one_store_lose_no_update() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(store.get_latest_version("shared").await.unwrap(), 200);
+    assert_eq!(store.get_latest_version("shared").await.unwrap(), 202);
     let folded = fold(&store, "shared").await;
-    assert_eq!((folded.count, folded.violations), (200, 0));
+    assert_eq!((folded.count, folded.violations), (202, 0));
     let conflicts = one.stats().conflicts + two.stats().conflicts;
     let retries = one.stats().retries + two.stats().retries;
     assert!(
