@@ -200,6 +200,12 @@ fn ci() -> Result {
             cargo(&["build", "-p", &krate, "--no-default-features"])
         })?;
     }
+    for feature in &FACADE_FEATURES {
+        step(
+            &format!("build aether with feature {} alone", feature.0),
+            || facade_feature(feature),
+        )?;
+    }
     let bin = step("provision nats-server", nats)?;
     step("provision the Python test tools", python_tools)?;
     step("tests", || run_tests(&bin, &[]))?;
@@ -312,6 +318,57 @@ fn python_tools() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The facade's features, each built alone by `ci`; those marked `true` need NATS and may
+/// bring in async-nats, the others must not.
+const FACADE_FEATURES: [(&str, bool); 8] = [
+    ("memory", false),
+    ("runtime", false),
+    ("model", false),
+    ("metrics", false),
+    ("jetstream", true),
+    ("bus", true),
+    ("cluster", true),
+    ("full", true),
+];
+
+/// Builds the facade with one feature alone, and checks from the resolved dependency graph
+/// (`cargo tree`, normal dependencies) that only the features that need NATS pull in
+/// async-nats.
+fn facade_feature(&(feature, needs_nats): &(&str, bool)) -> Result {
+    let alone = [
+        "-p",
+        "aether",
+        "--no-default-features",
+        "--features",
+        feature,
+    ];
+    cargo(&[&["build"][..], &alone[..]].concat())?;
+    let out = Command::new(cargo_bin())
+        .args(["tree", "-e", "normal", "--prefix", "none"])
+        .args(alone)
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("running cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let nats = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("async-nats "));
+    match (nats, needs_nats) {
+        (true, false) => Err(format!(
+            "feature `{feature}` of aether pulls in async-nats, but needs no NATS"
+        )),
+        (false, true) => Err(format!(
+            "feature `{feature}` of aether should bring the NATS client (async-nats) and does not"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The crate that holds only the peer benchmarks.
 const BENCH_ONLY: &str = "aether-runtime-bench";
 
@@ -321,16 +378,9 @@ const MEMORY_EXAMPLES: [&str; 3] = ["bank_account", "retry_patterns", "model_dri
 fn memory_examples() -> Result {
     MEMORY_EXAMPLES.iter().try_for_each(|example| {
         eprintln!("-- example {example}");
-        run(Command::new(cargo_bin()).args([
-            "run",
-            "--quiet",
-            "-p",
-            "aether",
-            "--features",
-            "model",
-            "--example",
-            example,
-        ]))
+        run(Command::new(cargo_bin())
+            .args(["run", "--quiet", "--example", example])
+            .current_dir(root()))
     })
 }
 
@@ -405,16 +455,8 @@ fn jetstream_example(nats_bin: &Path) -> Result {
         Ok(()) => NATS_EXAMPLES.iter().try_for_each(|example| {
             eprintln!("-- example {example}");
             run(Command::new(cargo_bin())
-                .args([
-                    "run",
-                    "--quiet",
-                    "-p",
-                    "aether",
-                    "--features",
-                    "jetstream,bus,cluster",
-                    "--example",
-                    example,
-                ])
+                .args(["run", "--quiet", "--example", example])
+                .current_dir(root())
                 .env("NATS_URL", format!("nats://127.0.0.1:{port}")))
         }),
         Err(_) => Err("nats-server did not report ready within 30 s".to_owned()),

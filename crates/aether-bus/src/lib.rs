@@ -16,6 +16,7 @@
 
 mod filter;
 mod local;
+pub mod metrics;
 #[cfg(feature = "nats")]
 mod nats;
 mod pattern;

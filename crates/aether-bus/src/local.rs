@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::filter::EventFilter;
+use crate::metrics::LocalMetrics;
 use crate::pattern::Pattern;
 
 /// What happens when a subscriber's buffer is full.
@@ -104,6 +105,8 @@ struct Subscriber {
     filter: EventFilter,
     sink: Sink,
     dropped: Arc<AtomicU64>,
+    /// `aether_bus_dropped_total{overflow="wait"}`.
+    dropped_metric: metrics::Counter,
 }
 
 impl Subscriber {
@@ -113,6 +116,7 @@ impl Subscriber {
 
     fn lost(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.dropped_metric.increment(n);
         tracing::warn!(
             subscription = self.id,
             pattern = %self.pattern,
@@ -129,6 +133,7 @@ struct BusInner {
     subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
     changes: Mutex<()>,
     next_id: AtomicU64,
+    metrics: LocalMetrics,
 }
 
 /// The in-process event bus (Go's `EventBus`).
@@ -200,6 +205,7 @@ impl EventBus {
                     bus: Arc::downgrade(&self.inner),
                     receiver: Receiver::Ring(Ring::new(tx.subscribe())),
                     dropped,
+                    metrics: self.inner.metrics.clone(),
                 };
             }
         }
@@ -223,6 +229,7 @@ impl EventBus {
             filter: options.filter,
             sink,
             dropped: dropped.clone(),
+            dropped_metric: self.inner.metrics.dropped_wait.clone(),
         }));
         self.inner.subscribers.store(Arc::new(subscribers));
         Subscription {
@@ -230,11 +237,13 @@ impl EventBus {
             bus: Arc::downgrade(&self.inner),
             receiver,
             dropped,
+            metrics: self.inner.metrics.clone(),
         }
     }
 
     /// Delivers `event` to every subscriber whose pattern matches `namespace` (Go's `Publish`).
     pub async fn publish(&self, namespace: &Namespace, event: &Event) {
+        self.inner.metrics.published.increment(1);
         let mut waiting = Vec::new();
         {
             let subscribers = self.inner.subscribers.load();
@@ -361,6 +370,7 @@ pub struct Subscription {
     bus: Weak<BusInner>,
     receiver: Receiver,
     dropped: Arc<AtomicU64>,
+    metrics: LocalMetrics,
 }
 
 impl fmt::Debug for Subscription {
@@ -384,10 +394,22 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let this = &mut *self;
-        match &mut this.receiver {
+        let next = match &mut this.receiver {
             Receiver::Queue(rx) => rx.poll_recv(cx),
-            Receiver::Ring(ring) => ring.poll_next(cx, this.id, &this.dropped),
+            Receiver::Ring(ring) => {
+                let before = this.dropped.load(Ordering::Relaxed);
+                let next = ring.poll_next(cx, this.id, &this.dropped);
+                let lost = this.dropped.load(Ordering::Relaxed) - before;
+                if lost > 0 {
+                    this.metrics.dropped_oldest.increment(lost);
+                }
+                next
+            }
+        };
+        if let Poll::Ready(Some(_)) = &next {
+            this.metrics.delivered.increment(1);
         }
+        next
     }
 }
 

@@ -52,6 +52,7 @@ struct Inner {
     local: EventBus,
     cache: Option<Arc<dyn VersionCache>>,
     counters: Counters,
+    metrics: crate::metrics::NatsMetrics,
     stopped: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -140,6 +141,7 @@ impl NatsEventBus {
             local: EventBus::new(),
             cache,
             counters: Counters::default(),
+            metrics: crate::metrics::NatsMetrics::new(),
             stopped: AtomicBool::new(false),
             task: Mutex::new(None),
         });
@@ -210,7 +212,9 @@ impl NatsEventBus {
             .map_err(|e| BroadcastError::Transport {
                 context: format!("publishing event {} to {}", event.id(), subject(namespace)),
                 source: Box::new(e),
-            })
+            })?;
+        self.inner.metrics.published.increment(1);
+        Ok(())
     }
 
     /// Messages received from other nodes.
@@ -257,6 +261,7 @@ fn decode(msg: &async_nats::Message) -> Result<(Namespace, Event), String> {
 impl Inner {
     fn undecodable(&self, msg: &async_nats::Message, reason: &str) {
         self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+        self.metrics.undecodable.increment(1);
         tracing::warn!(
             subject = %msg.subject,
             bytes = msg.payload.len(),
@@ -275,6 +280,7 @@ impl Inner {
             Err(reason) => return self.undecodable(&msg, &reason),
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.metrics.received.increment(1);
         if event.event_type() == EVENT_STORED
             && let Some(cache) = &self.cache
         {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use aether_core::{BoxError, Event};
 use async_nats::jetstream::{self, AckKind};
+
+use crate::metrics::ProjectionMetrics;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -329,6 +331,8 @@ async fn run(
     projection: Arc<dyn Projection>,
     status: watch::Sender<ProjectionStatus>,
 ) -> Result<(), ProjectionError> {
+    let metrics = ProjectionMetrics::new(&config.name);
+    metrics.parked.set(0.0);
     while let Some(next) = messages.next().await {
         let msg = match next {
             Ok(msg) => msg,
@@ -338,7 +342,9 @@ async fn run(
                 continue;
             }
         };
-        let position = msg.info().map_or(0, |i| i.stream_sequence);
+        let (position, pending) = msg
+            .info()
+            .map_or((0, 0), |i| (i.stream_sequence, i.pending));
         let outcome = match aether_core::wire::decode_event(&msg.payload) {
             Err(e) => {
                 tracing::warn!(projection = %config.name, position, error = %e, "skipping a stored message that is not an event");
@@ -348,6 +354,7 @@ async fn run(
             Ok(event) => match apply_with_retry(&config, &*projection, &event, position).await {
                 Ok(()) => Outcome::Applied,
                 Err(e) => {
+                    metrics.parked.set(1.0);
                     status.send_modify(|s| s.parked = Some(e.to_string()));
                     tracing::error!(projection = %config.name, error = %e, "projection parked");
                     return Err(e);
@@ -359,6 +366,10 @@ async fn run(
                 name: config.name.clone(),
                 source: e,
             });
+        }
+        metrics.lag.set(pending as f64);
+        if let Outcome::Applied = outcome {
+            metrics.applied.increment(1);
         }
         status.send_modify(|s| {
             s.position = position;

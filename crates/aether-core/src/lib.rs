@@ -23,6 +23,7 @@ mod namespace;
 mod payload;
 mod snapshot;
 mod store;
+pub mod store_metrics;
 pub mod wire;
 
 pub use backoff::Backoff;

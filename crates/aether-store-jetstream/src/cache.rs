@@ -8,18 +8,31 @@ use std::sync::{Mutex, PoisonError};
 
 use lru::LruCache;
 
+use crate::metrics::CacheMetrics;
+
 /// An LRU map from actor id to `V`, at most `capacity` entries.
 pub(crate) struct Bounded<V> {
     map: Mutex<LruCache<String, V>>,
+    metrics: CacheMetrics,
 }
 
 impl<V: Clone> Bounded<V> {
-    /// A cache holding at most `capacity` actors (at least 1).
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A cache holding at most `capacity` actors (at least 1), counting its hits, misses and
+    /// evictions in `metrics`.
+    pub(crate) fn new(capacity: usize, metrics: CacheMetrics) -> Self {
         Self {
             map: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
             )),
+            metrics,
+        }
+    }
+
+    fn insert(&self, map: &mut LruCache<String, V>, actor_id: &str, value: V) {
+        if let Some((evicted, _)) = map.push(actor_id.to_owned(), value)
+            && evicted != actor_id
+        {
+            self.metrics.evictions.increment(1);
         }
     }
 
@@ -29,23 +42,31 @@ impl<V: Clone> Bounded<V> {
 
     /// The entry for `actor_id`, marking it recently used.
     pub(crate) fn get(&self, actor_id: &str) -> Option<V> {
-        self.lock().get(actor_id).cloned()
+        let found = self.lock().get(actor_id).cloned();
+        match found {
+            Some(_) => self.metrics.hits.increment(1),
+            None => self.metrics.misses.increment(1),
+        }
+        found
     }
 
     /// The entry for `actor_id`, created by `make` if absent (evicting the least recently used).
     pub(crate) fn get_or_insert_with(&self, actor_id: &str, make: impl FnOnce() -> V) -> V {
         let mut map = self.lock();
         if let Some(v) = map.get(actor_id) {
+            self.metrics.hits.increment(1);
             return v.clone();
         }
+        self.metrics.misses.increment(1);
         let v = make();
-        map.put(actor_id.to_owned(), v.clone());
+        self.insert(&mut map, actor_id, v.clone());
         v
     }
 
     /// Sets the entry for `actor_id`.
     pub(crate) fn put(&self, actor_id: &str, value: V) {
-        self.lock().put(actor_id.to_owned(), value);
+        let mut map = self.lock();
+        self.insert(&mut map, actor_id, value);
     }
 
     /// How many actors are cached.
@@ -65,7 +86,7 @@ mod tests {
 
     #[test]
     fn holds_at_most_its_capacity_and_keeps_the_recently_used() {
-        let cache = Bounded::new(3);
+        let cache = Bounded::new(3, CacheMetrics::noop());
         for i in 0..1000 {
             cache.put(&format!("a{i}"), i);
             assert!(cache.len() <= 3);
@@ -78,7 +99,7 @@ mod tests {
         assert_eq!(cache.get("a998"), None);
         assert_eq!(cache.get_or_insert_with("c", || 5), 5);
         assert_eq!(cache.get_or_insert_with("c", || 6), 5);
-        let zero = Bounded::new(0);
+        let zero = Bounded::new(0, CacheMetrics::noop());
         zero.put("x", 1);
         assert_eq!(zero.len(), 1);
     }

@@ -13,6 +13,7 @@ mod cache;
 mod config;
 mod error;
 pub mod layout;
+mod metrics;
 pub mod server_version;
 mod store;
 

@@ -17,6 +17,7 @@ use aether_core::{
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
+use tracing::Instrument;
 
 use self::replay::Replayed;
 use self::slots::ActorSlot;
@@ -74,6 +75,7 @@ struct Inner {
     atomic_batches: Result<(), String>,
     request_timeout: Duration,
     stats: ReadCounters,
+    metrics: crate::metrics::StoreMetrics,
 }
 
 /// The production event store: events in a JetStream stream, snapshots in a KV bucket, with
@@ -270,14 +272,59 @@ impl JetStreamEventStore {
     }
 }
 
+impl JetStreamEventStore {
+    /// An append with its span (`aether.store.append`) and metrics.
+    async fn recorded_append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let count = events.len();
+        let span = append_span("jetstream", &events);
+        let started = std::time::Instant::now();
+        let result = self.append(events).instrument(span).await;
+        let m = &self.inner.metrics;
+        match &result {
+            Ok(()) => {
+                m.appends_ok.increment(1);
+                m.events.increment(count as u64);
+            }
+            Err(StoreError::VersionConflict { .. }) => m.appends_conflict.increment(1),
+            Err(_) => m.appends_error.increment(1),
+        }
+        m.batch_events.record(count as f64);
+        m.append_seconds.record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// The span of one append: the actor, the versions, the events' ids and the correlation and
+/// causation ids of the first event (a command's events share them). The ids are formatted
+/// only when a subscriber wants the span.
+pub(crate) fn append_span(store: &'static str, events: &[Event]) -> tracing::Span {
+    let first = events.first();
+    let meta = first.map(Event::metadata);
+    let span = tracing::debug_span!(
+        "aether.store.append",
+        store,
+        actor_id = first.map(Event::actor_id),
+        events = events.len(),
+        first_version = first.map(Event::version),
+        event_ids = tracing::field::Empty,
+        correlation_id = meta.and_then(|m| m.correlation_id.as_deref()),
+        causation_id = meta.and_then(|m| m.causation_id.as_deref()),
+    );
+    if !span.is_disabled() {
+        let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+        span.record("event_ids", ids.join(",").as_str());
+    }
+    span
+}
+
 #[async_trait]
 impl EventStore for JetStreamEventStore {
     async fn save_event(&self, event: Event) -> Result<(), StoreError> {
-        self.append(vec![event]).await
+        self.recorded_append(vec![event]).await
     }
 
     async fn save_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.append(events).await
+        self.recorded_append(events).await
     }
 
     async fn get_events(

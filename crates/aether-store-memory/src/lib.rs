@@ -215,6 +215,54 @@ pub struct InMemoryEventStore {
     namespace: Option<Namespace>,
     data: Arc<Partition>,
     backend: Arc<Mutex<HashMap<Namespace, Arc<Partition>>>>,
+    metrics: Arc<StoreMetrics>,
+}
+
+/// The store metrics that apply in memory (names in [`aether_core::store_metrics`], label
+/// `store` = `memory`): appends, events, batch sizes, events read, snapshots. No latency
+/// histograms: a memory append takes well under a microsecond, and timing it would cost a
+/// noticeable share of that.
+#[derive(Debug)]
+struct StoreMetrics {
+    appends_ok: metrics::Counter,
+    appends_conflict: metrics::Counter,
+    appends_error: metrics::Counter,
+    events: metrics::Counter,
+    batch_events: metrics::Histogram,
+    replayed: metrics::Counter,
+    snapshot_saves: metrics::Counter,
+    snapshot_hits: metrics::Counter,
+    snapshot_misses: metrics::Counter,
+}
+
+impl StoreMetrics {
+    fn new() -> Self {
+        use aether_core::store_metrics as names;
+        const STORE: (&str, &str) = ("store", "memory");
+        let with = |key: &'static str, value: &'static str| [STORE, (key, value)];
+        Self {
+            appends_ok: metrics::counter!(names::APPENDS, &with("outcome", "ok")),
+            appends_conflict: metrics::counter!(names::APPENDS, &with("outcome", "conflict")),
+            appends_error: metrics::counter!(names::APPENDS, &with("outcome", "error")),
+            events: metrics::counter!(names::EVENTS_APPENDED, &[STORE]),
+            batch_events: metrics::histogram!(names::APPEND_BATCH_EVENTS, &[STORE]),
+            replayed: metrics::counter!(names::REPLAYED_EVENTS, &[STORE]),
+            snapshot_saves: metrics::counter!(names::SNAPSHOT_SAVES, &[STORE]),
+            snapshot_hits: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "hit")),
+            snapshot_misses: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "miss")),
+        }
+    }
+
+    fn appended(&self, result: &Result<(), StoreError>, events: usize) {
+        match result {
+            Ok(()) => {
+                self.appends_ok.increment(1);
+                self.events.increment(events as u64);
+            }
+            Err(StoreError::VersionConflict { .. }) => self.appends_conflict.increment(1),
+            Err(_) => self.appends_error.increment(1),
+        }
+    }
 }
 
 impl Default for InMemoryEventStore {
@@ -239,6 +287,7 @@ impl InMemoryEventStore {
             namespace: None,
             data: Arc::new(Partition::new()),
             backend: Arc::default(),
+            metrics: Arc::new(StoreMetrics::new()),
         }
     }
 
@@ -255,6 +304,7 @@ impl InMemoryEventStore {
             namespace: Some(namespace),
             data,
             backend: self.backend.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -299,7 +349,9 @@ impl EventStore for InMemoryEventStore {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        written(self.data.append_one(event))
+        let result = self.data.append_one(event);
+        self.metrics.appended(&result, 1);
+        written(result)
     }
 
     fn save_events<'life0, 'async_trait>(
@@ -310,7 +362,11 @@ impl EventStore for InMemoryEventStore {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        written(self.data.append(events))
+        let count = events.len();
+        let result = self.data.append(events);
+        self.metrics.appended(&result, count);
+        self.metrics.batch_events.record(count as f64);
+        written(result)
     }
 
     async fn get_events(
@@ -319,10 +375,12 @@ impl EventStore for InMemoryEventStore {
         from_version: u64,
     ) -> Result<Vec<Event>, StoreError> {
         check_actor(actor_id)?;
-        Ok(self.data.with_actor(actor_id, |log| {
+        let events = self.data.with_actor(actor_id, |log| {
             log.map(|log| log.events[log.start_index(from_version)..].to_vec())
                 .unwrap_or_default()
-        }))
+        });
+        self.metrics.replayed.increment(events.len() as u64);
+        Ok(events)
     }
 
     fn stream_events(&self, actor_id: &str, from_version: u64) -> EventStream {
@@ -330,15 +388,18 @@ impl EventStore for InMemoryEventStore {
             return futures::stream::once(async move { Err(e) }).boxed();
         }
         let data = self.data.clone();
+        let metrics = self.metrics.clone();
         let actor_id = actor_id.to_owned();
         // Read chunk by chunk, each under a short read lock, so a long history is never copied
         // at once and writers are not held up by a slow consumer.
         futures::stream::unfold(Some(from_version), move |next| {
             let data = data.clone();
+            let metrics = metrics.clone();
             let actor_id = actor_id.clone();
             async move {
                 let from = next?;
                 let chunk = data.chunk(&actor_id, from);
+                metrics.replayed.increment(chunk.len() as u64);
                 let next = match chunk.last() {
                     Some(last) if chunk.len() == STREAM_CHUNK => last.version().checked_add(1),
                     Some(_) => None,
@@ -380,19 +441,28 @@ impl SnapshotStore for InMemoryEventStore {
         actor_id: &str,
     ) -> Result<Option<ActorSnapshot>, StoreError> {
         check_actor(actor_id)?;
-        Ok(self.data.with_actor(actor_id, |log| {
+        let found = self.data.with_actor(actor_id, |log| {
             log.and_then(|l| l.snapshot.as_deref().cloned())
-        }))
+        });
+        match &found {
+            Some(_) => self.metrics.snapshot_hits.increment(1),
+            None => self.metrics.snapshot_misses.increment(1),
+        }
+        Ok(found)
     }
 
     async fn save_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
         limits::check_snapshot(None, &snapshot)?;
         let actor_id = snapshot.actor_id.clone();
-        self.data.update_actor(&actor_id, |log| {
+        let result = self.data.update_actor(&actor_id, |log| {
             limits::check_snapshot(log.snapshot.as_ref().map(|s| s.version), &snapshot)?;
             log.snapshot = Some(Box::new(snapshot));
             Ok(())
-        })
+        });
+        if result.is_ok() {
+            self.metrics.snapshot_saves.increment(1);
+        }
+        result
     }
 }
 

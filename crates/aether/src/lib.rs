@@ -12,6 +12,11 @@
 //! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
 //! | `model` | `model::Model` (EventStorming models), `runtime::ModelRuntime` | `aether-model` |
 //! | `cluster` | `cluster::ClusterNode` (actors reachable from every node, shard handoff, failover), `cluster::ClusterManager` (membership, leader, shard map on NATS KV); turns on `runtime` | `aether-cluster` |
+//! | `metrics` | `metrics::install_prometheus` (every layer's metrics over HTTP), `metrics::names` | `metrics-exporter-prometheus` |
+//! | `full` | all of the above | |
+//!
+//! Only `jetstream`, `bus` and `cluster` bring in a NATS client; `memory`, `runtime`, `model`
+//! and `metrics` build without one.
 //!
 //! ```
 //! use aether::{Event, EventStore};
@@ -56,6 +61,10 @@ pub mod cluster {
 pub mod model {
     pub use aether_model::*;
 }
+
+/// Prometheus metrics for every layer.
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 /// Event store implementations.
 pub mod store {

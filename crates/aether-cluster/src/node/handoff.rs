@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use tracing::Instrument;
 
 use super::shards::{MigrationStatus, Serve, ShardMigration};
 use super::wire::{self, Handoff};
@@ -129,7 +130,16 @@ impl NodeInner {
             self.drains_running
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let task = tokio::spawn(async move {
-                node.clone().drain(epoch, drains).await;
+                let span = tracing::debug_span!(
+                    "aether.cluster.move",
+                    cluster = %node.config.cluster_name,
+                    node = %node.me(),
+                    side = "drain",
+                    epoch,
+                    shards = drains.values().map(Vec::len).sum::<usize>(),
+                    to = ?drains.keys().collect::<Vec<_>>(),
+                );
+                node.clone().drain(epoch, drains).instrument(span).await;
                 node.drains_running
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 node.shards.changed.notify_waiters();

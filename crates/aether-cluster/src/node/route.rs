@@ -9,6 +9,7 @@ use std::time::Duration;
 use aether_runtime::{Applied, AskError, Runtime};
 use bytes::Bytes;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::NodeInner;
 use super::host::{ClusterActor, chain};
@@ -383,7 +384,17 @@ impl NodeInner {
         let subject = wire::call_subject(&self.config.cluster_name, owner);
         let until = deadline.min(Instant::now() + self.config.request_timeout);
         let started = std::time::Instant::now();
-        let reply = tokio::time::timeout_at(until, self.client.request(subject, payload)).await;
+        let span = tracing::debug_span!(
+            "aether.cluster.call",
+            cluster = %self.config.cluster_name,
+            actor_type = call.actor_type.as_str(),
+            actor_id = call.actor.as_str(),
+            command_id = call.id.as_str(),
+            owner,
+        );
+        let reply = tokio::time::timeout_at(until, self.client.request(subject, payload))
+            .instrument(span)
+            .await;
         self.metrics
             .remote_seconds
             .record(started.elapsed().as_secs_f64());

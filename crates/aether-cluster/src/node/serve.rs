@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::shards::{MigrationStatus, Serve};
 use super::wire::{self, Answer, Call, Handoff, Status};
@@ -99,8 +100,17 @@ impl NodeInner {
                 match self.shards.enter(shard) {
                     Ok(entered) => {
                         self.metrics.served.increment(1);
+                        let span = tracing::debug_span!(
+                            "aether.cluster.serve",
+                            cluster = %self.config.cluster_name,
+                            actor_type = call.actor_type.as_str(),
+                            actor_id = call.actor.as_str(),
+                            command_id = call.id.as_str(),
+                            epoch,
+                        );
                         let answer = host
                             .serve(&call.actor, call.id.into(), &call.cmd, epoch)
+                            .instrument(span)
                             .await;
                         drop(entered);
                         return answer;
@@ -140,6 +150,16 @@ impl NodeInner {
     /// The previous owner drained `handoff.shards`: serve the ones pending here; remember the
     /// others in case this node has not applied the map that gives them yet.
     pub(super) fn take_handoff(&self, handoff: &Handoff) {
+        let _span = tracing::debug_span!(
+            "aether.cluster.move",
+            cluster = %self.config.cluster_name,
+            node = %self.me(),
+            side = "take",
+            epoch = handoff.epoch,
+            shards = handoff.shards.len(),
+            from = handoff.from.as_str(),
+        )
+        .entered();
         let mut early = lock(&self.early);
         for &shard in &handoff.shards {
             if shard >= self.config.shard_count {

@@ -14,6 +14,7 @@ use aether_core::{ActorSnapshot, CommandRecord, Event, StoreError};
 use super::recent::{Recent, RecentCommands, id_hash, remember};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::Applied;
 use super::registry::{Shared, bump};
@@ -226,7 +227,25 @@ impl<A: Actor> Vm<A> {
             Envelope::Inspect(look) => return look(&self.state, self.version),
             Envelope::Stop => return,
         };
-        let outcome = self.command(&command, id.as_ref()).await;
+        let span = tracing::debug_span!(
+            "aether.runtime.command",
+            actor_type = A::TYPE,
+            actor_id = &*self.id,
+            command_id = id.as_deref(),
+            version = tracing::field::Empty,
+            event_ids = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let outcome = self
+            .command(&command, id.as_ref())
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            match &outcome {
+                Ok(applied) => span.record("version", applied.version),
+                Err(e) => span.record("error", tracing::field::display(e)),
+            };
+        }
         match reply {
             Some(reply) => {
                 let _ = reply.send(outcome);
@@ -394,6 +413,11 @@ impl<A: Actor> Vm<A> {
                 });
             }
             let stored = self.encode(&events, command_id.map(|id| &**id))?;
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                let ids: Vec<String> = stored.iter().map(|e| e.id().to_string()).collect();
+                span.record("event_ids", ids.join(",").as_str());
+            }
             let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
             let appended = Box::pin(self.append_through_outages(stored)).await;
             match appended {

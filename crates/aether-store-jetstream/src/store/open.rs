@@ -14,6 +14,7 @@ use crate::cache::Bounded;
 use crate::config::{JetStreamConfig, Storage};
 use crate::error::{ConfigError, jetstream_code};
 use crate::layout;
+use crate::metrics::{CacheMetrics, StoreMetrics};
 use crate::server_version::{MIN_SERVER_VERSION, parse_server_version};
 
 /// Attempts at creating the stream or bucket when the server times out.
@@ -221,14 +222,15 @@ impl JetStreamEventStore {
                 namespace: config.namespace,
                 broadcast_namespace,
                 snapshots,
-                actors: Bounded::new(config.cache_capacity),
-                checkpoints: Bounded::new(config.cache_capacity),
+                actors: Bounded::new(config.cache_capacity, CacheMetrics::new("versions")),
+                checkpoints: Bounded::new(config.cache_capacity, CacheMetrics::new("checkpoints")),
                 broadcaster: RwLock::new(None),
                 closed: AtomicBool::new(false),
                 max_event_bytes,
                 atomic_batches,
                 request_timeout: config.request_timeout,
                 stats: super::ReadCounters::default(),
+                metrics: StoreMetrics::new(),
             }),
         })
     }

@@ -5,13 +5,14 @@
 //! strictly increasing versions, and every record they skip is reported (never a panic).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aether_core::{Event, ReplayError, StoreError, limits};
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::{Stream, StreamExt};
+use tracing::Instrument;
 
 use super::JetStreamEventStore;
 use super::seek::SKIP_BUDGET;
@@ -37,13 +38,24 @@ impl JetStreamEventStore {
                 State::Done => return None,
                 State::Reading(m, t) => (m, t),
                 State::Start(store, actor_id, from) => {
+                    let started = Instant::now();
                     if let Err(e) = store
                         .check_open()
                         .and_then(|()| limits::validate_actor_id(&actor_id).map_err(Into::into))
                     {
                         return Some((Err(e), State::Done));
                     }
-                    match store.open_replay_retrying(&actor_id, from).await {
+                    let span = tracing::debug_span!(
+                        "aether.store.replay",
+                        store = "jetstream",
+                        actor_id = actor_id.as_str(),
+                        from_version = from,
+                    );
+                    let opened = store
+                        .open_replay_retrying(&actor_id, from)
+                        .instrument(span)
+                        .await;
+                    match opened {
                         Ok(Some((m, last_sequence))) => (
                             Box::new(m),
                             ReadTarget {
@@ -52,9 +64,14 @@ impl JetStreamEventStore {
                                 last_sequence,
                                 timeout: store.inner.request_timeout,
                                 records: store.clone(),
+                                started,
                             },
                         ),
-                        Ok(None) => return None,
+                        Ok(None) => {
+                            let seconds = started.elapsed().as_secs_f64();
+                            store.inner.metrics.replay_seconds.record(seconds);
+                            return None;
+                        }
                         Err(e) => return Some((Err(e), State::Done)),
                     }
                 }
@@ -88,12 +105,17 @@ impl JetStreamEventStore {
                         ));
                     }
                 };
-                let counters = &target.records.inner.stats;
-                counters.records_read.fetch_add(1, Ordering::Relaxed);
+                let inner = &target.records.inner;
+                inner.stats.records_read.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.replayed.increment(1);
                 let position = next.info().map_or(0, |info| info.stream_sequence);
                 let record = read_record(next.headers.as_ref(), &next.payload, actor_id);
                 let item = target.order.admit(position, record, next.payload.clone());
                 let done = position >= target.last_sequence;
+                if done {
+                    let seconds = target.started.elapsed().as_secs_f64();
+                    target.records.inner.metrics.replay_seconds.record(seconds);
+                }
                 match item {
                     Some(item) if done => return Some((Ok(item), State::Done)),
                     Some(item) => return Some((Ok(item), State::Reading(messages, target))),
@@ -187,6 +209,8 @@ struct ReadTarget {
     timeout: Duration,
     /// The store whose read counters this replay adds to.
     records: JetStreamEventStore,
+    /// When the read started (for `aether_store_replay_seconds`).
+    started: Instant,
 }
 
 /// A record read back from the stream.

@@ -145,6 +145,7 @@ impl JetStreamEventStore {
         seq: u64,
     ) -> Result<Option<Probe>, StoreError> {
         self.inner.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.lookups.increment(1);
         match self
             .inner
             .stream

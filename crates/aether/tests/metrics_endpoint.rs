@@ -1,0 +1,369 @@
+//! Prometheus end to end: the exporter installed by `aether::metrics::install_prometheus`, real
+//! work on every layer (JetStream and memory stores, local and NATS buses, a projection, a
+//! runtime, a 2-node cluster) against a real nats-server, then a scrape over HTTP. Every metric
+//! docs/metrics.md lists is exported with its documented type, and nothing named `aether_*` is
+//! exported without being listed there. The Grafana dashboard names only documented metrics.
+
+#![cfg(all(
+    feature = "metrics",
+    feature = "memory",
+    feature = "jetstream",
+    feature = "bus",
+    feature = "cluster"
+))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether::bus::{
+    EventBus, NatsEventBus, Overflow, Projection, ProjectionConfig, ProjectionRunner,
+    SubscribeOptions,
+};
+use aether::cluster::{ClusterConfig, ClusterNode};
+use aether::runtime::{Actor, Runtime, SnapshotPolicy};
+use aether::store::jetstream::JetStreamEventStore;
+use aether::store::memory::InMemoryEventStore;
+use aether::{ActorSnapshot, Event, EventStore, Namespace, SnapshotStore};
+use aether_testkit::nats::NatsServer;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Counted {
+    Added(u64),
+}
+
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[error("zero is not a number to add")]
+struct Zero;
+
+impl Actor for Counter {
+    const TYPE: &'static str = "counter";
+    type Command = u64;
+    type Event = Counted;
+    type Error = Zero;
+
+    fn handle(&self, by: &u64) -> Result<Vec<Counted>, Zero> {
+        if *by == 0 {
+            return Err(Zero);
+        }
+        Ok(vec![Counted::Added(*by)])
+    }
+
+    fn apply(&mut self, Counted::Added(by): &Counted) {
+        self.n += by;
+    }
+}
+
+struct Count(std::sync::atomic::AtomicU64);
+
+#[async_trait::async_trait]
+impl Projection for Count {
+    async fn apply(&self, _: &Event, _: u64) -> Result<(), aether::BoxError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The metrics docs/metrics.md lists: name → documented type.
+fn documented() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `aether_"))
+        .map(|rest| {
+            let (name, rest) = rest.split_once('`').unwrap();
+            let kind = rest.split('|').nth(1).unwrap().trim().to_owned();
+            (format!("aether_{name}"), kind)
+        })
+        .collect()
+}
+
+/// `# TYPE` lines of a Prometheus text page: name → type.
+fn exported(page: &str) -> BTreeMap<String, String> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+async fn scrape(port: u16) -> String {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+fn cluster_config(node: &str) -> ClusterConfig {
+    ClusterConfig::new("metrics")
+        .node_id(node)
+        .shard_count(16)
+        .heartbeat_interval(Duration::from_millis(200))
+        .failure_timeout(Duration::from_secs(2))
+        .lease_ttl(Duration::from_secs(2))
+        .rebalance_delay(Duration::from_millis(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_and_nothing_else() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let handle = aether::metrics::install_prometheus(([127, 0, 0, 1], port).into()).unwrap();
+    // One recorder per process.
+    assert!(matches!(
+        aether::metrics::install_prometheus(([127, 0, 0, 1], 0).into()),
+        Err(aether::metrics::MetricsError::AlreadyInstalled
+            | aether::metrics::MetricsError::Listen { .. })
+    ));
+    let server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+
+    // Stores: appends (one refused), reads from a version, snapshots (hit and miss).
+    let store = Arc::new(
+        JetStreamEventStore::new(client.clone(), "metrics")
+            .await
+            .unwrap(),
+    );
+    for v in 1..=5 {
+        store
+            .save_event(Event::new("a-1", "Added", v, &v).unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .save_event(Event::new("a-1", "Added", 3, &3).unwrap())
+            .await
+            .is_err()
+    );
+    assert_eq!(store.get_events("a-1", 4).await.unwrap().len(), 2);
+    store
+        .save_snapshot(ActorSnapshot::new("a-1", 5, &5u64).unwrap())
+        .await
+        .unwrap();
+    assert!(store.get_latest_snapshot("a-1").await.unwrap().is_some());
+    assert!(store.get_latest_snapshot("nobody").await.unwrap().is_none());
+    let memory = InMemoryEventStore::new();
+    memory
+        .save_event(Event::new("m-1", "Added", 1, &1).unwrap())
+        .await
+        .unwrap();
+
+    // Buses: local delivery, a subscriber that loses events, two nodes over NATS, garbage.
+    let local = EventBus::new();
+    let ns = Namespace::new("orders").unwrap();
+    let mut sub = local.subscribe("orders".parse().unwrap());
+    let _slow = local.subscribe_with(
+        "orders".parse().unwrap(),
+        SubscribeOptions::default()
+            .capacity(1)
+            .overflow(Overflow::Wait(Duration::from_millis(1))),
+    );
+    for v in 1..=3 {
+        local
+            .publish(&ns, &Event::new("o-1", "Placed", v, &v).unwrap())
+            .await;
+    }
+    assert!(sub.next().await.is_some());
+    let one = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let two = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let mut remote = two.subscribe("orders".parse().unwrap());
+    one.publish(&ns, &Event::new("o-2", "Placed", 1, &1).unwrap())
+        .await
+        .unwrap();
+    assert!(remote.next().await.is_some());
+    client
+        .publish("aether.orders", "not an event".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let projection = ProjectionRunner::start(
+        async_nats_js(&client),
+        ProjectionConfig::new("counts", store.stream_name(), store.subject_filter()),
+        Arc::new(Count(Default::default())),
+    )
+    .await
+    .unwrap();
+
+    // Runtime and a 2-node cluster on the JetStream store.
+    let runtime = Runtime::<Counter>::builder(store.clone())
+        .snapshots(store.clone())
+        .snapshot_policy(SnapshotPolicy::every(2))
+        .build();
+    runtime.ask("c-1", 1).await.unwrap();
+    runtime.ask("c-1", 2).await.unwrap();
+    assert!(runtime.ask("c-1", 0).await.is_err());
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2"] {
+        let node = ClusterNode::new(server.connect().await.unwrap(), cluster_config(id)).unwrap();
+        let actors = node
+            .register(Runtime::<Counter>::builder(store.clone()).build())
+            .unwrap();
+        node.start().await.unwrap();
+        nodes.push((node, actors));
+    }
+    // Calls from both nodes to many actors: some are remote for each caller.
+    for i in 0..40 {
+        for (_, actors) in &nodes {
+            actors.ask(&format!("k-{i}"), 1).await.unwrap();
+        }
+    }
+
+    // Wait until the projection and the undecodable message were counted, then scrape.
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = scrape(port).await;
+        if page.contains("aether_bus_undecodable_total 1") && projection.status().applied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = exported(&page);
+    let want = documented();
+    assert!(
+        want.len() >= 45,
+        "docs/metrics.md lists {} metrics",
+        want.len()
+    );
+    for (name, kind) in &want {
+        let exported_kind = got.get(name).unwrap_or_else(|| {
+            panic!(
+                "{name} is documented but not exported; exported: {:?}",
+                got.keys()
+            )
+        });
+        let expected = if kind == "histogram" {
+            "summary"
+        } else {
+            kind.as_str()
+        };
+        assert_eq!(exported_kind, expected, "{name}: documented as {kind}");
+    }
+    let undocumented: Vec<_> = got
+        .keys()
+        .filter(|n| n.starts_with("aether_") && !want.contains_key(*n))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not documented: {undocumented:?}"
+    );
+    // Labels are bounded: no actor id anywhere in the page.
+    for id in ["a-1", "c-1", "k-1", "o-1"] {
+        assert!(
+            !page.contains(&format!("\"{id}\"")),
+            "actor id {id} used as a label"
+        );
+    }
+    assert!(handle.render().contains("aether_store_appends_total"));
+    for (node, _) in nodes {
+        node.leave().await.unwrap();
+    }
+    projection.stop();
+    one.stop();
+    two.stop();
+}
+
+fn async_nats_js(
+    client: &aether::store::jetstream::async_nats::Client,
+) -> aether::store::jetstream::async_nats::jetstream::Context {
+    aether::store::jetstream::async_nats::jetstream::new(client.clone())
+}
+
+/// Every query of the shipped dashboard names only documented metrics (with the summary
+/// suffixes `_sum` and `_count` allowed for histograms).
+#[test]
+fn the_dashboard_names_only_documented_metrics() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/aether.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = documented();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 15);
+    let mut used = BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr} names no metric");
+            for name in names {
+                let base = ["_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s)
+                            .filter(|b| want.get(*b).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(&name)
+                    .to_owned();
+                assert!(
+                    want.contains_key(&base),
+                    "panel {}: {name} is not documented",
+                    panel["title"]
+                );
+                used.insert(base);
+            }
+        }
+    }
+    // The dashboard covers every layer.
+    for layer in [
+        "aether_store_",
+        "aether_bus_",
+        "aether_runtime_",
+        "aether_cluster_",
+    ] {
+        assert!(
+            used.iter().any(|n| n.starts_with(layer)),
+            "no panel for {layer}*"
+        );
+    }
+}
+
+/// The `aether_*` identifiers in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("aether_") {
+        let preceded = rest[..at]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !preceded {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
