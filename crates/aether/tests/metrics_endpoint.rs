@@ -99,17 +99,129 @@ fn exported(page: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn scrape(port: u16) -> String {
+/// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0: no chunked encoding to undo).
+async fn http_get(port: u16, path: &str) -> String {
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.contains(" 200 "), "GET {path}: {head}");
+    body.to_owned()
+}
+
+async fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").await
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The dashboard's queries, each with its panel title.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/aether.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+/// Runs a real Prometheus (from `PROMETHEUS_BIN`, provisioned by `cargo xtask prometheus`)
+/// scraping this process's endpoint every second, and evaluates every panel's query: each must
+/// return data. Returns how many queries were evaluated.
+async fn evaluate_dashboard(prometheus: &std::path::Path, target: u16) -> usize {
+    let dir = std::env::temp_dir().join(format!("aether-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+             - job_name: aether\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let query = |q: &str| format!("/api/v1/query?query={}", percent_encode(q));
+    // Ready once it has scraped us a few times (rates need two samples).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = match tokio::net::TcpStream::connect(("127.0.0.1", web)).await {
+            Ok(_) => {
+                let body =
+                    http_get(web, &query("count_over_time(up{job=\"aether\"}[1m]) >= 4")).await;
+                body.contains("\"value\"")
+            }
+            Err(_) => false,
+        };
+        if ready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Prometheus never scraped the endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut empty = Vec::new();
+    let queries = dashboard_queries();
+    for (title, expr) in &queries {
+        let body = http_get(web, &query(expr)).await;
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["status"], "success", "{title}: {expr}: {body}");
+        if answer["data"]["result"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(empty.is_empty(), "panels without data: {empty:#?}");
+    queries.len()
 }
 
 fn cluster_config(node: &str) -> ClusterConfig {
@@ -280,6 +392,16 @@ async fn every_documented_metric_is_exported_and_nothing_else() {
         );
     }
     assert!(handle.render().contains("aether_store_appends_total"));
+    match std::env::var_os("PROMETHEUS_BIN") {
+        Some(bin) => {
+            let evaluated = evaluate_dashboard(std::path::Path::new(&bin), port).await;
+            eprintln!("Prometheus evaluated {evaluated} dashboard queries, each with data");
+        }
+        None => eprintln!(
+            "PROMETHEUS_BIN is not set: the dashboard's queries were not evaluated against a \
+             real Prometheus (`cargo xtask prometheus` provisions one; `cargo xtask ci` does)"
+        ),
+    }
     for (node, _) in nodes {
         node.leave().await.unwrap();
     }
