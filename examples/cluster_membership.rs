@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo xtask nats && target/tools/nats-server/bin/nats-server -js     # a server, JetStream on
-//! cargo run -p aether --features cluster --example cluster_membership
+//! cargo run --example cluster_membership
 //! ```
 //! `NATS_URL` picks another server (default `nats://127.0.0.1:4222`).
 

@@ -6,10 +6,10 @@
 //! ```text
 //! cargo xtask nats                                    # provisions nats-server
 //! for i in 1 2 3; do target/tools/nats-server/bin/nats-server -c examples/nats/cluster-$i.conf & done
-//! cargo run -p aether --features cluster,jetstream --example cluster_node -- serve node-1
-//! cargo run -p aether --features cluster,jetstream --example cluster_node -- serve node-2
-//! cargo run -p aether --features cluster,jetstream --example cluster_node -- serve node-3
-//! cargo run -p aether --features cluster,jetstream --example cluster_node -- client acct-1 acct-2 acct-42
+//! cargo run --example cluster_node -- serve node-1
+//! cargo run --example cluster_node -- serve node-2
+//! cargo run --example cluster_node -- serve node-3
+//! cargo run --example cluster_node -- client acct-1 acct-2 acct-42
 //! ```
 //!
 //! `serve NODE_ID` runs a node until Ctrl-C, then leaves gracefully (its shards are handed off

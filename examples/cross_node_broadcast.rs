@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo xtask nats && target/tools/nats-server/bin/nats-server -js     # a server, JetStream on
-//! cargo run -p aether --features jetstream,bus --example cross_node_broadcast
+//! cargo run --example cross_node_broadcast
 //! ```
 //! `NATS_URL` picks another server (default `nats://127.0.0.1:4222`).
 

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo xtask nats                                   # provisions nats-server into target/tools
 //! target/tools/nats-server/bin/nats-server -js       # or any nats-server >= 2.12 with -js
-//! cargo run -p aether --features jetstream --example jetstream_store
+//! cargo run --example jetstream_store
 //! ```
 //!
 //! `NATS_URL` picks another server (default `nats://127.0.0.1:4222`).

@@ -2,7 +2,7 @@
 //! aggregate. A customer places an order; policies reserve stock, ship it, and mark the order
 //! shipped.
 //!
-//! Run with `cargo run -p aether --features model --example model_driven`.
+//! Run with `cargo run --example model_driven`.
 
 use std::sync::Arc;
 
