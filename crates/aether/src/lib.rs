@@ -62,7 +62,6 @@ pub mod model {
     pub use aether_model::*;
 }
 
-/// Prometheus metrics for every layer.
 #[cfg(feature = "metrics")]
 pub mod metrics;
 
