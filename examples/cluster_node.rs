@@ -18,7 +18,9 @@
 //! example runs three nodes in this process, calls accounts from each, lets one leave and shows
 //! that the others serve its accounts with their full history. `NATS_URL` picks the servers
 //! (default `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` for serve and
-//! client, `nats://127.0.0.1:4222` for the demo).
+//! client, `nats://127.0.0.1:4222` for the demo). With `METRICS_ADDR` (e.g. `127.0.0.1:9464`) a
+//! `serve` node also serves its Prometheus metrics at `http://METRICS_ADDR/metrics`, for the
+//! dashboard in `docs/grafana/aether.json`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +141,11 @@ async fn settle(node: &ClusterNode, n: usize) -> Result<(), Error> {
 }
 
 async fn serve(urls: &str, node_id: &str) -> Result<(), Error> {
+    // First, so that the store, runtime and node built below register their metrics with it.
+    if let Ok(addr) = std::env::var("METRICS_ADDR") {
+        aether::metrics::install_prometheus(addr.parse()?)?;
+        println!("{node_id}: metrics at http://{addr}/metrics");
+    }
     let config = ClusterConfig::new("bank").node_id(node_id).replicas(3);
     let (node, _accounts) = node(connect(urls).await, config, 3).await?;
     println!("{node_id} serving; Ctrl-C leaves gracefully");
