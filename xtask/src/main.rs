@@ -245,7 +245,9 @@ fn ci() -> Result {
 }
 
 fn clippy() -> Result {
-    cargo(&[
+    // All features include the bench crate's `peer`, whose eventsourced-nats build needs protoc.
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -253,7 +255,21 @@ fn clippy() -> Result {
         "--",
         "-D",
         "warnings",
-    ])
+    ]);
+    with_protoc(&mut cmd)?;
+    run(&mut cmd)
+}
+
+/// Points `PROTOC` at a protoc binary (eventsourced-nats, a peer in the benchmarks, compiles a
+/// .proto file when built): the caller's `PROTOC` if set, else the one shipped in the
+/// `protoc-bin-vendored` crate, so nothing has to be installed.
+fn with_protoc(cmd: &mut Command) -> Result {
+    if std::env::var_os("PROTOC").is_none() {
+        let path = protoc_bin_vendored::protoc_bin_path()
+            .map_err(|e| format!("no protoc for this platform in protoc-bin-vendored ({e}); set PROTOC to a protoc binary"))?;
+        cmd.env("PROTOC", path);
+    }
+    Ok(())
 }
 
 fn lint() -> Result {
@@ -465,6 +481,15 @@ fn bench(extra: &[String]) -> Result {
     step("benchmarks", || {
         let mut cmd = Command::new(cargo_bin());
         cmd.args(["bench", "--benches"]);
+        // The peer comparison (eventsourced-nats) is part of the bench crate's runs.
+        let bench_crate = extra.iter().any(|a| a == BENCH_ONLY)
+            || !extra
+                .iter()
+                .any(|a| a == "-p" || a.starts_with("--package"));
+        if bench_crate {
+            cmd.args(["--features", &format!("{BENCH_ONLY}/peer")]);
+            with_protoc(&mut cmd)?;
+        }
         if !extra
             .iter()
             .any(|a| a == "-p" || a.starts_with("--package"))

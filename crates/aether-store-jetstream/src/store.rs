@@ -71,6 +71,8 @@ struct Inner {
     broadcaster: RwLock<Option<Arc<dyn EventBroadcaster>>>,
     closed: AtomicBool,
     max_event_bytes: usize,
+    /// `JetStreamConfig::message_ids`.
+    message_ids: bool,
     /// `Err(reason)` when the server or stream cannot do atomic batches.
     atomic_batches: Result<(), String>,
     request_timeout: Duration,
@@ -274,9 +276,9 @@ impl JetStreamEventStore {
 
 impl JetStreamEventStore {
     /// An append with its span (`aether.store.append`) and metrics.
-    async fn recorded_append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+    async fn recorded_append(&self, events: &[Event]) -> Result<(), StoreError> {
         let count = events.len();
-        let span = append_span("jetstream", &events);
+        let span = append_span("jetstream", events);
         let started = std::time::Instant::now();
         let result = self.append(events).instrument(span).await;
         let m = &self.inner.metrics;
@@ -320,11 +322,11 @@ pub(crate) fn append_span(store: &'static str, events: &[Event]) -> tracing::Spa
 #[async_trait]
 impl EventStore for JetStreamEventStore {
     async fn save_event(&self, event: Event) -> Result<(), StoreError> {
-        self.recorded_append(vec![event]).await
+        self.recorded_append(std::slice::from_ref(&event)).await
     }
 
     async fn save_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.recorded_append(events).await
+        self.recorded_append(&events).await
     }
 
     async fn get_events(

@@ -529,3 +529,49 @@ async fn a_reused_event_id_is_refused_and_a_cold_batch_retry_is_recognised() {
     other.save_events(batch).await.unwrap();
     assert_eq!(versions(&store, "ids").await, [1, 2, 3]);
 }
+
+/// `message_ids(false)`: single appends carry no `Nats-Msg-Id`, yet a retried append (cold cache,
+/// and after others wrote on top of it) is answered as a success and stored once, while a
+/// different event at a taken version is still a conflict. Batches keep their ids.
+#[tokio::test]
+async fn without_message_ids_retries_are_still_recognised() {
+    let h = JetStreamHarness::single().await.without_message_ids();
+    let store = h.store(None).await;
+    let first = ev("no-ids", 1);
+    store.save_event(first.clone()).await.unwrap();
+    let js = async_nats::jetstream::new(h.client.clone());
+    let stream = js.get_stream(store.stream_name()).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&store.subject_for("no-ids"))
+        .await
+        .unwrap();
+    assert!(last.headers.get("Nats-Msg-Id").is_none());
+    assert_eq!(
+        last.headers.get("Aether-Version").map(|v| v.as_str()),
+        Some("1")
+    );
+    // A retry through a store that never saw the actor: recognised as the last record.
+    h.store(None).await.save_event(first.clone()).await.unwrap();
+    // Others write on top; the retry is recognised by reading the record at its version.
+    store.save_event(ev("no-ids", 2)).await.unwrap();
+    store.save_event(ev("no-ids", 3)).await.unwrap();
+    h.store(None).await.save_event(first.clone()).await.unwrap();
+    store.save_event(first.clone()).await.unwrap();
+    assert_eq!(versions(&store, "no-ids").await, [1, 2, 3]);
+    // Another event at a taken version is a conflict naming the true version.
+    match h.store(None).await.save_event(ev("no-ids", 2)).await {
+        Err(StoreError::VersionConflict(c)) => assert_eq!(c.current_version, 3),
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    // Batches still carry their ids.
+    store
+        .save_events(vec![ev("no-ids", 4), ev("no-ids", 5)])
+        .await
+        .unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&store.subject_for("no-ids"))
+        .await
+        .unwrap();
+    assert!(last.headers.get("Nats-Msg-Id").is_some());
+    assert_eq!(versions(&store, "no-ids").await, [1, 2, 3, 4, 5]);
+}

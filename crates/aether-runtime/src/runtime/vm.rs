@@ -279,9 +279,10 @@ impl<A: Actor> Vm<A> {
             .is_multiple_of(LATENCY_SAMPLE)
             .then(Instant::now);
         // Panics are caught around each poll of the pinned future (not by wrapping it in a
-        // combinator, which would move it and double its size in every actor's task).
+        // combinator, which would move it). Boxed on its own: inline, it would make the
+        // envelope's future (boxed per envelope) larger than 1 KiB, glibc's slow path.
         let caught = {
-            let mut decide = std::pin::pin!(self.decide_and_append(command, command_id));
+            let mut decide = Box::pin(self.decide_and_append(command, command_id));
             std::future::poll_fn(|cx| {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| decide.as_mut().poll(cx))) {
                     Ok(Poll::Pending) => Poll::Pending,

@@ -10,12 +10,13 @@ use aether_core::wire;
 use aether_core::{Event, EventStored, StoreError, VersionConflict, limits};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::{HeaderMap, HeaderValue};
+use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::JetStreamEventStore;
+use super::seek::Last;
 use super::slots::Known;
 use crate::error::{backend, jetstream_code};
 use crate::layout;
@@ -65,13 +66,13 @@ enum PublishFailure {
 }
 
 impl JetStreamEventStore {
-    pub(super) async fn append(&self, events: Vec<Event>) -> Result<(), StoreError> {
+    pub(super) async fn append(&self, events: &[Event]) -> Result<(), StoreError> {
         self.check_open()?;
         let Some(first) = events.first() else {
             return Ok(());
         };
         // Structure and ids first; the version is checked against the real history below.
-        match limits::check_append(0, &events) {
+        match limits::check_append(0, events) {
             Ok(()) | Err(StoreError::VersionConflict(_)) => {}
             Err(e) => return Err(e),
         }
@@ -105,8 +106,8 @@ impl JetStreamEventStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let actor_id = first.actor_id().to_owned();
-        let slot = self.slot(&actor_id);
+        let actor_id = first.actor_id();
+        let slot = self.slot(actor_id);
         let subject = &slot.subject;
         let _serialized = slot.write.lock().await;
         let last = events.last().unwrap_or(first);
@@ -129,19 +130,31 @@ impl JetStreamEventStore {
                 if is_retry(&known) {
                     return Ok(());
                 }
+                // Without message ids the server cannot say "duplicate": a retried event that
+                // others wrote after is recognised by reading the record at its version.
+                if refreshed
+                    && !self.inner.message_ids
+                    && events.len() == 1
+                    && Box::pin(self.holds_event(actor_id, subject, first, known)).await?
+                {
+                    return Ok(());
+                }
                 if refreshed {
-                    return Err(
-                        VersionConflict::new(actor_id, known.version, first.version()).into(),
-                    );
+                    return Err(VersionConflict::new(
+                        actor_id.to_owned(),
+                        known.version,
+                        first.version(),
+                    )
+                    .into());
                 }
                 // Versions only grow: the conflict stands, but report the true current version.
-                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                known = Box::pin(self.refresh(&slot, actor_id)).await?;
                 refreshed = true;
                 continue;
             }
             let Some(expected_seq) = known.seq else {
                 // Only the version is known (told by `update_version_cache`): learn the position.
-                known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                known = Box::pin(self.refresh(&slot, actor_id)).await?;
                 refreshed = true;
                 continue;
             };
@@ -150,7 +163,7 @@ impl JetStreamEventStore {
                     .await
             } else {
                 // Boxed: batches are rarer, and their future would swell every append's.
-                Box::pin(self.publish_batch(subject, &events, &encoded, expected_seq)).await
+                Box::pin(self.publish_batch(subject, events, &encoded, expected_seq)).await
             };
             match result {
                 Ok(Published::Stored(seq)) => {
@@ -160,7 +173,10 @@ impl JetStreamEventStore {
                         last_id: Some(last.id()),
                     }));
                     drop(_serialized);
-                    self.broadcast(&events).await;
+                    if self.has_broadcaster() {
+                        // Boxed: without a broadcaster its future would only swell every append's.
+                        Box::pin(self.broadcast(events)).await;
+                    }
                     return Ok(());
                 }
                 Ok(Published::Duplicate(seq)) => {
@@ -172,7 +188,7 @@ impl JetStreamEventStore {
                 Err(PublishFailure::Conflict) => {
                     // Someone else wrote: learn the truth and decide again.
                     let sent = known.seq;
-                    known = Box::pin(self.refresh(&slot, &actor_id)).await?;
+                    known = Box::pin(self.refresh(&slot, actor_id)).await?;
                     refreshed = true;
                     if is_retry(&known) {
                         return Ok(());
@@ -181,7 +197,7 @@ impl JetStreamEventStore {
                         // Refused although nothing moved: on replicated streams another write to
                         // this actor is still in flight (10164). Give it a moment.
                         waits += 1;
-                        tokio::time::sleep(in_flight.delay(waits)).await;
+                        Box::pin(tokio::time::sleep(in_flight.delay(waits))).await;
                     }
                 }
                 Err(PublishFailure::Error(e)) => {
@@ -200,6 +216,45 @@ impl JetStreamEventStore {
             ),
             source: None,
         })
+    }
+
+    /// Whether the actor's record at `event`'s version is `event` itself (same id), given what
+    /// is `known` of its last record.
+    async fn holds_event(
+        &self,
+        actor_id: &str,
+        subject: &Subject,
+        event: &Event,
+        known: Known,
+    ) -> Result<bool, StoreError> {
+        let Some(seq) = known.seq.filter(|s| *s > 0) else {
+            return Ok(false);
+        };
+        let last = Last {
+            seq,
+            version: Some(known.version),
+        };
+        let Some(position) = self
+            .position_of(actor_id, subject.as_str(), event.version(), last)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let stored = self
+            .inner
+            .stream
+            .get_raw_message(position)
+            .await
+            .map_err(|e| {
+                backend(
+                    format!(
+                        "reading the record at version {} of actor {actor_id:?}",
+                        event.version()
+                    ),
+                    e,
+                )
+            })?;
+        Ok(wire::decode_event(&stored.payload).is_ok_and(|s| s.id() == event.id()))
     }
 
     /// A publish was dropped as a duplicate of the id stored at `seq`: success if that is this
@@ -277,20 +332,28 @@ impl JetStreamEventStore {
         })
     }
 
-    fn headers(event: &Event) -> HeaderMap {
+    /// The headers of an event's record (`with_id`: with `Nats-Msg-Id`). Names are static (no
+    /// allocation), each value is built once, straight into its header.
+    fn headers(event: &Event, with_id: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.id().to_string().as_str());
-        headers.insert(HEADER_VERSION_NAME, event.version().to_string().as_str());
-        headers.insert(
-            HEADER_EVENT_TYPE_NAME,
-            HeaderValue::from(event.event_type()),
-        );
+        if with_id {
+            let mut id = String::with_capacity(36);
+            id.push_str(
+                event
+                    .id()
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+            );
+            headers.insert(MSG_ID, HeaderValue::from(id));
+        }
+        headers.insert(VERSION, HeaderValue::from(event.version()));
+        headers.insert(EVENT_TYPE, HeaderValue::from(event.event_type()));
         headers
     }
 
     async fn publish_one(
         &self,
-        subject: &str,
+        subject: &Subject,
         event: &Event,
         bytes: &Bytes,
         expected_seq: u64,
@@ -301,9 +364,12 @@ impl JetStreamEventStore {
         loop {
             let msg = PublishMessage::build()
                 .payload(bytes.clone())
-                .headers(Self::headers(event))
+                .headers(Self::headers(event, self.inner.message_ids))
                 .expected_last_subject_sequence(expected_seq);
-            let result = match self.inner.js.send_publish(subject.to_owned(), msg).await {
+            // Boxed: async-nats's send future is ~840 bytes; inline it would make every append's
+            // future a "large" allocation (over 1 KiB: glibc's slow path).
+            let sent = Box::pin(self.inner.js.send_publish(subject.clone(), msg)).await;
+            let result = match sent {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
@@ -316,7 +382,7 @@ impl JetStreamEventStore {
                     if matches!(e.kind(), PublishErrorKind::StreamNotFound)
                         && started.elapsed() + backoff < self.inner.request_timeout =>
                 {
-                    tokio::time::sleep(backoff).await;
+                    Box::pin(tokio::time::sleep(backoff)).await;
                     retry += 1;
                     backoff = NO_RESPONDERS.delay(retry);
                 }
@@ -328,7 +394,7 @@ impl JetStreamEventStore {
     /// One all-or-nothing append with JetStream atomic batch publish (ADR-50).
     async fn publish_batch(
         &self,
-        subject: &str,
+        subject: &Subject,
         events: &[Event],
         encoded: &[Bytes],
         expected_seq: u64,
@@ -342,7 +408,7 @@ impl JetStreamEventStore {
             )
         };
         for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
-            let mut headers = Self::headers(event);
+            let mut headers = Self::headers(event, true);
             headers.insert("Nats-Batch-Id", batch_id.as_str());
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
             if i == 0 {
@@ -395,7 +461,7 @@ impl JetStreamEventStore {
             } else {
                 self.inner
                     .client
-                    .publish_with_headers(subject.to_owned(), headers, bytes.clone())
+                    .publish_with_headers(subject.clone(), headers, bytes.clone())
                     .await
                     .map_err(|e| PublishFailure::Error(backend(context("sending"), e)))?;
             }
@@ -411,7 +477,7 @@ impl JetStreamEventStore {
     /// timeout, as a stream can be briefly without a leader.
     async fn request_retrying(
         &self,
-        subject: &str,
+        subject: &Subject,
         headers: HeaderMap,
         payload: &Bytes,
         retry_no_responders: bool,
@@ -422,7 +488,7 @@ impl JetStreamEventStore {
         loop {
             let left = self.inner.request_timeout.saturating_sub(started.elapsed());
             let request = self.inner.client.request_with_headers(
-                subject.to_owned(),
+                subject.clone(),
                 headers.clone(),
                 payload.clone(),
             );
@@ -445,6 +511,14 @@ impl JetStreamEventStore {
                 Ok(Err(e)) => return Err(backend(format!("sending to {subject}"), e)),
             }
         }
+    }
+
+    fn has_broadcaster(&self) -> bool {
+        self.inner
+            .broadcaster
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     async fn broadcast(&self, events: &[Event]) {
@@ -479,5 +553,6 @@ impl JetStreamEventStore {
     }
 }
 
-const HEADER_VERSION_NAME: &str = layout::HEADER_VERSION;
-const HEADER_EVENT_TYPE_NAME: &str = layout::HEADER_EVENT_TYPE;
+const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+const VERSION: HeaderName = HeaderName::from_static(layout::HEADER_VERSION);
+const EVENT_TYPE: HeaderName = HeaderName::from_static(layout::HEADER_EVENT_TYPE);

@@ -227,6 +227,7 @@ impl JetStreamEventStore {
                 broadcaster: RwLock::new(None),
                 closed: AtomicBool::new(false),
                 max_event_bytes,
+                message_ids: config.message_ids,
                 atomic_batches,
                 request_timeout: config.request_timeout,
                 stats: super::ReadCounters::default(),

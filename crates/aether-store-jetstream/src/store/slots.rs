@@ -30,8 +30,8 @@ pub(super) struct Known {
 
 /// Per-actor state: appends to one actor through one store are serialized by `write`.
 pub(super) struct ActorSlot {
-    /// The actor's subject, encoded once.
-    pub(super) subject: String,
+    /// The actor's subject, encoded once (cloned per publish without copying).
+    pub(super) subject: async_nats::Subject,
     pub(super) write: tokio::sync::Mutex<()>,
     known: Mutex<Option<Known>>,
 }
@@ -99,7 +99,7 @@ impl JetStreamEventStore {
     pub(super) fn slot(&self, actor_id: &str) -> Arc<ActorSlot> {
         self.inner.actors.get_or_insert_with(actor_id, || {
             Arc::new(ActorSlot {
-                subject: self.subject_for(actor_id),
+                subject: self.subject_for(actor_id).into(),
                 write: tokio::sync::Mutex::new(()),
                 known: Mutex::new(None),
             })
@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn the_version_never_goes_down_along_the_sequence() {
         let slot = ActorSlot {
-            subject: "ae.events.a".to_owned(),
+            subject: "ae.events.a".into(),
             write: tokio::sync::Mutex::new(()),
             known: Mutex::new(None),
         };

@@ -27,6 +27,8 @@ pub(crate) struct JetStreamHarness {
     pub(crate) servers: Servers,
     pub(crate) client: async_nats::Client,
     pub(crate) replicas: usize,
+    /// `JetStreamConfig::message_ids` of the stores it opens.
+    pub(crate) message_ids: bool,
     /// Last, so the servers are gone before the next cluster test starts.
     _gate: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
@@ -40,6 +42,7 @@ impl JetStreamHarness {
             servers: Servers::Single(Box::new(server)),
             client,
             replicas: 1,
+            message_ids: true,
         }
     }
 
@@ -52,6 +55,7 @@ impl JetStreamHarness {
             servers: Servers::Cluster(cluster),
             client,
             replicas: 3,
+            message_ids: true,
         }
     }
 
@@ -60,6 +64,13 @@ impl JetStreamHarness {
         JetStreamConfig::default()
             .replicas(self.replicas)
             .request_timeout(std::time::Duration::from_secs(20))
+            .message_ids(self.message_ids)
+    }
+
+    /// Stores opened by this harness append single events without `Nats-Msg-Id`.
+    pub(crate) fn without_message_ids(mut self) -> Self {
+        self.message_ids = false;
+        self
     }
 
     pub(crate) async fn store(&self, namespace: Option<Namespace>) -> JetStreamEventStore {
