@@ -97,7 +97,12 @@ impl fmt::Debug for NatsEventBus {
 
 /// The subject of `namespace`'s events.
 pub fn subject(namespace: &Namespace) -> String {
-    format!("{SUBJECT_PREFIX}.{namespace}")
+    let ns = namespace.as_str();
+    let mut subject = String::with_capacity(SUBJECT_PREFIX.len() + 1 + ns.len());
+    subject.push_str(SUBJECT_PREFIX);
+    subject.push('.');
+    subject.push_str(ns);
+    subject
 }
 
 impl NatsEventBus {
@@ -253,7 +258,7 @@ fn decode(msg: &async_nats::Message) -> Result<(Namespace, Event), String> {
         .and_then(|s| s.strip_prefix('.'))
         .ok_or_else(|| "subject outside the bus prefix".to_owned())
         .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()))?;
-    let event = aether_core::wire::decode_event(&msg.payload)
+    let event = aether_core::wire::decode_event_shared(&msg.payload)
         .map_err(|e| format!("not an Aether event: {e}"))?;
     Ok((namespace, event))
 }

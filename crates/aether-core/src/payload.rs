@@ -28,8 +28,10 @@ pub struct Payload(Bytes);
 impl Payload {
     /// Encodes `value` as MessagePack with named fields.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, CodecError> {
-        rmp_serde::to_vec_named(value)
-            .map(|v| Self(Bytes::from(v)))
+        // Room for a typical event up front: growing from empty would reallocate ~5 times.
+        let mut buf = Vec::with_capacity(256);
+        rmp_serde::encode::write_named(&mut buf, value)
+            .map(|()| Self(Bytes::from(buf)))
             .map_err(|e| CodecError::encode(std::any::type_name::<T>(), e))
     }
 

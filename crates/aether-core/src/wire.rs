@@ -87,7 +87,15 @@ pub fn encode_event_into(event: &Event, buf: &mut Vec<u8>) -> Result<(), CodecEr
 
 /// Decodes an event from the bytes Aether writes to NATS (or any writer following the format).
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
-    read_event(bytes)
+    read_event(bytes, None)
+        .map_err(|e| CodecError::decode("Event", e))?
+        .build()
+}
+
+/// Like [`decode_event`], but the event's payload shares `bytes` (a received message's body)
+/// instead of being copied out of it.
+pub fn decode_event_shared(bytes: &Bytes) -> Result<Event, CodecError> {
+    read_event(bytes, Some(bytes))
         .map_err(|e| CodecError::decode("Event", e))?
         .build()
 }
@@ -232,8 +240,12 @@ struct Fields {
     meta: Option<Option<Metadata>>,
 }
 
-fn read_event(bytes: &[u8]) -> Result<EventBuilder, WireError> {
-    let mut r = Reader { rest: bytes };
+/// `source`, when given, is `bytes` as `Bytes`: the payload is then sliced from it, not copied.
+fn read_event(bytes: &[u8], source: Option<&Bytes>) -> Result<EventBuilder, WireError> {
+    let mut r = Reader {
+        rest: bytes,
+        source,
+    };
     let entries = match r.marker(None)? {
         Marker::FixMap(n) => u32::from(n),
         Marker::Map16 => u32::from(r.u16(None)?),
@@ -334,6 +346,8 @@ fn describe(marker: Marker) -> &'static str {
 /// (`None`: the event map itself).
 struct Reader<'a> {
     rest: &'a [u8],
+    /// The whole input as `Bytes`, when the caller has it: payloads are sliced from it.
+    source: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
@@ -582,7 +596,10 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         match self.bin_after(marker, DATA)? {
-            Some(bytes) => Ok(Some(Payload::from_encoded(Bytes::copy_from_slice(bytes)))),
+            Some(bytes) => Ok(Some(Payload::from_encoded(match self.source {
+                Some(source) => source.slice_ref(bytes),
+                None => Bytes::copy_from_slice(bytes),
+            }))),
             None => Err(WireError::field(
                 DATA,
                 format!("expected a bin or nil, found {}", describe(marker)),

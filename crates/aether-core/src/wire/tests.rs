@@ -483,3 +483,20 @@ proptest! {
         let _ = decode_event(&bytes[..at]);
     }
 }
+
+#[test]
+fn a_shared_decode_slices_the_payload_out_of_the_message() {
+    let event = Event::new("a-1", "Placed", 3, &("memo", 42u64)).unwrap();
+    let bytes = Bytes::from(encode_event(&event).unwrap());
+    let shared = decode_event_shared(&bytes).unwrap();
+    assert_eq!(shared, decode_event(&bytes).unwrap());
+    assert_eq!(shared, event);
+    let payload = shared.payload().as_bytes();
+    let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+    assert!(
+        range.contains(&(payload.as_ptr() as usize)),
+        "the payload points into the message, not at a copy"
+    );
+    // Garbage is an error, as with the copying decode.
+    assert!(decode_event_shared(&Bytes::from_static(b"not an event")).is_err());
+}

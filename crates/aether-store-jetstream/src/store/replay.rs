@@ -109,7 +109,7 @@ impl JetStreamEventStore {
                 inner.stats.records_read.fetch_add(1, Ordering::Relaxed);
                 inner.metrics.replayed.increment(1);
                 let position = next.info().map_or(0, |info| info.stream_sequence);
-                let record = read_record(next.headers.as_ref(), &next.payload, actor_id);
+                let record = read_record_shared(next.headers.as_ref(), &next.payload, actor_id);
                 let item = target.order.admit(position, record, next.payload.clone());
                 let done = position >= target.last_sequence;
                 if done {
@@ -240,10 +240,26 @@ pub(super) struct Record {
 
 /// Reads a stored record: the version it holds and its event.
 pub(super) fn read_record(headers: Option<&HeaderMap>, payload: &[u8], actor_id: &str) -> Record {
+    record(headers, decode_event(payload, actor_id))
+}
+
+/// [`read_record`] for a received body: the event's payload shares it (decoded once, not copied).
+pub(super) fn read_record_shared(
+    headers: Option<&HeaderMap>,
+    payload: &bytes::Bytes,
+    actor_id: &str,
+) -> Record {
+    let event = aether_core::wire::decode_event_shared(payload)
+        .map_err(|e| format!("body does not decode: {e}"))
+        .and_then(|event| of_actor(event, actor_id));
+    record(headers, event)
+}
+
+fn record(headers: Option<&HeaderMap>, decoded: Result<Event, String>) -> Record {
     let header = headers
         .and_then(|h| h.get(layout::HEADER_VERSION))
         .and_then(|v| parse_version(v.as_str()));
-    match (header, decode_event(payload, actor_id)) {
+    match (header, decoded) {
         (Some(held), Ok(event)) if event.version() != held => Record {
             version: Some(held),
             event: Err(format!(
@@ -317,6 +333,11 @@ impl Order {
 pub(super) fn decode_event(payload: &[u8], actor_id: &str) -> Result<Event, String> {
     let event: Event = aether_core::wire::decode_event(payload)
         .map_err(|e| format!("body does not decode: {e}"))?;
+    of_actor(event, actor_id)
+}
+
+/// `event` if it names `actor_id`, else why it does not belong under that actor's subject.
+fn of_actor(event: Event, actor_id: &str) -> Result<Event, String> {
     if event.actor_id() != actor_id {
         return Err(format!(
             "event {} names actor {:?}, but is stored under actor {actor_id:?}",
