@@ -182,50 +182,61 @@ fn remote(c: &mut Criterion) {
             })
         });
     }
-    g.bench_function("aether", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let bus1 = NatsEventBus::new(server.connect().await.unwrap())
-                    .await
-                    .unwrap();
-                let bus2 = NatsEventBus::new(server.connect().await.unwrap())
-                    .await
-                    .unwrap();
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut sub = bus2.subscribe_with(
-                        Pattern::exact(&ns),
-                        SubscribeOptions::default().capacity(REMOTE as usize),
-                    );
-                    let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
-                    let reader = tokio::spawn(async move {
-                        for i in 1..=REMOTE {
-                            let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                                .await
-                                .unwrap_or_else(|_| panic!("bus: stuck after {i}"));
-                            black_box(e.unwrap());
-                            if i.is_multiple_of(WINDOW) || i == REMOTE {
-                                seen_tx.send_replace(i);
+    // "aether_no_echo": the publishing node's connection made with `no_echo()` (the tip in
+    // `NatsEventBus`'s docs): the server does not send the node its own events back.
+    for (name, no_echo) in [("aether", false), ("aether_no_echo", true)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let publisher = if no_echo {
+                        async_nats::ConnectOptions::new()
+                            .no_echo()
+                            .connect(server.url())
+                            .await
+                            .unwrap()
+                    } else {
+                        server.connect().await.unwrap()
+                    };
+                    let bus1 = NatsEventBus::new(publisher).await.unwrap();
+                    let bus2 = NatsEventBus::new(server.connect().await.unwrap())
+                        .await
+                        .unwrap();
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let mut sub = bus2.subscribe_with(
+                            Pattern::exact(&ns),
+                            SubscribeOptions::default().capacity(REMOTE as usize),
+                        );
+                        let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
+                        let reader = tokio::spawn(async move {
+                            for i in 1..=REMOTE {
+                                let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                                    .await
+                                    .unwrap_or_else(|_| panic!("bus: stuck after {i}"));
+                                black_box(e.unwrap());
+                                if i.is_multiple_of(WINDOW) || i == REMOTE {
+                                    seen_tx.send_replace(i);
+                                }
+                            }
+                        });
+                        let start = Instant::now();
+                        for (i, e) in evs.iter().enumerate() {
+                            bus1.publish(&ns, e).await.unwrap();
+                            let sent = i as u64 + 1;
+                            if sent.is_multiple_of(WINDOW) {
+                                seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
                             }
                         }
-                    });
-                    let start = Instant::now();
-                    for (i, e) in evs.iter().enumerate() {
-                        bus1.publish(&ns, e).await.unwrap();
-                        let sent = i as u64 + 1;
-                        if sent.is_multiple_of(WINDOW) {
-                            seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
-                        }
+                        reader.await.unwrap();
+                        total += start.elapsed();
                     }
-                    reader.await.unwrap();
-                    total += start.elapsed();
-                }
-                bus1.stop();
-                bus2.stop();
-                total
+                    bus1.stop();
+                    bus2.stop();
+                    total
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
 }
 
@@ -375,6 +386,13 @@ fn main() {
                 "NATS bus, one node to another (raw bytes, decoded by the reader)",
                 "baseline_decoded",
                 "aether",
+            ),
+            (
+                "bus_nats_node_to_node",
+                REMOTE,
+                "NATS bus, publisher connected with no_echo (raw bytes)",
+                "baseline",
+                "aether_no_echo",
             ),
             (
                 "bus_projection_catch_up_100k",
