@@ -420,7 +420,15 @@ impl<A: Actor> Vm<A> {
                 span.record("event_ids", ids.join(",").as_str());
             }
             let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
-            let appended = Box::pin(self.append_through_outages(stored)).await;
+            // The first attempt is the store's own (boxed) future; only a transient failure
+            // enters the retry loop, boxed as a rare path.
+            let sent = tokio::time::Instant::now();
+            let appended = match self.append_once(&stored).await {
+                Err(e) if e.is_transient() => {
+                    Box::pin(self.append_through_outages(stored, e, sent)).await
+                }
+                other => other,
+            };
             match appended {
                 Ok(()) => {
                     for event in &events {
@@ -476,21 +484,34 @@ impl<A: Actor> Vm<A> {
         }
     }
 
-    /// Appends `stored`, re-sending the same events (same ids: a stored one is recognised, never
-    /// stored twice) while the store reports a transient failure, for up to
-    /// `RetryPolicy::transient_budget`. Other results are returned as they are.
-    async fn append_through_outages(&self, stored: Vec<Event>) -> Result<(), StoreError> {
+    /// One append of `stored` (the store's future, not wrapped in another).
+    fn append_once<'a>(
+        &'a self,
+        stored: &'a [Event],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        if let [one] = stored {
+            self.shared.store.save_event(one.clone())
+        } else {
+            self.shared.store.save_events(stored.to_vec())
+        }
+    }
+
+    /// After the first append of `stored` (sent at `started`) failed transiently with `first`:
+    /// re-sends the same events (same ids: a stored one is recognised, never stored twice) while
+    /// the store reports a transient failure, for up to `RetryPolicy::transient_budget` since
+    /// `started`. Other results are returned as they are.
+    async fn append_through_outages(
+        &self,
+        stored: Vec<Event>,
+        first: StoreError,
+        started: tokio::time::Instant,
+    ) -> Result<(), StoreError> {
         let policy = &self.shared.config.retry;
-        let started = tokio::time::Instant::now();
         let schedule = aether_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
             .jitter_percent(50);
         let mut retries = 0;
+        let mut result = Err(first);
         loop {
-            let result = if let [one] = stored.as_slice() {
-                self.shared.store.save_event(one.clone()).await
-            } else {
-                self.shared.store.save_events(stored.clone()).await
-            };
             match result {
                 Err(e) if e.is_transient() && started.elapsed() < policy.transient_budget => {
                     retries += 1;
@@ -499,6 +520,7 @@ impl<A: Actor> Vm<A> {
                     tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, error = %e, retries, "store unavailable; re-sending the same events");
                     let left = policy.transient_budget.saturating_sub(started.elapsed());
                     tokio::time::sleep(schedule.delay(retries).min(left)).await;
+                    result = self.append_once(&stored).await;
                 }
                 other => return other,
             }
