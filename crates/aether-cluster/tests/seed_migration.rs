@@ -127,6 +127,17 @@ async fn the_new_owner_accepts_migrated_actors() {
     let server = NatsServer::start().await.unwrap();
     let name = cluster_name();
     let ((a, accounts, _), (b, b_accounts, _)) = a_then_b(&server, &name, 50).await;
+    // The new owner records a handoff as done once it has confirmed it, which can come a moment
+    // after the shards are in use: wait for that event rather than assume it.
+    until("b recorded every handoff from a as done", || {
+        let from_a: Vec<_> = b
+            .migrations()
+            .into_iter()
+            .filter(|m| m.from.as_deref() == Some("a"))
+            .collect();
+        !from_a.is_empty() && from_a.iter().all(|m| m.status == MigrationStatus::Done)
+    })
+    .await;
     let received: Vec<_> = b
         .migrations()
         .into_iter()
