@@ -101,17 +101,30 @@ fn exported(page: &str) -> BTreeMap<String, String> {
 
 /// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0: no chunked encoding to undo).
 async fn http_get(port: u16, path: &str) -> String {
+    match try_http_get(port, path).await {
+        Ok(body) => body,
+        Err(head) => panic!("GET {path}: {head}"),
+    }
+}
+
+/// The body of `GET path` when the answer is 200, else the response head.
+async fn try_http_get(port: u16, path: &str) -> Result<String, String> {
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
+    conn.read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.contains(" 200 "), "GET {path}: {head}");
-    body.to_owned()
+    if head.contains(" 200 ") {
+        Ok(body.to_owned())
+    } else {
+        Err(head.to_owned())
+    }
 }
 
 async fn scrape(port: u16) -> String {
@@ -188,14 +201,10 @@ async fn evaluate_dashboard(prometheus: &std::path::Path, target: u16) -> usize 
     // Ready once it has scraped us a few times (rates need two samples).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let ready = match tokio::net::TcpStream::connect(("127.0.0.1", web)).await {
-            Ok(_) => {
-                let body =
-                    http_get(web, &query("count_over_time(up{job=\"aether\"}[1m]) >= 4")).await;
-                body.contains("\"value\"")
-            }
-            Err(_) => false,
-        };
+        // Until it is up it refuses connections, then answers 503 while it starts.
+        let ready = try_http_get(web, &query("count_over_time(up{job=\"aether\"}[1m]) >= 4"))
+            .await
+            .is_ok_and(|body| body.contains("\"value\""));
         if ready {
             break;
         }
