@@ -43,8 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store1.set_broadcaster(Arc::new(bus1.clone()));
     println!("node 1 is {}, node 2 is {}", bus1.node_id(), bus2.node_id());
 
-    let mut on_node2 = bus2.subscribe(Pattern::exact(&namespace));
-    let mut stored_on_node2 = bus2.subscribe_to_event_stored(Pattern::exact(&namespace));
+    let mut on_node2 = bus2.subscribe(Pattern::exact(&namespace)).await?;
+    let mut stored_on_node2 = bus2
+        .subscribe_to_event_stored(Pattern::exact(&namespace))
+        .await?;
 
     // Node 1 publishes a domain event on the bus: node 2 receives it.
     let order = format!("order-{}", std::process::id());

@@ -206,6 +206,10 @@ impl EventBus {
                     receiver: Receiver::Ring(Ring::new(tx.subscribe())),
                     dropped,
                     metrics: self.inner.metrics.clone(),
+                    #[cfg(feature = "nats")]
+                    remote: None,
+                    #[cfg(feature = "nats")]
+                    remote_first: false,
                 };
             }
         }
@@ -238,6 +242,10 @@ impl EventBus {
             receiver,
             dropped,
             metrics: self.inner.metrics.clone(),
+            #[cfg(feature = "nats")]
+            remote: None,
+            #[cfg(feature = "nats")]
+            remote_first: false,
         }
     }
 
@@ -371,6 +379,12 @@ pub struct Subscription {
     receiver: Receiver,
     dropped: Arc<AtomicU64>,
     metrics: LocalMetrics,
+    /// Other nodes' events, for a subscription made through a `NatsEventBus`.
+    #[cfg(feature = "nats")]
+    remote: Option<crate::nats::Remote>,
+    /// Which part is asked first next time (they take turns, so neither starves the other).
+    #[cfg(feature = "nats")]
+    remote_first: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -383,9 +397,78 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// Events this subscriber lost because it read too slowly.
+    /// Events this subscriber lost because it read too slowly: events of this node (from a
+    /// `NatsEventBus`, other nodes' events are buffered and dropped by the NATS client, see
+    /// `NatsEventBus::subscribe_with`).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    #[cfg(feature = "nats")]
+    pub(crate) fn attach_remote(&mut self, remote: crate::nats::Remote) {
+        self.remote = Some(remote);
+    }
+
+    fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        match &mut self.receiver {
+            Receiver::Queue(rx) => rx.poll_recv(cx),
+            Receiver::Ring(ring) => {
+                let before = self.dropped.load(Ordering::Relaxed);
+                let next = ring.poll_next(cx, self.id, &self.dropped);
+                let lost = self.dropped.load(Ordering::Relaxed) - before;
+                if lost > 0 {
+                    self.metrics.dropped_oldest.increment(lost);
+                }
+                next
+            }
+        }
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.poll_local(cx)
+    }
+
+    /// The local part and the remote part (if any) take turns being asked first. The stream
+    /// ends when both have ended.
+    #[cfg(feature = "nats")]
+    fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if self.remote.is_none() {
+            return self.poll_local(cx);
+        }
+        self.remote_first = !self.remote_first;
+        if self.remote_first {
+            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
+                return Poll::Ready(Some(event));
+            }
+            match self.poll_local(cx) {
+                // The remote part is still open (and will wake us).
+                Poll::Ready(None) if self.remote.is_some() => Poll::Pending,
+                other => other,
+            }
+        } else {
+            match self.poll_local(cx) {
+                Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
+                Poll::Ready(None) => self.poll_remote(cx),
+                Poll::Pending => match self.poll_remote(cx) {
+                    Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
+                    _ => Poll::Pending,
+                },
+            }
+        }
+    }
+
+    #[cfg(feature = "nats")]
+    fn poll_remote(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let Some(remote) = self.remote.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = remote.poll_next(cx);
+        if let Poll::Ready(None) = next {
+            // Dropping the NATS subscription unsubscribes.
+            self.remote = None;
+        }
+        next
     }
 }
 
@@ -393,21 +476,9 @@ impl Stream for Subscription {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let this = &mut *self;
-        let next = match &mut this.receiver {
-            Receiver::Queue(rx) => rx.poll_recv(cx),
-            Receiver::Ring(ring) => {
-                let before = this.dropped.load(Ordering::Relaxed);
-                let next = ring.poll_next(cx, this.id, &this.dropped);
-                let lost = this.dropped.load(Ordering::Relaxed) - before;
-                if lost > 0 {
-                    this.metrics.dropped_oldest.increment(lost);
-                }
-                next
-            }
-        };
+        let next = self.poll_any(cx);
         if let Poll::Ready(Some(_)) = &next {
-            this.metrics.delivered.increment(1);
+            self.metrics.delivered.increment(1);
         }
         next
     }

@@ -1,24 +1,31 @@
 //! The event bus across nodes, over core NATS.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use aether_core::{
     BroadcastError, EVENT_STORED, Event, EventBroadcaster, EventStored, Namespace, VersionCache,
 };
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::filter::EventFilter;
 use crate::local::{EventBus, SubscribeOptions, Subscription};
 use crate::pattern::Pattern;
 
 /// First token of every bus subject: events of namespace `ns` travel on `aether.<ns>`.
 pub const SUBJECT_PREFIX: &str = "aether";
 /// Prefix of the reply subject that names the node that published a message
-/// (`_AETHER.node.<node id>`), so a node can skip its own echo. It is never replied to; the
-/// reply field is used because it costs nothing, where a header made every message several
+/// (`_AETHER.node.<node id>`), so a node can skip its own echo. A bus sets it only on messages
+/// it could receive back (it has a subscription matching their namespace). It is never replied
+/// to; the reply field is used because it is cheap, where a header made every message several
 /// times more expensive to send and to parse.
 pub const NODE_REPLY_PREFIX: &str = "_AETHER.node";
 
@@ -44,30 +51,49 @@ struct Counters {
     undecodable: AtomicU64,
 }
 
-struct Inner {
-    client: async_nats::Client,
-    node_id: String,
-    /// `_AETHER.node.<node_id>`, the reply subject of everything this node publishes.
+/// What every remote part of a subscription shares with the bus: how to recognise this node's
+/// own messages, the counters, and the version cache to keep in step.
+pub(crate) struct Receiving {
+    /// `_AETHER.node.<node_id>`, the reply subject of this node's messages that it may receive
+    /// back itself.
     origin: async_nats::Subject,
-    local: EventBus,
+    /// The patterns of this bus's NATS subscriptions: a message to a namespace none of them
+    /// matches cannot come back, and goes without the reply subject (smaller to send and route).
+    interests: ArcSwap<Vec<(u64, Pattern)>>,
+    interest_changes: Mutex<()>,
+    next_interest: AtomicU64,
     cache: Option<Arc<dyn VersionCache>>,
     counters: Counters,
     metrics: crate::metrics::NatsMetrics,
-    stopped: AtomicBool,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    node_id: String,
+    local: EventBus,
+    receiving: Arc<Receiving>,
+    /// Cancelled by [`NatsEventBus::stop`] and when the last handle goes: every remote part of a
+    /// subscription then ends (and unsubscribes).
+    stopped: CancellationToken,
+    /// The version cache's own catch-all subscription (only with a cache).
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The event bus across nodes (Go's `NATSEventBus`): every event published on one node reaches
 /// the matching subscribers on every node, over core NATS subjects `aether.<namespace>`.
 ///
-/// Local subscribers get events from their own node at once (not echoed back through NATS: the
-/// publishing node's id travels in the reply subject, see [`NODE_REPLY_PREFIX`]). Messages that cannot be decoded
+/// Each subscription is a NATS subscription to its own pattern (`aether.<pattern>`), so the
+/// server sends a node only the namespaces it subscribes to, and the subscriber's task decodes
+/// each event as it reads it (no hop through another task). Local subscribers get events from
+/// their own node at once; when the server sends them back (a subscription on this node
+/// matching what this node publishes) they are recognised by the reply subject that carries the
+/// publishing node's id ([`NODE_REPLY_PREFIX`]) and skipped. Messages that cannot be decoded
 /// are counted ([`NatsEventBus::undecodable`]) and logged. Reconnects are handled by the client.
 ///
-/// Throughput tip: the server sends a node's own events back to it (and the bus drops them). A
-/// connection made with `async_nats::ConnectOptions::new().no_echo()` saves that traffic
-/// (node to node on a 2-core machine: 334k instead of 274k events per second, the bus bench's
-/// `aether_no_echo`), if nothing else on that connection needs to receive its own messages.
+/// Throughput tip: if this node subscribes to namespaces it also publishes to, the server sends
+/// its own events back to it (and the bus drops them). A connection made with
+/// `async_nats::ConnectOptions::new().no_echo()` saves that traffic, if nothing else on that
+/// connection needs to receive its own messages.
 ///
 /// ```no_run
 /// use aether_bus::NatsEventBus;
@@ -75,7 +101,7 @@ struct Inner {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
 /// let bus = NatsEventBus::new(client).await?;
-/// let _orders = bus.subscribe("tenant-a".parse()?);
+/// let _orders = bus.subscribe("tenant-a".parse()?).await?;
 /// bus.publish(&Namespace::new("tenant-a")?, &Event::new("o-1", "OrderPlaced", 1, &1)?).await?;
 /// # Ok(()) }
 /// ```
@@ -90,18 +116,21 @@ impl fmt::Debug for NatsEventBus {
             .field("node_id", &self.inner.node_id)
             .field("received", &self.received())
             .field("undecodable", &self.undecodable())
-            .field("stopped", &self.inner.stopped.load(Ordering::Relaxed))
+            .field("stopped", &self.inner.stopped.is_cancelled())
             .finish_non_exhaustive()
     }
 }
 
 /// The subject of `namespace`'s events.
 pub fn subject(namespace: &Namespace) -> String {
-    let ns = namespace.as_str();
-    let mut subject = String::with_capacity(SUBJECT_PREFIX.len() + 1 + ns.len());
+    prefixed(namespace.as_str())
+}
+
+fn prefixed(tail: &str) -> String {
+    let mut subject = String::with_capacity(SUBJECT_PREFIX.len() + 1 + tail.len());
     subject.push_str(SUBJECT_PREFIX);
     subject.push('.');
-    subject.push_str(ns);
+    subject.push_str(tail);
     subject
 }
 
@@ -112,7 +141,8 @@ impl NatsEventBus {
     }
 
     /// A bus that also keeps `cache` (a `JetStreamEventStore`) in step with EventStored
-    /// notifications from other nodes (Go's `NewNATSEventBusWithBroadcaster`).
+    /// notifications from other nodes (Go's `NewNATSEventBusWithBroadcaster`). The bus then
+    /// receives every namespace (one `aether.>` subscription) to find them.
     pub async fn with_version_cache(
         client: async_nats::Client,
         cache: Arc<dyn VersionCache>,
@@ -124,40 +154,41 @@ impl NatsEventBus {
         client: async_nats::Client,
         cache: Option<Arc<dyn VersionCache>>,
     ) -> Result<Self, BusError> {
-        let subject = format!("{SUBJECT_PREFIX}.>");
-        let mut messages =
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| BusError::Subscribe {
-                    subject: subject.clone(),
-                    source: Box::new(e),
-                })?;
-        // Make sure the server has the subscription before anyone publishes to us.
-        round_trip(&client).await.map_err(|e| BusError::Subscribe {
-            subject,
-            source: Box::new(e),
-        })?;
         let node_id = uuid::Uuid::new_v4().simple().to_string();
-        let inner = Arc::new(Inner {
-            client,
+        let receiving = Arc::new(Receiving {
             origin: async_nats::Subject::from(format!("{NODE_REPLY_PREFIX}.{node_id}")),
-            node_id,
-            local: EventBus::new(),
+            interests: ArcSwap::default(),
+            interest_changes: Mutex::new(()),
+            next_interest: AtomicU64::new(0),
             cache,
             counters: Counters::default(),
             metrics: crate::metrics::NatsMetrics::new(),
-            stopped: AtomicBool::new(false),
+        });
+        let inner = Arc::new(Inner {
+            client,
+            node_id,
+            local: EventBus::new(),
+            receiving,
+            stopped: CancellationToken::new(),
             task: Mutex::new(None),
         });
-        let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(async move {
-            while let Some(msg) = messages.next().await {
-                let Some(inner) = weak.upgrade() else { break };
-                inner.receive(msg).await;
-            }
-        });
-        *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        if inner.receiving.cache.is_some() {
+            let subject = prefixed(">");
+            let mut messages = inner.subscribe_remote(&subject).await?;
+            let receiving = inner.receiving.clone();
+            let stopped = inner.stopped.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        () = stopped.cancelled() => break,
+                        msg = messages.next() => msg,
+                    };
+                    let Some(msg) = msg else { break };
+                    receiving.keep_cache_in_step(&msg);
+                }
+            });
+            *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
         Ok(Self { inner })
     }
 
@@ -166,29 +197,68 @@ impl NatsEventBus {
         &self.inner.node_id
     }
 
-    /// The in-process bus that local subscribers read from.
+    /// The in-process bus: its subscribers get only this node's events.
     pub fn local(&self) -> &EventBus {
         &self.inner.local
     }
 
     /// Subscribes to events of every node in the namespaces matching `pattern`.
-    pub fn subscribe(&self, pattern: Pattern) -> Subscription {
-        self.inner.local.subscribe(pattern)
+    ///
+    /// Returns once the NATS server has the subscription: whatever any node publishes
+    /// afterwards through this server reaches it (through a cluster of servers, the interest
+    /// reaches the other servers a moment later, as for any NATS subscription).
+    pub async fn subscribe(&self, pattern: Pattern) -> Result<Subscription, BusError> {
+        self.subscribe_with(pattern, SubscribeOptions::default())
+            .await
     }
 
     /// Subscribes with explicit buffering and filters.
-    pub fn subscribe_with(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
-        self.inner.local.subscribe_with(pattern, options)
+    ///
+    /// `options.capacity` and `options.overflow` apply to events published on this node. Events
+    /// from other nodes wait in the NATS client's buffer for the subscription
+    /// (`async_nats::ConnectOptions::subscription_capacity`, 65,536 messages by default); a
+    /// subscriber that falls further behind loses the newest of them there, and the client
+    /// reports it as `async_nats::Event::SlowConsumer` to its event callback. The filters apply
+    /// to both.
+    ///
+    /// After [`stop`](Self::stop) this returns a subscription to this node's events only.
+    pub async fn subscribe_with(
+        &self,
+        pattern: Pattern,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, BusError> {
+        if self.inner.stopped.is_cancelled() {
+            return Ok(self.inner.local.subscribe_with(pattern, options));
+        }
+        let filter = options.filter.clone();
+        let subject = prefixed(pattern.as_str());
+        // The interest is announced before the local part exists: a publish that reaches the
+        // local part then also marks its NATS message as this node's (see `publish`).
+        let interest = Interest::new(&self.inner.receiving, pattern.clone());
+        let mut subscription = self.inner.local.subscribe_with(pattern, options);
+        let messages = self.inner.subscribe_remote(&subject).await?;
+        subscription.attach_remote(Remote {
+            messages,
+            stopped: Box::pin(self.inner.stopped.clone().cancelled_owned()),
+            receiving: self.inner.receiving.clone(),
+            filter,
+            _interest: interest,
+        });
+        Ok(subscription)
     }
 
     /// Subscribes to EventStored notifications (published by stores through a bus) in the
     /// namespaces matching `pattern` (Go's `SubscribeToEventStored`). Decode the payload with
     /// `event.decode::<aether_core::EventStored>()`.
-    pub fn subscribe_to_event_stored(&self, pattern: Pattern) -> Subscription {
+    pub async fn subscribe_to_event_stored(
+        &self,
+        pattern: Pattern,
+    ) -> Result<Subscription, BusError> {
         self.subscribe_with(
             pattern,
             SubscribeOptions::default().event_types([EVENT_STORED]),
         )
+        .await
     }
 
     /// Publishes `event` to the local subscribers and to every other node.
@@ -197,7 +267,7 @@ impl NatsEventBus {
         namespace: &Namespace,
         event: &Event,
     ) -> Result<(), BroadcastError> {
-        if self.inner.stopped.load(Ordering::Relaxed) {
+        if self.inner.stopped.is_cancelled() {
             return Err(BroadcastError::Closed);
         }
         self.inner.local.publish(namespace, event).await;
@@ -206,38 +276,78 @@ impl NatsEventBus {
                 context: format!("encoding event {}", event.id()),
                 source: Box::new(e),
             })?;
-        self.inner
-            .client
-            .publish_with_reply(
-                subject(namespace),
-                self.inner.origin.clone(),
-                payload.into(),
-            )
-            .await
-            .map_err(|e| BroadcastError::Transport {
-                context: format!("publishing event {} to {}", event.id(), subject(namespace)),
-                source: Box::new(e),
-            })?;
-        self.inner.metrics.published.increment(1);
+        // After the local delivery: a subscription whose local part got the event has its
+        // interest registered by now, so its NATS part will recognise the echo.
+        let receiving = &self.inner.receiving;
+        let sent = if receiving.interested_in(namespace) {
+            self.inner
+                .client
+                .publish_with_reply(subject(namespace), receiving.origin.clone(), payload.into())
+                .await
+        } else {
+            self.inner
+                .client
+                .publish(subject(namespace), payload.into())
+                .await
+        };
+        sent.map_err(|e| BroadcastError::Transport {
+            context: format!("publishing event {} to {}", event.id(), subject(namespace)),
+            source: Box::new(e),
+        })?;
+        self.inner.receiving.metrics.published.increment(1);
         Ok(())
     }
 
-    /// Messages received from other nodes.
+    /// Messages from other nodes delivered to this node's subscriptions (once per subscription
+    /// that read it).
     pub fn received(&self) -> u64 {
-        self.inner.counters.received.load(Ordering::Relaxed)
+        self.inner
+            .receiving
+            .counters
+            .received
+            .load(Ordering::Relaxed)
     }
 
-    /// Messages on bus subjects that could not be decoded (and were skipped).
+    /// Messages on bus subjects that could not be decoded (and were skipped), once per
+    /// subscription that read them.
     pub fn undecodable(&self) -> u64 {
-        self.inner.counters.undecodable.load(Ordering::Relaxed)
+        self.inner
+            .receiving
+            .counters
+            .undecodable
+            .load(Ordering::Relaxed)
     }
 
-    /// Stops receiving from other nodes and refuses further publishes (Go's `Stop`). Local
-    /// subscriptions stay open but receive nothing more from other nodes.
+    /// Stops receiving from other nodes and refuses further publishes (Go's `Stop`). Every
+    /// subscription's NATS part ends (it unsubscribes); the subscriptions stay open for this
+    /// node's own events, of which there are no more from this bus.
     pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.stop();
+    }
+}
+
+impl Inner {
+    /// Subscribes to `subject` and waits until the server has the subscription.
+    async fn subscribe_remote(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {
+        let failed = |source: aether_core::BoxError| BusError::Subscribe {
+            subject: subject.to_owned(),
+            source,
+        };
+        let messages = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        // Make sure the server has the subscription before anyone publishes to us.
+        round_trip(&self.client)
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        Ok(messages)
+    }
+
+    fn stop(&self) {
+        self.stopped.cancel();
         if let Some(task) = self
-            .inner
             .task
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -249,43 +359,60 @@ impl NatsEventBus {
     }
 }
 
-/// The namespace (from the subject) and the event (from the body) of a bus message.
-fn decode(msg: &async_nats::Message) -> Result<(Namespace, Event), String> {
+/// The namespace token (from the subject) and the event (from the body) of a bus message.
+fn decode(msg: &async_nats::Message) -> Result<Event, String> {
     let namespace = msg
         .subject
         .as_str()
         .strip_prefix(SUBJECT_PREFIX)
         .and_then(|s| s.strip_prefix('.'))
-        .ok_or_else(|| "subject outside the bus prefix".to_owned())
-        .and_then(|ns| Namespace::new(ns).map_err(|e| e.to_string()))?;
-    let event = aether_core::wire::decode_event_shared(&msg.payload)
-        .map_err(|e| format!("not an Aether event: {e}"))?;
-    Ok((namespace, event))
+        .ok_or_else(|| "subject outside the bus prefix".to_owned())?;
+    Namespace::check(namespace).map_err(|e| e.to_string())?;
+    aether_core::wire::decode_event_shared(&msg.payload)
+        .map_err(|e| format!("not an Aether event: {e}"))
 }
 
-impl Inner {
-    fn undecodable(&self, msg: &async_nats::Message, reason: &str) {
-        self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
-        self.metrics.undecodable.increment(1);
-        tracing::warn!(
-            subject = %msg.subject,
-            bytes = msg.payload.len(),
-            %reason,
-            "skipping a bus message that cannot be decoded"
-        );
+impl Receiving {
+    fn interested_in(&self, namespace: &Namespace) -> bool {
+        self.interests
+            .load()
+            .iter()
+            .any(|(_, pattern)| pattern.matches(namespace))
     }
 
-    async fn receive(&self, msg: async_nats::Message) {
-        if msg.reply.as_ref() == Some(&self.origin) {
+    fn is_echo(&self, msg: &async_nats::Message) -> bool {
+        msg.reply.as_ref() == Some(&self.origin)
+    }
+
+    /// The event in `msg` from another node, or `None` (an echo of this node's own event, or
+    /// undecodable: counted and logged).
+    fn accept(&self, msg: &async_nats::Message) -> Option<Event> {
+        if self.is_echo(msg) {
             self.counters.echoes.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        let (namespace, event) = match decode(&msg) {
-            Ok(ok) => ok,
-            Err(reason) => return self.undecodable(&msg, &reason),
+        let event = match decode(msg) {
+            Ok(event) => event,
+            Err(reason) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.metrics.undecodable.increment(1);
+                tracing::warn!(
+                    subject = %msg.subject,
+                    bytes = msg.payload.len(),
+                    %reason,
+                    "skipping a bus message that cannot be decoded"
+                );
+                return None;
+            }
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         self.metrics.received.increment(1);
+        // The cache learns of a notification before anyone reads it.
+        self.update_cache(&event);
+        Some(event)
+    }
+
+    fn update_cache(&self, event: &Event) {
         if event.event_type() == EVENT_STORED
             && let Some(cache) = &self.cache
         {
@@ -296,7 +423,86 @@ impl Inner {
                 }
             }
         }
-        self.local.publish(&namespace, &event).await;
+    }
+
+    /// The version cache's catch-all subscription: only EventStored notifications matter
+    /// (undecodable messages are counted by the subscriptions that read them). It does not
+    /// register an interest, so this node's own messages may come back without the reply
+    /// subject; raising the cache to a version this node wrote itself changes nothing.
+    fn keep_cache_in_step(&self, msg: &async_nats::Message) {
+        if self.is_echo(msg) {
+            return;
+        }
+        if let Ok(event) = decode(msg) {
+            self.update_cache(&event);
+        }
+    }
+}
+
+/// A NATS subscription's pattern in [`Receiving::interests`], for as long as it lives.
+struct Interest {
+    id: u64,
+    receiving: Arc<Receiving>,
+}
+
+impl Interest {
+    fn new(receiving: &Arc<Receiving>, pattern: Pattern) -> Self {
+        let id = receiving.next_interest.fetch_add(1, Ordering::Relaxed);
+        let _changing = receiving
+            .interest_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut interests = Vec::clone(&receiving.interests.load_full());
+        interests.push((id, pattern));
+        receiving.interests.store(Arc::new(interests));
+        Self {
+            id,
+            receiving: receiving.clone(),
+        }
+    }
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let receiving = &self.receiving;
+        let _changing = receiving
+            .interest_changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut interests = Vec::clone(&receiving.interests.load_full());
+        interests.retain(|(id, _)| *id != self.id);
+        receiving.interests.store(Arc::new(interests));
+    }
+}
+
+/// The part of a [`Subscription`] that reads other nodes' events: its own NATS subscription,
+/// read and decoded in the subscriber's task.
+pub(crate) struct Remote {
+    messages: async_nats::Subscriber,
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    receiving: Arc<Receiving>,
+    filter: EventFilter,
+    /// Dropped with the NATS subscription.
+    _interest: Interest,
+}
+
+impl Remote {
+    /// The next event from another node; `None` once the bus is stopped or dropped (or the
+    /// client is closed).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if self.stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        loop {
+            let Some(msg) = std::task::ready!(self.messages.poll_next_unpin(cx)) else {
+                return Poll::Ready(None);
+            };
+            if let Some(event) = self.receiving.accept(&msg)
+                && self.filter.matches(&event)
+            {
+                return Poll::Ready(Some(event));
+            }
+        }
     }
 }
 
@@ -316,14 +522,7 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::R
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
+        self.stop();
     }
 }
 

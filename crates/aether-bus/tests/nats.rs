@@ -35,7 +35,7 @@ async fn next(sub: &mut Subscription) -> Event {
 /// Publishes probe events on `from` until `to` sees one: routes and interest have propagated
 /// once the first probe arrives (each attempt waits for an answer, it does not just sleep).
 async fn wait_until_connected(from: &NatsEventBus, to: &NatsEventBus) {
-    let mut probe = to.subscribe(Pattern::new("probe").unwrap());
+    let mut probe = to.subscribe(Pattern::new("probe").unwrap()).await.unwrap();
     for v in 1..=100 {
         from.publish(&ns("probe"), &ev("probe", v)).await.unwrap();
         if tokio::time::timeout(Duration::from_millis(100), probe.next())
@@ -130,9 +130,18 @@ async fn two_nodes_share_events_and_keep_namespaces_apart() {
     wait_until_connected(&bus1, &bus2).await;
     wait_until_connected(&bus2, &bus1).await;
 
-    let mut a_on_2 = bus2.subscribe(Pattern::new("tenant-a").unwrap());
-    let mut b_on_2 = bus2.subscribe(Pattern::new("tenant-b").unwrap());
-    let mut a_on_1 = bus1.subscribe(Pattern::new("tenant-a").unwrap());
+    let mut a_on_2 = bus2
+        .subscribe(Pattern::new("tenant-a").unwrap())
+        .await
+        .unwrap();
+    let mut b_on_2 = bus2
+        .subscribe(Pattern::new("tenant-b").unwrap())
+        .await
+        .unwrap();
+    let mut a_on_1 = bus1
+        .subscribe(Pattern::new("tenant-a").unwrap())
+        .await
+        .unwrap();
 
     let event = ev("order-1", 1);
     bus1.publish(&ns("tenant-a"), &event).await.unwrap();
@@ -181,7 +190,10 @@ async fn event_stored_keeps_another_stores_cache_in_step() {
 
     store2.save_event(ev("synced", 1)).await.unwrap();
     assert_eq!(store2.cached_version("synced"), Some(1));
-    let mut stored = bus2.subscribe_to_event_stored(Pattern::new("events").unwrap());
+    let mut stored = bus2
+        .subscribe_to_event_stored(Pattern::new("events").unwrap())
+        .await
+        .unwrap();
     store1.save_event(ev("synced", 2)).await.unwrap();
     let note = next(&mut stored).await;
     let payload: EventStored = note.decode().unwrap();
@@ -206,7 +218,10 @@ async fn a_new_bus_receives_what_is_published_right_after() {
         let receiver = NatsEventBus::new(server.connect().await.unwrap())
             .await
             .unwrap();
-        let mut sub = receiver.subscribe(Pattern::new("first").unwrap());
+        let mut sub = receiver
+            .subscribe(Pattern::new("first").unwrap())
+            .await
+            .unwrap();
         let event = ev("first", round + 1);
         publisher.publish(&ns("first"), &event).await.unwrap();
         assert_eq!(next(&mut sub).await, event, "round {round}");
@@ -223,7 +238,7 @@ async fn buses_survive_a_server_restart() {
     let bus2 = NatsEventBus::new(server.connect().await.unwrap())
         .await
         .unwrap();
-    let mut on_2 = bus2.subscribe(Pattern::new("r").unwrap());
+    let mut on_2 = bus2.subscribe(Pattern::new("r").unwrap()).await.unwrap();
     let before = ev("before", 1);
     bus1.publish(&ns("r"), &before).await.unwrap();
     assert_eq!(next(&mut on_2).await, before);
@@ -241,7 +256,7 @@ async fn buses_survive_a_server_restart() {
         "events flow again, on the same subscription"
     );
     let back = ev("back", 1);
-    let mut on_1 = bus1.subscribe(Pattern::new("r").unwrap());
+    let mut on_1 = bus1.subscribe(Pattern::new("r").unwrap()).await.unwrap();
     bus2.publish(&ns("r"), &back).await.unwrap();
     assert_eq!(next(&mut on_1).await, back, "in both directions");
     assert_eq!(bus1.undecodable() + bus2.undecodable(), 0);
@@ -252,7 +267,8 @@ async fn garbage_on_a_bus_subject_is_counted_and_skipped() {
     let server = NatsServer::start().await.unwrap();
     let client = server.connect().await.unwrap();
     let bus = NatsEventBus::new(client.clone()).await.unwrap();
-    let mut sub = bus.subscribe(Pattern::new("g").unwrap());
+    let mut sub = bus.subscribe(Pattern::new("g").unwrap()).await.unwrap();
+    let mut all = bus.subscribe(Pattern::new(">").unwrap()).await.unwrap();
     client
         .publish("aether.g", "\u{0}garbage".into())
         .await
@@ -271,12 +287,77 @@ async fn garbage_on_a_bus_subject_is_counted_and_skipped() {
         .await
         .unwrap();
     assert_eq!(next(&mut sub).await, event);
+    assert_eq!(next(&mut all).await, event);
     assert_eq!(
         bus.undecodable(),
-        2,
-        "the garbage body and the impossible namespace were counted"
+        3,
+        "the garbage body (read by both subscriptions) and the impossible namespace were counted"
     );
+    assert_eq!(bus.received(), 2, "the event, once per subscription");
 
     bus.stop();
     assert!(bus.publish(&ns("g"), &event).await.is_err());
+}
+
+/// A server (without JetStream) and two buses on it.
+async fn publisher_and_receiver() -> (NatsServer, NatsEventBus, NatsEventBus) {
+    let server = NatsServer::start_without_jetstream().await.unwrap();
+    let publisher = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let receiver = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    (server, publisher, receiver)
+}
+
+/// Each subscription is its own NATS subscription: the server sends a node only the namespaces
+/// it asked for (the bus used to receive everything on `aether.>` and filter locally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_only_the_namespaces_it_subscribes_to() {
+    let (_server, publisher, receiver) = publisher_and_receiver().await;
+    let mut wanted = receiver
+        .subscribe(Pattern::new("eu.*").unwrap())
+        .await
+        .unwrap();
+    for v in 1..=100 {
+        publisher
+            .publish(&ns("us.orders"), &ev("us", v))
+            .await
+            .unwrap();
+    }
+    let event = ev("eu", 1);
+    publisher.publish(&ns("eu.orders"), &event).await.unwrap();
+    assert_eq!(next(&mut wanted).await, event);
+    assert_eq!(
+        receiver.received(),
+        1,
+        "the 100 events of another namespace never reached this node"
+    );
+}
+
+/// A subscription from a NATS bus ends when the bus is gone (every handle dropped), and a
+/// stopped bus's subscriptions get nothing more from other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_or_dropping_the_bus_ends_remote_delivery() {
+    let (_server, publisher, receiver) = publisher_and_receiver().await;
+    let mut sub = receiver
+        .subscribe(Pattern::new("s").unwrap())
+        .await
+        .unwrap();
+    let first = ev("s", 1);
+    publisher.publish(&ns("s"), &first).await.unwrap();
+    assert_eq!(next(&mut sub).await, first);
+
+    receiver.stop();
+    // Subscribing after a stop gives this node's events only (and needs no server).
+    let mut late = receiver
+        .subscribe(Pattern::new("s").unwrap())
+        .await
+        .unwrap();
+    assert!(receiver.publish(&ns("s"), &first).await.is_err());
+    drop(receiver);
+    let ended = tokio::time::timeout(WAIT, sub.next()).await.unwrap();
+    assert_eq!(ended, None, "the subscription ends with its bus");
+    assert_eq!(tokio::time::timeout(WAIT, late.next()).await.unwrap(), None);
 }

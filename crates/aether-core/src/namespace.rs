@@ -35,6 +35,18 @@ impl Namespace {
     /// Validates `name`.
     pub fn new(name: impl Into<String>) -> Result<Self, NamespaceError> {
         let name = name.into();
+        Self::check(&name)?;
+        Ok(Self(name))
+    }
+
+    /// Whether `name` is a valid namespace, without allocating one (the error allocates).
+    ///
+    /// ```
+    /// use aether_core::Namespace;
+    /// assert!(Namespace::check("eu.orders").is_ok());
+    /// assert!(Namespace::check("eu..orders").is_err());
+    /// ```
+    pub fn check(name: &str) -> Result<(), NamespaceError> {
         if name.is_empty() {
             return Err(NamespaceError::Empty);
         }
@@ -48,12 +60,18 @@ impl Namespace {
             .char_indices()
             .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
         {
-            return Err(NamespaceError::InvalidChar { name, ch, index });
+            return Err(NamespaceError::InvalidChar {
+                name: name.to_owned(),
+                ch,
+                index,
+            });
         }
         if name.split('.').any(str::is_empty) {
-            return Err(NamespaceError::EmptyToken { name });
+            return Err(NamespaceError::EmptyToken {
+                name: name.to_owned(),
+            });
         }
-        Ok(Self(name))
+        Ok(())
     }
 
     /// The namespace as written.
