@@ -208,8 +208,6 @@ impl EventBus {
                     metrics: self.inner.metrics.clone(),
                     #[cfg(feature = "nats")]
                     remote: None,
-                    #[cfg(feature = "nats")]
-                    remote_first: false,
                 };
             }
         }
@@ -244,8 +242,6 @@ impl EventBus {
             metrics: self.inner.metrics.clone(),
             #[cfg(feature = "nats")]
             remote: None,
-            #[cfg(feature = "nats")]
-            remote_first: false,
         }
     }
 
@@ -381,10 +377,7 @@ pub struct Subscription {
     metrics: LocalMetrics,
     /// Other nodes' events, for a subscription made through a `NatsEventBus`.
     #[cfg(feature = "nats")]
-    remote: Option<crate::nats::Remote>,
-    /// Which part is asked first next time (they take turns, so neither starves the other).
-    #[cfg(feature = "nats")]
-    remote_first: bool,
+    remote: Option<crate::nats::RemotePart>,
 }
 
 impl fmt::Debug for Subscription {
@@ -405,70 +398,47 @@ impl Subscription {
     }
 
     #[cfg(feature = "nats")]
-    pub(crate) fn attach_remote(&mut self, remote: crate::nats::Remote) {
+    pub(crate) fn attach_remote(&mut self, remote: crate::nats::RemotePart) {
         self.remote = Some(remote);
     }
 
-    fn poll_local(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        match &mut self.receiver {
-            Receiver::Queue(rx) => rx.poll_recv(cx),
-            Receiver::Ring(ring) => {
-                let before = self.dropped.load(Ordering::Relaxed);
-                let next = ring.poll_next(cx, self.id, &self.dropped);
-                let lost = self.dropped.load(Ordering::Relaxed) - before;
-                if lost > 0 {
-                    self.metrics.dropped_oldest.increment(lost);
-                }
-                next
-            }
-        }
-    }
-
-    #[cfg(not(feature = "nats"))]
     fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.poll_local(cx)
+        let Self {
+            id,
+            receiver,
+            dropped,
+            metrics,
+            ..
+        } = self;
+        #[cfg(feature = "nats")]
+        if let Some(remote) = self.remote.as_mut() {
+            return remote.poll_with_local(cx, |local_cx| {
+                poll_receiver(receiver, *id, dropped, metrics, local_cx)
+            });
+        }
+        poll_receiver(receiver, *id, dropped, metrics, cx)
     }
+}
 
-    /// The local part and the remote part (if any) take turns being asked first. The stream
-    /// ends when both have ended.
-    #[cfg(feature = "nats")]
-    fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        if self.remote.is_none() {
-            return self.poll_local(cx);
-        }
-        self.remote_first = !self.remote_first;
-        if self.remote_first {
-            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
-                return Poll::Ready(Some(event));
+/// The next event of a local subscription's own buffer.
+fn poll_receiver(
+    receiver: &mut Receiver,
+    id: u64,
+    dropped: &AtomicU64,
+    metrics: &LocalMetrics,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Event>> {
+    match receiver {
+        Receiver::Queue(rx) => rx.poll_recv(cx),
+        Receiver::Ring(ring) => {
+            let before = dropped.load(Ordering::Relaxed);
+            let next = ring.poll_next(cx, id, dropped);
+            let lost = dropped.load(Ordering::Relaxed) - before;
+            if lost > 0 {
+                metrics.dropped_oldest.increment(lost);
             }
-            match self.poll_local(cx) {
-                // The remote part is still open (and will wake us).
-                Poll::Ready(None) if self.remote.is_some() => Poll::Pending,
-                other => other,
-            }
-        } else {
-            match self.poll_local(cx) {
-                Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
-                Poll::Ready(None) => self.poll_remote(cx),
-                Poll::Pending => match self.poll_remote(cx) {
-                    Poll::Ready(Some(event)) => Poll::Ready(Some(event)),
-                    _ => Poll::Pending,
-                },
-            }
+            next
         }
-    }
-
-    #[cfg(feature = "nats")]
-    fn poll_remote(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let Some(remote) = self.remote.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let next = remote.poll_next(cx);
-        if let Poll::Ready(None) = next {
-            // Dropping the NATS subscription unsubscribes.
-            self.remote = None;
-        }
-        next
     }
 }
 

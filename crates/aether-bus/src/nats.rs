@@ -3,9 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use aether_core::{
     BroadcastError, EVENT_STORED, Event, EventBroadcaster, EventStored, Namespace, VersionCache,
@@ -13,6 +13,7 @@ use aether_core::{
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::task::AtomicWaker;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -54,6 +55,9 @@ struct Counters {
 /// What every remote part of a subscription shares with the bus: how to recognise this node's
 /// own messages, the counters, and the version cache to keep in step.
 pub(crate) struct Receiving {
+    /// Set by [`NatsEventBus::stop`] (and when the bus is dropped) before the token is
+    /// cancelled: read on every publish and message, where the token's check takes a lock.
+    stopped: AtomicBool,
     /// `_AETHER.node.<node_id>`, the reply subject of this node's messages that it may receive
     /// back itself.
     origin: async_nats::Subject,
@@ -116,7 +120,7 @@ impl fmt::Debug for NatsEventBus {
             .field("node_id", &self.inner.node_id)
             .field("received", &self.received())
             .field("undecodable", &self.undecodable())
-            .field("stopped", &self.inner.stopped.is_cancelled())
+            .field("stopped", &self.inner.is_stopped())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +161,7 @@ impl NatsEventBus {
         let node_id = uuid::Uuid::new_v4().simple().to_string();
         let receiving = Arc::new(Receiving {
             origin: async_nats::Subject::from(format!("{NODE_REPLY_PREFIX}.{node_id}")),
+            stopped: AtomicBool::new(false),
             interests: ArcSwap::default(),
             interest_changes: Mutex::new(()),
             next_interest: AtomicU64::new(0),
@@ -227,7 +232,7 @@ impl NatsEventBus {
         pattern: Pattern,
         options: SubscribeOptions,
     ) -> Result<Subscription, BusError> {
-        if self.inner.stopped.is_cancelled() {
+        if self.inner.is_stopped() {
             return Ok(self.inner.local.subscribe_with(pattern, options));
         }
         let filter = options.filter.clone();
@@ -237,13 +242,13 @@ impl NatsEventBus {
         let interest = Interest::new(&self.inner.receiving, pattern.clone());
         let mut subscription = self.inner.local.subscribe_with(pattern, options);
         let messages = self.inner.subscribe_remote(&subject).await?;
-        subscription.attach_remote(Remote {
+        subscription.attach_remote(RemotePart::new(Remote {
             messages,
             stopped: Box::pin(self.inner.stopped.clone().cancelled_owned()),
             receiving: self.inner.receiving.clone(),
             filter,
             _interest: interest,
-        });
+        }));
         Ok(subscription)
     }
 
@@ -267,7 +272,7 @@ impl NatsEventBus {
         namespace: &Namespace,
         event: &Event,
     ) -> Result<(), BroadcastError> {
-        if self.inner.stopped.is_cancelled() {
+        if self.inner.is_stopped() {
             return Err(BroadcastError::Closed);
         }
         self.inner.local.publish(namespace, event).await;
@@ -345,7 +350,12 @@ impl Inner {
         Ok(messages)
     }
 
+    fn is_stopped(&self) -> bool {
+        self.receiving.stopped.load(Ordering::Acquire)
+    }
+
     fn stop(&self) {
+        self.receiving.stopped.store(true, Ordering::Release);
         self.stopped.cancel();
         if let Some(task) = self
             .task
@@ -475,6 +485,113 @@ impl Drop for Interest {
     }
 }
 
+/// Set when the local part of a subscription may have an event: its buffer woke it, or it last
+/// returned one. Reading an idle local buffer costs a lock, so the local part is asked only then.
+struct LocalSignal {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for LocalSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A subscription's NATS part and the turns it takes with the local part: they alternate in
+/// being asked first, so neither starves the other; the stream ends when both have ended.
+pub(crate) struct RemotePart {
+    /// `None` once ended (dropping it unsubscribes).
+    remote: Option<Remote>,
+    signal: Arc<LocalSignal>,
+    /// Wakes through `signal`: the waker the local part is polled with.
+    local_waker: Waker,
+    remote_first: bool,
+    local_done: bool,
+}
+
+impl RemotePart {
+    fn new(remote: Remote) -> Self {
+        let signal = Arc::new(LocalSignal {
+            ready: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            remote: Some(remote),
+            local_waker: Waker::from(signal.clone()),
+            signal,
+            remote_first: false,
+            local_done: false,
+        }
+    }
+
+    pub(crate) fn poll_with_local(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut local: impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
+    ) -> Poll<Option<Event>> {
+        self.signal.task.register(cx.waker());
+        self.remote_first = !self.remote_first;
+        if self.remote_first {
+            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
+                return Poll::Ready(Some(event));
+            }
+            if let Poll::Ready(Some(event)) = self.poll_local(&mut local) {
+                return Poll::Ready(Some(event));
+            }
+        } else {
+            if let Poll::Ready(Some(event)) = self.poll_local(&mut local) {
+                return Poll::Ready(Some(event));
+            }
+            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
+                return Poll::Ready(Some(event));
+            }
+        }
+        if self.remote.is_none() && self.local_done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn poll_remote(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let Some(remote) = self.remote.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = remote.poll_next(cx);
+        if let Poll::Ready(None) = next {
+            self.remote = None;
+        }
+        next
+    }
+
+    fn poll_local(
+        &mut self,
+        local: &mut impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
+    ) -> Poll<Option<Event>> {
+        if self.local_done || !self.signal.ready.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        match local(&mut Context::from_waker(&self.local_waker)) {
+            Poll::Ready(Some(event)) => {
+                // There may be more.
+                self.signal.ready.store(true, Ordering::Release);
+                Poll::Ready(Some(event))
+            }
+            Poll::Ready(None) => {
+                self.local_done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// The part of a [`Subscription`] that reads other nodes' events: its own NATS subscription,
 /// read and decoded in the subscriber's task.
 pub(crate) struct Remote {
@@ -490,17 +607,26 @@ impl Remote {
     /// The next event from another node; `None` once the bus is stopped or dropped (or the
     /// client is closed).
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        if self.stopped.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
         loop {
-            let Some(msg) = std::task::ready!(self.messages.poll_next_unpin(cx)) else {
+            if self.receiving.stopped.load(Ordering::Acquire) {
                 return Poll::Ready(None);
-            };
-            if let Some(event) = self.receiving.accept(&msg)
-                && self.filter.matches(&event)
-            {
-                return Poll::Ready(Some(event));
+            }
+            match self.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if let Some(event) = self.receiving.accept(&msg)
+                        && self.filter.matches(&event)
+                    {
+                        return Poll::Ready(Some(event));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                // Only when idle: be woken by a stop too (polling the token takes a lock).
+                Poll::Pending => {
+                    return match self.stopped.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
         }
     }

@@ -361,3 +361,58 @@ async fn stopping_or_dropping_the_bus_ends_remote_delivery() {
     assert_eq!(ended, None, "the subscription ends with its bus");
     assert_eq!(tokio::time::timeout(WAIT, late.next()).await.unwrap(), None);
 }
+
+/// A subscription's local part (this node's events) and NATS part (other nodes' events) fed
+/// at once from two tasks: every event arrives exactly once, none of this node's own twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_and_remote_events_interleave_without_loss_or_echo() {
+    const N: u64 = 2_000;
+    let (_server, other, node) = publisher_and_receiver().await;
+    let mut sub = node
+        .subscribe_with(
+            Pattern::new("mix").unwrap(),
+            aether_bus::SubscribeOptions::default().capacity(N as usize),
+        )
+        .await
+        .unwrap();
+    let publish = |bus: NatsEventBus, actor: &'static str| {
+        tokio::spawn(async move {
+            for v in 1..=N {
+                bus.publish(&ns("mix"), &ev(actor, v)).await.unwrap();
+                if v % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let (mine, theirs) = (
+        publish(node.clone(), "mine"),
+        publish(other.clone(), "theirs"),
+    );
+    let mut seen = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for _ in 0..2 * N {
+        let e = next(&mut sub).await;
+        seen.entry(e.actor_id().to_owned())
+            .or_default()
+            .push(e.version());
+    }
+    mine.await.unwrap();
+    theirs.await.unwrap();
+    let expected: Vec<u64> = (1..=N).collect();
+    assert_eq!(
+        seen.get("mine"),
+        Some(&expected),
+        "own events once each, in order"
+    );
+    assert_eq!(
+        seen.get("theirs"),
+        Some(&expected),
+        "the other node's, in order"
+    );
+    assert_eq!(sub.dropped(), 0);
+    assert_eq!(
+        node.received(),
+        N,
+        "no echo was taken for another node's event"
+    );
+}

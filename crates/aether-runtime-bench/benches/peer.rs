@@ -19,7 +19,7 @@
 //! The peer needs feature `peer` (its build script needs `protoc`):
 //! `cargo xtask bench -p aether-runtime-bench --bench peer` turns it on and provides `protoc`.
 //! Without it, the rows show Aether and the raw limits only. `AETHER_PEER_ROUNDS` sets the rounds
-//! (15 by default). Without `--bench` (as `cargo test --all-targets` runs it) it is a quick smoke
+//! (15 by default); a first argument such as `b,c` picks rows. Without `--bench` (as `cargo test --all-targets` runs it) it is a quick smoke
 //! run with small sizes and one round.
 
 #![allow(missing_docs)]
@@ -665,8 +665,10 @@ fn main() {
         let rows: Vec<Row> = [Row::A, Row::B, Row::C, Row::D]
             .into_iter()
             .filter(|r| {
-                only.as_deref()
-                    .is_none_or(|o| format!("{r:?}").eq_ignore_ascii_case(o))
+                only.as_deref().is_none_or(|o| {
+                    o.split(',')
+                        .any(|o| format!("{r:?}").eq_ignore_ascii_case(o))
+                })
             })
             .collect();
         let mut results: BTreeMap<(Row, Who), Vec<Sample>> = BTreeMap::new();
