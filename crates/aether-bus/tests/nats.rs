@@ -25,27 +25,42 @@ fn ev(actor: &str, v: u64) -> Event {
     Event::builder(actor, "Tested").version(v).build().unwrap()
 }
 
+/// The next event that is not a probe (see [`wait_for_interest`]).
 async fn next(sub: &mut Subscription) -> Event {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("an event within the wait")
-        .expect("subscription open")
+    loop {
+        let event = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("an event within the wait")
+            .expect("subscription open");
+        if event.actor_id() != PROBE {
+            return event;
+        }
+    }
 }
 
-/// Publishes probe events on `from` until `to` sees one: routes and interest have propagated
-/// once the first probe arrives (each attempt waits for an answer, it does not just sleep).
-async fn wait_until_connected(from: &NatsEventBus, to: &NatsEventBus) {
-    let mut probe = to.subscribe(Pattern::new("probe").unwrap()).await.unwrap();
+const PROBE: &str = "probe";
+
+/// Publishes probe events on `from` to `namespace` until `sub` sees one: through a cluster of
+/// servers, a new subscription's interest reaches the other servers a moment after `subscribe`
+/// returns. Each attempt waits for an answer, it does not just sleep; later probes still in
+/// flight are skipped by [`next`].
+async fn wait_for_interest(from: &NatsEventBus, sub: &mut Subscription, namespace: &str) {
     for v in 1..=100 {
-        from.publish(&ns("probe"), &ev("probe", v)).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(100), probe.next())
+        from.publish(&ns(namespace), &ev(PROBE, v)).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), sub.next())
             .await
             .is_ok()
         {
             return;
         }
     }
-    panic!("the two buses never connected");
+    panic!("no interest in {namespace} ever reached the publisher's server");
+}
+
+/// Probes from `from` until `to` receives one: routes have formed.
+async fn wait_until_connected(from: &NatsEventBus, to: &NatsEventBus) {
+    let mut probe = to.subscribe(Pattern::new(PROBE).unwrap()).await.unwrap();
+    wait_for_interest(from, &mut probe, PROBE).await;
 }
 
 #[test]
@@ -142,6 +157,8 @@ async fn two_nodes_share_events_and_keep_namespaces_apart() {
         .subscribe(Pattern::new("tenant-a").unwrap())
         .await
         .unwrap();
+    wait_for_interest(&bus1, &mut a_on_2, "tenant-a").await;
+    wait_for_interest(&bus1, &mut b_on_2, "tenant-b").await;
 
     let event = ev("order-1", 1);
     bus1.publish(&ns("tenant-a"), &event).await.unwrap();
