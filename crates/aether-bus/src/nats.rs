@@ -211,7 +211,9 @@ impl NatsEventBus {
     ///
     /// Returns once the NATS server has the subscription: whatever any node publishes
     /// afterwards through this server reaches it (through a cluster of servers, the interest
-    /// reaches the other servers a moment later, as for any NATS subscription).
+    /// reaches the other servers a moment later, as for any NATS subscription). During an
+    /// outage it waits for the client to reconnect, and fails with [`BusError::Subscribe`] if the
+    /// server has not confirmed within the client's request timeout.
     pub async fn subscribe(&self, pattern: Pattern) -> Result<Subscription, BusError> {
         self.subscribe_with(pattern, SubscribeOptions::default())
             .await

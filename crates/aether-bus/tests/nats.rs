@@ -433,3 +433,31 @@ async fn local_and_remote_events_interleave_without_loss_or_echo() {
         "no echo was taken for another node's event"
     );
 }
+
+/// `subscribe` during an outage (the server killed): once the server is back and the client
+/// has reconnected, the subscription is confirmed and receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_during_an_outage_works_once_the_server_is_back() {
+    let mut server = NatsServer::start_without_jetstream().await.unwrap();
+    let publisher = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    let receiver = NatsEventBus::new(server.connect().await.unwrap())
+        .await
+        .unwrap();
+    server.kill().await.unwrap();
+    let pending = {
+        let receiver = receiver.clone();
+        tokio::spawn(async move { receiver.subscribe(Pattern::new("outage").unwrap()).await })
+    };
+    server.restart().await.unwrap();
+    let mut sub = tokio::time::timeout(2 * WAIT, pending)
+        .await
+        .expect("subscribe returns within the client's request timeout")
+        .unwrap()
+        .expect("confirmed once the server is back");
+    wait_for_interest(&publisher, &mut sub, "outage").await;
+    let event = ev("after-outage", 1);
+    publisher.publish(&ns("outage"), &event).await.unwrap();
+    assert_eq!(next(&mut sub).await, event);
+}
