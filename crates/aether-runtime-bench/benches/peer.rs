@@ -19,8 +19,8 @@
 //! The peer needs feature `peer` (its build script needs `protoc`):
 //! `cargo xtask bench -p aether-runtime-bench --bench peer` turns it on and provides `protoc`.
 //! Without it, the rows show Aether and the raw limits only. `AETHER_PEER_ROUNDS` sets the rounds
-//! (15 by default); a first argument such as `b,c` picks rows. Without `--bench` (as `cargo test --all-targets` runs it) it is a quick smoke
-//! run with small sizes and one round.
+//! (15 by default), a first argument such as `b,c` the rows. Without `--bench` (as `cargo test
+//! --all-targets` runs it) it is a quick smoke run with small sizes and one round.
 
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
