@@ -2,12 +2,12 @@
 //! batches with the expected last subject sequence, classifying the server's answers (conflict,
 //! duplicate, too large, timeout), and the EventStored broadcast after a successful append.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use aether_core::Backoff;
 use aether_core::wire;
-use aether_core::{Event, EventStored, StoreError, VersionConflict, limits};
+use aether_core::{Event, EventBroadcaster, EventStored, StoreError, VersionConflict, limits};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
@@ -173,9 +173,9 @@ impl JetStreamEventStore {
                         last_id: Some(last.id()),
                     }));
                     drop(_serialized);
-                    if self.has_broadcaster() {
+                    if let Some(broadcaster) = self.broadcaster() {
                         // Boxed: without a broadcaster its future would only swell every append's.
-                        Box::pin(self.broadcast(events)).await;
+                        Box::pin(self.broadcast(broadcaster, events)).await;
                     }
                     return Ok(());
                 }
@@ -513,24 +513,16 @@ impl JetStreamEventStore {
         }
     }
 
-    fn has_broadcaster(&self) -> bool {
+    /// The broadcaster, if any (one read of the lock per append).
+    fn broadcaster(&self) -> Option<Arc<dyn EventBroadcaster>> {
         self.inner
             .broadcaster
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+            .clone()
     }
 
-    async fn broadcast(&self, events: &[Event]) {
-        let broadcaster = self
-            .inner
-            .broadcaster
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(broadcaster) = broadcaster else {
-            return;
-        };
+    async fn broadcast(&self, broadcaster: Arc<dyn EventBroadcaster>, events: &[Event]) {
         for event in events {
             let notification = match EventStored::for_event(event).to_event() {
                 Ok(n) => n,
