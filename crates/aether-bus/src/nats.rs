@@ -1,5 +1,6 @@
 //! The event bus across nodes, over core NATS.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +21,9 @@ mod remote;
 
 pub(crate) use remote::RemotePart;
 use remote::{Interest, Remote};
+
+/// Namespaces whose subject a bus keeps built.
+const SUBJECT_CACHE: usize = 1024;
 
 /// First token of every bus subject: events of namespace `ns` travel on `aether.<ns>`.
 pub const SUBJECT_PREFIX: &str = "aether";
@@ -75,6 +79,9 @@ struct Inner {
     client: async_nats::Client,
     node_id: String,
     local: EventBus,
+    /// The subjects of namespaces published to (at most [`SUBJECT_CACHE`]), built once: a
+    /// fresh one per message would be freed on the client's connection task, another thread.
+    subjects: ArcSwap<HashMap<Namespace, async_nats::Subject>>,
     receiving: Arc<Receiving>,
     /// Cancelled by [`NatsEventBus::stop`] and when the last handle goes: every remote part of a
     /// subscription then ends (and unsubscribes).
@@ -173,6 +180,7 @@ impl NatsEventBus {
             client,
             node_id,
             local: EventBus::new(),
+            subjects: ArcSwap::default(),
             receiving,
             stopped: CancellationToken::new(),
             task: Mutex::new(None),
@@ -278,24 +286,23 @@ impl NatsEventBus {
             return Err(BroadcastError::Closed);
         }
         self.inner.local.publish(namespace, event).await;
-        let payload =
-            aether_core::wire::encode_event(event).map_err(|e| BroadcastError::Transport {
+        let payload = aether_core::wire::encode_event_pooled(event).map_err(|e| {
+            BroadcastError::Transport {
                 context: format!("encoding event {}", event.id()),
                 source: Box::new(e),
-            })?;
+            }
+        })?;
         // After the local delivery: a subscription whose local part got the event has its
         // interest registered by now, so its NATS part will recognise the echo.
         let receiving = &self.inner.receiving;
+        let to = self.inner.subject(namespace);
         let sent = if receiving.interested_in(namespace) {
             self.inner
                 .client
-                .publish_with_reply(subject(namespace), receiving.origin.clone(), payload.into())
+                .publish_with_reply(to, receiving.origin.clone(), payload)
                 .await
         } else {
-            self.inner
-                .client
-                .publish(subject(namespace), payload.into())
-                .await
+            self.inner.client.publish(to, payload).await
         };
         sent.map_err(|e| BroadcastError::Transport {
             context: format!("publishing event {} to {}", event.id(), subject(namespace)),
@@ -350,6 +357,21 @@ impl Inner {
             .await
             .map_err(|e| failed(Box::new(e)))?;
         Ok(messages)
+    }
+
+    fn subject(&self, namespace: &Namespace) -> async_nats::Subject {
+        if let Some(subject) = self.subjects.load().get(namespace) {
+            return subject.clone();
+        }
+        let subject = async_nats::Subject::from(subject(namespace));
+        let cached = self.subjects.load();
+        if cached.len() < SUBJECT_CACHE {
+            let mut more = HashMap::clone(&cached);
+            more.insert(namespace.clone(), subject.clone());
+            // A concurrent insert may be lost: it is only a cache.
+            self.subjects.store(Arc::new(more));
+        }
+        subject
     }
 
     fn is_stopped(&self) -> bool {

@@ -35,8 +35,10 @@ use bytes::Bytes;
 use rmp::Marker;
 use uuid::Uuid;
 
+mod pooled;
 mod time;
 
+pub use pooled::encode_event_pooled;
 pub use time::timestamp_ext;
 use time::{system_time, timestamp_data};
 

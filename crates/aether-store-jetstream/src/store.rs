@@ -149,6 +149,9 @@ impl JetStreamEventStore {
     /// Opens the store with `config` (Go's `NewJetStreamEventStoreWithConfig`). Creates the
     /// stream and the snapshot bucket when missing, reuses compatible ones, and refuses a stream
     /// whose settings differ in a way that matters with [`ConfigError::IncompatibleStream`].
+    /// Creating is tried again when it times out (up to 3 attempts) and, for about 7 s, when a
+    /// cluster has no peers to place the replicas on yet (JetStream error 10005: a peer lagging
+    /// or restarting).
     pub async fn with_config(
         client: async_nats::Client,
         store_name: &str,

@@ -91,7 +91,9 @@ impl JetStreamEventStore {
         let encoded = events
             .iter()
             .map(|e| {
-                let bytes = wire::encode_event(e).map_err(|err| {
+                // Pooled: async-nats drops the bytes on its connection task, often another
+                // thread, where a per-event allocation would be freed.
+                let bytes = wire::encode_event_pooled(e).map_err(|err| {
                     StoreError::backend(format!("encoding event {}", e.id()), err)
                 })?;
                 if bytes.len() > self.inner.max_event_bytes {
@@ -102,7 +104,7 @@ impl JetStreamEventStore {
                         max: self.inner.max_event_bytes,
                     });
                 }
-                Ok(Bytes::from(bytes))
+                Ok(bytes)
             })
             .collect::<Result<Vec<_>, _>>()?;
 

@@ -19,6 +19,16 @@ use crate::server_version::{MIN_SERVER_VERSION, parse_server_version};
 
 /// Attempts at creating the stream or bucket when the server times out.
 const SETUP_ATTEMPTS: usize = 3;
+/// JetStream's "no suitable peers for placement": a cluster with a peer offline for the moment
+/// (it lagged under load, or is restarting). Creating is tried again for a few seconds.
+const NO_PLACEMENT: u64 = 10005;
+const PLACEMENT_ATTEMPTS: usize = 12;
+
+/// The wait before placement attempt `attempt + 1`: 100 ms more each time, at most 1 s
+/// (about 7 s in all).
+fn placement_backoff(attempt: usize) -> std::time::Duration {
+    std::time::Duration::from_millis(100 * attempt.min(10) as u64)
+}
 /// Room left for headers when checking an event against the server's `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
 
@@ -194,6 +204,13 @@ impl JetStreamEventStore {
                 {
                     tracing::warn!(%bucket, "creating the snapshot bucket timed out; trying again");
                 }
+                Err(e)
+                    if attempts < PLACEMENT_ATTEMPTS
+                        && jetstream_code(&e) == Some(NO_PLACEMENT) =>
+                {
+                    tracing::warn!(%bucket, error = %e, "no peers to place the snapshot bucket on yet; trying again");
+                    tokio::time::sleep(placement_backoff(attempts)).await;
+                }
                 Err(e) => {
                     return Err(setup_error(
                         &format!("creating snapshot bucket {bucket}"),
@@ -255,6 +272,13 @@ impl JetStreamEventStore {
                         ) =>
                 {
                     tracing::warn!(stream = %want.name, "creating the stream timed out; trying again");
+                }
+                Err(e)
+                    if attempts < PLACEMENT_ATTEMPTS
+                        && create_stream_code(&e) == Some(NO_PLACEMENT) =>
+                {
+                    tracing::warn!(stream = %want.name, error = %e, "no peers to place the stream on yet; trying again");
+                    tokio::time::sleep(placement_backoff(attempts)).await;
                 }
                 other => break other,
             }
