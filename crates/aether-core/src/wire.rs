@@ -35,9 +35,11 @@ use bytes::Bytes;
 use rmp::Marker;
 use uuid::Uuid;
 
+mod marker;
 mod pooled;
 mod time;
 
+use marker::describe;
 pub use pooled::encode_event_pooled;
 pub use time::timestamp_ext;
 use time::{system_time, timestamp_data};
@@ -310,38 +312,6 @@ fn once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), Wi
     }
     *slot = Some(value);
     Ok(())
-}
-
-/// A short name of the MessagePack type a marker starts, for error messages.
-fn describe(marker: Marker) -> &'static str {
-    match marker {
-        Marker::FixPos(_)
-        | Marker::FixNeg(_)
-        | Marker::U8
-        | Marker::U16
-        | Marker::U32
-        | Marker::U64
-        | Marker::I8
-        | Marker::I16
-        | Marker::I32
-        | Marker::I64 => "an integer",
-        Marker::Null => "nil",
-        Marker::True | Marker::False => "a bool",
-        Marker::F32 | Marker::F64 => "a float",
-        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => "a str",
-        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => "a bin",
-        Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => "an array",
-        Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => "a map",
-        Marker::FixExt1
-        | Marker::FixExt2
-        | Marker::FixExt4
-        | Marker::FixExt8
-        | Marker::FixExt16
-        | Marker::Ext8
-        | Marker::Ext16
-        | Marker::Ext32 => "an extension",
-        Marker::Reserved => "the reserved byte 0xc1",
-    }
 }
 
 /// A cursor over the encoded bytes. `field` arguments name the field being read, for errors
