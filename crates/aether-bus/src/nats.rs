@@ -52,7 +52,6 @@ pub enum BusError {
 #[derive(Default)]
 struct Counters {
     received: AtomicU64,
-    echoes: AtomicU64,
     undecodable: AtomicU64,
 }
 
@@ -422,7 +421,6 @@ impl Receiving {
     /// undecodable: counted and logged).
     fn accept(&self, msg: &async_nats::Message) -> Option<Event> {
         if self.is_echo(msg) {
-            self.counters.echoes.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let event = match decode(msg) {

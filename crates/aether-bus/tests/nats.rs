@@ -248,13 +248,7 @@ async fn a_new_bus_receives_what_is_published_right_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buses_survive_a_server_restart() {
-    let mut server = NatsServer::start_without_jetstream().await.unwrap();
-    let bus1 = NatsEventBus::new(server.connect().await.unwrap())
-        .await
-        .unwrap();
-    let bus2 = NatsEventBus::new(server.connect().await.unwrap())
-        .await
-        .unwrap();
+    let (mut server, bus1, bus2) = publisher_and_receiver().await;
     let mut on_2 = bus2.subscribe(Pattern::new("r").unwrap()).await.unwrap();
     let before = ev("before", 1);
     bus1.publish(&ns("r"), &before).await.unwrap();
@@ -438,13 +432,7 @@ async fn local_and_remote_events_interleave_without_loss_or_echo() {
 /// has reconnected, the subscription is confirmed and receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_made_during_an_outage_works_once_the_server_is_back() {
-    let mut server = NatsServer::start_without_jetstream().await.unwrap();
-    let publisher = NatsEventBus::new(server.connect().await.unwrap())
-        .await
-        .unwrap();
-    let receiver = NatsEventBus::new(server.connect().await.unwrap())
-        .await
-        .unwrap();
+    let (mut server, publisher, receiver) = publisher_and_receiver().await;
     server.kill().await.unwrap();
     let pending = {
         let receiver = receiver.clone();
