@@ -278,6 +278,8 @@ enum Foreign {
     Valid,
     Undecodable,
     OutOfOrder,
+    /// Published after the store wrote on top of what it read: always refused.
+    Stale,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,16 +292,22 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
     let mut watch = ConsumerWatch::start(&server).await;
 
     // Another program, for about two seconds: it reads the last record's version header and
-    // publishes with the expected sequence, as the layout says; but one record in three has a body
-    // Aether cannot decode, and one in three repeats or goes below the current version.
+    // publishes with the expected sequence, as the layout says; but some records have a body
+    // Aether cannot decode, some repeat or go below the current version, and on every fourth turn
+    // it lets the store write between its read and its publish, so that its publish is refused (a
+    // race it loses for certain, whatever the scheduling: the store's wins are counted through
+    // `store_acks`).
+    let (store_acks, acks_seen) = tokio::sync::watch::channel(0u64);
     let foreign = tokio::spawn({
         let js = js.clone();
         let subject = subject.clone();
         let stream = js.get_stream(store.stream_name()).await.unwrap();
+        let mut acks_seen = acks_seen;
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             let mut written: HashMap<u64, Foreign> = HashMap::new();
             let mut refused = 0;
+            let mut stale_turns = 0;
             let mut turn = 0u64;
             while tokio::time::Instant::now() < deadline {
                 let (seq, current) = match stream.get_last_raw_message_by_subject(&subject).await {
@@ -311,10 +319,11 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
                     Err(e) => panic!("{e}"),
                 };
                 turn += 1;
-                let kind = match turn % 3 {
+                let kind = match turn % 4 {
                     0 => Foreign::Valid,
                     1 => Foreign::Undecodable,
-                    _ => Foreign::OutOfOrder,
+                    2 => Foreign::OutOfOrder,
+                    _ => Foreign::Stale,
                 };
                 let published = match kind {
                     Foreign::Valid => {
@@ -327,22 +336,32 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
                     }
                     Foreign::OutOfOrder => {
                         // Repeat the current version, or go one below it.
-                        let version = if turn.is_multiple_of(2) {
+                        let version = if (turn / 4).is_multiple_of(2) {
                             current
                         } else {
                             current - 1
                         };
                         publish_event(&js, &subject, &ev(actor, version.max(1)), Some(seq)).await
                     }
+                    Foreign::Stale => {
+                        // The first acknowledgement counted after the read may be for a record
+                        // written before it; the second is for a write the store began after
+                        // the read had returned, so the read's sequence is no longer the last.
+                        let seen = *acks_seen.borrow_and_update();
+                        acks_seen.wait_for(|n| *n >= seen + 2).await.unwrap();
+                        stale_turns += 1;
+                        publish_event(&js, &subject, &ev(actor, current + 1), Some(seq)).await
+                    }
                 };
                 match published {
                     Ok(seq) => {
+                        assert_ne!(kind, Foreign::Stale, "a stale expected sequence is refused");
                         written.insert(seq, kind);
                     }
                     Err(()) => refused += 1,
                 }
             }
-            (written, refused)
+            (written, refused, stale_turns)
         }
     });
 
@@ -357,6 +376,7 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
             Ok(()) => {
                 current = event.version();
                 acked.push(event);
+                store_acks.send_modify(|n| *n += 1);
             }
             Err(StoreError::VersionConflict(c)) => {
                 assert!(c.current_version >= event.version(), "{c:?}");
@@ -366,13 +386,20 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
             Err(other) => panic!("the store must keep up with the foreign writer: {other}"),
         }
     }
-    let (written, refused) = foreign.await.unwrap();
+    let (written, refused, stale_turns) = foreign.await.unwrap();
     let kinds: HashSet<Foreign> = written.values().copied().collect();
-    assert_eq!(kinds.len(), 3, "the foreign writer wrote every kind");
-    assert!(
-        conflicts > 0 && refused > 0,
-        "they did race ({conflicts}, {refused})"
+    assert_eq!(
+        kinds.len(),
+        3,
+        "the foreign writer wrote every kind it can win with"
     );
+    assert!(
+        stale_turns > 0 && refused >= stale_turns,
+        "{refused} refused"
+    );
+    // Every foreign record written after the store's last acknowledged one makes its next
+    // append conflict; the foreign writer won at least three times.
+    assert!(conflicts > 0, "the store met the foreign records");
     assert!(!acked.is_empty());
     // A foreign writer that follows the layout never makes the store replay the history.
     assert_eq!(watch.created().await, 0, "no replay consumer was created");
@@ -461,7 +488,7 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
                 reason.is_some_and(|r| r.ends_with(" repeated") || r.contains(" after ")),
                 "record {seq}: {reason:?}"
             ),
-            Foreign::Valid => {}
+            Foreign::Valid | Foreign::Stale => {}
         }
     }
     let plain: Vec<Uuid> = store
