@@ -138,11 +138,25 @@ async fn cluster_of_three_routes_between_all_nodes() {
     })
     .await
     .unwrap();
-    js.publish("harness.r3", "replicated".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    // A new R3 stream elects its own leader; on a loaded machine its first acknowledgement can
+    // miss the client's 5 s timeout. Retried with one message id, it is stored once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let id = uuid::Uuid::new_v4().to_string();
+    let ack = loop {
+        let message = async_nats::jetstream::context::Publish::build()
+            .payload("replicated".into())
+            .message_id(id.as_str());
+        let ack = match js.send_publish("harness.r3", message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => break ack,
+            Err(e) if tokio::time::Instant::now() < deadline => eprintln!("retrying: {e}"),
+            Err(e) => panic!("the R3 stream never acknowledged: {e}"),
+        }
+    };
+    assert_eq!(ack.sequence, 1);
 
     // Pause a node: the rest still serve; resume it and it answers again.
     cluster.node(1).pause().unwrap();
