@@ -143,7 +143,7 @@ async fn cluster_of_three_routes_between_all_nodes() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let id = uuid::Uuid::new_v4().to_string();
     let ack = loop {
-        let message = async_nats::jetstream::context::Publish::build()
+        let message = async_nats::jetstream::message::PublishMessage::build()
             .payload("replicated".into())
             .message_id(id.as_str());
         let ack = match js.send_publish("harness.r3", message).await {
