@@ -26,10 +26,18 @@ pub fn bucket_name(cluster: &str) -> String {
     format!("aether-cluster-{cluster}")
 }
 
-/// Why a write did not happen.
 /// How long a write is re-sent while the bucket's stream has no responders.
 const NO_STREAM_PATIENCE: Duration = Duration::from_secs(5);
 
+/// How long creating the bucket is tried again while the NATS cluster is still settling (the
+/// request times out, or the metadata leader has no statistics from enough peers yet and answers
+/// 10005, "no suitable peers for placement"). Creation is idempotent.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// JetStream's "no suitable peers for placement".
+const NO_PLACEMENT: u64 = 10005;
+
+/// Why a write did not happen.
 #[derive(Debug)]
 pub(crate) enum WriteError {
     /// The expected revision (or, for a fenced write, the fence key's revision) did not match.
@@ -94,13 +102,31 @@ impl Bucket {
                     limit_markers: Some(MARKER_TTL),
                     ..Default::default()
                 };
-                match js.create_key_value(config).await {
-                    Ok(kv) => kv,
-                    // Another node created it in between (or its config differs: then use it as is).
-                    Err(create) => js
-                        .get_key_value(&name)
-                        .await
-                        .map_err(|_| Box::new(create) as BoxError)?,
+                let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    match js.create_key_value(config.clone()).await {
+                        Ok(kv) => break kv,
+                        Err(e)
+                            if tokio::time::Instant::now() < deadline
+                                && (matches!(
+                                    e.kind(),
+                                    jetstream::context::CreateKeyValueErrorKind::TimedOut
+                                ) || jetstream_code(&e) == Some(NO_PLACEMENT)) =>
+                        {
+                            tracing::warn!(bucket = %name, error = %e, "the NATS cluster cannot create the cluster bucket yet; trying again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                        }
+                        // Another node created it in between (or its config differs: then use it
+                        // as is).
+                        Err(create) => {
+                            break js
+                                .get_key_value(&name)
+                                .await
+                                .map_err(|_| Box::new(create) as BoxError)?;
+                        }
+                    }
                 }
             }
         };

@@ -411,6 +411,49 @@ async fn membership_and_leadership_survive_the_loss_of_a_nats_server() {
     }
 }
 
+/// The node that node 0 last saw elected JetStream metadata leader, from its log.
+fn meta_leader(nats: &NatsCluster) -> usize {
+    let log = nats.node(0).log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("metadata leader"))
+        .expect("node 0 logged a metadata leader");
+    if line.contains("Self is new") {
+        return 0;
+    }
+    (0..nats.nodes().len())
+        .find(|&i| line.contains(nats.node(i).name()))
+        .unwrap_or_else(|| panic!("no node named in {line:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_jetstream_has_no_metadata_leader_creates_its_bucket_after_the_election()
+ {
+    let nats = NatsCluster::start(3).await.expect("nats cluster");
+    // Freeze the metadata leader: requests to create a stream go unanswered (time out) until the
+    // other two elect a new one.
+    let frozen = meta_leader(&nats);
+    let other = (frozen + 1) % 3;
+    eprintln!("pausing {}", nats.node(frozen).name());
+    nats.node(frozen).pause().unwrap();
+    let name = cluster_name();
+    let client = nats.node(other).connect().await.unwrap();
+    let started = Instant::now();
+    let node = tokio::time::timeout(
+        Duration::from_secs(40),
+        Node::start(client.clone(), fast_config(&name, "a").replicas(3)),
+    )
+    .await
+    .expect("the node starts once JetStream has a leader again");
+    eprintln!("started after {:?}", started.elapsed());
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value(bucket_name(&name)).await.unwrap();
+    assert_eq!(kv.status().await.unwrap().info.config.num_replicas, 3);
+    nats.node(frozen).resume().unwrap();
+    node.manager.leave().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_the_bucket_is_ignored_and_loses_nothing() {
     let server = NatsServer::start().await.unwrap();
