@@ -214,6 +214,19 @@ pub enum StoreError {
         /// What the store was doing.
         context: String,
     },
+    /// The backend refused the operation because one of its limits is reached. Nothing was
+    /// written. [`StoreError::is_transient`] tells whether the limit clears by itself (others
+    /// finish their work: retry later) or needs an operator (raise the limit, free space).
+    #[error("store backend refused {context}: {limit}")]
+    LimitReached {
+        /// Which limit.
+        limit: ServerLimit,
+        /// What the store was doing.
+        context: String,
+        /// The server's refusal.
+        #[source]
+        source: BoxError,
+    },
     /// The backend refused or failed the operation for another reason.
     #[error("store backend error while {context}")]
     Backend {
@@ -236,11 +249,15 @@ impl StoreError {
     /// unreachable, electing a leader or slow, and the operation may or may not have taken effect.
     /// Retrying an append **with the same event ids** is safe (a stored one is recognised, never
     /// stored twice); the runtime does so within `RetryPolicy::transient_budget`.
+    ///
+    /// A [`StoreError::LimitReached`] is transient when its limit clears by itself
+    /// ([`ServerLimit::clears_by_itself`]).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
-        )
+        match self {
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. } => true,
+            StoreError::LimitReached { limit, .. } => limit.clears_by_itself(),
+            _ => false,
+        }
     }
 
     /// The conflict details, if this is a version conflict: the Rust form of `errors.As`.
@@ -257,6 +274,57 @@ impl StoreError {
             context: context.into(),
             source: source.into(),
         }
+    }
+}
+
+/// A limit of the backend's server that refused an operation (see [`StoreError::LimitReached`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServerLimit {
+    /// The most consumers the server, account or stream may hold at once.
+    Consumers,
+    /// The most concurrent atomic batches a stream accepts.
+    InFlightBatches,
+    /// The memory the account or server may use for stored messages.
+    Memory,
+    /// The disk space the account or server may use for stored messages.
+    Storage,
+    /// Another resource limit of the account or server.
+    Resources,
+}
+
+impl ServerLimit {
+    /// Whether the limit clears without an operator: held only while other operations are
+    /// under way (consumers, batches in flight), so a later retry succeeds. Memory, storage and
+    /// other resource limits need the limit raised or space freed.
+    pub fn clears_by_itself(self) -> bool {
+        matches!(self, ServerLimit::Consumers | ServerLimit::InFlightBatches)
+    }
+}
+
+impl fmt::Display for ServerLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerLimit::Consumers => {
+                "the server's consumer limit is reached (for the server, the account or the \
+                 stream); it clears as other reads end"
+            }
+            ServerLimit::InFlightBatches => {
+                "the stream has as many atomic batches in flight as the server accepts; it \
+                 clears as they commit"
+            }
+            ServerLimit::Memory => {
+                "the memory limit for stored messages is reached (of the account or the \
+                 server): raise it or free memory"
+            }
+            ServerLimit::Storage => {
+                "the storage limit is reached (of the account or the server): raise it or free \
+                 disk space"
+            }
+            ServerLimit::Resources => {
+                "a resource limit of the account or the server is reached: raise it"
+            }
+        })
     }
 }
 
@@ -314,4 +382,27 @@ pub enum BroadcastError {
         #[source]
         source: BoxError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_that_clears_by_itself_is_transient_and_named() {
+        let refused = |limit| StoreError::LimitReached {
+            limit,
+            context: "starting a replay of actor \"a\"".into(),
+            source: "JetStream error 10026".into(),
+        };
+        assert!(refused(ServerLimit::Consumers).is_transient());
+        assert!(refused(ServerLimit::InFlightBatches).is_transient());
+        assert!(!refused(ServerLimit::Storage).is_transient());
+        assert!(!refused(ServerLimit::Memory).is_transient());
+        let text = refused(ServerLimit::Storage).to_string();
+        assert!(
+            text.starts_with("store backend refused starting a replay of actor \"a\": the storage limit"),
+            "{text}"
+        );
+    }
 }

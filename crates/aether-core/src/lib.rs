@@ -28,7 +28,8 @@ pub mod wire;
 
 pub use backoff::Backoff;
 pub use error::{
-    BoxError, BroadcastError, CodecError, EventError, NamespaceError, StoreError, VersionConflict,
+    BoxError, BroadcastError, CodecError, EventError, NamespaceError, ServerLimit, StoreError,
+    VersionConflict,
 };
 pub use event::{
     EVENT_STORED, Event, EventBuilder, EventStored, Metadata, ReplayError, ReplayResult,

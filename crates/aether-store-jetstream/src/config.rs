@@ -64,6 +64,12 @@ pub struct JetStreamConfig {
     /// costs about 250 bytes plus twice the actor id (ids are at most 1 KiB): ~30 MB at the default
     /// for short ids, at most ~330 MB for the longest.
     pub cache_capacity: usize,
+    /// Replay consumers the store may hold on the server at once (default 16; 0: none). A read
+    /// of more than a few hundred records uses one (the fastest way to stream a long history);
+    /// it is deleted when the read ends. Reads beyond this bound, shorter reads, and reads the
+    /// server refuses a consumer for (its consumer limit) use direct gets instead, which leave
+    /// nothing on the server. Appends never use a consumer.
+    pub max_replay_consumers: usize,
 }
 
 impl Default for JetStreamConfig {
@@ -79,9 +85,14 @@ impl Default for JetStreamConfig {
             description: None,
             request_timeout: Duration::from_secs(5),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            max_replay_consumers: DEFAULT_MAX_REPLAY_CONSUMERS,
         }
     }
 }
+
+/// Replay consumers a store may hold at once by default (see
+/// [`JetStreamConfig::max_replay_consumers`]).
+pub const DEFAULT_MAX_REPLAY_CONSUMERS: usize = 16;
 
 /// Actors cached per store by default (see [`JetStreamConfig::cache_capacity`]).
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
@@ -90,6 +101,12 @@ impl JetStreamConfig {
     /// Sets whether single-event appends carry `Nats-Msg-Id` (see the field).
     pub fn message_ids(mut self, on: bool) -> Self {
         self.message_ids = on;
+        self
+    }
+
+    /// Sets how many replay consumers the store may hold at once (see the field).
+    pub fn max_replay_consumers(mut self, max: usize) -> Self {
+        self.max_replay_consumers = max;
         self
     }
 

@@ -1,6 +1,7 @@
 //! Errors of opening a store, and the mapping of async-nats errors to [`StoreError`].
 
-use aether_core::{BoxError, StoreError};
+use aether_core::{BoxError, ServerLimit, StoreError};
+use async_nats::jetstream::ErrorCode;
 
 /// Opening a [`crate::JetStreamEventStore`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,34 @@ pub(crate) fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<
     None
 }
 
+/// The server limit a JetStream error code reports, if it reports one.
+pub(crate) fn server_limit(code: u64) -> Option<ServerLimit> {
+    match ErrorCode(code) {
+        ErrorCode::MAXIMUM_CONSUMERS_LIMIT => Some(ServerLimit::Consumers),
+        ErrorCode::ATOMIC_PUBLISH_TOO_MANY_INFLIGHT => Some(ServerLimit::InFlightBatches),
+        ErrorCode::MEMORY_RESOURCES_EXCEEDED => Some(ServerLimit::Memory),
+        ErrorCode::STORAGE_RESOURCES_EXCEEDED => Some(ServerLimit::Storage),
+        ErrorCode::ACCOUNT_RESOURCES_EXCEEDED | ErrorCode::INSUFFICIENT_RESOURCES => {
+            Some(ServerLimit::Resources)
+        }
+        _ => None,
+    }
+}
+
+/// A refusal for a server limit, as the store reports it: [`StoreError::LimitReached`] (transient
+/// when the limit clears by itself).
+pub(crate) fn limit_reached(
+    limit: ServerLimit,
+    context: String,
+    source: impl Into<BoxError>,
+) -> StoreError {
+    StoreError::LimitReached {
+        limit,
+        context,
+        source: source.into(),
+    }
+}
+
 /// How a failed NATS call is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -76,6 +105,14 @@ pub(crate) enum Class {
 pub(crate) trait NatsError: std::error::Error + Send + Sync + 'static {
     /// The class of this failure.
     fn class(&self) -> Class;
+
+    /// The JetStream API error code of the refusal, if the server refused.
+    fn code(&self) -> Option<u64>
+    where
+        Self: Sized,
+    {
+        jetstream_code(self)
+    }
 }
 
 macro_rules! classify_by_kind {
@@ -111,10 +148,6 @@ classify_by_kind! {
         async_nats::client::PublishErrorKind::Send => Class::Unavailable,
         _ => Class::Other,
     };
-    stream::ConsumerError => |k| match k {
-        stream::ConsumerErrorKind::TimedOut => Class::Timeout,
-        _ => Class::Other,
-    };
     consumer::StreamError => |k| match k {
         consumer::StreamErrorKind::TimedOut => Class::Timeout,
         _ => Class::Other,
@@ -127,6 +160,23 @@ classify_by_kind! {
         kv::UpdateErrorKind::TimedOut => Class::Timeout,
         _ => Class::Other,
     };
+}
+
+/// Creating a consumer: the server's refusal is the error's kind, not its source.
+impl NatsError for stream::ConsumerError {
+    fn class(&self) -> Class {
+        match self.kind() {
+            stream::ConsumerErrorKind::TimedOut => Class::Timeout,
+            _ => Class::Other,
+        }
+    }
+
+    fn code(&self) -> Option<u64> {
+        match self.kind() {
+            stream::ConsumerErrorKind::JetStream(e) => Some(e.error_code().0),
+            _ => jetstream_code(self),
+        }
+    }
 }
 
 /// Kinds without a timeout or "nothing done" case: classified by their cause, if any.
@@ -179,11 +229,15 @@ fn cause_class(err: &(dyn std::error::Error + 'static)) -> Class {
     Class::Other
 }
 
-/// Maps a failed server call to a [`StoreError`] with context, by the error's kind: a timeout is
-/// [`StoreError::Timeout`], "nobody answered" or a broken connection [`StoreError::Unavailable`]
-/// (nothing was done), anything else [`StoreError::Backend`].
+/// Maps a failed server call to a [`StoreError`] with context, by the error's kind: a refusal
+/// for a server limit is [`StoreError::LimitReached`], a timeout [`StoreError::Timeout`],
+/// "nobody answered" or a broken connection [`StoreError::Unavailable`] (nothing was done),
+/// anything else [`StoreError::Backend`].
 pub(crate) fn backend<E: NatsError>(context: impl Into<String>, err: E) -> StoreError {
     let context = context.into();
+    if let Some(limit) = err.code().and_then(server_limit) {
+        return limit_reached(limit, context, err);
+    }
     let class = match err.class() {
         Class::Other => cause_class(&err),
         class => class,

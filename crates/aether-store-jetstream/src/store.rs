@@ -3,7 +3,8 @@
 //! This file holds the type, its public API and the `aether-core` trait impls, which delegate to
 //! the submodules: [`open`] (stream and bucket setup), [`append`] (publishing events),
 //! [`replay`] (reading them back), [`snapshots`] (the KV bucket and replay checkpoints) and
-//! [`slots`] (the per-actor version cache and write serialisation).
+//! [`slots`] (the per-actor version cache and write serialisation); reads go through [`direct`]
+//! (direct gets: no server state) or [`consumer`] (a replay consumer for long reads).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,8 @@ use crate::error::ConfigError;
 use crate::layout;
 
 mod append;
+mod consumer;
+mod direct;
 mod open;
 mod replay;
 mod seek;
@@ -75,6 +78,13 @@ struct Inner {
     message_ids: bool,
     /// `Err(reason)` when the server or stream cannot do atomic batches.
     atomic_batches: Result<(), String>,
+    /// Whether the server answers batched direct gets (nats-server 2.11 and newer).
+    batch_direct_get: bool,
+    /// One permit per replay consumer this store may hold at once
+    /// (`JetStreamConfig::max_replay_consumers`).
+    replay_consumers: Arc<tokio::sync::Semaphore>,
+    /// One permit per atomic batch in flight from this store (the server's per-stream limit).
+    batch_slots: tokio::sync::Semaphore,
     request_timeout: Duration,
     stats: ReadCounters,
     metrics: crate::metrics::StoreMetrics,

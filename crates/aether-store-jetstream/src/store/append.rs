@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use aether_core::Backoff;
 use aether_core::wire;
-use aether_core::{Event, EventBroadcaster, EventStored, StoreError, VersionConflict, limits};
+use aether_core::{
+    Event, EventBroadcaster, EventStored, ServerLimit, StoreError, VersionConflict, limits,
+};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
@@ -18,11 +20,17 @@ use uuid::Uuid;
 use super::JetStreamEventStore;
 use super::seek::Last;
 use super::slots::Known;
-use crate::error::{backend, jetstream_code};
+use crate::error::{backend, jetstream_code, limit_reached, server_limit};
 use crate::layout;
 
 /// Retries after "no responders" (nothing stored: a stream just created, or between leaders).
 const NO_RESPONDERS: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+/// Atomic batches a stream accepts in flight by default (nats-server 2.12 to 2.15; an operator
+/// may set `max_batch_inflight_per_stream`).
+pub(super) const BATCHES_PER_STREAM: usize = 50;
+/// Retries of a batch refused because the stream has too many batches in flight.
+const BATCHES_IN_FLIGHT: Backoff =
+    Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
 
 /// JetStream error codes that mean "the expected last subject sequence did not match".
 const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
@@ -165,7 +173,8 @@ impl JetStreamEventStore {
                     .await
             } else {
                 // Boxed: batches are rarer, and their future would swell every append's.
-                Box::pin(self.publish_batch(subject, events, &encoded, expected_seq)).await
+                Box::pin(self.publish_batch_patiently(subject, events, &encoded, expected_seq))
+                    .await
             };
             match result {
                 Ok(Published::Stored(seq)) => {
@@ -393,6 +402,46 @@ impl JetStreamEventStore {
         }
     }
 
+    /// [`Self::publish_batch`], at most [`BATCHES_PER_STREAM`] at once from this store, and sent
+    /// again while the stream has as many batches in flight as the server accepts (JetStream
+    /// 10210, other writers' batches: the batch was refused whole, nothing stored), for up to the
+    /// request timeout; then the refusal is returned ([`StoreError::LimitReached`], transient).
+    async fn publish_batch_patiently(
+        &self,
+        subject: &Subject,
+        events: &[Event],
+        encoded: &[Bytes],
+        expected_seq: u64,
+    ) -> Result<Published, PublishFailure> {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Never more batches in flight from this store than the server accepts per stream:
+            // the rest wait here instead of being refused.
+            let permit = self.inner.batch_slots.acquire().await;
+            let result = self
+                .publish_batch(subject, events, encoded, expected_seq)
+                .await;
+            drop(permit);
+            let refused_for_batches_in_flight = matches!(
+                &result,
+                Err(PublishFailure::Error(StoreError::LimitReached {
+                    limit: ServerLimit::InFlightBatches,
+                    ..
+                }))
+            );
+            // Jittered: batches refused together should not all come back together.
+            let wait = BATCHES_IN_FLIGHT.jitter_percent(50).delay(attempt);
+            if !refused_for_batches_in_flight
+                || started.elapsed() + wait >= self.inner.request_timeout
+            {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// One all-or-nothing append with JetStream atomic batch publish (ADR-50).
     async fn publish_batch(
         &self,
@@ -447,10 +496,11 @@ impl JetStreamEventStore {
                     {
                         return Err(PublishFailure::Conflict);
                     }
-                    return Err(PublishFailure::Error(StoreError::backend(
-                        context("appending"),
-                        format!("JetStream error {}: {}", err.err_code, err.description),
-                    )));
+                    let refusal = format!("JetStream error {}: {}", err.err_code, err.description);
+                    return Err(PublishFailure::Error(match server_limit(err.err_code) {
+                        Some(limit) => limit_reached(limit, context("appending"), refusal),
+                        None => StoreError::backend(context("appending"), refusal),
+                    }));
                 }
                 if commit {
                     return parsed.seq.map(Published::Stored).ok_or_else(|| {

@@ -163,6 +163,7 @@ impl JetStreamEventStore {
                 MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1, MIN_SERVER_VERSION.2, server.version
             )),
         };
+        let batch_direct_get = parse_server_version(&server.version) >= Some((2, 11, 0));
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
@@ -246,6 +247,11 @@ impl JetStreamEventStore {
                 max_event_bytes,
                 message_ids: config.message_ids,
                 atomic_batches,
+                batch_direct_get,
+                replay_consumers: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_replay_consumers,
+                )),
+                batch_slots: tokio::sync::Semaphore::new(super::append::BATCHES_PER_STREAM),
                 request_timeout: config.request_timeout,
                 stats: super::ReadCounters::default(),
                 metrics: StoreMetrics::new(),

@@ -1,42 +1,48 @@
-//! Replaying an actor's events: an ordered push consumer filtered on the actor's subject, started
-//! where the first wanted version starts (see [`super::seek`]), read up to the leader's last
-//! sequence. Each record
-//! is read as the version it holds (its `Aether-Version` header) and its event; reads yield
-//! strictly increasing versions, and every record they skip is reported (never a panic).
+//! Replaying an actor's events: the records of the actor's subject from where the first wanted
+//! version starts (see [`super::seek`]) up to the leader's last sequence, read by direct gets
+//! ([`super::direct`]) when they are few and by a replay consumer ([`super::consumer`]) when they
+//! are many. Each record is read as the version it holds (its `Aether-Version` header) and its
+//! event; reads yield strictly increasing versions, and every record they skip is reported (never
+//! a panic).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aether_core::{Event, ReplayError, StoreError, limits};
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::push::OrderedConfig;
 use futures::{Stream, StreamExt};
 use tracing::Instrument;
 
 use super::JetStreamEventStore;
-use super::seek::SKIP_BUDGET;
-use crate::error::backend;
+use super::consumer::ReplayConsumer;
+use super::direct::{PAGE, RawRecord};
+use super::seek::{Last, SKIP_BUDGET};
 use crate::layout;
 
+/// A read of at most this many records uses direct gets; a longer one a replay consumer, when
+/// one of the store's permits is free and the server accepts it.
+pub(super) const DIRECT_READ_MAX: u64 = 256;
+
 impl JetStreamEventStore {
-    /// Streams the actor's records with version >= `from_version` through an ordered push consumer
-    /// filtered on the actor's subject: the events in strictly increasing version order, and the
-    /// records skipped on the way ([`Order`]).
+    /// Streams the actor's records with version >= `from_version`: the events in strictly
+    /// increasing version order, and the records skipped on the way ([`Order`]).
     pub(super) fn replay(&self, actor_id: &str, from_version: u64) -> ReplayStream {
         enum State {
             Start(JetStreamEventStore, String, u64),
-            Reading(
-                Box<async_nats::jetstream::consumer::push::Ordered>,
-                ReadTarget,
-            ),
+            Reading(Box<Reading>),
             Done,
+        }
+        struct Reading {
+            reader: Reader,
+            order: Order,
+            started: Instant,
         }
         let start = State::Start(self.clone(), actor_id.to_owned(), from_version);
         futures::stream::unfold(start, |state| async move {
-            let (mut messages, mut target) = match state {
+            let mut reading = match state {
                 State::Done => return None,
-                State::Reading(m, t) => (m, t),
+                State::Reading(r) => r,
                 State::Start(store, actor_id, from) => {
                     let started = Instant::now();
                     if let Err(e) = store
@@ -56,17 +62,11 @@ impl JetStreamEventStore {
                         .instrument(span)
                         .await;
                     match opened {
-                        Ok(Some((m, last_sequence))) => (
-                            Box::new(m),
-                            ReadTarget {
-                                actor_id,
-                                order: Order::new(from),
-                                last_sequence,
-                                timeout: store.inner.request_timeout,
-                                records: store.clone(),
-                                started,
-                            },
-                        ),
+                        Ok(Some(reader)) => Box::new(Reading {
+                            reader,
+                            order: Order::new(from),
+                            started,
+                        }),
                         Ok(None) => {
                             let seconds = started.elapsed().as_secs_f64();
                             store.inner.metrics.replay_seconds.record(seconds);
@@ -77,50 +77,22 @@ impl JetStreamEventStore {
                 }
             };
             loop {
-                let actor_id = &target.actor_id;
-                let next = match tokio::time::timeout(target.timeout, messages.next()).await {
-                    Ok(Some(Ok(m))) => m,
-                    // The ordered consumer recreates itself after a missed heartbeat.
-                    Ok(Some(Err(e)))
-                        if matches!(
-                            e.kind(),
-                            async_nats::jetstream::consumer::push::OrderedErrorKind::MissingHeartbeat
-                        ) =>
-                    {
-                        continue;
+                let record = match reading.reader.next().await {
+                    Ok(Some(record)) => record,
+                    Ok(None) => {
+                        let seconds = reading.started.elapsed().as_secs_f64();
+                        reading.reader.store.inner.metrics.replay_seconds.record(seconds);
+                        return None;
                     }
-                    Ok(Some(Err(e))) => {
-                        return Some((
-                            Err(backend(format!("replaying actor {actor_id:?}"), e)),
-                            State::Done,
-                        ));
-                    }
-                    Ok(None) => return None,
-                    Err(_) => {
-                        return Some((
-                            Err(StoreError::Timeout {
-                                context: format!("replaying actor {actor_id:?}"),
-                            }),
-                            State::Done,
-                        ));
-                    }
+                    Err(e) => return Some((Err(e), State::Done)),
                 };
-                let inner = &target.records.inner;
+                let inner = &reading.reader.store.inner;
                 inner.stats.records_read.fetch_add(1, Ordering::Relaxed);
                 inner.metrics.replayed.increment(1);
-                let position = next.info().map_or(0, |info| info.stream_sequence);
-                let record = read_record_shared(next.headers.as_ref(), &next.payload, actor_id);
-                let item = target.order.admit(position, record, next.payload.clone());
-                let done = position >= target.last_sequence;
-                if done {
-                    let seconds = target.started.elapsed().as_secs_f64();
-                    target.records.inner.metrics.replay_seconds.record(seconds);
-                }
-                match item {
-                    Some(item) if done => return Some((Ok(item), State::Done)),
-                    Some(item) => return Some((Ok(item), State::Reading(messages, target))),
-                    None if done => return None,
-                    None => {}
+                let actor_id = &reading.reader.actor_id;
+                let parsed = read_record_shared(record.headers.as_ref(), &record.payload, actor_id);
+                if let Some(item) = reading.order.admit(record.seq, parsed, record.payload) {
+                    return Some((Ok(item), State::Reading(reading)));
                 }
             }
         })
@@ -134,13 +106,13 @@ impl JetStreamEventStore {
         &self,
         actor_id: &str,
         from_version: u64,
-    ) -> Result<Option<(async_nats::jetstream::consumer::push::Ordered, u64)>, StoreError> {
+    ) -> Result<Option<Reader>, StoreError> {
         let mut attempt = 1;
         loop {
             match self.open_replay(actor_id, from_version).await {
-                Err(e @ (StoreError::Timeout { .. } | StoreError::Unavailable { .. }))
-                    if attempt < REPLAY_START_ATTEMPTS
-                        && !self.inner.closed.load(Ordering::Relaxed) =>
+                Err(e) if e.is_transient()
+                    && attempt < REPLAY_START_ATTEMPTS
+                    && !self.inner.closed.load(Ordering::Relaxed) =>
                 {
                     tracing::debug!(actor_id, attempt, error = %e, "starting a replay again");
                     tokio::time::sleep(Duration::from_millis(100) * attempt).await;
@@ -152,15 +124,14 @@ impl JetStreamEventStore {
     }
 
     /// Starts a replay: the subject's last record is read from the stream leader first, and the
-    /// replay reads up to it. The ordered consumer may be served by a replica that lags behind
-    /// (R3); reading to the leader's last sequence gives read-your-writes all the same. A read
-    /// from a version above 1 starts where that version starts ([`Self::find_start`]), not at
-    /// the beginning of the actor's history.
+    /// replay reads up to it (read-your-writes even when a lagging replica serves the reads). A
+    /// read from a version above 1 starts where that version starts ([`Self::find_start`]), not
+    /// at the beginning of the actor's history.
     async fn open_replay(
         &self,
         actor_id: &str,
         from_version: u64,
-    ) -> Result<Option<(async_nats::jetstream::consumer::push::Ordered, u64)>, StoreError> {
+    ) -> Result<Option<Reader>, StoreError> {
         let context = || format!("starting a replay of actor {actor_id:?}");
         let subject = self.subject_for(actor_id);
         let Some(last) = self.last_record(actor_id, &subject, context).await? else {
@@ -172,45 +143,144 @@ impl JetStreamEventStore {
         else {
             return Ok(None);
         };
-        let deliver_policy = if start <= 1 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            }
-        };
-        let consumer = self
-            .inner
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.inner.client.new_inbox(),
-                filter_subject: subject,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| backend(context(), e))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| backend(context(), e))?;
-        Ok(Some((messages, last.seq)))
+        let mut reader = Reader::direct(self, actor_id, subject, start, last.seq);
+        if expected_records(from_version, start, last) > DIRECT_READ_MAX {
+            reader.use_consumer().await?;
+        }
+        Ok(Some(reader))
     }
+}
+
+/// At most how many records a read from version `from`, starting at sequence `start`, meets up
+/// to the `last` record: no more than the sequences in between, and (versions rising by at least
+/// one per record) no more than the versions from `from` to the last one, plus the few below
+/// `from` that a read may start before.
+fn expected_records(from: u64, start: u64, last: Last) -> u64 {
+    let by_sequence = last.seq.saturating_sub(start) + 1;
+    let by_version = last.version.map_or(u64::MAX, |v| {
+        (v.saturating_sub(from.max(1)) + 1).saturating_add(SKIP_BUDGET)
+    });
+    by_sequence.min(by_version)
 }
 
 /// Attempts at starting a replay when the server times out or is unavailable.
 const REPLAY_START_ATTEMPTS: u32 = 3;
 
-/// Where a replay stops (the subject's last sequence when it started) and what it yielded so far.
-struct ReadTarget {
+/// Reads one actor's records in stream order up to a known last sequence, by direct gets or by
+/// a replay consumer; switches to direct gets when the consumer cannot continue for a server
+/// limit.
+pub(super) struct Reader {
+    store: JetStreamEventStore,
     actor_id: String,
-    order: Order,
-    last_sequence: u64,
-    timeout: Duration,
-    /// The store whose read counters this replay adds to.
-    records: JetStreamEventStore,
-    /// When the read started (for `aether_store_replay_seconds`).
-    started: Instant,
+    subject: String,
+    /// The next stream sequence to read.
+    next: u64,
+    /// The last sequence to read (the subject's last record when the read started).
+    last: u64,
+    /// Records read by direct get and not yet returned.
+    page: VecDeque<RawRecord>,
+    consumer: Option<ReplayConsumer>,
+}
+
+impl Reader {
+    /// A reader of `subject`'s records in `start..=last` by direct gets.
+    pub(super) fn direct(
+        store: &JetStreamEventStore,
+        actor_id: &str,
+        subject: String,
+        start: u64,
+        last: u64,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            actor_id: actor_id.to_owned(),
+            subject,
+            next: start,
+            last,
+            page: VecDeque::new(),
+            consumer: None,
+        }
+    }
+
+    /// Reads through a replay consumer if the store has a permit free and the server accepts
+    /// one; stays with direct gets otherwise (a server limit refusing the consumer is not an
+    /// error: the read goes on without it).
+    async fn use_consumer(&mut self) -> Result<(), StoreError> {
+        let Ok(permit) = self.store.inner.replay_consumers.clone().try_acquire_owned() else {
+            return Ok(());
+        };
+        match ReplayConsumer::open(&self.store, &self.actor_id, &self.subject, self.next, permit)
+            .await
+        {
+            Ok(consumer) => {
+                self.consumer = Some(consumer);
+                Ok(())
+            }
+            Err(StoreError::LimitReached { limit, .. }) => {
+                tracing::debug!(
+                    actor_id = self.actor_id,
+                    %limit,
+                    "the server refused a replay consumer; reading by direct gets"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next record up to the last sequence; `None` when the read is complete.
+    pub(super) async fn next(&mut self) -> Result<Option<RawRecord>, StoreError> {
+        if self.next > self.last {
+            self.finish().await;
+            return Ok(None);
+        }
+        let record = match self.consumer.as_mut() {
+            Some(consumer) => match consumer.next().await {
+                Ok(record) => record,
+                Err(StoreError::LimitReached { .. }) => {
+                    // Its replacement was refused: go on by direct gets from where it stood.
+                    self.consumer = None;
+                    return Box::pin(self.next()).await;
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                if self.page.is_empty() {
+                    let page = self
+                        .store
+                        .read_page(&self.actor_id, &self.subject, self.next, self.last, PAGE)
+                        .await?;
+                    self.page = page.into();
+                }
+                match self.page.pop_front() {
+                    Some(record) => record,
+                    // The leader reported a record at `last`, so this is only reached when
+                    // the history was cut meanwhile (retention by age).
+                    None => {
+                        self.next = self.last + 1;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        if record.seq > self.last {
+            self.next = record.seq;
+            self.finish().await;
+            return Ok(None);
+        }
+        self.next = record.seq + 1;
+        if self.next > self.last {
+            self.finish().await;
+        }
+        Ok(Some(record))
+    }
+
+    /// Deletes the replay consumer, if any, as soon as the read has what it needs.
+    async fn finish(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer.close().await;
+        }
+    }
 }
 
 /// A record read back from the stream.

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use uuid::Uuid;
 
 use super::JetStreamEventStore;
-use super::replay::{Replayed, read_record};
+use super::replay::{Reader, Replayed, read_record};
 use crate::error::backend;
 
 /// What this store knows about an actor's last stored record.
@@ -204,51 +204,22 @@ impl JetStreamEventStore {
         Ok(slot.observe(known))
     }
 
-    /// The highest version held by the actor's records after sequence `after` up to `last`
-    /// (an ordered consumer from `after + 1`; one round trip plus those records).
+    /// The highest version held by the actor's records after sequence `after` up to `last`,
+    /// read by direct gets (no consumer: a burst of conflicts creates no server-side state).
     async fn highest_version_between(
         &self,
         actor_id: &str,
         after: u64,
         last: u64,
     ) -> Result<u64, StoreError> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
-        use futures::StreamExt;
-        let context =
-            || format!("reading the records of actor {actor_id:?} after sequence {after}");
-        let consumer = self
-            .inner
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.inner.client.new_inbox(),
-                filter_subject: self.subject_for(actor_id),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after.saturating_add(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| backend(context(), e))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| backend(context(), e))?;
+        let subject = self.subject_for(actor_id);
+        let mut reader = Reader::direct(self, actor_id, subject, after.saturating_add(1), last);
         let mut highest = 0;
-        loop {
-            let next = tokio::time::timeout(self.inner.request_timeout, messages.next()).await;
-            let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(backend(context(), e)),
-                Ok(None) => return Ok(highest),
-                Err(_) => return Err(StoreError::Timeout { context: context() }),
-            };
-            let position = message.info().map_or(last, |info| info.stream_sequence);
-            let record = read_record(message.headers.as_ref(), &message.payload, actor_id);
-            highest = highest.max(record.version.unwrap_or(0));
-            if position >= last {
-                return Ok(highest);
-            }
+        while let Some(record) = reader.next().await? {
+            let read = read_record(record.headers.as_ref(), &record.payload, actor_id);
+            highest = highest.max(read.version.unwrap_or(0));
         }
+        Ok(highest)
     }
 }
 
