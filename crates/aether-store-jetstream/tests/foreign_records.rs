@@ -95,22 +95,26 @@ async fn open(server: &NatsServer) -> (JetStreamEventStore, async_nats::jetstrea
     (store, js)
 }
 
-/// Watches consumer creation on the server: a replay creates one; reading the current version
-/// never does.
-struct ConsumerWatch {
+/// Watches the server's read requests for reads of an actor's whole history: a replay consumer
+/// delivering everything, or a direct get from the first sequence. A replay makes one; reading the
+/// current version never does.
+struct HistoryWatch {
     client: async_nats::Client,
     creates: async_nats::Subscriber,
+    direct_gets: async_nats::Subscriber,
     marker: async_nats::Subscriber,
 }
 
-impl ConsumerWatch {
+impl HistoryWatch {
     async fn start(server: &NatsServer) -> Self {
         let client = server.connect().await.unwrap();
         let creates = client.subscribe("$JS.API.CONSUMER.CREATE.>").await.unwrap();
+        let direct_gets = client.subscribe("$JS.API.DIRECT.GET.>").await.unwrap();
         let marker = client.subscribe("test.watch.marker").await.unwrap();
         let mut watch = Self {
             client,
             creates,
+            direct_gets,
             marker,
         };
         // The subscriptions are registered once the server routes a message to one of them.
@@ -128,17 +132,24 @@ impl ConsumerWatch {
         self.marker.next().await.unwrap();
     }
 
-    /// How many consumers were created since the last call.
+    /// How many reads of a whole history started since the last call.
     async fn created(&mut self) -> usize {
         self.sync().await;
         let mut n = 0;
         while let Some(Some(request)) = self.creates.next().now_or_never() {
-            // Only reads of the whole history count: a consumer delivering everything. (The
-            // store reads the few records after the last one it saw with a consumer that starts
-            // at a sequence; that is not a history scan.)
+            // Only a consumer delivering everything reads the history (the store never reads
+            // the few records after the last one it saw with a consumer, but if it did, that
+            // would start at a sequence).
             let config: serde_json::Value =
                 serde_json::from_slice(&request.payload).unwrap_or_default();
             if config["config"]["deliver_policy"] == "all" {
+                n += 1;
+            }
+        }
+        while let Some(Some(request)) = self.direct_gets.next().now_or_never() {
+            let get: serde_json::Value =
+                serde_json::from_slice(&request.payload).unwrap_or_default();
+            if get["seq"].as_u64().is_some_and(|seq| seq <= 1) {
                 n += 1;
             }
         }
@@ -210,7 +221,7 @@ async fn an_undecodable_record_holds_the_version_in_its_header() {
     for v in 1..=4 {
         store.save_event(ev(actor, v)).await.unwrap();
     }
-    let mut watch = ConsumerWatch::start(&server).await;
+    let mut watch = HistoryWatch::start(&server).await;
 
     // Another program writes version 5 with a body Aether cannot decode, following the layout
     // (version header, expected sequence).
@@ -250,7 +261,7 @@ async fn an_undecodable_record_holds_the_version_in_its_header() {
 
     // None of that replayed the history: reading the current version is one read of the last
     // record.
-    assert_eq!(watch.created().await, 0, "no replay consumer was created");
+    assert_eq!(watch.created().await, 0, "the history was not read");
 
     let replay = store.get_events_with_errors(actor, 0).await.unwrap();
     assert_eq!(versions(&replay.events), [1, 2, 3, 4, 6]);
@@ -289,7 +300,7 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
     let actor = "contested";
     let subject = store.subject_for(actor);
     store.save_event(ev(actor, 1)).await.unwrap();
-    let mut watch = ConsumerWatch::start(&server).await;
+    let mut watch = HistoryWatch::start(&server).await;
 
     // Another program, for about two seconds: it reads the last record's version header and
     // publishes with the expected sequence, as the layout says; but some records have a body
@@ -402,7 +413,7 @@ async fn a_foreign_writer_racing_the_store_never_makes_it_write_a_version_twice(
     assert!(conflicts > 0, "the store met the foreign records");
     assert!(!acked.is_empty());
     // A foreign writer that follows the layout never makes the store replay the history.
-    assert_eq!(watch.created().await, 0, "no replay consumer was created");
+    assert_eq!(watch.created().await, 0, "the history was not read");
 
     // Every record, as stored.
     let stream = js.get_stream(store.stream_name()).await.unwrap();
