@@ -401,7 +401,9 @@ mod tests {
         assert!(!refused(ServerLimit::Memory).is_transient());
         let text = refused(ServerLimit::Storage).to_string();
         assert!(
-            text.starts_with("store backend refused starting a replay of actor \"a\": the storage limit"),
+            text.starts_with(
+                "store backend refused starting a replay of actor \"a\": the storage limit"
+            ),
             "{text}"
         );
     }

@@ -20,7 +20,8 @@ pub struct RetryPolicy {
     pub jitter_percent: u8,
     /// How long a command keeps re-sending its events (same ids, so never stored twice) while
     /// the store reports a transient failure ([`StoreError::is_transient`]: unavailable or timed
-    /// out — a NATS server restarting, a stream leader election). Default 20 s: a JetStream
+    /// out — a NATS server restarting, a stream leader election — or a server limit that clears
+    /// by itself, such as too many atomic batches in flight). Default 20 s: a JetStream
     /// stream-leader election took 4-5.5 s on 3 local servers, and an append in flight at the
     /// failure only times out after the store's request timeout (5 s). `Duration::ZERO`: fail
     /// at once.

@@ -32,6 +32,7 @@ const SEQUENTIAL: u64 = 500;
 const ACTORS: u64 = 1000;
 const PER_ACTOR: u64 = 10;
 const REPLAY: u64 = 100_000;
+const SHORT: u64 = 50;
 const BATCH: u64 = 100;
 const WINDOW: usize = 256;
 
@@ -322,6 +323,97 @@ fn replay(c: &mut Criterion, env: &Env) {
     g.finish();
 }
 
+/// Reading a short history (an activation without a snapshot): the store's direct gets against
+/// a raw ordered push consumer that is deleted after the read (a read leaves nothing behind).
+fn replay_short(c: &mut Criterion, env: &Env) {
+    let actor = "short";
+    env.rt.block_on(async {
+        let events = (1..=SHORT).map(|v| event(actor, v)).collect();
+        env.store.save_events(events).await.unwrap();
+    });
+    let subject = env.store.subject_for(actor);
+    let mut g = c.benchmark_group("js_replay_short_50");
+    g.throughput(Throughput::Elements(SHORT));
+    g.bench_function("baseline", |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let stream = env.js.get_stream(env.store.stream_name()).await.unwrap();
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+                    let consumer = stream
+                        .create_consumer(OrderedConfig {
+                            name: Some(name.clone()),
+                            deliver_subject: env.client.new_inbox(),
+                            filter_subject: subject.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    let mut messages = consumer.messages().await.unwrap();
+                    let mut n = 0u64;
+                    while let Some(m) = messages.next().await {
+                        black_box(m.unwrap().payload.len());
+                        n += 1;
+                        if n == SHORT {
+                            break;
+                        }
+                    }
+                    drop(messages);
+                    stream.delete_consumer(&name).await.unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("raw_direct_batch", |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let mut total = Duration::ZERO;
+                let api = format!("$JS.API.DIRECT.GET.{}", env.store.stream_name());
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let inbox = env.client.new_inbox();
+                    let mut replies = env.client.subscribe(inbox.clone()).await.unwrap();
+                    let body = format!(r#"{{"seq":1,"next_by_subj":"{subject}","batch":256}}"#);
+                    env.client
+                        .publish_with_reply(api.clone(), inbox, body.into())
+                        .await
+                        .unwrap();
+                    let mut n = 0;
+                    while let Some(m) = replies.next().await {
+                        if m.status.is_some() {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    assert_eq!(n, SHORT);
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("aether", |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let events = env.store.get_events(actor, 0).await.unwrap();
+                    assert_eq!(events.len() as u64, SHORT);
+                    black_box(events);
+                    total += start.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+}
+
 async fn raw_batch(
     client: &async_nats::Client,
     subject: &str,
@@ -412,6 +504,7 @@ fn all(c: &mut Criterion) {
     sequential(c, &env);
     concurrent(c, &env);
     replay(c, &env);
+    replay_short(c, &env);
     batch(c, &env);
     black_box(&env.raw_stream);
 }
@@ -458,6 +551,11 @@ fn summary() {
             "1,000 actors, concurrent appends",
         ),
         ("js_replay_100k", REPLAY, "replay 100k events of one actor"),
+        (
+            "js_replay_short_50",
+            SHORT,
+            "read 50 events (direct gets vs a consumer created, read and deleted)",
+        ),
         ("js_atomic_batch_100", BATCH, "atomic batch of 100"),
     ] {
         if let (Some(b), Some(a)) = (mean_ns(group, "baseline"), mean_ns(group, "aether")) {

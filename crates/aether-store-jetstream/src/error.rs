@@ -259,6 +259,35 @@ mod tests {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
     #[test]
+    #[allow(clippy::unwrap_used)]
+    fn server_limits_are_named_by_their_codes() {
+        assert_eq!(server_limit(10026), Some(ServerLimit::Consumers));
+        assert_eq!(server_limit(10210), Some(ServerLimit::InFlightBatches));
+        assert_eq!(server_limit(10028), Some(ServerLimit::Memory));
+        assert_eq!(server_limit(10047), Some(ServerLimit::Storage));
+        assert_eq!(server_limit(10002), Some(ServerLimit::Resources));
+        assert_eq!(server_limit(10023), Some(ServerLimit::Resources));
+        assert_eq!(server_limit(10071), None);
+        let reply: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code": 400, "err_code": 10026, "description": "maximum consumers limit reached"}"#,
+        )
+        .unwrap();
+        let refused = stream::ConsumerError::new(stream::ConsumerErrorKind::JetStream(reply));
+        let e = backend("starting a replay", refused);
+        assert!(
+            matches!(
+                e,
+                StoreError::LimitReached {
+                    limit: ServerLimit::Consumers,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+    }
+
+    #[test]
     fn failures_are_classified_by_kind_not_text() {
         let timeout = async_nats::RequestError::new(RequestErrorKind::TimedOut);
         assert!(matches!(backend("a", timeout), StoreError::Timeout { .. }));

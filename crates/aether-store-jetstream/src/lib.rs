@@ -19,8 +19,6 @@ mod store;
 
 /// The async-nats version this crate is built on, so callers connect with a matching client.
 pub use async_nats;
-pub use config::{
-    DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_REPLAY_CONSUMERS, JetStreamConfig, Storage,
-};
+pub use config::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_REPLAY_CONSUMERS, JetStreamConfig, Storage};
 pub use error::ConfigError;
 pub use store::{JetStreamEventStore, ReadStats};

@@ -105,6 +105,10 @@ struct Inner {
 ///   strictly increasing versions: a record that repeats or goes below a version held before it,
 ///   or whose body does not decode, is skipped, and reported with its stream sequence and the
 ///   reason by [`EventStoreWithErrors::get_events_with_errors`].
+/// - **Server state:** appends create none (the records after a conflict are read by direct
+///   gets). A replay of more than a few hundred records uses a consumer that is deleted when the
+///   read ends, at most [`JetStreamConfig::max_replay_consumers`] at once; other reads use direct
+///   gets. A refusal for a server limit is [`StoreError::LimitReached`] naming it.
 /// - **Batches:** [`EventStore::save_events`] uses JetStream atomic batch publish (nats-server
 ///   2.12.1 or newer): all events or none.
 /// - **Retries:** re-sending an event after a timeout stores it once.

@@ -79,7 +79,12 @@ async fn open(client: async_nats::Client) -> JetStreamEventStore {
 /// The number of consumers on the store's stream, as the server reports it.
 async fn consumer_count(js: &async_nats::jetstream::Context, stream: &str) -> usize {
     let mut stream = js.get_stream(stream).await.expect("stream");
-    stream.info().await.expect("stream info").state.consumer_count
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .consumer_count
 }
 
 /// Runs `processes` racers against `url` for [`RACE`]; returns their reports, the event ids
@@ -198,10 +203,21 @@ async fn check_after(client: async_nats::Client, acked: &[String], baseline: usi
         .unwrap()
         .state
         .messages;
-    assert_eq!(info as usize, total, "every stored record is a readable event");
-    assert_eq!(total, acked.len(), "as many records as acknowledged appends");
+    assert_eq!(
+        info as usize, total,
+        "every stored record is a readable event"
+    );
+    assert_eq!(
+        total,
+        acked.len(),
+        "as many records as acknowledged appends"
+    );
     for id in acked {
-        assert_eq!(stored.get(id), Some(&1), "acknowledged event {id} stored once");
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "acknowledged event {id} stored once"
+        );
     }
 }
 
@@ -342,7 +358,10 @@ async fn race_child() {
                 let mut version = match store.get_latest_version(&id).await {
                     Ok(v) => v,
                     Err(e) => {
-                        errors.lock().unwrap().push(format!("latest version: {e:?}"));
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("latest version: {e:?}"));
                         continue;
                     }
                 };
@@ -399,8 +418,11 @@ async fn race_child() {
         acked.extend(w.await.unwrap());
     }
     let (reads, read_errors) = reader.await.unwrap();
-    std::fs::write(ids_path, acked.join("\n") + if acked.is_empty() { "" } else { "\n" })
-        .unwrap();
+    std::fs::write(
+        ids_path,
+        acked.join("\n") + if acked.is_empty() { "" } else { "\n" },
+    )
+    .unwrap();
     let errors = errors.lock().unwrap();
     let report = Report {
         acked: acked.len() as u64,

@@ -10,8 +10,10 @@ use aether_core::wire;
 use aether_core::{
     Event, EventBroadcaster, EventStored, ServerLimit, StoreError, VersionConflict, limits,
 };
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::StorageType;
 use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -37,6 +39,8 @@ const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
 /// Atomic batch errors meaning "these message ids are already stored / being stored": a retried
 /// batch. Treated like a conflict, so the store re-reads the actor and recognises the retry.
 const BATCH_DUPLICATE_IDS: [u64; 2] = [10201, 10158];
+/// JetStream: the account's resource limits (for a publish: its storage or memory).
+const ACCOUNT_RESOURCES: ErrorCode = ErrorCode::ACCOUNT_RESOURCES_EXCEEDED;
 /// JetStream: message larger than the stream's maximum message size.
 const MESSAGE_TOO_LARGE: u64 = 10054;
 /// How many times an append is re-sent after finding the version cache stale.
@@ -339,8 +343,31 @@ impl JetStreamEventStore {
                 ),
                 source: Some(Box::new(e)),
             },
-            _ => backend(context, e),
+            _ => self.named_limit(backend(context, e)),
         })
+    }
+
+    /// A publish refused for the account's resources (10002) is refused for its storage or its
+    /// memory, as the stream keeps messages on disk or in memory: name the one it is.
+    fn named_limit(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::LimitReached {
+                limit: ServerLimit::Resources,
+                context,
+                source,
+            } if jetstream_code(source.as_ref()) == Some(ACCOUNT_RESOURCES.0) => {
+                let limit = match self.inner.stream.cached_info().config.storage {
+                    StorageType::File => ServerLimit::Storage,
+                    StorageType::Memory => ServerLimit::Memory,
+                };
+                StoreError::LimitReached {
+                    limit,
+                    context,
+                    source,
+                }
+            }
+            other => other,
+        }
     }
 
     /// The headers of an event's record (`with_id`: with `Nats-Msg-Id`). Names are static (no

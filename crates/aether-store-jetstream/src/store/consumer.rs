@@ -167,7 +167,8 @@ impl ReplayConsumer {
                 ),
             });
         }
-        let (name, deliveries) = create(&self.store, &self.actor_id, &self.subject, self.next).await?;
+        let (name, deliveries) =
+            create(&self.store, &self.actor_id, &self.subject, self.next).await?;
         self.name = name;
         self.deliveries = deliveries;
         self.delivered = 0;

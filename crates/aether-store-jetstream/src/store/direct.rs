@@ -111,7 +111,10 @@ impl JetStreamEventStore {
                         .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
                         .and_then(|v| v.as_str().parse::<u64>().ok())
                         .ok_or_else(|| {
-                            StoreError::backend(context(), "a direct get reply without Nats-Sequence")
+                            StoreError::backend(
+                                context(),
+                                "a direct get reply without Nats-Sequence",
+                            )
                         })?;
                     records.push(RawRecord {
                         seq,

@@ -81,7 +81,13 @@ impl JetStreamEventStore {
                     Ok(Some(record)) => record,
                     Ok(None) => {
                         let seconds = reading.started.elapsed().as_secs_f64();
-                        reading.reader.store.inner.metrics.replay_seconds.record(seconds);
+                        reading
+                            .reader
+                            .store
+                            .inner
+                            .metrics
+                            .replay_seconds
+                            .record(seconds);
                         return None;
                     }
                     Err(e) => return Some((Err(e), State::Done)),
@@ -110,9 +116,10 @@ impl JetStreamEventStore {
         let mut attempt = 1;
         loop {
             match self.open_replay(actor_id, from_version).await {
-                Err(e) if e.is_transient()
-                    && attempt < REPLAY_START_ATTEMPTS
-                    && !self.inner.closed.load(Ordering::Relaxed) =>
+                Err(e)
+                    if e.is_transient()
+                        && attempt < REPLAY_START_ATTEMPTS
+                        && !self.inner.closed.load(Ordering::Relaxed) =>
                 {
                     tracing::debug!(actor_id, attempt, error = %e, "starting a replay again");
                     tokio::time::sleep(Duration::from_millis(100) * attempt).await;
@@ -206,11 +213,23 @@ impl Reader {
     /// one; stays with direct gets otherwise (a server limit refusing the consumer is not an
     /// error: the read goes on without it).
     async fn use_consumer(&mut self) -> Result<(), StoreError> {
-        let Ok(permit) = self.store.inner.replay_consumers.clone().try_acquire_owned() else {
+        let Ok(permit) = self
+            .store
+            .inner
+            .replay_consumers
+            .clone()
+            .try_acquire_owned()
+        else {
             return Ok(());
         };
-        match ReplayConsumer::open(&self.store, &self.actor_id, &self.subject, self.next, permit)
-            .await
+        match ReplayConsumer::open(
+            &self.store,
+            &self.actor_id,
+            &self.subject,
+            self.next,
+            permit,
+        )
+        .await
         {
             Ok(consumer) => {
                 self.consumer = Some(consumer);
