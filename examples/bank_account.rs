@@ -163,7 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aether_testkit::actor::{Then, given};
+    use aether::runtime::testing::{Then, given};
 
     fn opened() -> AccountEvent {
         AccountEvent::Opened {

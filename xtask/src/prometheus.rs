@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, target_dir, which};
+use crate::Result;
+use crate::run::{target_dir, which};
 
 /// The Prometheus binary to use, provisioning Debian's package when there is none; `None` (with
 /// the reason printed) where it cannot be had.

@@ -206,8 +206,7 @@ impl EventBus {
                     receiver: Receiver::Ring(Ring::new(tx.subscribe())),
                     dropped,
                     metrics: self.inner.metrics.clone(),
-                    #[cfg(feature = "nats")]
-                    remote: None,
+                    merged: None,
                 };
             }
         }
@@ -240,8 +239,7 @@ impl EventBus {
             receiver,
             dropped,
             metrics: self.inner.metrics.clone(),
-            #[cfg(feature = "nats")]
-            remote: None,
+            merged: None,
         }
     }
 
@@ -368,6 +366,22 @@ async fn recv_owned(mut rx: broadcast::Receiver<Event>) -> Received {
     (got, rx)
 }
 
+/// Polls a subscription's own buffer (given to a [`Merged`] source).
+pub(crate) type PollLocal<'a> = dyn FnMut(&mut Context<'_>) -> Poll<Option<Event>> + 'a;
+
+/// Another source of events a subscription reads beside its own buffer, taking turns with it so
+/// neither starves the other: how a bus across nodes adds other nodes' events to a subscription
+/// of this one. This layer only polls it.
+pub(crate) trait Merged: Send + Sync {
+    /// The next event of either source (`local` polls the subscription's own buffer); `None`
+    /// once both have ended.
+    fn poll_with_local(
+        &mut self,
+        cx: &mut Context<'_>,
+        local: &mut PollLocal<'_>,
+    ) -> Poll<Option<Event>>;
+}
+
 /// A live subscription: a [`Stream`] of events. Dropping it unsubscribes.
 pub struct Subscription {
     id: u64,
@@ -375,9 +389,8 @@ pub struct Subscription {
     receiver: Receiver,
     dropped: Arc<AtomicU64>,
     metrics: LocalMetrics,
-    /// Other nodes' events, for a subscription made through a `NatsEventBus`.
-    #[cfg(feature = "nats")]
-    remote: Option<crate::nats::RemotePart>,
+    /// Other nodes' events, for a subscription made through a bus across nodes.
+    merged: Option<Box<dyn Merged>>,
 }
 
 impl fmt::Debug for Subscription {
@@ -397,9 +410,10 @@ impl Subscription {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    #[cfg(feature = "nats")]
-    pub(crate) fn attach_remote(&mut self, remote: crate::nats::RemotePart) {
-        self.remote = Some(remote);
+    /// Reads `other` beside this subscription's own buffer (only buses across nodes do).
+    #[allow(dead_code)]
+    pub(crate) fn merge(&mut self, other: Box<dyn Merged>) {
+        self.merged = Some(other);
     }
 
     fn poll_any(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
@@ -410,9 +424,8 @@ impl Subscription {
             metrics,
             ..
         } = self;
-        #[cfg(feature = "nats")]
-        if let Some(remote) = self.remote.as_mut() {
-            return remote.poll_with_local(cx, |local_cx| {
+        if let Some(merged) = self.merged.as_mut() {
+            return merged.poll_with_local(cx, &mut |local_cx| {
                 poll_receiver(receiver, *id, dropped, metrics, local_cx)
             });
         }

@@ -251,13 +251,13 @@ impl NatsEventBus {
         let interest = Interest::new(&self.inner.receiving, pattern.clone());
         let mut subscription = self.inner.local.subscribe_with(pattern, options);
         let messages = self.inner.subscribe_remote(&subject).await?;
-        subscription.attach_remote(RemotePart::new(Remote {
+        subscription.merge(Box::new(RemotePart::new(Remote {
             messages,
             stopped: Box::pin(self.inner.stopped.clone().cancelled_owned()),
             receiving: self.inner.receiving.clone(),
             filter,
             _interest: interest,
-        }));
+        })));
         Ok(subscription)
     }
 

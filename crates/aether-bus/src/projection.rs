@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_core::{BoxError, Event};
+use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
 use async_nats::jetstream::{self, AckKind};
 
 use crate::metrics::ProjectionMetrics;
@@ -241,8 +242,13 @@ impl ProjectionRunner {
                 start_sequence: p.max(1),
             },
         };
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(&config.name, consumer_config(first))
+        // Creating a durable consumer with one configuration is idempotent: tried again while
+        // the NATS cluster settles (a stream whose replicas are still being placed).
+        let what = format!("creating projection consumer {}", config.name);
+        let mut consumer: jetstream::consumer::PullConsumer =
+            while_settling(&what, SETTLE_PATIENCE, || {
+                stream.get_or_create_consumer(&config.name, consumer_config(first))
+            })
             .await
             .map_err(|e| setup(Box::new(e)))?;
         // Events handed to a previous runner that died unacknowledged would only come back after
@@ -255,15 +261,14 @@ impl ProjectionRunner {
                 .delete_consumer(&config.name)
                 .await
                 .map_err(|e| setup(Box::new(e)))?;
-            consumer = stream
-                .get_or_create_consumer(
-                    &config.name,
-                    consumer_config(jetstream::consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: floor.saturating_add(1),
-                    }),
-                )
-                .await
-                .map_err(|e| setup(Box::new(e)))?;
+            let resume = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor.saturating_add(1),
+            };
+            consumer = while_settling(&what, SETTLE_PATIENCE, || {
+                stream.get_or_create_consumer(&config.name, consumer_config(resume))
+            })
+            .await
+            .map_err(|e| setup(Box::new(e)))?;
         }
         let messages = consumer.messages().await.map_err(|e| setup(Box::new(e)))?;
         let (tx, status) = watch::channel(ProjectionStatus::default());

@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use aether_nats::publish::{Fence, apply_ttl, publish_patiently, refused_for_sequence};
+use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, kv};
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::error::BoxError;
 
-/// JetStream error codes meaning "the expected last sequence did not match".
-const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
+pub(crate) use aether_nats::publish::whole_seconds;
 
-pub(crate) const H_EXPECTED_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
-pub(crate) const H_EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
-pub(crate) const H_TTL: &str = "Nats-TTL";
-const H_KV_OPERATION: &str = "KV-Operation";
+/// A KV delete: the marker's operation header.
+const KV_OPERATION: HeaderName = HeaderName::from_static("KV-Operation");
 
 /// How long delete markers (graceful leave, expiry) stay in the bucket.
 pub(crate) const MARKER_TTL: Duration = Duration::from_secs(60);
@@ -28,14 +28,6 @@ pub fn bucket_name(cluster: &str) -> String {
 
 /// How long a write is re-sent while the bucket's stream has no responders.
 const NO_STREAM_PATIENCE: Duration = Duration::from_secs(5);
-
-/// How long creating the bucket is tried again while the NATS cluster is still settling (the
-/// request times out, or the metadata leader has no statistics from enough peers yet and answers
-/// 10005, "no suitable peers for placement"). Creation is idempotent.
-const SETUP_PATIENCE: Duration = Duration::from_secs(30);
-
-/// JetStream's "no suitable peers for placement".
-const NO_PLACEMENT: u64 = 10005;
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -56,18 +48,6 @@ impl std::fmt::Display for WriteError {
             Self::Other(e) => write!(f, "{e}"),
         }
     }
-}
-
-/// The JetStream API error code inside an error's source chain, if any.
-fn jetstream_code(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
-            return Some(js.error_code().0);
-        }
-        cur = e.source();
-    }
-    None
 }
 
 /// The cluster's KV bucket with the writes the protocol needs.
@@ -102,31 +82,21 @@ impl Bucket {
                     limit_markers: Some(MARKER_TTL),
                     ..Default::default()
                 };
-                let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
-                let mut pause = Duration::from_millis(50);
-                loop {
-                    match js.create_key_value(config.clone()).await {
-                        Ok(kv) => break kv,
-                        Err(e)
-                            if tokio::time::Instant::now() < deadline
-                                && (matches!(
-                                    e.kind(),
-                                    jetstream::context::CreateKeyValueErrorKind::TimedOut
-                                ) || jetstream_code(&e) == Some(NO_PLACEMENT)) =>
-                        {
-                            tracing::warn!(bucket = %name, error = %e, "the NATS cluster cannot create the cluster bucket yet; trying again");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(1));
-                        }
-                        // Another node created it in between (or its config differs: then use it
-                        // as is).
-                        Err(create) => {
-                            break js
-                                .get_key_value(&name)
-                                .await
-                                .map_err(|_| Box::new(create) as BoxError)?;
-                        }
-                    }
+                // Creation is idempotent: tried again while the NATS cluster settles.
+                let created = while_settling(
+                    &format!("creating the cluster bucket {name}"),
+                    SETTLE_PATIENCE,
+                    || js.create_key_value(config.clone()),
+                )
+                .await;
+                match created {
+                    Ok(kv) => kv,
+                    // Another node created it in between (or its config differs: then use it as
+                    // is).
+                    Err(create) => js
+                        .get_key_value(&name)
+                        .await
+                        .map_err(|_| Box::new(create) as BoxError)?,
                 }
             }
         };
@@ -168,27 +138,20 @@ impl Bucket {
         headers: HeaderMap,
         value: Bytes,
     ) -> Result<u64, WriteError> {
-        let started = tokio::time::Instant::now();
-        let mut wait = Duration::from_millis(20);
-        loop {
-            let ack = self
-                .js
-                .publish_with_headers(self.subject(key), headers.clone(), value.clone())
-                .await
-                .map_err(|e| WriteError::Other(Box::new(e)))?;
-            match ack.await {
-                // No responders: nothing received the write (a bucket just created on another
-                // server of a cluster, a stream between leaders). Sending again is safe.
-                Err(e)
-                    if e.kind() == PublishErrorKind::StreamNotFound
-                        && started.elapsed() + wait < NO_STREAM_PATIENCE =>
-                {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(500));
-                }
-                other => return Self::outcome(other),
-            }
-        }
+        // No responders: nothing received the write (a bucket just created on another server
+        // of a cluster, a stream between leaders). Sending again is safe, for a while.
+        let ack = publish_patiently(
+            &self.js,
+            &self.subject(key).into(),
+            || {
+                PublishMessage::build()
+                    .payload(value.clone())
+                    .headers(headers.clone())
+            },
+            NO_STREAM_PATIENCE,
+        )
+        .await;
+        Self::outcome(ack)
     }
 
     fn outcome(
@@ -199,12 +162,7 @@ impl Bucket {
     ) -> Result<u64, WriteError> {
         match ack {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(WriteError::WrongRevision)
-            }
-            Err(e) if jetstream_code(&e).is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c)) => {
-                Err(WriteError::WrongRevision)
-            }
+            Err(e) if refused_for_sequence(&e) => Err(WriteError::WrongRevision),
             Err(e) => Err(WriteError::Other(Box::new(e))),
         }
     }
@@ -219,9 +177,9 @@ impl Bucket {
         ttl: Option<Duration>,
     ) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
-        headers.insert(H_EXPECTED_SEQ, revision.to_string().as_str());
+        Fence::subject_at(revision).apply(&mut headers);
         if let Some(ttl) = ttl {
-            headers.insert(H_TTL, ttl_header(ttl).as_str());
+            apply_ttl(&mut headers, ttl);
         }
         self.publish(key, headers, value).await
     }
@@ -262,27 +220,20 @@ impl Bucket {
         fence_revision: u64,
     ) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
-        headers.insert(H_EXPECTED_SEQ, fence_revision.to_string().as_str());
-        headers.insert(H_EXPECTED_SUBJECT, self.subject(fence_key).as_str());
+        Fence {
+            last_sequence: fence_revision,
+            of_subject: Some(&self.subject(fence_key)),
+        }
+        .apply(&mut headers);
         self.publish(key, headers, value).await
     }
 
     /// Deletes `key` if its last revision is `revision`, leaving a marker that expires.
     pub(crate) async fn delete(&self, key: &str, revision: u64) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
-        headers.insert(H_EXPECTED_SEQ, revision.to_string().as_str());
-        headers.insert(H_KV_OPERATION, "DEL");
-        headers.insert(H_TTL, ttl_header(MARKER_TTL).as_str());
+        Fence::subject_at(revision).apply(&mut headers);
+        headers.insert(KV_OPERATION, "DEL");
+        apply_ttl(&mut headers, MARKER_TTL);
         self.publish(key, headers, Bytes::new()).await
     }
-}
-
-/// `Nats-TTL` value: whole seconds (rounded up, at least 1), e.g. `5s`.
-pub(crate) fn ttl_header(ttl: Duration) -> String {
-    format!("{}s", whole_seconds(ttl))
-}
-
-/// Whole seconds, rounded up, at least 1: the server's TTL resolution.
-pub(crate) fn whole_seconds(d: Duration) -> u64 {
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }

@@ -1,31 +1,43 @@
 //! # aether-cluster
 //!
-//! The control plane of an Aether cluster, kept in NATS itself (one JetStream KV bucket per
-//! cluster), never in a home-made consensus protocol:
+//! Aether's actors across nodes, coordinated through NATS itself (one JetStream KV bucket per
+//! cluster, request/reply between nodes), never through a home-made consensus protocol. Two
+//! layers:
 //!
-//! - **membership**: every node keeps a record (`nodes.<id>`) with a per-key TTL renewed by its
-//!   heartbeats; a silent node's record expires and it is reported failed; a graceful
-//!   [`leave`](ClusterManager::leave) deletes it at once;
-//! - **leader election**: a lease key created with a TTL and renewed by revision-checked writes;
-//!   its creation revision is the leader's fencing **term**, and the leader steps down before the
-//!   lease can lapse;
-//! - **placement**: actor id -> shard by a stable hash ([`shard_for`]), shard -> node by a
-//!   [`PlacementStrategy`] ([`ConsistentHashPlacement`] by default, [`CapacityPlacement`]);
-//! - **shard map**: one versioned document the leader writes, fenced by its lease revision so
-//!   that a deposed leader's write is refused by the server; every node watches it.
+//! - [`ClusterNode`] hosts actor types (one [`aether_runtime::Runtime`] each) and makes every
+//!   actor reachable from every node: [`ClusterActors::ask`] runs a command on the node that owns
+//!   the actor's shard, in process or as a NATS request, applied once per command id; when the
+//!   map changes, shards are handed over (drain, passivate with a snapshot, confirm) while calls
+//!   are held and re-sent, until [`CallError::Unavailable`] after the call timeout.
+//! - [`ClusterManager`], the control plane it builds on (usable alone by observers):
+//!   **membership** (per-node records with a TTL renewed by heartbeats), a fenced **leader**
+//!   lease, **placement** (actor id -> shard by [`shard_for`], shard -> node by a
+//!   [`PlacementStrategy`]) and the versioned **shard map** only the leader can write.
 //!
-//! Actor routing, shard moves and failover build on this (cluster part 2). The protocol, the
-//! bucket layout and a capacity model are in docs/cluster.md.
+//! The protocol, the bucket layout and a capacity model are in docs/cluster.md.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use aether_cluster::{ClusterConfig, ClusterManager};
+//! # use aether_runtime::{Actor, Runtime};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Default, Serialize, Deserialize)] struct Counter { n: u64 }
+//! # #[derive(Serialize, Deserialize)] struct Added(u64);
+//! # #[derive(Debug, thiserror::Error, Serialize, Deserialize)] #[error("never")] struct Never;
+//! # impl Actor for Counter {
+//! #     const TYPE: &'static str = "counter";
+//! #     type Command = u64; type Event = Added; type Error = Never;
+//! #     fn handle(&self, by: &u64) -> Result<Vec<Added>, Never> { Ok(vec![Added(*by)]) }
+//! #     fn apply(&mut self, Added(by): &Added) { self.n += by }
+//! # }
+//! # async fn demo(store: std::sync::Arc<dyn aether_core::EventStore>) -> Result<(), Box<dyn std::error::Error>> {
+//! use aether_cluster::{ClusterConfig, ClusterNode};
+//!
 //! let client = async_nats::connect("127.0.0.1:4222").await?;
-//! let node = ClusterManager::new(client, ClusterConfig::new("orders").replicas(3))?;
+//! let node = ClusterNode::new(client, ClusterConfig::new("orders").replicas(3))?;
+//! let counters = node.register(Runtime::<Counter>::builder(store).build())?;
 //! node.start().await?;
-//! println!("members: {:?}", node.members().iter().map(|m| &m.id).collect::<Vec<_>>());
-//! println!("order-42 is on {:?}", node.node_for_actor("order-42"));
-//! node.leave().await?;
+//! counters.ask("counter-42", 1).await?; // on whichever node owns counter-42
+//! println!("members: {:?}", node.manager().members().iter().map(|m| &m.id).collect::<Vec<_>>());
+//! node.leave().await?; // hands its shards over first
 //! # Ok(()) }
 //! ```
 

@@ -2,13 +2,16 @@
 //! one or more actor types (one [`Runtime`] each); a call for actor `id` from any node runs on
 //! the node that owns `id`'s shard in the current map — locally when that is this node, else as
 //! a NATS request to the owner. Shard moves hand actors over (drain, passivate with a snapshot,
-//! confirm); calls meet a moving shard are held and retried, with the same command id, until the
-//! new owner serves. The protocol is in docs/cluster.md.
+//! confirm); calls that meet a moving shard are held and retried, with the same command id, until
+//! the new owner serves. The protocol is in docs/cluster.md.
 //!
-//! The parts: `route` (the caller side, [`ClusterActors`], [`CallError`]), `serve` (answering
-//! other nodes' calls and handoff confirmations), `handoff` (reacting to a new map: draining,
-//! pending shards, failover), `shards` (the per-shard gate and migration records), `host` (one
-//! actor type behind a trait object) and `wire` (the messages).
+//! A node is a few parts, each a type that owns its state, composed by `NodeInner`:
+//! `route` (`Router`: the caller side, with [`ClusterActors`] and [`CallError`]), `serve`
+//! (`Server`: answering other nodes' calls, receiving handoff confirmations) and `handoff`
+//! (`Handoff`: applying maps — drains, pending shards, failover, confirmations). What they all
+//! read is `Shared`: the control plane, the hosted types (`host`), the shard table (`shards`:
+//! the map followed, per-shard state and gate, migration records) and the node's settings;
+//! `wire` holds the messages.
 
 mod handoff;
 mod host;
@@ -17,65 +20,81 @@ mod serve;
 mod shards;
 mod wire;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aether_runtime::Runtime;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
 use crate::error::ClusterError;
-use crate::hash::ShardId;
 use crate::manager::ClusterManager;
-use crate::map::ShardMap;
 use crate::metrics::NodeMetrics;
 
 pub use host::ClusterActor;
 pub use route::{CallError, ClusterActors};
 pub use shards::{MigrationStatus, ShardMigration};
 
-use host::{Host, TypedHost};
+use handoff::Handoff;
+use host::Hosts;
+use route::Router;
+use serve::Server;
 use shards::Shards;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) struct NodeInner {
+/// What every part of a node reads: the control plane, the connection, the settings, the hosted
+/// actor types, the shard table, the metrics, and what stops the node.
+#[derive(Debug)]
+struct Shared {
     manager: ClusterManager,
     client: async_nats::Client,
     config: ClusterConfig,
-    hosts: RwLock<HashMap<&'static str, Arc<dyn Host>>>,
-    shards: Arc<Shards>,
-    /// The map the shard table was last brought in line with.
-    applied: Mutex<Option<Arc<ShardMap>>>,
-    /// The same map, for callers to read without a lock.
-    current: arc_swap::ArcSwapOption<ShardMap>,
-    /// Handoffs confirmed before this node applied the map that gives it the shard: shard ->
-    /// (previous owner, epoch).
-    early: Mutex<HashMap<ShardId, (String, u64)>>,
-    /// Woken whenever the applied map changes.
-    map_changed: Notify,
-    next_command: AtomicU64,
-    /// Drains (with their handoff confirmations) still running.
-    drains_running: std::sync::atomic::AtomicUsize,
-    conflicts_seen: AtomicU64,
+    hosts: Hosts,
+    shards: Shards,
     metrics: NodeMetrics,
     cancel: CancellationToken,
+    /// The node's tasks (listeners, the map follower, drains), stopped with it.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn me(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Stops the node's tasks and runtimes.
+    async fn stop(&self) {
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        for host in self.hosts.all() {
+            host.shutdown().await;
+        }
+    }
+}
+
+/// A node's parts: the caller side, the answering side and the handoff, over what they share.
+struct NodeInner {
+    node: Arc<Shared>,
+    router: Arc<Router>,
+    server: Arc<Server>,
+    handoff: Arc<Handoff>,
 }
 
 impl fmt::Debug for NodeInner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterNode")
-            .field("cluster", &self.config.cluster_name)
-            .field("node", &self.config.node_id)
-            .field("serving_shards", &self.shards.serving_count())
+            .field("cluster", &self.node.config.cluster_name)
+            .field("node", &self.node.config.node_id)
+            .field("serving_shards", &self.node.shards.serving_count())
             .finish_non_exhaustive()
     }
 }
@@ -110,12 +129,12 @@ impl fmt::Debug for NodeInner {
 /// ```
 #[derive(Debug)]
 pub struct ClusterNode {
-    inner: Arc<NodeInner>,
+    inner: NodeInner,
 }
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
-        self.inner.cancel.cancel();
+        self.inner.node.cancel.cancel();
     }
 }
 
@@ -125,24 +144,24 @@ impl ClusterNode {
     pub fn new(client: async_nats::Client, config: ClusterConfig) -> Result<Self, ClusterError> {
         let manager = ClusterManager::new(client.clone(), config.clone())?;
         let metrics = NodeMetrics::new(&config.cluster_name, &config.node_id);
+        let node = Arc::new(Shared {
+            manager,
+            client,
+            shards: Shards::new(config.shard_count),
+            config,
+            hosts: Hosts::default(),
+            metrics,
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let handoff = Arc::new(Handoff::new(node.clone()));
         Ok(Self {
-            inner: Arc::new(NodeInner {
-                manager,
-                client,
-                shards: Arc::new(Shards::new(config.shard_count)),
-                config,
-                hosts: RwLock::new(HashMap::new()),
-                applied: Mutex::new(None),
-                current: arc_swap::ArcSwapOption::empty(),
-                early: Mutex::new(HashMap::new()),
-                map_changed: Notify::new(),
-                next_command: AtomicU64::new(0),
-                drains_running: std::sync::atomic::AtomicUsize::new(0),
-                conflicts_seen: AtomicU64::new(0),
-                metrics,
-                cancel: CancellationToken::new(),
-                tasks: Mutex::new(Vec::new()),
-            }),
+            inner: NodeInner {
+                router: Arc::new(Router::new(node.clone())),
+                server: Arc::new(Server::new(node.clone(), handoff.clone())),
+                handoff,
+                node,
+            },
         })
     }
 
@@ -154,53 +173,44 @@ impl ClusterNode {
         &self,
         runtime: Runtime<A>,
     ) -> Result<ClusterActors<A>, ClusterError> {
-        let mut hosts = self
-            .inner
-            .hosts
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if hosts.contains_key(A::TYPE) {
+        if !self.inner.node.hosts.add(runtime.clone()) {
             return Err(ClusterError::InvalidConfig {
                 field: "register",
                 reason: format!("actor type {:?} is already registered", A::TYPE),
             });
         }
-        hosts.insert(
-            A::TYPE,
-            Arc::new(TypedHost {
-                runtime: runtime.clone(),
-            }),
-        );
-        Ok(ClusterActors::new(self.inner.clone(), runtime))
+        Ok(ClusterActors::new(self.inner.router.clone(), runtime))
     }
 
     /// Starts serving calls, joins the cluster and follows its shard map.
     pub async fn start(&self) -> Result<(), ClusterError> {
-        let inner = &self.inner;
-        let cfg = &inner.config;
+        let node = &self.inner.node;
+        let cfg = &node.config;
         let nats = |context: &str, e: async_nats::SubscribeError| ClusterError::Nats {
             cluster: cfg.cluster_name.clone(),
             context: context.to_owned(),
             source: Box::new(e),
         };
         // Listen before joining: once the map names this node, calls must find it.
-        let calls = inner
+        let calls = node
             .client
             .subscribe(wire::call_subject(&cfg.cluster_name, &cfg.node_id))
             .await
             .map_err(|e| nats("subscribing to calls", e))?;
-        let handoffs = inner
+        let handoffs = node
             .client
             .subscribe(wire::handoff_subject(&cfg.cluster_name, &cfg.node_id))
             .await
             .map_err(|e| nats("subscribing to handoffs", e))?;
-        let events = inner.manager.watch();
-        inner.manager.start().await?;
-        inner.sync_map();
-        let mut tasks = lock(&inner.tasks);
-        tasks.push(tokio::spawn(inner.clone().serve_calls(calls)));
-        tasks.push(tokio::spawn(inner.clone().serve_handoffs(handoffs)));
-        tasks.push(tokio::spawn(inner.clone().follow_map(events)));
+        let events = node.manager.watch();
+        node.manager.start().await?;
+        self.inner.handoff.sync_map();
+        let mut tasks = lock(&node.tasks);
+        tasks.push(tokio::spawn(self.inner.server.clone().serve_calls(calls)));
+        tasks.push(tokio::spawn(
+            self.inner.server.clone().serve_handoffs(handoffs),
+        ));
+        tasks.push(tokio::spawn(self.inner.handoff.clone().follow_map(events)));
         Ok(())
     }
 
@@ -212,26 +222,20 @@ impl ClusterNode {
     /// If the handoff does not finish within the call timeout (no other node to take the
     /// shards, say), the node leaves anyway; its actors' acknowledged work is in the store.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        let inner = &self.inner;
-        inner.manager.mark_leaving();
-        let until = tokio::time::Instant::now() + inner.config.call_timeout;
+        let node = &self.inner.node;
+        node.manager.mark_leaving();
+        let until = tokio::time::Instant::now() + node.config.call_timeout;
         loop {
-            let notified = inner.shards.changed.notified();
-            let mapped = inner.map_changed.notified();
+            let notified = node.shards.changed.notified();
+            let mapped = node.shards.map_changed.notified();
             tokio::pin!(notified, mapped);
             notified.as_mut().enable();
             mapped.as_mut().enable();
-            let owned = lock(&inner.applied)
-                .as_ref()
-                .is_some_and(|m| !m.shards_of(&inner.config.node_id).is_empty());
-            if !owned
-                && inner.shards.serving_count() == 0
-                && inner.drains_running.load(Ordering::SeqCst) == 0
-            {
+            if self.inner.handoff.handed_off() {
                 break;
             }
             if tokio::time::Instant::now() >= until {
-                tracing::warn!(node = %inner.config.node_id, "shards not handed off within the call timeout; leaving anyway");
+                tracing::warn!(node = %node.me(), "shards not handed off within the call timeout; leaving anyway");
                 break;
             }
             let _ = tokio::time::timeout_at(
@@ -240,85 +244,28 @@ impl ClusterNode {
             )
             .await;
         }
-        let left = inner.manager.leave().await;
-        inner.stop().await;
+        let left = node.manager.leave().await;
+        node.stop().await;
         left
     }
 
     /// The control plane: members, leader, shard map, cluster events.
     pub fn manager(&self) -> &ClusterManager {
-        &self.inner.manager
+        &self.inner.node.manager
     }
 
     /// This node's id.
     pub fn node_id(&self) -> &str {
-        &self.inner.config.node_id
+        self.inner.node.me()
     }
 
     /// The latest move of each shard this node took part in (as old or new owner).
     pub fn migrations(&self) -> Vec<ShardMigration> {
-        self.inner.shards.migrations()
+        self.inner.node.shards.migrations()
     }
 
     /// How many shards this node serves, holds or drains right now.
     pub fn shards_in_use(&self) -> usize {
-        self.inner.shards.serving_count()
-    }
-}
-
-impl NodeInner {
-    fn me(&self) -> &str {
-        &self.config.node_id
-    }
-
-    fn hosts(&self) -> Vec<Arc<dyn Host>> {
-        self.hosts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    fn host(&self, actor_type: &str) -> Option<Arc<dyn Host>> {
-        self.hosts
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(actor_type)
-            .cloned()
-    }
-
-    /// A command id unique in the cluster: this process's incarnation and a counter.
-    fn command_id(&self) -> Arc<str> {
-        let n = self.next_command.fetch_add(1, Ordering::Relaxed);
-        // 64 random bits of the incarnation are plenty next to a per-process counter; built on
-        // the stack so that the id costs one allocation.
-        let incarnation = self.manager.incarnation().as_bytes();
-        let prefix = &incarnation[..incarnation.len().min(16)];
-        let mut buf = [0u8; 16 + 1 + 16];
-        buf[..prefix.len()].copy_from_slice(prefix);
-        let mut len = prefix.len();
-        buf[len] = b'-';
-        len += 1;
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-        for i in 0..digits {
-            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
-            buf[len + i] = b"0123456789abcdef"[nibble as usize];
-        }
-        len += digits;
-        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), Arc::from)
-    }
-
-    /// Stops the node's tasks and runtimes.
-    async fn stop(&self) {
-        self.cancel.cancel();
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
-        }
-        for host in self.hosts() {
-            host.shutdown().await;
-        }
+        self.inner.node.shards.serving_count()
     }
 }

@@ -238,7 +238,97 @@ pub enum StoreError {
     },
 }
 
+/// The text of `e` and of its sources, joined by ": " (for logs and for reasons carried as text).
+///
+/// ```
+/// let e = aether_core::StoreError::backend("reading", "permission denied");
+/// assert_eq!(aether_core::error_chain(&e), "store backend error while reading: permission denied");
+/// ```
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        next = source.source();
+    }
+    text
+}
+
+impl CodecError {
+    /// The same error, its source as text (see [`StoreError::detached`]).
+    fn detached(&self) -> CodecError {
+        CodecError {
+            op: self.op,
+            type_name: self.type_name,
+            detail: self.detail.clone(),
+            source: self.source.as_ref().map(|s| error_chain(s.as_ref()).into()),
+        }
+    }
+}
+
 impl StoreError {
+    /// A copy of this error for another receiver (several callers waiting on one failed
+    /// operation; `StoreError` is not `Clone` because its sources are boxed): the same variant
+    /// and fields, so [`Self::is_transient`] and [`Self::is_version_conflict`] answer the same,
+    /// with each boxed source replaced by its message (and its sources' messages).
+    pub fn detached(&self) -> StoreError {
+        let text = |source: &BoxError| -> BoxError { error_chain(source.as_ref()).into() };
+        match self {
+            StoreError::VersionConflict(c) => StoreError::VersionConflict(c.clone()),
+            StoreError::InvalidEvent(i) => StoreError::InvalidEvent(i.clone()),
+            StoreError::InvalidBatch { actor_id, reason } => StoreError::InvalidBatch {
+                actor_id: actor_id.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::InvalidSnapshot { actor_id, reason } => StoreError::InvalidSnapshot {
+                actor_id: actor_id.clone(),
+                reason: reason.clone(),
+            },
+            StoreError::Codec(c) => StoreError::Codec(c.detached()),
+            StoreError::DuplicateEventId {
+                event_id,
+                stored_actor_id,
+                stored_version,
+            } => StoreError::DuplicateEventId {
+                event_id: *event_id,
+                stored_actor_id: stored_actor_id.clone(),
+                stored_version: *stored_version,
+            },
+            StoreError::TooLarge {
+                actor_id,
+                event_id,
+                size,
+                max,
+            } => StoreError::TooLarge {
+                actor_id: actor_id.clone(),
+                event_id: *event_id,
+                size: *size,
+                max: *max,
+            },
+            StoreError::Unavailable { context, source } => StoreError::Unavailable {
+                context: context.clone(),
+                source: source.as_ref().map(text),
+            },
+            StoreError::Timeout { context } => StoreError::Timeout {
+                context: context.clone(),
+            },
+            StoreError::LimitReached {
+                limit,
+                context,
+                source,
+            } => StoreError::LimitReached {
+                limit: *limit,
+                context: context.clone(),
+                source: text(source),
+            },
+            StoreError::Backend { context, source } => StoreError::Backend {
+                context: context.clone(),
+                source: text(source),
+            },
+        }
+    }
+
     /// `true` for [`StoreError::VersionConflict`]: the Rust form of
     /// `errors.Is(err, ErrVersionConflict)`.
     pub fn is_version_conflict(&self) -> bool {
@@ -393,7 +483,7 @@ mod tests {
         let refused = |limit| StoreError::LimitReached {
             limit,
             context: "starting a replay of actor \"a\"".into(),
-            source: "JetStream error 10026".into(),
+            source: "maximum consumers limit reached".into(),
         };
         assert!(refused(ServerLimit::Consumers).is_transient());
         assert!(refused(ServerLimit::InFlightBatches).is_transient());
@@ -406,5 +496,36 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_store_failure_told_again_keeps_its_kind_and_message() {
+        let cases = [
+            StoreError::Timeout {
+                context: "reading".into(),
+            },
+            StoreError::Unavailable {
+                context: "reading".into(),
+                source: Some("connection reset".into()),
+            },
+            StoreError::LimitReached {
+                limit: ServerLimit::Consumers,
+                context: "replaying".into(),
+                source: "maximum consumers reached".into(),
+            },
+            StoreError::LimitReached {
+                limit: ServerLimit::Storage,
+                context: "appending".into(),
+                source: "insufficient resources".into(),
+            },
+            StoreError::VersionConflict(VersionConflict::new("a", 3, 2)),
+            StoreError::backend("reading", "permission denied"),
+        ];
+        for original in cases {
+            let again = original.detached();
+            assert_eq!(again.is_transient(), original.is_transient(), "{original}");
+            assert_eq!(again.is_version_conflict(), original.is_version_conflict());
+            assert_eq!(error_chain(&again), error_chain(&original));
+        }
     }
 }

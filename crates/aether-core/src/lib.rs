@@ -29,7 +29,7 @@ pub mod wire;
 pub use backoff::Backoff;
 pub use error::{
     BoxError, BroadcastError, CodecError, EventError, NamespaceError, ServerLimit, StoreError,
-    VersionConflict,
+    VersionConflict, error_chain,
 };
 pub use event::{
     EVENT_STORED, Event, EventBuilder, EventStored, Metadata, ReplayError, ReplayResult,

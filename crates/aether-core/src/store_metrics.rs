@@ -43,3 +43,62 @@ pub const ALL: [&str; 12] = [
     CACHE_MISSES,
     CACHE_EVICTIONS,
 ];
+
+/// The handles of the metrics every store records, registered once when the store is created (no
+/// registry lookup on the hot path), labelled `store` = the store's kind. Install the metrics
+/// recorder before creating the store.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreMetrics {
+    /// [`APPENDS`], outcome `ok`.
+    pub appends_ok: metrics::Counter,
+    /// [`APPENDS`], outcome `conflict`.
+    pub appends_conflict: metrics::Counter,
+    /// [`APPENDS`], outcome `error`.
+    pub appends_error: metrics::Counter,
+    /// [`EVENTS_APPENDED`].
+    pub events: metrics::Counter,
+    /// [`APPEND_BATCH_EVENTS`].
+    pub batch_events: metrics::Histogram,
+    /// [`REPLAYED_EVENTS`].
+    pub replayed: metrics::Counter,
+    /// [`SNAPSHOT_SAVES`].
+    pub snapshot_saves: metrics::Counter,
+    /// [`SNAPSHOT_LOADS`], outcome `hit`.
+    pub snapshot_hits: metrics::Counter,
+    /// [`SNAPSHOT_LOADS`], outcome `miss`.
+    pub snapshot_misses: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl StoreMetrics {
+    /// Registers the handles with label `store` = `store` (e.g. `"memory"`).
+    pub fn new(store: &'static str) -> Self {
+        let store = ("store", store);
+        let with = |key: &'static str, value: &'static str| [store, (key, value)];
+        Self {
+            appends_ok: metrics::counter!(APPENDS, &with("outcome", "ok")),
+            appends_conflict: metrics::counter!(APPENDS, &with("outcome", "conflict")),
+            appends_error: metrics::counter!(APPENDS, &with("outcome", "error")),
+            events: metrics::counter!(EVENTS_APPENDED, &[store]),
+            batch_events: metrics::histogram!(APPEND_BATCH_EVENTS, &[store]),
+            replayed: metrics::counter!(REPLAYED_EVENTS, &[store]),
+            snapshot_saves: metrics::counter!(SNAPSHOT_SAVES, &[store]),
+            snapshot_hits: metrics::counter!(SNAPSHOT_LOADS, &with("outcome", "hit")),
+            snapshot_misses: metrics::counter!(SNAPSHOT_LOADS, &with("outcome", "miss")),
+        }
+    }
+
+    /// Counts an append call of `events` events by its outcome (and the events, if stored).
+    pub fn appended(&self, result: &Result<(), crate::StoreError>, events: usize) {
+        match result {
+            Ok(()) => {
+                self.appends_ok.increment(1);
+                self.events.increment(events as u64);
+            }
+            Err(crate::StoreError::VersionConflict { .. }) => self.appends_conflict.increment(1),
+            Err(_) => self.appends_error.increment(1),
+        }
+    }
+}

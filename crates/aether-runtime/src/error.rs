@@ -51,7 +51,8 @@ pub enum AskError<E: std::error::Error + 'static> {
         #[source]
         source: Box<CodecError>,
     },
-    /// The actor could not be activated (its history could not be loaded or decoded).
+    /// The actor could not be activated: its snapshot or history did not decode (a store that
+    /// failed while loading is [`AskError::Store`], which keeps whether it was transient).
     #[error("actor {actor_id} could not be activated: {reason}")]
     Activation {
         /// The actor.
@@ -103,5 +104,41 @@ impl<E: std::error::Error + 'static> AskError<E> {
     /// Whether the actor refused the command (as opposed to a runtime failure).
     pub fn is_rejected(&self) -> bool {
         matches!(self, Self::Rejected { .. })
+    }
+
+    /// `true` when the store failed in a way that clears by itself ([`StoreError::is_transient`]:
+    /// unavailable, timed out, a limit that clears): the same command, with the same command id,
+    /// may succeed a little later. Whether the command was applied is unknown.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store { source, .. } if source.is_transient())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refused;
+
+    #[test]
+    fn only_a_store_failure_that_clears_by_itself_is_transient() {
+        let store = |source: StoreError| AskError::<Refused>::Store {
+            actor_id: "a".into(),
+            source: Box::new(source),
+        };
+        assert!(
+            store(StoreError::Timeout {
+                context: "appending".into()
+            })
+            .is_transient()
+        );
+        assert!(!store(StoreError::backend("appending", "permission denied")).is_transient());
+        let rejected = AskError::Rejected {
+            actor_id: "a".into(),
+            source: Refused,
+        };
+        assert!(!rejected.is_transient());
     }
 }

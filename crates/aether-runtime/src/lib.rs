@@ -29,6 +29,7 @@ pub mod metrics;
 #[cfg(feature = "model")]
 mod model;
 mod runtime;
+pub mod testing;
 
 pub use actor::{Actor, event_type_of};
 pub use config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};

@@ -2,12 +2,13 @@
 //!
 //! This file holds [`Runtime`] and its public methods; the parts live in submodules:
 //! `builder` ([`RuntimeBuilder`]), `registry` (the shards of active VMs, activation bookkeeping,
-//! eviction, the idle sweeper, [`RuntimeStats`]), `vm` (the per-actor task), `recent` (the
-//! command ids an actor remembers) and `actor_ref`
-//! ([`ActorRef`], [`Applied`]).
+//! eviction, the idle sweeper, [`RuntimeStats`]), `vm` (the per-actor task), `load` (an
+//! actor's state from its snapshot and events), `recent` (the command ids an actor remembers)
+//! and `actor_ref` ([`ActorRef`], [`Applied`]).
 
 mod actor_ref;
 mod builder;
+mod load;
 mod recent;
 mod registry;
 mod vm;

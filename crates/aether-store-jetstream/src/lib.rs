@@ -14,9 +14,10 @@ mod config;
 mod error;
 pub mod layout;
 mod metrics;
-pub mod server_version;
 mod store;
 
+/// The oldest supported nats-server and the version parser (defined in `aether-nats`).
+pub use aether_nats::server_version;
 /// The async-nats version this crate is built on, so callers connect with a matching client.
 pub use async_nats;
 pub use config::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_REPLAY_CONSUMERS, JetStreamConfig, Storage};

@@ -7,38 +7,23 @@ use metrics::{Counter, Histogram};
 
 const STORE: (&str, &str) = ("store", "jetstream");
 
+/// Every store's handles, plus the JetStream store's own (timings, position lookups).
 #[derive(Debug)]
 pub(crate) struct StoreMetrics {
-    pub(crate) appends_ok: Counter,
-    pub(crate) appends_conflict: Counter,
-    pub(crate) appends_error: Counter,
-    pub(crate) events: Counter,
-    pub(crate) batch_events: Histogram,
+    /// The handles every store has.
+    pub(crate) store: aether_core::store_metrics::StoreMetrics,
     pub(crate) append_seconds: Histogram,
     pub(crate) replay_seconds: Histogram,
-    pub(crate) replayed: Counter,
     pub(crate) lookups: Counter,
-    pub(crate) snapshot_saves: Counter,
-    pub(crate) snapshot_hits: Counter,
-    pub(crate) snapshot_misses: Counter,
 }
 
 impl StoreMetrics {
     pub(crate) fn new() -> Self {
-        let with = |key: &'static str, value: &'static str| [STORE, (key, value)];
         Self {
-            appends_ok: metrics::counter!(names::APPENDS, &with("outcome", "ok")),
-            appends_conflict: metrics::counter!(names::APPENDS, &with("outcome", "conflict")),
-            appends_error: metrics::counter!(names::APPENDS, &with("outcome", "error")),
-            events: metrics::counter!(names::EVENTS_APPENDED, &[STORE]),
-            batch_events: metrics::histogram!(names::APPEND_BATCH_EVENTS, &[STORE]),
+            store: aether_core::store_metrics::StoreMetrics::new(STORE.1),
             append_seconds: metrics::histogram!(names::APPEND_SECONDS, &[STORE]),
             replay_seconds: metrics::histogram!(names::REPLAY_SECONDS, &[STORE]),
-            replayed: metrics::counter!(names::REPLAYED_EVENTS, &[STORE]),
             lookups: metrics::counter!(names::POSITION_LOOKUPS, &[STORE]),
-            snapshot_saves: metrics::counter!(names::SNAPSHOT_SAVES, &[STORE]),
-            snapshot_hits: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "hit")),
-            snapshot_misses: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "miss")),
         }
     }
 }

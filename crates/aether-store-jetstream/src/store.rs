@@ -163,9 +163,10 @@ impl JetStreamEventStore {
     /// Opens the store with `config` (Go's `NewJetStreamEventStoreWithConfig`). Creates the
     /// stream and the snapshot bucket when missing, reuses compatible ones, and refuses a stream
     /// whose settings differ in a way that matters with [`ConfigError::IncompatibleStream`].
-    /// Creating is tried again when it times out (up to 3 attempts) and, for about 7 s, when a
-    /// cluster has no peers to place the replicas on yet (JetStream error 10005: a peer lagging
-    /// or restarting).
+    /// While the NATS cluster settles (a creation times out, nobody answers, or there are no peers
+    /// to place the replicas on yet: a cluster just formed, a peer lagging or restarting),
+    /// creating is tried again for up to 30 s, backing off from 50 ms to 1 s
+    /// (`aether_nats::settle`, the policy every layer shares).
     pub async fn with_config(
         client: async_nats::Client,
         store_name: &str,
@@ -299,15 +300,8 @@ impl JetStreamEventStore {
         let started = std::time::Instant::now();
         let result = self.append(events).instrument(span).await;
         let m = &self.inner.metrics;
-        match &result {
-            Ok(()) => {
-                m.appends_ok.increment(1);
-                m.events.increment(count as u64);
-            }
-            Err(StoreError::VersionConflict { .. }) => m.appends_conflict.increment(1),
-            Err(_) => m.appends_error.increment(1),
-        }
-        m.batch_events.record(count as f64);
+        m.store.appended(&result, count);
+        m.store.batch_events.record(count as f64);
         m.append_seconds.record(started.elapsed().as_secs_f64());
         result
     }

@@ -39,6 +39,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
+use aether_core::store_metrics::StoreMetrics;
 use aether_core::{
     ActorSnapshot, Event, EventStore, EventStoreWithErrors, EventStream, Namespace, ReplayResult,
     SnapshotStore, StoreError, limits,
@@ -218,53 +219,6 @@ pub struct InMemoryEventStore {
     metrics: Arc<StoreMetrics>,
 }
 
-/// The store metrics that apply in memory (names in [`aether_core::store_metrics`], label
-/// `store` = `memory`): appends, events, batch sizes, events read, snapshots. No latency
-/// histograms: a memory append takes well under a microsecond, and timing it would cost a
-/// noticeable share of that.
-#[derive(Debug)]
-struct StoreMetrics {
-    appends_ok: metrics::Counter,
-    appends_conflict: metrics::Counter,
-    appends_error: metrics::Counter,
-    events: metrics::Counter,
-    batch_events: metrics::Histogram,
-    replayed: metrics::Counter,
-    snapshot_saves: metrics::Counter,
-    snapshot_hits: metrics::Counter,
-    snapshot_misses: metrics::Counter,
-}
-
-impl StoreMetrics {
-    fn new() -> Self {
-        use aether_core::store_metrics as names;
-        const STORE: (&str, &str) = ("store", "memory");
-        let with = |key: &'static str, value: &'static str| [STORE, (key, value)];
-        Self {
-            appends_ok: metrics::counter!(names::APPENDS, &with("outcome", "ok")),
-            appends_conflict: metrics::counter!(names::APPENDS, &with("outcome", "conflict")),
-            appends_error: metrics::counter!(names::APPENDS, &with("outcome", "error")),
-            events: metrics::counter!(names::EVENTS_APPENDED, &[STORE]),
-            batch_events: metrics::histogram!(names::APPEND_BATCH_EVENTS, &[STORE]),
-            replayed: metrics::counter!(names::REPLAYED_EVENTS, &[STORE]),
-            snapshot_saves: metrics::counter!(names::SNAPSHOT_SAVES, &[STORE]),
-            snapshot_hits: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "hit")),
-            snapshot_misses: metrics::counter!(names::SNAPSHOT_LOADS, &with("outcome", "miss")),
-        }
-    }
-
-    fn appended(&self, result: &Result<(), StoreError>, events: usize) {
-        match result {
-            Ok(()) => {
-                self.appends_ok.increment(1);
-                self.events.increment(events as u64);
-            }
-            Err(StoreError::VersionConflict { .. }) => self.appends_conflict.increment(1),
-            Err(_) => self.appends_error.increment(1),
-        }
-    }
-}
-
 impl Default for InMemoryEventStore {
     fn default() -> Self {
         Self::new()
@@ -287,7 +241,7 @@ impl InMemoryEventStore {
             namespace: None,
             data: Arc::new(Partition::new()),
             backend: Arc::default(),
-            metrics: Arc::new(StoreMetrics::new()),
+            metrics: Arc::new(StoreMetrics::new("memory")),
         }
     }
 

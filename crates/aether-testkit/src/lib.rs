@@ -6,12 +6,9 @@
 //!   through [`event_store_conformance!`];
 //! - [`nats`]: throwaway nats-server processes and clusters (real servers, never a mock), with
 //!   stop, kill, restart and pause for fault injection;
-//! - [`actor`]: `given(events).when(command).then_expect(events | error)` for any
-//!   [`aether_runtime::Actor`];
 //! - [`bench`](mod@bench): reading criterion's estimates for the ratio tables the benchmarks print;
 //! - [`python`]: Python (nats-py, msgpack, xxhash) as a client in another language.
 
-pub mod actor;
 pub mod bench;
 pub mod conformance;
 pub mod nats;

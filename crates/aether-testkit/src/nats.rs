@@ -21,11 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-// The one definition of the supported versions, shared with the store and xtask.
-#[path = "../../aether-store-jetstream/src/server_version.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod server_version;
-
 use std::fmt;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -41,7 +36,7 @@ mod cluster;
 pub use cluster::NatsCluster;
 
 /// Oldest nats-server Aether supports (atomic batches with message ids: 2.12.1).
-pub const MIN_VERSION: (u32, u32, u32) = server_version::MIN_SERVER_VERSION;
+pub const MIN_VERSION: (u32, u32, u32) = aether_nats::server_version::MIN_SERVER_VERSION;
 
 /// How long a server may take to report that it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,7 +178,7 @@ pub(crate) fn which(name: &str) -> Option<PathBuf> {
 
 /// Parses `nats-server: v2.15.1` (or `2.15.1`) into its numbers.
 pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    server_version::parse_server_version(text)
+    aether_nats::server_version::parse_server_version(text)
 }
 
 fn check_version(path: PathBuf) -> Result<ServerBinary, HarnessError> {

@@ -131,27 +131,19 @@ async fn cluster_of_three_routes_between_all_nodes() {
     // JetStream works with R3 across the cluster. Creating a stream is idempotent, so it is
     // retried while the cluster is busy: on a loaded machine (a CI run, its disk still writing
     // back earlier tests' files) the request can time out, and a meta leader that has not yet
-    // had every peer's statistics answers "no suitable peers for placement" (10005).
+    // had every peer's statistics answers "no suitable peers for placement" (the retries are aether-nats's one settle policy).
     let js = async_nats::jetstream::new(clients[0].clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let created = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: "HARNESS_R3".into(),
-                subjects: vec!["harness.r3".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(_) => break,
-            Err(e) if tokio::time::Instant::now() < deadline && busy(&e) => {
-                eprintln!("retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("creating an R3 stream: {e}"),
-        }
-    }
+    aether_nats::settle::while_settling("creating an R3 stream", Duration::from_secs(60), || {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "HARNESS_R3".into(),
+            subjects: vec!["harness.r3".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("creating an R3 stream: {e}"));
     // A new R3 stream elects its own leader; its first acknowledgement can miss the client's
     // 5 s timeout too. Retried with one message id, it is stored once.
     let id = uuid::Uuid::new_v4().to_string();
@@ -185,16 +177,6 @@ async fn cluster_of_three_routes_between_all_nodes() {
     let client = cluster.node(2).connect().await.unwrap();
     let answer = request_until_answered(&client, "harness.node0", "after-restart").await;
     assert_eq!(answer, "node-0:after-restart");
-}
-
-/// A stream creation refused only because the cluster is still settling.
-fn busy(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    match e.kind() {
-        CreateStreamErrorKind::TimedOut => true,
-        CreateStreamErrorKind::JetStream(js) => js.error_code().0 == 10005,
-        _ => false,
-    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Receiving;
 use crate::filter::EventFilter;
+use crate::local::{Merged, PollLocal};
 use crate::pattern::Pattern;
 
 /// A NATS subscription's pattern in [`Receiving::interests`], for as long as it lives.
@@ -82,6 +83,37 @@ pub(crate) struct RemotePart {
     local_done: bool,
 }
 
+impl Merged for RemotePart {
+    fn poll_with_local(
+        &mut self,
+        cx: &mut Context<'_>,
+        local: &mut PollLocal<'_>,
+    ) -> Poll<Option<Event>> {
+        self.signal.task.register(cx.waker());
+        self.remote_first = !self.remote_first;
+        if self.remote_first {
+            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
+                return Poll::Ready(Some(event));
+            }
+            if let Poll::Ready(Some(event)) = self.poll_local(local) {
+                return Poll::Ready(Some(event));
+            }
+        } else {
+            if let Poll::Ready(Some(event)) = self.poll_local(local) {
+                return Poll::Ready(Some(event));
+            }
+            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
+                return Poll::Ready(Some(event));
+            }
+        }
+        if self.remote.is_none() && self.local_done {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 impl RemotePart {
     pub(super) fn new(remote: Remote) -> Self {
         let signal = Arc::new(LocalSignal {
@@ -97,35 +129,6 @@ impl RemotePart {
         }
     }
 
-    pub(crate) fn poll_with_local(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut local: impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
-    ) -> Poll<Option<Event>> {
-        self.signal.task.register(cx.waker());
-        self.remote_first = !self.remote_first;
-        if self.remote_first {
-            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
-                return Poll::Ready(Some(event));
-            }
-            if let Poll::Ready(Some(event)) = self.poll_local(&mut local) {
-                return Poll::Ready(Some(event));
-            }
-        } else {
-            if let Poll::Ready(Some(event)) = self.poll_local(&mut local) {
-                return Poll::Ready(Some(event));
-            }
-            if let Poll::Ready(Some(event)) = self.poll_remote(cx) {
-                return Poll::Ready(Some(event));
-            }
-        }
-        if self.remote.is_none() && self.local_done {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
-    }
-
     fn poll_remote(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let Some(remote) = self.remote.as_mut() else {
             return Poll::Ready(None);
@@ -137,10 +140,7 @@ impl RemotePart {
         next
     }
 
-    fn poll_local(
-        &mut self,
-        local: &mut impl FnMut(&mut Context<'_>) -> Poll<Option<Event>>,
-    ) -> Poll<Option<Event>> {
+    fn poll_local(&mut self, local: &mut PollLocal<'_>) -> Poll<Option<Event>> {
         if self.local_done || !self.signal.ready.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }

@@ -107,21 +107,43 @@ impl Inner {
         }
     }
 
-    /// Holds the lease until it is lost, lapses or the node stops.
-    async fn lead(&self, bucket: &Bucket, mut held: HeldLease) {
-        let ttl = self.lease_ttl();
+    /// Holds the lease until it is lost, lapses or the node stops: docs/cluster.md's "Holding it",
+    /// one [`Lead`] state at a time.
+    async fn lead(&self, bucket: &Bucket, held: HeldLease) {
         let term = held.term;
         *lock(&self.lease) = Some(held);
         self.metrics.is_leader.set(1.0);
         tracing::info!(node = %self.config.node_id, term, "became leader");
         self.emit(ClusterEvent::BecameLeader { term });
+        let mut reign = Reign::new(held, self.lease_ttl());
+        let mut state = Lead::CatchUp;
+        while !matches!(state, Lead::Over) {
+            state = self.lead_step(bucket, &mut reign, state).await;
+        }
+    }
 
-        // Start from the map in force when the lease was won: wait until the view has caught up
-        // with the lease's own revision (every earlier map write is before it in the stream).
-        let caught_up = tokio::time::timeout_at(held.valid_until, async {
+    async fn lead_step(&self, bucket: &Bucket, reign: &mut Reign, state: Lead) -> Lead {
+        match state {
+            Lead::CatchUp => self.catch_up(reign).await,
+            Lead::Wait => self.wait_for_work(reign).await,
+            Lead::Renew => self.renew(bucket, reign).await,
+            Lead::Rebalance => self.rebalance_step(bucket, reign).await,
+            Lead::StepDown { reason, hand_back } => {
+                self.step_down(bucket, &reign.held, reason, hand_back).await;
+                Lead::Over
+            }
+            Lead::Over => Lead::Over,
+        }
+    }
+
+    /// Waits until the view has applied the lease's own revision: every earlier map write is
+    /// before it in the stream, so the view then holds the map in force, the base.
+    async fn catch_up(&self, reign: &mut Reign) -> Lead {
+        let revision = reign.held.revision;
+        let caught_up = tokio::time::timeout_at(reign.held.valid_until, async {
             loop {
                 let notified = self.view_changed.notified();
-                if self.read_view().revision >= held.revision || self.cancel.is_cancelled() {
+                if self.read_view().revision >= revision || self.cancel.is_cancelled() {
                     return;
                 }
                 tokio::select! {
@@ -132,119 +154,149 @@ impl Inner {
         })
         .await;
         if self.cancel.is_cancelled() {
-            self.step_down(bucket, &held, "node stopped", true).await;
-            return;
+            return Lead::StepDown {
+                reason: "node stopped",
+                hand_back: true,
+            };
         }
         if caught_up.is_err() {
-            self.step_down(
-                bucket,
-                &held,
-                "could not load the cluster state in time",
-                true,
-            )
-            .await;
-            return;
+            return Lead::StepDown {
+                reason: "could not load the cluster state in time",
+                hand_back: true,
+            };
         }
-        let mut base: Option<Arc<ShardMap>> = self.read_view().map.clone();
-        // The highest epoch this leader tried to publish: a write whose ack was lost may have
-        // landed, so a retry never reuses its epoch.
-        let mut attempted_epoch = 0;
-        let mut next_renewal = Instant::now() + renewal_interval(ttl);
-        let mut rebalance_at = Some(Instant::now());
-        loop {
-            let far = Instant::now() + Duration::from_secs(3600);
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => {
-                    // Hand the lease back so another node takes over without waiting for the TTL.
-                    let valid = Instant::now() < held.valid_until;
-                    self.step_down(bucket, &held, "node stopped", valid).await;
-                    return;
-                }
-                () = tokio::time::sleep_until(held.valid_until) => {
-                    self.step_down(bucket, &held, "lease not renewed in time", true).await;
-                    return;
-                }
-                () = tokio::time::sleep_until(next_renewal) => {
-                    let sent = Instant::now();
-                    let lease = LeaseRecord { node: self.config.node_id.clone(), term: Some(term) };
-                    let renewal = bucket.update(KEY_LEADER, encode(&lease), held.revision, Some(ttl));
-                    // Bounded by the renewal interval (not async-nats's 5 s ack wait), so a lost
-                    // ack leaves time for more attempts before the lease's validity ends.
-                    let give_up = held.valid_until.min(sent + renewal_interval(ttl));
-                    match tokio::time::timeout_at(give_up, renewal).await {
-                        Ok(Ok(revision)) => {
-                            held.revision = revision;
-                            held.valid_until = sent + lease_validity(ttl);
-                            next_renewal = sent + renewal_interval(ttl);
-                            *lock(&self.lease) = Some(held);
-                        }
-                        Ok(Err(WriteError::WrongRevision | WriteError::Exists)) => {
-                            match self.own_lease_revision(bucket, term).await {
-                                // An earlier renewal landed though its ack was lost: adopt it.
-                                Ok(Some(revision)) => {
-                                    held.revision = revision;
-                                    next_renewal = Instant::now() + Duration::from_millis(100);
-                                }
-                                Ok(None) => {
-                                    self.step_down(bucket, &held, "lease lost: it expired or another node holds it", false).await;
-                                    return;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
-                                    next_renewal = Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
-                                }
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(node = %self.config.node_id, error = %e, "lease renewal failed; retrying");
-                            next_renewal = Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
-                        }
-                        Err(_) => {
-                            tracing::warn!(node = %self.config.node_id, "lease renewal got no ack in time; retrying");
-                            next_renewal = Instant::now();
-                        }
+        reign.base = self.read_view().map.clone();
+        reign.next_renewal = Instant::now() + renewal_interval(reign.ttl);
+        reign.rebalance_at = Some(Instant::now());
+        Lead::Wait
+    }
+
+    /// Waits for the first of: a stop, the end of the lease's validity, the next renewal, a
+    /// membership change (which schedules a rebalance) and a due rebalance.
+    async fn wait_for_work(&self, reign: &mut Reign) -> Lead {
+        // `select!` builds a disabled branch's future too: this stands in for "no rebalance due".
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {
+                // Hand the lease back so another node takes over without waiting for the TTL.
+                let valid = Instant::now() < reign.held.valid_until;
+                Lead::StepDown { reason: "node stopped", hand_back: valid }
+            }
+            () = tokio::time::sleep_until(reign.held.valid_until) => {
+                Lead::StepDown { reason: "lease not renewed in time", hand_back: true }
+            }
+            () = tokio::time::sleep_until(reign.next_renewal) => Lead::Renew,
+            () = self.membership_changed.notified() => {
+                let at = Instant::now() + self.config.rebalance_delay;
+                reign.rebalance_at = Some(reign.rebalance_at.map_or(at, |r| r.min(at)));
+                Lead::Wait
+            }
+            () = tokio::time::sleep_until(reign.rebalance_at.unwrap_or(far)), if reign.rebalance_at.is_some() => {
+                reign.rebalance_at = None;
+                Lead::Rebalance
+            }
+        }
+    }
+
+    /// Renews the lease; adopts a renewal whose ack was lost; steps down when the lease is gone.
+    async fn renew(&self, bucket: &Bucket, reign: &mut Reign) -> Lead {
+        let ttl = reign.ttl;
+        let term = reign.held.term;
+        let sent = Instant::now();
+        let lease = LeaseRecord {
+            node: self.config.node_id.clone(),
+            term: Some(term),
+        };
+        let renewal = bucket.update(KEY_LEADER, encode(&lease), reign.held.revision, Some(ttl));
+        // Bounded by the renewal interval (not async-nats's 5 s ack wait), so a lost ack leaves
+        // time for more attempts before the lease's validity ends.
+        let give_up = reign.held.valid_until.min(sent + renewal_interval(ttl));
+        let retry_soon = || Instant::now() + Duration::from_millis(200).min(renewal_interval(ttl));
+        match tokio::time::timeout_at(give_up, renewal).await {
+            Ok(Ok(revision)) => {
+                reign.held.revision = revision;
+                reign.held.valid_until = sent + lease_validity(ttl);
+                reign.next_renewal = sent + renewal_interval(ttl);
+                *lock(&self.lease) = Some(reign.held);
+            }
+            Ok(Err(WriteError::WrongRevision | WriteError::Exists)) => {
+                match self.own_lease_revision(bucket, term).await {
+                    // An earlier renewal landed though its ack was lost: adopt it.
+                    Ok(Some(revision)) => {
+                        reign.held.revision = revision;
+                        reign.next_renewal = Instant::now() + Duration::from_millis(100);
                     }
-                }
-                () = self.membership_changed.notified() => {
-                    let at = Instant::now() + self.config.rebalance_delay;
-                    rebalance_at = Some(rebalance_at.map_or(at, |r| r.min(at)));
-                }
-                () = tokio::time::sleep_until(rebalance_at.unwrap_or(far)), if rebalance_at.is_some() => {
-                    rebalance_at = None;
-                    // A map whose ack was lost may still have landed: the view then holds it
-                    // (only this leader writes maps in its term), and the next epoch follows it.
-                    if let Some(seen) = self.read_view().map.clone()
-                        && base.as_ref().is_none_or(|b| seen.epoch() > b.epoch())
-                    {
-                        base = Some(seen);
+                    Ok(None) => {
+                        return Lead::StepDown {
+                            reason: "lease lost: it expired or another node holds it",
+                            hand_back: false,
+                        };
                     }
-                    match self.rebalance(bucket, &held, base.as_deref(), &mut attempted_epoch).await {
-                        Ok(Some(map)) => base = Some(map),
-                        Ok(None) => {}
-                        Err(RebalanceError::Fenced) => match self.own_lease_revision(bucket, term).await {
-                            // The lease moved on only by this node's own renewal whose ack was lost.
-                            Ok(Some(revision)) if revision != held.revision => {
-                                held.revision = revision;
-                                rebalance_at = Some(Instant::now());
-                            }
-                            Ok(_) => {
-                                self.step_down(bucket, &held, "the server refused a shard map: the lease moved on", false).await;
-                                return;
-                            }
-                            Err(e) => {
-                                tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
-                                rebalance_at = Some(Instant::now() + Duration::from_millis(200));
-                            }
-                        },
-                        Err(RebalanceError::Other(e)) => {
-                            tracing::warn!(node = %self.config.node_id, error = %e, "publishing the shard map failed; retrying");
-                            rebalance_at = Some(Instant::now() + Duration::from_millis(500));
-                        }
+                    Err(e) => {
+                        tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
+                        reign.next_renewal = retry_soon();
                     }
                 }
             }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %self.config.node_id, error = %e, "lease renewal failed; retrying");
+                reign.next_renewal = retry_soon();
+            }
+            Err(_) => {
+                tracing::warn!(node = %self.config.node_id, "lease renewal got no ack in time; retrying");
+                reign.next_renewal = Instant::now();
+            }
         }
+        Lead::Wait
+    }
+
+    /// Publishes a new map if the members' placement changed; on a refused (fenced) write,
+    /// adopts a renewal whose ack was lost or steps down.
+    async fn rebalance_step(&self, bucket: &Bucket, reign: &mut Reign) -> Lead {
+        // A map whose ack was lost may still have landed: the view then holds it (only this
+        // leader writes maps in its term), and the next epoch follows it.
+        if let Some(seen) = self.read_view().map.clone()
+            && reign.base.as_ref().is_none_or(|b| seen.epoch() > b.epoch())
+        {
+            reign.base = Some(seen);
+        }
+        let published = self
+            .rebalance(
+                bucket,
+                &reign.held,
+                reign.base.as_deref(),
+                &mut reign.attempted_epoch,
+            )
+            .await;
+        match published {
+            Ok(Some(map)) => reign.base = Some(map),
+            Ok(None) => {}
+            Err(RebalanceError::Fenced) => {
+                match self.own_lease_revision(bucket, reign.held.term).await {
+                    // The lease moved on only by this node's own renewal whose ack was lost.
+                    Ok(Some(revision)) if revision != reign.held.revision => {
+                        reign.held.revision = revision;
+                        reign.rebalance_at = Some(Instant::now());
+                    }
+                    Ok(_) => {
+                        return Lead::StepDown {
+                            reason: "the server refused a shard map: the lease moved on",
+                            hand_back: false,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
+                        reign.rebalance_at = Some(Instant::now() + Duration::from_millis(200));
+                    }
+                }
+            }
+            Err(RebalanceError::Other(e)) => {
+                tracing::warn!(node = %self.config.node_id, error = %e, "publishing the shard map failed; retrying");
+                reign.rebalance_at = Some(Instant::now() + Duration::from_millis(500));
+            }
+        }
+        Lead::Wait
     }
 
     /// The revision of this node's lease for `term`, if it is still there.
@@ -355,4 +407,51 @@ fn renewal_interval(ttl: Duration) -> Duration {
 enum RebalanceError {
     Fenced,
     Other(String),
+}
+
+/// Where a leader stands in its term; [`Inner::lead_step`] moves it on.
+enum Lead {
+    /// Won the lease: wait until the view holds the map in force.
+    CatchUp,
+    /// Leading: wait for the next thing to do.
+    Wait,
+    /// Renew the lease now.
+    Renew,
+    /// Recompute the map and publish it if the owners changed.
+    Rebalance,
+    /// Give the lease up; `hand_back`: delete it, as it may still be this node's on the server.
+    StepDown {
+        reason: &'static str,
+        hand_back: bool,
+    },
+    /// No longer leading.
+    Over,
+}
+
+/// What a leader keeps for its term.
+struct Reign {
+    held: HeldLease,
+    ttl: Duration,
+    /// The map in force: the last one this leader published, or a newer one its view holds.
+    base: Option<Arc<ShardMap>>,
+    /// The highest epoch this leader tried to publish: a write whose ack was lost may have
+    /// landed, so a retry never reuses its epoch.
+    attempted_epoch: u64,
+    /// Set once caught up, like `rebalance_at`.
+    next_renewal: Instant,
+    /// When the next rebalance is due, if one is.
+    rebalance_at: Option<Instant>,
+}
+
+impl Reign {
+    fn new(held: HeldLease, ttl: Duration) -> Self {
+        Self {
+            held,
+            ttl,
+            base: None,
+            attempted_epoch: 0,
+            next_renewal: held.valid_until,
+            rebalance_at: None,
+        }
+    }
 }

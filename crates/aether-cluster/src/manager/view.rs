@@ -4,6 +4,11 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use aether_core::Backoff;
+
+/// Pauses between attempts to reload the bucket after the watch failed: doubling from 100 ms to
+/// 2 s.
+const RELOAD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 impl Inner {
     /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
@@ -231,7 +236,7 @@ impl Inner {
                 continue;
             }
             // Reload everything with a fresh watch (the server may have gone away).
-            let mut backoff = Duration::from_millis(100);
+            let mut failures = 0;
             loop {
                 if self.cancel.is_cancelled() {
                     return;
@@ -244,11 +249,11 @@ impl Inner {
                     }
                     Err(e) => {
                         tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
+                        failures += 1;
                         tokio::select! {
                             () = self.cancel.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(RELOAD_BACKOFF.delay(failures)) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }

@@ -1,33 +1,74 @@
-//! Following the shard map: when a new map arrives, shards this node lost start draining
-//! (in-flight calls finish, their actors are passivated with snapshots, the new owner is told),
-//! shards it gained are served at once (their old owner is gone, or confirmed already) or held
-//! until the old owner confirms, at most the handoff timeout.
+//! The handoff ([`Handoff`]): following the shard map. When a new map arrives, shards this node
+//! lost start draining (in-flight calls finish, their actors are passivated with snapshots, the
+//! new owner is told), shards it gained are served at once (their old owner is gone, or
+//! confirmed already) or held until the old owner confirms, at most the handoff timeout.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tracing::Instrument;
 
 use super::shards::{MigrationStatus, Serve, ShardMigration};
-use super::wire::{self, Handoff};
-use super::{NodeInner, lock};
+use super::wire::{self, Confirmation};
+use super::{Shared, lock};
 use crate::events::ClusterEvents;
 use crate::hash::{ShardId, shard_for};
+use crate::map::ShardMap;
 
 /// How often the node re-checks the map, pending handoffs and conflict counters without an event.
 const TICK: Duration = Duration::from_millis(250);
 /// Actors passivated at once while draining.
 const PASSIVATE_AT_ONCE: usize = 64;
 
-impl NodeInner {
+/// Applies shard maps to the shard table and hands shards over between nodes.
+#[derive(Debug)]
+pub(super) struct Handoff {
+    node: Arc<Shared>,
+    /// The map the shard table was last brought in line with; its lock makes one apply at a time.
+    applied: Mutex<Option<Arc<ShardMap>>>,
+    /// Handoffs confirmed before this node applied the map that gives it the shard: shard ->
+    /// (previous owner, epoch).
+    early: Mutex<HashMap<ShardId, (String, u64)>>,
+    /// Drains (with their handoff confirmations) still running.
+    drains_running: AtomicUsize,
+    /// The version conflicts of this node's actors already counted in the double-serve metric.
+    conflicts_seen: AtomicU64,
+}
+
+impl Handoff {
+    pub(super) fn new(node: Arc<Shared>) -> Self {
+        Self {
+            node,
+            applied: Mutex::new(None),
+            early: Mutex::new(HashMap::new()),
+            drains_running: AtomicUsize::new(0),
+            conflicts_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this node has handed everything off: the map it applied gives it no shard, it
+    /// serves, holds or drains none, and no drain (or its confirmation) is still running.
+    pub(super) fn handed_off(&self) -> bool {
+        let node = &self.node;
+        let owned = lock(&self.applied)
+            .as_ref()
+            .is_some_and(|m| !m.shards_of(node.me()).is_empty());
+        !owned
+            && node.shards.serving_count() == 0
+            && self.drains_running.load(Ordering::SeqCst) == 0
+    }
+
+    /// Applies each newer map the manager reports, and (every tick) serves overdue pending
+    /// shards and counts version conflicts.
     pub(super) async fn follow_map(self: Arc<Self>, mut events: ClusterEvents) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = self.cancel.cancelled() => return,
+                () = self.node.cancel.cancelled() => return,
                 _ = events.next() => {}
                 _ = tick.tick() => {
                     self.expire_pending();
@@ -41,10 +82,11 @@ impl NodeInner {
     /// Brings the shard table in line with the manager's map, if it is newer than the one
     /// applied, and starts the drains it calls for.
     pub(super) fn sync_map(self: &Arc<Self>) {
-        let Some(map) = self.manager.shard_map() else {
+        let node = &self.node;
+        let Some(map) = node.manager.shard_map() else {
             return;
         };
-        let me = self.me().to_owned();
+        let me = node.me().to_owned();
         let mut drains: BTreeMap<Option<String>, Vec<ShardId>> = BTreeMap::new();
         {
             let mut applied = lock(&self.applied);
@@ -52,13 +94,13 @@ impl NodeInner {
                 return;
             }
             let previous = applied.replace(map.clone());
-            self.current.store(Some(map.clone()));
-            let live: HashSet<String> = self.manager.members().into_iter().map(|m| m.id).collect();
+            node.shards.follow(map.clone());
+            let live: HashSet<String> = node.manager.members().into_iter().map(|m| m.id).collect();
             let mut early = lock(&self.early);
-            for shard in 0..self.config.shard_count {
+            for shard in 0..node.config.shard_count {
                 let owner = map.owner(shard);
                 let mine = owner == Some(me.as_str());
-                let state = self.shards.state(shard);
+                let state = node.shards.state(shard);
                 let before = previous
                     .as_ref()
                     .and_then(|p| p.owner(shard))
@@ -79,30 +121,30 @@ impl NodeInner {
                         };
                         match &from {
                             // First map, or a shard nobody had: nothing to wait for.
-                            None => self.shards.set(shard, Serve::Serving),
+                            None => node.shards.set(shard, Serve::Serving),
                             Some(f) if confirmed.as_ref().is_some_and(|(c, _)| c == f) => {
-                                self.shards.set(shard, Serve::Serving);
-                                self.shards.record(record);
+                                node.shards.set(shard, Serve::Serving);
+                                node.shards.record(record);
                             }
                             Some(f) if !live.contains(f) => {
                                 record.reason = Some(format!(
                                     "node {f} had failed; its acknowledged work is in the store"
                                 ));
-                                self.shards.set(shard, Serve::Serving);
-                                self.shards.record(record);
+                                node.shards.set(shard, Serve::Serving);
+                                node.shards.record(record);
                             }
                             Some(f) => {
                                 record.status = MigrationStatus::Pending;
                                 record.took = None;
-                                self.shards.record(record);
-                                self.shards.mark_pending(shard, f);
-                                self.metrics.moves_started.increment(1);
+                                node.shards.record(record);
+                                node.shards.mark_pending(shard, f);
+                                node.metrics.moves_started.increment(1);
                             }
                         }
                     }
                     (false, Serve::Serving | Serve::Pending) => {
-                        self.shards.set(shard, Serve::Draining);
-                        self.shards.record(ShardMigration {
+                        node.shards.set(shard, Serve::Draining);
+                        node.shards.record(ShardMigration {
                             shard,
                             from: Some(me.clone()),
                             to: owner.map(str::to_owned),
@@ -112,7 +154,7 @@ impl NodeInner {
                             started: SystemTime::now(),
                             took: None,
                         });
-                        self.metrics.moves_started.increment(1);
+                        node.metrics.moves_started.increment(1);
                         drains
                             .entry(owner.map(str::to_owned))
                             .or_default()
@@ -123,49 +165,48 @@ impl NodeInner {
                 }
             }
         }
-        self.map_changed.notify_waiters();
+        node.shards.map_changed.notify_waiters();
         if !drains.is_empty() {
-            let node = self.clone();
+            let handoff = self.clone();
             let epoch = map.epoch();
-            self.drains_running
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.drains_running.fetch_add(1, Ordering::SeqCst);
             let task = tokio::spawn(async move {
                 let span = tracing::debug_span!(
                     "aether.cluster.move",
-                    cluster = %node.config.cluster_name,
-                    node = %node.me(),
+                    cluster = %handoff.node.config.cluster_name,
+                    node = %handoff.node.me(),
                     side = "drain",
                     epoch,
                     shards = drains.values().map(Vec::len).sum::<usize>(),
                     to = ?drains.keys().collect::<Vec<_>>(),
                 );
-                node.clone().drain(epoch, drains).instrument(span).await;
-                node.drains_running
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                node.shards.changed.notify_waiters();
+                handoff.clone().drain(epoch, drains).instrument(span).await;
+                handoff.drains_running.fetch_sub(1, Ordering::SeqCst);
+                handoff.node.shards.changed.notify_waiters();
             });
-            lock(&self.tasks).push(task);
+            lock(&node.tasks).push(task);
         }
     }
 
     /// Hands `drains` (new owner -> shards) off: waits for the calls inside, passivates the
     /// shards' actors (snapshots), then tells each new owner.
     async fn drain(self: Arc<Self>, epoch: u64, drains: BTreeMap<Option<String>, Vec<ShardId>>) {
+        let node = &self.node;
         let shards: HashSet<ShardId> = drains.values().flatten().copied().collect();
         for &shard in &shards {
-            if !self
+            if !node
                 .shards
-                .wait_empty(shard, self.config.call_timeout)
+                .wait_empty(shard, node.config.call_timeout)
                 .await
             {
-                tracing::warn!(node = %self.me(), shard, "calls still running after the call timeout; draining anyway");
+                tracing::warn!(node = %node.me(), shard, "calls still running after the call timeout; draining anyway");
             }
         }
-        for host in self.hosts() {
+        for host in node.hosts.all() {
             let leaving: Vec<String> = host
                 .active()
                 .into_iter()
-                .filter(|id| shards.contains(&shard_for(id, self.config.shard_count)))
+                .filter(|id| shards.contains(&shard_for(id, node.config.shard_count)))
                 .collect();
             futures::stream::iter(leaving)
                 .for_each_concurrent(PASSIVATE_AT_ONCE, |id| {
@@ -176,7 +217,7 @@ impl NodeInner {
         }
         let now_mine: HashSet<ShardId> = lock(&self.applied)
             .as_ref()
-            .map(|m| m.shards_of(self.me()).into_iter().collect())
+            .map(|m| m.shards_of(node.me()).into_iter().collect())
             .unwrap_or_default();
         for &shard in &shards {
             // Given back while draining: serve it again (nobody else served it meanwhile
@@ -186,17 +227,17 @@ impl NodeInner {
             } else {
                 Serve::NotMine
             };
-            self.shards.set(shard, next);
-            if self
+            node.shards.set(shard, next);
+            if node
                 .shards
                 .finish(shard, MigrationStatus::Done, None)
                 .is_some()
             {
-                self.metrics.moves_done.increment(1);
+                node.metrics.moves_done.increment(1);
             }
         }
         for (to, shards) in drains {
-            let Some(to) = to.filter(|t| t != self.me()) else {
+            let Some(to) = to.filter(|t| t != node.me()) else {
                 continue;
             };
             self.confirm(&to, epoch, shards).await;
@@ -205,72 +246,109 @@ impl NodeInner {
 
     /// Tells `to` that `shards` are drained here, a few times if its acknowledgement is lost.
     async fn confirm(&self, to: &str, epoch: u64, shards: Vec<ShardId>) {
-        let handoff = Handoff {
-            from: self.me().to_owned(),
+        let node = &self.node;
+        let confirmation = Confirmation {
+            from: node.me().to_owned(),
             epoch,
             shards,
         };
-        let Ok(payload) = wire::encode(&handoff) else {
+        let Ok(payload) = wire::encode(&confirmation) else {
             return;
         };
-        let subject = wire::handoff_subject(&self.config.cluster_name, to);
+        let subject = wire::handoff_subject(&node.config.cluster_name, to);
         for attempt in 1..=5u32 {
             let sent = tokio::time::timeout(
                 Duration::from_secs(1),
-                self.client.request(subject.clone(), payload.clone()),
+                node.client.request(subject.clone(), payload.clone()),
             )
             .await;
             match sent {
                 Ok(Ok(_)) => return,
                 Ok(Err(e)) => {
-                    tracing::debug!(node = %self.me(), to, attempt, error = %e, "handoff not acknowledged")
+                    tracing::debug!(node = %node.me(), to, attempt, error = %e, "handoff not acknowledged")
                 }
                 Err(_) => {
-                    tracing::debug!(node = %self.me(), to, attempt, "handoff not acknowledged in time")
+                    tracing::debug!(node = %node.me(), to, attempt, "handoff not acknowledged in time")
                 }
             }
-            if self.cancel.is_cancelled() {
+            if node.cancel.is_cancelled() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100) * attempt).await;
         }
-        tracing::warn!(node = %self.me(), to, "handoff never acknowledged; the new owner serves after its handoff timeout");
+        tracing::warn!(node = %node.me(), to, "handoff never acknowledged; the new owner serves after its handoff timeout");
+    }
+
+    /// The previous owner drained `confirmation.shards`: serve the ones pending here; remember
+    /// the others in case this node has not applied the map that gives them yet.
+    pub(super) fn take(&self, confirmation: &Confirmation) {
+        let node = &self.node;
+        let _span = tracing::debug_span!(
+            "aether.cluster.move",
+            cluster = %node.config.cluster_name,
+            node = %node.me(),
+            side = "take",
+            epoch = confirmation.epoch,
+            shards = confirmation.shards.len(),
+            from = confirmation.from.as_str(),
+        )
+        .entered();
+        let mut early = lock(&self.early);
+        for &shard in &confirmation.shards {
+            if shard >= node.config.shard_count {
+                continue;
+            }
+            match node.shards.state(shard) {
+                Serve::Pending => {
+                    node.shards.set(shard, Serve::Serving);
+                    if let Some(m) = node.shards.finish(shard, MigrationStatus::Done, None) {
+                        node.metrics.moves_done.increment(1);
+                        tracing::debug!(node = %node.me(), shard, from = ?m.from, took = ?m.took, "shard handed over");
+                    }
+                }
+                Serve::NotMine => {
+                    early.insert(shard, (confirmation.from.clone(), confirmation.epoch));
+                }
+                Serve::Serving | Serve::Draining => {}
+            }
+        }
     }
 
     /// Serves pending shards whose old owner failed, or did not confirm within the handoff
     /// timeout.
     fn expire_pending(&self) {
-        let pending = self.shards.pending();
+        let node = &self.node;
+        let pending = node.shards.pending();
         if pending.is_empty() {
             return;
         }
-        let live: HashSet<String> = self.manager.members().into_iter().map(|m| m.id).collect();
+        let live: HashSet<String> = node.manager.members().into_iter().map(|m| m.id).collect();
         for (shard, from, since) in pending {
             let (status, reason) = if !live.contains(&from) {
                 (
                     MigrationStatus::Done,
                     format!("node {from} had failed; its acknowledged work is in the store"),
                 )
-            } else if since.elapsed() >= self.config.handoff_timeout {
+            } else if since.elapsed() >= node.config.handoff_timeout {
                 (
                     MigrationStatus::Failed,
                     format!(
                         "node {from} did not confirm the handoff within {:?}; serving anyway (the store's version check keeps one history)",
-                        self.config.handoff_timeout
+                        node.config.handoff_timeout
                     ),
                 )
             } else {
                 continue;
             };
-            if self.shards.state(shard) != Serve::Pending {
+            if node.shards.state(shard) != Serve::Pending {
                 continue;
             }
-            tracing::info!(node = %self.me(), shard, %reason, "serving a pending shard");
-            self.shards.set(shard, Serve::Serving);
-            if self.shards.finish(shard, status, Some(reason)).is_some() {
+            tracing::info!(node = %node.me(), shard, %reason, "serving a pending shard");
+            node.shards.set(shard, Serve::Serving);
+            if node.shards.finish(shard, status, Some(reason)).is_some() {
                 match status {
-                    MigrationStatus::Failed => self.metrics.moves_failed.increment(1),
-                    _ => self.metrics.moves_done.increment(1),
+                    MigrationStatus::Failed => node.metrics.moves_failed.increment(1),
+                    _ => node.metrics.moves_done.increment(1),
                 }
             }
         }
@@ -279,12 +357,10 @@ impl NodeInner {
     /// Adds the version conflicts this node's actors met since the last look to the
     /// double-serve metric.
     fn count_conflicts(&self) {
-        let total: u64 = self.hosts().iter().map(|h| h.conflicts()).sum();
-        let seen = self
-            .conflicts_seen
-            .swap(total, std::sync::atomic::Ordering::Relaxed);
+        let total: u64 = self.node.hosts.all().iter().map(|h| h.conflicts()).sum();
+        let seen = self.conflicts_seen.swap(total, Ordering::Relaxed);
         if total > seen {
-            self.metrics.conflicts.increment(total - seen);
+            self.node.metrics.conflicts.increment(total - seen);
         }
     }
 }

@@ -1,8 +1,9 @@
-//! One registered actor type, behind a type-erased [`Host`]: answers calls from their
-//! MessagePack bytes, lists and passivates the active actors of moving shards.
+//! The actor types a node hosts ([`Hosts`]), each behind a type-erased [`Host`]: answers calls
+//! from their MessagePack bytes, lists and passivates the active actors of moving shards.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use aether_runtime::{Actor, AskError, Runtime};
 use serde::Serialize;
@@ -36,8 +37,43 @@ pub(crate) trait Host: Send + Sync + fmt::Debug {
     async fn shutdown(&self);
 }
 
-pub(crate) struct TypedHost<A: Actor> {
-    pub(crate) runtime: Runtime<A>,
+struct TypedHost<A: Actor> {
+    runtime: Runtime<A>,
+}
+
+/// The actor types this node hosts, by [`Actor::TYPE`].
+#[derive(Debug, Default)]
+pub(crate) struct Hosts(RwLock<HashMap<&'static str, Arc<dyn Host>>>);
+
+impl Hosts {
+    /// Hosts `A`, run by `runtime`; false if `A` is hosted already.
+    pub(crate) fn add<A: ClusterActor>(&self, runtime: Runtime<A>) -> bool {
+        let mut hosts = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if hosts.contains_key(A::TYPE) {
+            return false;
+        }
+        hosts.insert(A::TYPE, Arc::new(TypedHost { runtime }));
+        true
+    }
+
+    /// The host of `actor_type`, if this node hosts it.
+    pub(crate) fn get(&self, actor_type: &str) -> Option<Arc<dyn Host>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(actor_type)
+            .cloned()
+    }
+
+    /// Every hosted type.
+    pub(crate) fn all(&self) -> Vec<Arc<dyn Host>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 impl<A: Actor> fmt::Debug for TypedHost<A> {
@@ -48,17 +84,7 @@ impl<A: Actor> fmt::Debug for TypedHost<A> {
     }
 }
 
-/// The text of an error and its sources.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use aether_core::error_chain as chain;
 
 /// The answer a local outcome gives on the wire.
 pub(crate) fn answer_of<A: ClusterActor>(
@@ -95,7 +121,10 @@ pub(crate) fn answer_of<A: ClusterActor>(
                 ),
             ),
         },
-        Err(e) => Answer::with_reason(Status::Failed, epoch, chain(&e)),
+        Err(e) => Answer {
+            transient: e.is_transient(),
+            ..Answer::with_reason(Status::Failed, epoch, chain(&e))
+        },
     }
 }
 

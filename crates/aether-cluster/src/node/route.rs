@@ -1,21 +1,24 @@
-//! The caller side: [`ClusterActors`] finds the node that owns an actor's shard and delivers the
-//! command there — in process when it is this node, else as a NATS request — holding and
-//! re-sending it (same command id) through shard moves and failover until the call timeout.
+//! The caller side: [`ClusterActors`] (over the node's `Router`) finds the node that owns an
+//! actor's shard and delivers the command there — in process when it is this node, else as a
+//! NATS request — holding and re-sending it (same command id) through shard moves and failover
+//! until the call timeout. A call's loop is a `Route` state and a `step` that moves it on.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use aether_core::Backoff;
 use aether_runtime::{Applied, AskError, Runtime};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::NodeInner;
+use super::Shared;
 use super::host::{ClusterActor, chain};
 use super::shards::Serve;
 use super::wire::{self, Answer, Call, Status};
-use crate::hash::shard_for;
+use crate::hash::{ShardId, shard_for};
 
 /// Why a call to an actor did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,9 @@ pub enum CallError<E: std::error::Error + 'static> {
         node: String,
         /// What went wrong.
         reason: String,
+        /// The failure clears by itself (the owner's store was unavailable, timed out, or at a
+        /// limit that clears): the same call may succeed shortly. See [`CallError::is_transient`].
+        transient: bool,
     },
     /// No node served the actor within the call timeout (no shard map yet, its owner gone and
     /// not yet replaced, a move that did not finish). The command may or may not have been
@@ -74,6 +80,17 @@ pub enum CallError<E: std::error::Error + 'static> {
 }
 
 impl<E: std::error::Error + 'static> CallError<E> {
+    /// `true` when calling again with the same command id may succeed shortly: no node served
+    /// the actor in time ([`CallError::Unavailable`]), or the owner's store failed in a way that
+    /// clears by itself ([`CallError::Failed`] with `transient`). It is never applied twice.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::Failed { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
     /// The domain error, if the actor refused the command.
     pub fn rejection(&self) -> Option<&E> {
         match self {
@@ -83,17 +100,184 @@ impl<E: std::error::Error + 'static> CallError<E> {
     }
 }
 
+/// How long a held call waits at most before it looks again (unless the map or a shard changes
+/// first): doubling from 5 ms to 250 ms.
+const HOLD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+
+/// How long a call waits for this node's map to catch up with a newer one an owner answered from.
+const CATCH_UP: Duration = Duration::from_millis(200);
+
+/// The caller side of a node: command ids, and the requests that carry calls to other nodes.
+#[derive(Debug)]
+pub(super) struct Router {
+    node: Arc<Shared>,
+    next_command: AtomicU64,
+}
+
+impl Router {
+    pub(super) fn new(node: Arc<Shared>) -> Self {
+        Self {
+            node,
+            next_command: AtomicU64::new(0),
+        }
+    }
+
+    /// A command id unique in the cluster: this process's incarnation and a counter.
+    fn command_id(&self) -> Arc<str> {
+        let n = self.next_command.fetch_add(1, Ordering::Relaxed);
+        // 64 random bits of the incarnation are plenty next to a per-process counter; built on
+        // the stack so that the id costs one allocation.
+        let incarnation = self.node.manager.incarnation().as_bytes();
+        let prefix = &incarnation[..incarnation.len().min(16)];
+        let mut buf = [0u8; 16 + 1 + 16];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut len = prefix.len();
+        buf[len] = b'-';
+        len += 1;
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            buf[len + i] = b"0123456789abcdef"[nibble as usize];
+        }
+        len += digits;
+        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), Arc::from)
+    }
+
+    /// One request to `owner`, bounded by the request timeout and the call's deadline. `Err`
+    /// says why there is no answer (the call is then re-sent with the same id).
+    async fn request(
+        &self,
+        owner: &str,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Answer, RequestError> {
+        let node = &*self.node;
+        let payload = wire::encode(call).map_err(RequestError::Encode)?;
+        let subject = wire::call_subject(&node.config.cluster_name, owner);
+        let until = deadline.min(Instant::now() + node.config.request_timeout);
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "aether.cluster.call",
+            cluster = %node.config.cluster_name,
+            actor_type = call.actor_type.as_str(),
+            actor_id = call.actor.as_str(),
+            command_id = call.id.as_str(),
+            owner,
+        );
+        let reply = tokio::time::timeout_at(until, node.client.request(subject, payload))
+            .instrument(span)
+            .await;
+        node.metrics
+            .remote_seconds
+            .record(started.elapsed().as_secs_f64());
+        let owner = || owner.to_owned();
+        let message = match reply {
+            Err(_) => return Err(RequestError::TimedOut { owner: owner() }),
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        RequestError::NoResponders { owner: owner() }
+                    }
+                    _ => RequestError::Failed {
+                        owner: owner(),
+                        source: e,
+                    },
+                });
+            }
+            Ok(Ok(m)) => m,
+        };
+        let answer: Answer =
+            wire::decode(&message.payload).map_err(|source| RequestError::BadAnswer {
+                owner: owner(),
+                source,
+            })?;
+        match answer.status {
+            Status::Ok => node.metrics.remote_ok.increment(1),
+            Status::Rejected => node.metrics.remote_rejected.increment(1),
+            Status::Failed | Status::BadRequest => node.metrics.remote_failed.increment(1),
+            Status::NotOwner | Status::Moving => {}
+        }
+        Ok(answer)
+    }
+}
+
+/// Why a request to another node brought no answer. Every kind holds the call (it is re-sent
+/// with the same id); the kind says what to expect from waiting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum RequestError {
+    /// The call did not encode.
+    #[error("encoding the call: {0}")]
+    Encode(#[source] rmp_serde::encode::Error),
+    /// No answer within the request timeout (or before the call's deadline): the owner is
+    /// paused, overloaded or cut off; the command may have been applied.
+    #[error("node {owner} did not answer in time")]
+    TimedOut {
+        /// The node asked.
+        owner: String,
+    },
+    /// Nobody listens on the owner's subject: it is gone (its connection closed).
+    #[error("node {owner} is not listening (gone?)")]
+    NoResponders {
+        /// The node asked.
+        owner: String,
+    },
+    /// NATS refused or dropped the request (connection lost, ...).
+    #[error("request to node {owner} failed: {source}")]
+    Failed {
+        /// The node asked.
+        owner: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::RequestError,
+    },
+    /// The owner answered with bytes that are not an answer.
+    #[error("node {owner} sent an answer that does not decode: {source}")]
+    BadAnswer {
+        /// The node asked.
+        owner: String,
+        /// The codec's error.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+}
+
+/// What keeps a call from being served right now; its text is the `reason` of
+/// [`CallError::Unavailable`] when the call runs out of time.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum Obstacle {
+    #[error("no shard map yet")]
+    NoMap,
+    #[error("the cluster has no members to own it")]
+    NoOwner,
+    #[error("shard {0} waits for its handoff")]
+    Pending(ShardId),
+    #[error("shard {0} is not yet served here")]
+    NotServedHere(ShardId),
+    #[error("node {owner} does not own shard {shard} in its map (epoch {epoch})")]
+    NotOwner {
+        owner: String,
+        shard: ShardId,
+        epoch: u64,
+    },
+    #[error("shard {shard} is moving away from node {owner}")]
+    Moving { owner: String, shard: ShardId },
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
 /// Calls the actors of type `A` wherever they live in the cluster (from
 /// [`ClusterNode::register`](super::ClusterNode::register)). Cheap to clone.
 pub struct ClusterActors<A: ClusterActor> {
-    node: Arc<NodeInner>,
+    router: Arc<Router>,
     runtime: Runtime<A>,
 }
 
 impl<A: ClusterActor> Clone for ClusterActors<A> {
     fn clone(&self) -> Self {
         Self {
-            node: self.node.clone(),
+            router: self.router.clone(),
             runtime: self.runtime.clone(),
         }
     }
@@ -103,20 +287,14 @@ impl<A: ClusterActor> fmt::Debug for ClusterActors<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClusterActors")
             .field("actor_type", &A::TYPE)
-            .field("node", &self.node.config.node_id)
+            .field("node", &self.router.node.config.node_id)
             .finish()
     }
 }
 
-/// The command, as a value (for this node) or encoded (for others), converted lazily.
-enum Cmd<C> {
-    Value(C),
-    Bytes(Bytes),
-}
-
 impl<A: ClusterActor> ClusterActors<A> {
-    pub(super) fn new(node: Arc<NodeInner>, runtime: Runtime<A>) -> Self {
-        Self { node, runtime }
+    pub(super) fn new(router: Arc<Router>, runtime: Runtime<A>) -> Self {
+        Self { router, runtime }
     }
 
     /// This node's runtime for `A` (the actors it hosts right now).
@@ -126,7 +304,7 @@ impl<A: ClusterActor> ClusterActors<A> {
 
     /// The node that owns `actor_id` in the current shard map.
     pub fn node_for(&self, actor_id: &str) -> Option<String> {
-        self.node.manager.node_for_actor(actor_id)
+        self.router.node.manager.node_for_actor(actor_id)
     }
 
     /// Sends `command` to actor `actor_id`, wherever it lives, and waits for the outcome. The
@@ -136,7 +314,7 @@ impl<A: ClusterActor> ClusterActors<A> {
         actor_id: &str,
         command: A::Command,
     ) -> Result<Applied<A::Event>, CallError<A::Error>> {
-        let id = self.node.command_id();
+        let id = self.router.command_id();
         self.ask_with_id(actor_id, command, id).await
     }
 
@@ -161,163 +339,298 @@ impl<A: ClusterActor> ClusterActors<A> {
         actor_id: &str,
         command: A::Command,
     ) -> Result<(), CallError<A::Error>> {
-        match self.route(actor_id, command, self.node.command_id()).await {
+        match self
+            .route(actor_id, command, self.router.command_id())
+            .await
+        {
             Ok(_) | Err(CallError::Rejected { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    async fn route(
-        &self,
-        actor_id: &str,
+    /// Delivers `command` to the owner of `actor_id` and waits for the outcome: the message
+    /// flow of docs/cluster.md, one [`Route`] state at a time.
+    async fn route(&self, actor_id: &str, command: A::Command, id: Arc<str>) -> Outcome<A> {
+        let mut call = Routing::new(self, actor_id, command, id);
+        let mut state = Route::Look;
+        loop {
+            state = match call.step(state).await {
+                Route::Done(outcome) => return outcome,
+                next => next,
+            };
+        }
+    }
+}
+
+type Outcome<A> = Result<
+    Applied<<A as aether_runtime::Actor>::Event>,
+    CallError<<A as aether_runtime::Actor>::Error>,
+>;
+
+/// Where a call stands; [`Routing::step`] moves it on.
+enum Route<A: ClusterActor> {
+    /// Look the shard's owner up in the map this node applied.
+    Look,
+    /// This node owns the shard: run the command here if the shard is served.
+    Local,
+    /// `owner` owns the shard in this node's map of `epoch`: send it the call.
+    Remote { owner: String, epoch: u64 },
+    /// The owner answered from a newer map than this node's (`epoch`): wait briefly for it, then
+    /// look again (the call is not held).
+    CatchUp { epoch: u64 },
+    /// No node serves the actor right now: wait for a change or one backoff period, then look
+    /// again; fail once the call timeout has passed.
+    Held(Obstacle),
+    /// The call is over.
+    Done(Outcome<A>),
+}
+
+/// One call on its way: what stays the same across attempts, and what is worked out on first
+/// use only.
+struct Routing<'a, A: ClusterActor> {
+    actors: &'a ClusterActors<A>,
+    actor_id: &'a str,
+    id: Arc<str>,
+    shard: ShardId,
+    cmd: Cmd<A::Command>,
+    /// When the call was first held.
+    held: Option<Instant>,
+    /// (started, deadline); see [`deadline`](Self::deadline).
+    clock: Option<(Instant, Instant)>,
+    /// Waits so far, for the backoff.
+    waits: u32,
+}
+
+/// The command, as a value (for this node) or encoded (for others), converted lazily.
+enum Cmd<C> {
+    Value(C),
+    Bytes(Bytes),
+    /// Handed to this node's runtime: the call is over.
+    Given,
+}
+
+impl<'a, A: ClusterActor> Routing<'a, A> {
+    fn new(
+        actors: &'a ClusterActors<A>,
+        actor_id: &'a str,
         command: A::Command,
         id: Arc<str>,
-    ) -> Result<Applied<A::Event>, CallError<A::Error>> {
-        let node = &*self.node;
-        let shard = shard_for(actor_id, node.config.shard_count);
-        let mut cmd = Cmd::Value(command);
-        let mut held: Option<Instant> = None;
-        // Read the clock only off the fast path (the first local attempt needs no deadline).
-        let mut clock: Option<(Instant, Instant)> = None;
-        let mut deadline = || {
-            *clock.get_or_insert_with(|| {
-                let now = Instant::now();
-                (now, now + node.config.call_timeout)
-            })
-        };
-        let mut backoff = Duration::from_millis(5);
-        let mut reason;
-        loop {
-            if node.cancel.is_cancelled() {
-                return Err(CallError::Stopped {
-                    actor_id: actor_id.to_owned(),
-                });
-            }
-            // The fast path arms no notification (that costs two locks per call); a change
-            // between this look and the wait below costs at most one backoff period.
-            // The map this node applied (the one its shard table follows), read without a lock.
-            let map = node.current.load();
-            let epoch = map.as_ref().map_or(0, |m| m.epoch());
-            let have_map = map.is_some();
-            let owner = match map.as_ref().and_then(|m| m.owner(shard)) {
-                Some(o) if o == node.me() => Some(None),
-                Some(o) => Some(Some(o.to_owned())),
-                None => None,
-            };
-            drop(map);
-            match owner {
-                None => {
-                    reason = if !have_map {
-                        "no shard map yet".to_owned()
-                    } else {
-                        "the cluster has no members to own it".to_owned()
-                    };
-                }
-                Some(None) => match node.shards.enter(shard) {
-                    Ok(entered) => {
-                        let command = match cmd {
-                            Cmd::Value(c) => c,
-                            Cmd::Bytes(b) => self.decode_command(actor_id, &b)?,
-                        };
-                        let outcome = self.runtime.ask_once(actor_id, command, id).await;
-                        drop(entered);
-                        node.note_held(held);
-                        return local_outcome::<A>(actor_id, node.me(), outcome);
-                    }
-                    Err(state) => {
-                        reason = match state {
-                            Serve::Pending => format!("shard {shard} waits for its handoff"),
-                            _ => format!("shard {shard} is not yet served here"),
-                        };
-                    }
-                },
-                Some(Some(owner)) => {
-                    let bytes = match &cmd {
-                        Cmd::Bytes(b) => b.clone(),
-                        Cmd::Value(c) => {
-                            let b = wire::encode(c).map_err(|e| CallError::Codec {
-                                actor_id: actor_id.to_owned(),
-                                context: format!("encoding a {} command", A::TYPE),
-                                reason: e.to_string(),
-                            })?;
-                            cmd = Cmd::Bytes(b.clone());
-                            b
-                        }
-                    };
-                    let call = Call {
-                        actor_type: A::TYPE.to_owned(),
-                        actor: actor_id.to_owned(),
-                        id: id.to_string(),
-                        epoch,
-                        cmd: bytes,
-                    };
-                    match node.request(&owner, &call, deadline().1).await {
-                        Ok(answer) => match answer.status {
-                            Status::Ok | Status::Rejected | Status::Failed | Status::BadRequest => {
-                                node.note_held(held);
-                                return remote_outcome::<A>(actor_id, &owner, answer);
-                            }
-                            Status::NotOwner => {
-                                reason = format!(
-                                    "node {owner} does not own shard {shard} in its map (epoch {})",
-                                    answer.epoch
-                                );
-                                if answer.epoch > epoch {
-                                    // This node's map is behind: wait for it, briefly.
-                                    let mapped = node.map_changed.notified();
-                                    if node.applied_epoch() <= epoch {
-                                        let _ = tokio::time::timeout(
-                                            Duration::from_millis(200),
-                                            mapped,
-                                        )
-                                        .await;
-                                    }
-                                    continue;
-                                }
-                            }
-                            Status::Moving => {
-                                reason = format!("shard {shard} is moving away from node {owner}");
-                            }
-                        },
-                        Err(why) => reason = why,
-                    }
-                    node.metrics.remote_retried.increment(1);
-                }
-            }
-            let now = Instant::now();
-            let (started, deadline) = deadline();
-            if now >= deadline {
-                node.metrics.unavailable.increment(1);
-                return Err(CallError::Unavailable {
-                    actor_id: actor_id.to_owned(),
-                    waited: started.elapsed(),
-                    reason,
-                });
-            }
-            if held.is_none() {
-                held = Some(now);
-                node.metrics.held.increment(1);
-                tracing::debug!(node = %node.me(), actor_id, %reason, "call held");
-            }
-            let wake = deadline.min(now + backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(250));
-            let mapped = node.map_changed.notified();
-            let moved = node.shards.changed.notified();
-            tokio::pin!(mapped, moved);
-            let _ = tokio::time::timeout_at(wake, futures::future::select(mapped, moved)).await;
+    ) -> Self {
+        Self {
+            actors,
+            actor_id,
+            id,
+            shard: shard_for(actor_id, actors.router.node.config.shard_count),
+            cmd: Cmd::Value(command),
+            held: None,
+            clock: None,
+            waits: 0,
         }
     }
 
-    fn decode_command(
-        &self,
-        actor_id: &str,
-        bytes: &[u8],
-    ) -> Result<A::Command, CallError<A::Error>> {
-        rmp_serde::from_slice(bytes).map_err(|e| CallError::Codec {
-            actor_id: actor_id.to_owned(),
-            context: format!("decoding a {} command", A::TYPE),
-            reason: e.to_string(),
+    async fn step(&mut self, state: Route<A>) -> Route<A> {
+        match state {
+            Route::Look => self.look(),
+            Route::Local => self.local().await,
+            Route::Remote { owner, epoch } => self.remote(owner, epoch).await,
+            Route::CatchUp { epoch } => self.catch_up(epoch).await,
+            Route::Held(obstacle) => self.hold(obstacle).await,
+            done @ Route::Done(_) => done,
+        }
+    }
+
+    /// Where the map this node applied puts the shard (or `Stopped`, once the node is).
+    ///
+    /// The map is read without a lock, and the look arms no notification (that would cost two
+    /// locks per call on the fast path): a change between this look and a hold's wait costs at
+    /// most one backoff period.
+    fn look(&self) -> Route<A> {
+        let node = &*self.actors.router.node;
+        if node.cancel.is_cancelled() {
+            return Route::Done(Err(CallError::Stopped {
+                actor_id: self.actor_id.to_owned(),
+            }));
+        }
+        // A short read: arc-swap's guard is dropped here, before any wait.
+        let map = node.shards.map();
+        let Some(map) = map.as_ref() else {
+            return Route::Held(Obstacle::NoMap);
+        };
+        match map.owner(self.shard) {
+            None => Route::Held(Obstacle::NoOwner),
+            Some(owner) if owner == node.me() => Route::Local,
+            Some(owner) => Route::Remote {
+                owner: owner.to_owned(),
+                epoch: map.epoch(),
+            },
+        }
+    }
+
+    /// Runs the command in this node's runtime, inside the shard's gate (a drain waits for the
+    /// calls inside).
+    async fn local(&mut self) -> Route<A> {
+        let actors = self.actors;
+        let node = &*actors.router.node;
+        let entered = match node.shards.enter(self.shard) {
+            Ok(entered) => entered,
+            Err(Serve::Pending) => return Route::Held(Obstacle::Pending(self.shard)),
+            Err(_) => return Route::Held(Obstacle::NotServedHere(self.shard)),
+        };
+        let command = match std::mem::replace(&mut self.cmd, Cmd::Given) {
+            Cmd::Value(c) => c,
+            Cmd::Bytes(b) => match decode_command::<A>(self.actor_id, &b) {
+                Ok(c) => c,
+                Err(e) => return Route::Done(Err(e)),
+            },
+            Cmd::Given => return Route::Done(Err(given::<A>(self.actor_id))),
+        };
+        let outcome = actors
+            .runtime
+            .ask_once(self.actor_id, command, self.id.clone())
+            .await;
+        drop(entered);
+        self.note_held();
+        Route::Done(local_outcome::<A>(self.actor_id, node.me(), outcome))
+    }
+
+    /// Sends the call to `owner` and reads its answer: an outcome, or why to look again.
+    async fn remote(&mut self, owner: String, epoch: u64) -> Route<A> {
+        let router = &*self.actors.router;
+        let cmd = match self.encoded() {
+            Ok(cmd) => cmd,
+            Err(e) => return Route::Done(Err(e)),
+        };
+        let call = Call {
+            actor_type: A::TYPE.to_owned(),
+            actor: self.actor_id.to_owned(),
+            id: self.id.to_string(),
+            epoch,
+            cmd,
+        };
+        let deadline = self.deadline().1;
+        let answer = match router.request(&owner, &call, deadline).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                router.node.metrics.remote_retried.increment(1);
+                return Route::Held(Obstacle::Request(e));
+            }
+        };
+        let shard = self.shard;
+        let obstacle = match answer.status {
+            Status::Ok | Status::Rejected | Status::Failed | Status::BadRequest => {
+                self.note_held();
+                return Route::Done(remote_outcome::<A>(self.actor_id, &owner, answer));
+            }
+            // This node's map is behind the owner's: wait for it, briefly.
+            Status::NotOwner if answer.epoch > epoch => return Route::CatchUp { epoch },
+            Status::NotOwner => Obstacle::NotOwner {
+                owner,
+                shard,
+                epoch: answer.epoch,
+            },
+            Status::Moving => Obstacle::Moving { owner, shard },
+        };
+        router.node.metrics.remote_retried.increment(1);
+        Route::Held(obstacle)
+    }
+
+    /// Waits (at most [`CATCH_UP`]) for this node to apply a map newer than `epoch`.
+    async fn catch_up(&self, epoch: u64) -> Route<A> {
+        let shards = &self.actors.router.node.shards;
+        let mapped = shards.map_changed.notified();
+        if shards.map_epoch() <= epoch {
+            let _ = tokio::time::timeout(CATCH_UP, mapped).await;
+        }
+        Route::Look
+    }
+
+    /// Fails the call once its deadline has passed; otherwise waits until the map or a shard's
+    /// state changes, at most one backoff period, and looks again.
+    async fn hold(&mut self, obstacle: Obstacle) -> Route<A> {
+        let node = &*self.actors.router.node;
+        let now = Instant::now();
+        let (started, deadline) = self.deadline();
+        if now >= deadline {
+            node.metrics.unavailable.increment(1);
+            return Route::Done(Err(CallError::Unavailable {
+                actor_id: self.actor_id.to_owned(),
+                waited: started.elapsed(),
+                reason: obstacle.to_string(),
+            }));
+        }
+        if self.held.is_none() {
+            self.held = Some(now);
+            node.metrics.held.increment(1);
+            tracing::debug!(node = %node.me(), actor_id = self.actor_id, reason = %obstacle, "call held");
+        }
+        self.waits = self.waits.saturating_add(1);
+        let wake = deadline.min(now + HOLD_BACKOFF.delay(self.waits));
+        let mapped = node.shards.map_changed.notified();
+        let moved = node.shards.changed.notified();
+        tokio::pin!(mapped, moved);
+        let _ = tokio::time::timeout_at(wake, futures::future::select(mapped, moved)).await;
+        Route::Look
+    }
+
+    /// When the call started and when it must end. Read from the clock on first use only: the
+    /// fast path (a local call on a served shard) needs no deadline.
+    fn deadline(&mut self) -> (Instant, Instant) {
+        let timeout = self.actors.router.node.config.call_timeout;
+        *self.clock.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, now + timeout)
         })
+    }
+
+    /// The command for another node, encoded on first use only (a local call never pays for
+    /// it) and kept for every re-send.
+    fn encoded(&mut self) -> Result<Bytes, CallError<A::Error>> {
+        match &self.cmd {
+            Cmd::Bytes(b) => Ok(b.clone()),
+            Cmd::Value(c) => {
+                let b = wire::encode(c).map_err(|e| CallError::Codec {
+                    actor_id: self.actor_id.to_owned(),
+                    context: format!("encoding a {} command", A::TYPE),
+                    reason: e.to_string(),
+                })?;
+                self.cmd = Cmd::Bytes(b.clone());
+                Ok(b)
+            }
+            Cmd::Given => Err(given::<A>(self.actor_id)),
+        }
+    }
+
+    /// Records how long the call was held, if it was.
+    fn note_held(&self) {
+        if let Some(since) = self.held {
+            self.actors
+                .router
+                .node
+                .metrics
+                .hold_seconds
+                .record(since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn decode_command<A: ClusterActor>(
+    actor_id: &str,
+    bytes: &[u8],
+) -> Result<A::Command, CallError<A::Error>> {
+    rmp_serde::from_slice(bytes).map_err(|e| CallError::Codec {
+        actor_id: actor_id.to_owned(),
+        context: format!("decoding a {} command", A::TYPE),
+        reason: e.to_string(),
+    })
+}
+
+/// A command asked for after it went to this node's runtime: a call ends there, so this never
+/// happens; an error rather than a panic all the same.
+fn given<A: ClusterActor>(actor_id: &str) -> CallError<A::Error> {
+    CallError::Codec {
+        actor_id: actor_id.to_owned(),
+        context: format!("sending a {} command", A::TYPE),
+        reason: "the command was handed to this node's runtime already".to_owned(),
     }
 }
 
@@ -334,6 +647,7 @@ fn local_outcome<A: ClusterActor>(
         other => CallError::Failed {
             actor_id: actor_id.to_owned(),
             node: node.to_owned(),
+            transient: other.is_transient(),
             reason: chain(&other),
         },
     })
@@ -369,68 +683,10 @@ fn remote_outcome<A: ClusterActor>(
         _ => Err(CallError::Failed {
             actor_id: actor_id.to_owned(),
             node: node.to_owned(),
+            transient: answer.transient,
             reason: answer
                 .reason
                 .unwrap_or_else(|| "failed without a reason".to_owned()),
         }),
-    }
-}
-
-impl NodeInner {
-    /// One request to `owner`, bounded by the request timeout and the call's deadline. `Err`
-    /// says why there is no answer (the call is then re-sent with the same id).
-    async fn request(&self, owner: &str, call: &Call, deadline: Instant) -> Result<Answer, String> {
-        let payload = wire::encode(call).map_err(|e| format!("encoding the call: {e}"))?;
-        let subject = wire::call_subject(&self.config.cluster_name, owner);
-        let until = deadline.min(Instant::now() + self.config.request_timeout);
-        let started = std::time::Instant::now();
-        let span = tracing::debug_span!(
-            "aether.cluster.call",
-            cluster = %self.config.cluster_name,
-            actor_type = call.actor_type.as_str(),
-            actor_id = call.actor.as_str(),
-            command_id = call.id.as_str(),
-            owner,
-        );
-        let reply = tokio::time::timeout_at(until, self.client.request(subject, payload))
-            .instrument(span)
-            .await;
-        self.metrics
-            .remote_seconds
-            .record(started.elapsed().as_secs_f64());
-        let message = match reply {
-            Err(_) => return Err(format!("node {owner} did not answer in time")),
-            Ok(Err(e)) => {
-                return Err(match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => {
-                        format!("node {owner} is not listening (gone?)")
-                    }
-                    _ => format!("request to node {owner} failed: {e}"),
-                });
-            }
-            Ok(Ok(m)) => m,
-        };
-        let answer: Answer = wire::decode(&message.payload)
-            .map_err(|e| format!("node {owner} sent an answer that does not decode: {e}"))?;
-        match answer.status {
-            Status::Ok => self.metrics.remote_ok.increment(1),
-            Status::Rejected => self.metrics.remote_rejected.increment(1),
-            Status::Failed | Status::BadRequest => self.metrics.remote_failed.increment(1),
-            Status::NotOwner | Status::Moving => {}
-        }
-        Ok(answer)
-    }
-
-    fn note_held(&self, held: Option<Instant>) {
-        if let Some(since) = held {
-            self.metrics
-                .hold_seconds
-                .record(since.elapsed().as_secs_f64());
-        }
-    }
-
-    /// The shard map this node applied (what its shard table follows).
-    pub(super) fn applied_epoch(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |m| m.epoch())
     }
 }

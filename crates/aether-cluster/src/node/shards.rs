@@ -1,15 +1,18 @@
-//! Which shards this node serves right now, with a gate per shard: callers enter a serving
-//! shard (counted), and a shard that starts moving away waits until the last caller is out
-//! before its actors are passivated. Also the per-shard migration records.
+//! The shard table: the map this node follows and which shards it serves right now, with a gate
+//! per shard: callers enter a serving shard (counted), and a shard that starts moving away waits
+//! until the last caller is out before its actors are passivated. Also the per-shard migration
+//! records.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::{ArcSwapOption, Guard};
 use tokio::sync::Notify;
 
 use crate::hash::ShardId;
+use crate::map::ShardMap;
 
 /// This node's relation to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,11 @@ pub struct ShardMigration {
 
 #[derive(Debug)]
 pub(crate) struct Shards {
+    /// The map the table was last brought in line with (the handoff applies maps), for callers
+    /// to read without a lock.
+    map: ArcSwapOption<ShardMap>,
+    /// Woken whenever that map changes.
+    pub(crate) map_changed: Notify,
     state: Vec<AtomicU8>,
     inflight: Vec<AtomicU32>,
     /// Woken when a shard's state changes or its last caller leaves.
@@ -108,12 +116,30 @@ impl Drop for Entered<'_> {
 impl Shards {
     pub(crate) fn new(count: u32) -> Self {
         Self {
+            map: ArcSwapOption::empty(),
+            map_changed: Notify::new(),
             state: (0..count).map(|_| AtomicU8::new(0)).collect(),
             inflight: (0..count).map(|_| AtomicU32::new(0)).collect(),
             changed: Notify::new(),
             pending_since: Mutex::new(BTreeMap::new()),
             migrations: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The map the table follows. A short read: drop the guard before waiting on anything.
+    pub(crate) fn map(&self) -> Guard<Option<Arc<ShardMap>>> {
+        self.map.load()
+    }
+
+    /// The epoch of the map the table follows (0 before the first).
+    pub(crate) fn map_epoch(&self) -> u64 {
+        self.map.load().as_ref().map_or(0, |m| m.epoch())
+    }
+
+    /// Records `map` as the one the table follows (the caller wakes `map_changed` once the
+    /// shards are in line with it).
+    pub(crate) fn follow(&self, map: Arc<ShardMap>) {
+        self.map.store(Some(map));
     }
 
     pub(crate) fn state(&self, shard: ShardId) -> Serve {

@@ -65,6 +65,10 @@ pub(crate) struct Answer {
     pub error: Option<Bytes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `failed`: the owner's failure clears by itself (its store unavailable, timed out, or
+    /// at a limit that clears), so the same call may succeed shortly. Absent: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 impl Answer {
@@ -76,6 +80,7 @@ impl Answer {
             events: None,
             error: None,
             reason: None,
+            transient: false,
         }
     }
 
@@ -87,9 +92,10 @@ impl Answer {
     }
 }
 
-/// "The shards `shards` you own from map `epoch` on are drained here; serve them."
+/// A handoff confirmation: "the shards `shards` you own from map `epoch` on are drained here;
+/// serve them."
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Handoff {
+pub(crate) struct Confirmation {
     pub from: String,
     pub epoch: u64,
     pub shards: Vec<u32>,
@@ -140,5 +146,33 @@ mod tests {
                 .as_str(),
             Some("not_owner")
         );
+    }
+
+    #[test]
+    fn a_transient_failure_says_so_and_older_answers_are_not_transient() {
+        let answer = Answer {
+            transient: true,
+            ..Answer::with_reason(Status::Failed, 4, "store timed out")
+        };
+        let bytes = encode(&answer).unwrap();
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let flag = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("transient"))
+            .map(|(_, v)| v.as_bool());
+        assert_eq!(flag, Some(Some(true)));
+        assert!(decode::<Answer>(&bytes).unwrap().transient);
+        // Written without the key (a permanent failure, or a node from before the key): false.
+        let plain = encode(&Answer::with_reason(Status::Failed, 4, "no")).unwrap();
+        let v: rmpv::Value = rmpv::decode::read_value(&mut &plain[..]).unwrap();
+        assert!(
+            v.as_map()
+                .unwrap()
+                .iter()
+                .all(|(k, _)| k.as_str() != Some("transient"))
+        );
+        assert!(!decode::<Answer>(&plain).unwrap().transient);
     }
 }

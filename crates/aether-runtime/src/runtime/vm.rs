@@ -1,22 +1,23 @@
-//! The VM: one task per active actor. It activates the actor (latest snapshot, then the later
-//! events), serves its mailbox one envelope at a time, handles commands (decide, append at the
-//! expected version, apply, publish; on a conflict fold in the other writer's events and retry),
-//! catches handler panics and reloads, takes snapshots, and drains the mailbox on passivation.
+//! The VM: one task per active actor. It activates the actor (`load`: latest snapshot, then the
+//! later events), serves its mailbox one envelope at a time, handles commands (decide, append at
+//! the expected version, apply, publish; on a conflict fold in the other writer's events and
+//! retry), catches handler panics and reloads, takes snapshots, and drains the mailbox on
+//! passivation.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use aether_core::{ActorSnapshot, CommandRecord, Event, StoreError};
-
-use super::recent::{Recent, RecentCommands, id_hash, remember};
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::Applied;
+use super::load::{LoadError, load, replay};
+use super::recent::{Recent, id_hash, remember};
 use super::registry::{Shared, bump};
 use crate::actor::Actor;
 use crate::error::AskError;
@@ -45,86 +46,6 @@ pub(super) struct Once<A: Actor> {
     pub(super) command: A::Command,
     pub(super) id: Arc<str>,
     pub(super) reply: Option<Reply<A>>,
-}
-
-struct Loaded<A> {
-    state: A,
-    version: u64,
-    replayed: u64,
-    recent: Recent,
-}
-
-/// Loads an actor: the latest snapshot that decodes, then the events after it.
-async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loaded<A>, String> {
-    let mut state = A::default();
-    let mut version = 0;
-    let mut recent: Recent = None;
-    if let Some(snapshots) = &shared.snapshots {
-        match snapshots.get_latest_snapshot(id).await {
-            Ok(Some(snapshot)) => match snapshot.decode::<A>() {
-                Ok(decoded) => {
-                    state = decoded;
-                    version = snapshot.version;
-                    if !snapshot.commands.is_empty() {
-                        recent = Some(Box::new(RecentCommands::from_snapshot(snapshot.commands)));
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    actor_type = A::TYPE,
-                    actor_id = id,
-                    snapshot_version = snapshot.version,
-                    error = %e,
-                    "snapshot does not decode into the current state type; replaying all events"
-                ),
-            },
-            Ok(None) => {}
-            Err(e) => return Err(format!("loading its snapshot failed: {e}")),
-        }
-    }
-    let replayed = replay(shared, id, &mut state, &mut version, &mut recent).await?;
-    Ok(Loaded {
-        state,
-        version,
-        replayed,
-        recent,
-    })
-}
-
-/// Applies the stored events after `version` to `state`, noting the commands that caused them.
-async fn replay<A: Actor>(
-    shared: &Shared<A>,
-    id: &str,
-    state: &mut A,
-    version: &mut u64,
-    recent: &mut Recent,
-) -> Result<u64, String> {
-    let mut events = shared.store.stream_events(id, *version + 1);
-    let mut replayed = 0;
-    while let Some(item) = events.next().await {
-        let event = item.map_err(|e| format!("reading its events failed: {e}"))?;
-        let decoded: A::Event = event.decode().map_err(|e| {
-            format!(
-                "stored event {} (version {}, type {}) is not a {} event: {e}",
-                event.id(),
-                event.version(),
-                event.event_type(),
-                A::TYPE
-            )
-        })?;
-        state.apply(&decoded);
-        *version = event.version();
-        if let Some(cause) = &event.metadata().causation_id {
-            let same = recent
-                .as_ref()
-                .and_then(|r| r.list.back())
-                .filter(|prev| &*prev.id == cause.as_str())
-                .map(|prev| prev.id.clone());
-            let id = same.unwrap_or_else(|| cause.as_str().into());
-            remember(recent, id_hash(cause), &id, *version, *version);
-        }
-        replayed += 1;
-    }
-    Ok(replayed)
 }
 
 struct Vm<A: Actor> {
@@ -166,24 +87,8 @@ pub(super) async fn run_vm<A: Actor>(
                 recent: loaded.recent,
             }
         }
-        Err(reason) => {
-            tracing::warn!(actor_type = A::TYPE, actor_id = %id, %reason, "activation failed");
-            shared.begin_passivation(&id, generation);
-            rx.close();
-            while let Some(envelope) = rx.recv().await {
-                let reply = match envelope {
-                    Envelope::Ask(_, reply) => Some(reply),
-                    Envelope::Once(once) => once.reply,
-                    _ => None,
-                };
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(AskError::Activation {
-                        actor_id: id.clone(),
-                        reason: reason.clone(),
-                    }));
-                }
-            }
-            shared.finish_passivation(&id, generation);
+        Err(failure) => {
+            Box::pin(refuse_all(&shared, &id, rx, failure, generation)).await;
             return;
         }
     };
@@ -213,6 +118,31 @@ pub(super) async fn run_vm<A: Actor>(
         Box::pin(vm.snapshot()).await;
     }
     shared.finish_passivation(&id, generation);
+}
+
+/// After a failed activation: takes no new sends, and answers every queued command with the
+/// failure, with its kind (a transient store failure is worth a retry).
+async fn refuse_all<A: Actor>(
+    shared: &Shared<A>,
+    id: &Arc<str>,
+    mut rx: mpsc::Receiver<Envelope<A>>,
+    failure: LoadError,
+    generation: u64,
+) {
+    tracing::warn!(actor_type = A::TYPE, actor_id = %id, reason = %failure, "activation failed");
+    shared.begin_passivation(id, generation);
+    rx.close();
+    while let Some(envelope) = rx.recv().await {
+        let reply = match envelope {
+            Envelope::Ask(_, reply) => Some(reply),
+            Envelope::Once(once) => once.reply,
+            _ => None,
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(failure.to_ask(id)));
+        }
+    }
+    shared.finish_passivation(id, generation);
 }
 
 impl<A: Actor> Vm<A> {
@@ -330,13 +260,189 @@ impl<A: Actor> Vm<A> {
                 self.since_snapshot = loaded.replayed;
                 self.recent = loaded.recent;
             }
-            Err(reason) => {
-                tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %reason, "reload after a panic failed");
-                self.broken = Some(format!("reload after a panic failed: {reason}"));
+            Err(failure) => {
+                tracing::error!(actor_type = A::TYPE, actor_id = %self.id, reason = %failure, "reload after a panic failed");
+                // Kept as a message: until it is activated again this VM refuses every command,
+                // so a retry meets the same refusal whatever the store's failure was.
+                self.broken = Some(format!("reload after a panic failed: {failure}"));
             }
         }
     }
 
+    async fn after_command(&mut self) {
+        if self.shared.snapshots.is_some()
+            && self
+                .shared
+                .config
+                .snapshots
+                .after_command(self.since_snapshot)
+        {
+            Box::pin(self.snapshot()).await;
+        }
+    }
+
+    async fn snapshot(&mut self) {
+        let Some(snapshots) = &self.shared.snapshots else {
+            return;
+        };
+        let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
+            Ok(s) => match &self.recent {
+                Some(recent) => s.with_commands(recent.to_snapshot()),
+                None => s,
+            },
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "state does not encode; no snapshot");
+                return;
+            }
+        };
+        match snapshots.save_snapshot(snapshot).await {
+            Ok(()) => {
+                self.since_snapshot = 0;
+                bump(&self.shared.stats.snapshots);
+                self.shared.metrics.snapshots.increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "saving a snapshot failed");
+            }
+        }
+    }
+}
+
+/// Where a command is in the write protocol (`Vm::decide_and_append`).
+enum Stage<A: Actor> {
+    /// Answer a command id applied before; otherwise decide on the current state.
+    Decide,
+    /// The actor refused: final unless the store holds newer events.
+    Refused(A::Error),
+    /// Decided and encoded: append at the versions after the current one.
+    Append(Decided<A>),
+    /// The store holds events this VM has not applied: fold them in and decide again, after a
+    /// backoff when an append lost the race.
+    FoldIn { backoff: bool },
+    /// The answer.
+    Done(Result<Applied<A::Event>, AskError<A::Error>>),
+}
+
+/// Decided events, and the same events encoded once: re-sent as they are through outages (so
+/// their ids, and the store's deduplication, hold) and published from the same copy.
+struct Decided<A: Actor> {
+    events: Vec<A::Event>,
+    stored: Vec<Event>,
+}
+
+impl<A: Actor> Vm<A> {
+    /// Runs `command` through the write protocol: answer a known command id, decide, append;
+    /// when the store holds newer events (an append lost the race, or a refusal may be stale),
+    /// fold them in and decide again, for at most `RetryPolicy::max_attempts` decisions.
+    async fn decide_and_append(
+        &mut self,
+        command: &A::Command,
+        command_id: Option<&Arc<str>>,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        // Hashed once per command; only read with the id.
+        let hash = command_id.map_or(0, |id| id_hash(id));
+        let mut attempt = 1;
+        let mut stage = Stage::Decide;
+        loop {
+            stage = match stage {
+                Stage::Decide => match self.known(command_id, hash) {
+                    // Applied before (a retry, or a copy another node handled first): answered
+                    // from its stored events, never decided again.
+                    Some(record) => Stage::Done(rare(self.answer_again(record)).await),
+                    None => match self.state.handle_async(command).await {
+                        Ok(events) => self.prepare(command, command_id, events),
+                        Err(refusal) => Stage::Refused(refusal),
+                    },
+                },
+                Stage::Refused(source) => {
+                    // Final only if decided on the latest version: another writer may have
+                    // appended since (one version read, on this path only).
+                    if attempt < self.shared.config.retry.max_attempts
+                        && rare(self.behind_the_store()).await
+                    {
+                        Stage::FoldIn { backoff: false }
+                    } else {
+                        Stage::Done(Err(AskError::Rejected {
+                            actor_id: self.id.clone(),
+                            source,
+                        }))
+                    }
+                }
+                Stage::Append(decided) => match self.append(&decided.stored).await {
+                    Ok(()) => Stage::Done(Ok(self.applied(decided, command_id, hash).await)),
+                    Err(e) if e.is_version_conflict() => {
+                        bump(&self.shared.stats.conflicts);
+                        self.shared.metrics.conflicts.increment(1);
+                        if attempt < self.shared.config.retry.max_attempts {
+                            Stage::FoldIn { backoff: true }
+                        } else {
+                            Stage::Done(Err(AskError::Conflict {
+                                actor_id: self.id.clone(),
+                                attempts: attempt,
+                            }))
+                        }
+                    }
+                    Err(source) => Stage::Done(Err(AskError::Store {
+                        actor_id: self.id.clone(),
+                        source: Box::new(source),
+                    })),
+                },
+                Stage::FoldIn { backoff } => match rare(self.catch_up()).await {
+                    Ok(()) => {
+                        attempt += 1;
+                        self.count_retry();
+                        if backoff {
+                            let wait = self.shared.config.retry.backoff_for(attempt);
+                            rare(tokio::time::sleep(wait)).await;
+                        }
+                        Stage::Decide
+                    }
+                    Err(e) => Stage::Done(Err(e)),
+                },
+                Stage::Done(answer) => return answer,
+            };
+        }
+    }
+
+    /// The record of command `id` (hashed `hash`), if this actor already applied it.
+    fn known(&self, id: Option<&Arc<str>>, hash: u64) -> Option<CommandRecord> {
+        let id = id?;
+        self.recent.as_ref()?.find(hash, id)
+    }
+
+    /// What follows a decision: events a loaded model does not allow end the command, no
+    /// events is the answer at once, and other events are encoded for the append.
+    fn prepare(
+        &self,
+        command: &A::Command,
+        command_id: Option<&Arc<str>>,
+        events: Vec<A::Event>,
+    ) -> Stage<A> {
+        if let Some(rules) = self.shared.rules.get()
+            && let Err(reason) = rules.check::<A>(command, &events)
+        {
+            return Stage::Done(Err(AskError::NotInModel {
+                actor_id: self.id.clone(),
+                reason,
+            }));
+        }
+        if events.is_empty() {
+            return Stage::Done(Ok(Applied {
+                version: self.version,
+                events,
+            }));
+        }
+        match self.encode(&events, command_id.map(|id| &**id)) {
+            Ok(stored) => {
+                note_event_ids(&stored);
+                Stage::Append(Decided { events, stored })
+            }
+            Err(e) => Stage::Done(Err(e)),
+        }
+    }
+
+    /// Encodes decided events once, at the versions after the current one, with the command's
+    /// id as their causation id.
     fn encode(
         &self,
         events: &[A::Event],
@@ -364,123 +470,13 @@ impl<A: Actor> Vm<A> {
             .collect()
     }
 
-    async fn decide_and_append(
-        &mut self,
-        command: &A::Command,
-        command_id: Option<&Arc<str>>,
-    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
-        let keyed = command_id.map(|id| (id, id_hash(id)));
-        let mut attempt = 1;
-        loop {
-            // A command this actor already applied (a retry, or a copy another node handled
-            // first) is answered from its stored events, never decided again.
-            if let Some((cause, hash)) = keyed
-                && let Some(record) = self.recent.as_ref().and_then(|r| r.find(hash, cause))
-            {
-                return Box::pin(self.answer_again(record)).await;
-            }
-            let events = match self.state.handle_async(command).await {
-                Ok(events) => events,
-                Err(source) => {
-                    // A refusal is final only if it was decided on the latest state: another
-                    // writer may have appended since (one version read, on this path only).
-                    if attempt < self.shared.config.retry.max_attempts
-                        && Box::pin(self.behind_the_store()).await
-                    {
-                        Box::pin(self.catch_up()).await?;
-                        attempt += 1;
-                        bump(&self.shared.stats.retries);
-                        self.shared.metrics.retries.increment(1);
-                        continue;
-                    }
-                    return Err(AskError::Rejected {
-                        actor_id: self.id.clone(),
-                        source,
-                    });
-                }
-            };
-            if let Some(rules) = self.shared.rules.get() {
-                rules
-                    .check::<A>(command, &events)
-                    .map_err(|reason| AskError::NotInModel {
-                        actor_id: self.id.clone(),
-                        reason,
-                    })?;
-            }
-            if events.is_empty() {
-                return Ok(Applied {
-                    version: self.version,
-                    events,
-                });
-            }
-            let stored = self.encode(&events, command_id.map(|id| &**id))?;
-            let span = tracing::Span::current();
-            if !span.is_disabled() {
-                let ids: Vec<String> = stored.iter().map(|e| e.id().to_string()).collect();
-                span.record("event_ids", ids.join(",").as_str());
-            }
-            let to_publish = self.shared.bus.as_ref().map(|_| stored.clone());
-            // The first attempt is the store's own (boxed) future; only a transient failure
-            // enters the retry loop, boxed as a rare path.
-            let sent = tokio::time::Instant::now();
-            let appended = match self.append_once(&stored).await {
-                Err(e) if e.is_transient() => {
-                    Box::pin(self.append_through_outages(stored, e, sent)).await
-                }
-                other => other,
-            };
-            match appended {
-                Ok(()) => {
-                    for event in &events {
-                        self.state.apply(event);
-                    }
-                    let n = events.len() as u64;
-                    if let Some((id, hash)) = keyed {
-                        remember(
-                            &mut self.recent,
-                            hash,
-                            id,
-                            self.version + 1,
-                            self.version + n,
-                        );
-                    }
-                    self.version += n;
-                    self.since_snapshot += n;
-                    self.shared.metrics.events.increment(n);
-                    if let Some(stored) = to_publish {
-                        Box::pin(self.publish(stored)).await;
-                    }
-                    return Ok(Applied {
-                        version: self.version,
-                        events,
-                    });
-                }
-                Err(e) if e.is_version_conflict() => {
-                    bump(&self.shared.stats.conflicts);
-                    self.shared.metrics.conflicts.increment(1);
-                    if attempt >= self.shared.config.retry.max_attempts {
-                        return Err(AskError::Conflict {
-                            actor_id: self.id.clone(),
-                            attempts: attempt,
-                        });
-                    }
-                    // Another writer got there first: fold in its events, wait, decide again.
-                    Box::pin(self.catch_up()).await?;
-                    attempt += 1;
-                    bump(&self.shared.stats.retries);
-                    self.shared.metrics.retries.increment(1);
-                    Box::pin(tokio::time::sleep(
-                        self.shared.config.retry.backoff_for(attempt),
-                    ))
-                    .await;
-                }
-                Err(source) => {
-                    return Err(AskError::Store {
-                        actor_id: self.id.clone(),
-                        source: Box::new(source),
-                    });
-                }
-            }
+    /// Appends `stored`. The first try awaits the store's own (boxed) future, with nothing
+    /// around it; only a transient failure enters the re-send loop, boxed as a rare path.
+    async fn append(&self, stored: &[Event]) -> Result<(), StoreError> {
+        let sent = tokio::time::Instant::now();
+        match self.append_once(stored).await {
+            Err(e) if e.is_transient() => rare(self.append_through_outages(stored, e, sent)).await,
+            other => other,
         }
     }
 
@@ -488,7 +484,7 @@ impl<A: Actor> Vm<A> {
     fn append_once<'a>(
         &'a self,
         stored: &'a [Event],
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
         if let [one] = stored {
             self.shared.store.save_event(one.clone())
         } else {
@@ -502,7 +498,7 @@ impl<A: Actor> Vm<A> {
     /// `started`. Other results are returned as they are.
     async fn append_through_outages(
         &self,
-        stored: Vec<Event>,
+        stored: &[Event],
         first: StoreError,
         started: tokio::time::Instant,
     ) -> Result<(), StoreError> {
@@ -515,18 +511,57 @@ impl<A: Actor> Vm<A> {
             match result {
                 Err(e) if e.is_transient() && started.elapsed() < policy.transient_budget => {
                     retries += 1;
-                    bump(&self.shared.stats.retries);
-                    self.shared.metrics.retries.increment(1);
+                    self.count_retry();
                     tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, error = %e, retries, "store unavailable; re-sending the same events");
                     let left = policy.transient_budget.saturating_sub(started.elapsed());
                     tokio::time::sleep(schedule.delay(retries).min(left)).await;
-                    result = self.append_once(&stored).await;
+                    result = self.append_once(stored).await;
                 }
                 other => return other,
             }
         }
     }
 
+    /// Folds appended events into the state, remembers the command's id, and publishes the
+    /// events (the copy encoded for the store) when there is a bus.
+    async fn applied(
+        &mut self,
+        decided: Decided<A>,
+        command_id: Option<&Arc<str>>,
+        hash: u64,
+    ) -> Applied<A::Event> {
+        for event in &decided.events {
+            self.state.apply(event);
+        }
+        let n = decided.events.len() as u64;
+        if let Some(id) = command_id {
+            remember(
+                &mut self.recent,
+                hash,
+                id,
+                self.version + 1,
+                self.version + n,
+            );
+        }
+        self.version += n;
+        self.since_snapshot += n;
+        self.shared.metrics.events.increment(n);
+        if self.shared.bus.is_some() {
+            rare(self.publish(decided.stored)).await;
+        }
+        Applied {
+            version: self.version,
+            events: decided.events,
+        }
+    }
+
+    /// Counts one more try of a command (runtime stats and metrics).
+    fn count_retry(&self) {
+        bump(&self.shared.stats.retries);
+        self.shared.metrics.retries.increment(1);
+    }
+
+    /// Publishes appended events on the bus; a failure is logged (the events are stored).
     async fn publish(&self, stored: Vec<Event>) {
         let Some((bus, namespace)) = &self.shared.bus else {
             return;
@@ -597,49 +632,24 @@ impl<A: Actor> Vm<A> {
             &mut self.recent,
         )
         .await
-        .map_err(|reason| AskError::Activation {
-            actor_id: self.id.clone(),
-            reason,
-        })?;
+        .map_err(|failure| failure.into_ask(&self.id))?;
         self.since_snapshot += replayed;
         Ok(())
     }
+}
 
-    async fn after_command(&mut self) {
-        if self.shared.snapshots.is_some()
-            && self
-                .shared
-                .config
-                .snapshots
-                .after_command(self.since_snapshot)
-        {
-            Box::pin(self.snapshot()).await;
-        }
-    }
+/// Boxes the future of a rare step (a fold-in, a backoff, a duplicate's answer, a publish):
+/// inline, its state would widen the future of every command (boxed while it runs), though
+/// few commands reach it.
+fn rare<F: Future>(future: F) -> Pin<Box<F>> {
+    Box::pin(future)
+}
 
-    async fn snapshot(&mut self) {
-        let Some(snapshots) = &self.shared.snapshots else {
-            return;
-        };
-        let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
-            Ok(s) => match &self.recent {
-                Some(recent) => s.with_commands(recent.to_snapshot()),
-                None => s,
-            },
-            Err(e) => {
-                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "state does not encode; no snapshot");
-                return;
-            }
-        };
-        match snapshots.save_snapshot(snapshot).await {
-            Ok(()) => {
-                self.since_snapshot = 0;
-                bump(&self.shared.stats.snapshots);
-                self.shared.metrics.snapshots.increment(1);
-            }
-            Err(e) => {
-                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "saving a snapshot failed");
-            }
-        }
+/// Records the ids of the events about to be stored on the command's span, when it is on.
+fn note_event_ids(stored: &[Event]) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        let ids: Vec<String> = stored.iter().map(|e| e.id().to_string()).collect();
+        span.record("event_ids", ids.join(",").as_str());
     }
 }

@@ -10,7 +10,15 @@ use aether_core::wire;
 use aether_core::{
     Event, EventBroadcaster, EventStored, ServerLimit, StoreError, VersionConflict, limits,
 };
-use async_nats::jetstream::ErrorCode;
+use aether_nats::classify::limit_reached;
+use aether_nats::codes::{
+    ErrorCode, is_account_resources, is_duplicate_in_batch, is_message_too_large,
+    is_wrong_last_sequence, jetstream_code, server_limit,
+};
+use aether_nats::publish::{
+    BATCH_COMMIT, BATCH_ID, BATCH_SEQUENCE, Fence, MSG_ID, NO_RESPONDERS, publish_patiently,
+    refused_for_sequence,
+};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::StorageType;
@@ -22,11 +30,9 @@ use uuid::Uuid;
 use super::JetStreamEventStore;
 use super::seek::Last;
 use super::slots::Known;
-use crate::error::{backend, jetstream_code, limit_reached, server_limit};
+use crate::error::backend;
 use crate::layout;
 
-/// Retries after "no responders" (nothing stored: a stream just created, or between leaders).
-const NO_RESPONDERS: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
 /// Atomic batches a stream accepts in flight by default (nats-server 2.12 to 2.15; an operator
 /// may set `max_batch_inflight_per_stream`).
 pub(super) const BATCHES_PER_STREAM: usize = 50;
@@ -34,15 +40,8 @@ pub(super) const BATCHES_PER_STREAM: usize = 50;
 const BATCHES_IN_FLIGHT: Backoff =
     Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
 
-/// JetStream error codes that mean "the expected last subject sequence did not match".
-const WRONG_LAST_SEQUENCE: [u64; 2] = [10071, 10164];
-/// Atomic batch errors meaning "these message ids are already stored / being stored": a retried
-/// batch. Treated like a conflict, so the store re-reads the actor and recognises the retry.
-const BATCH_DUPLICATE_IDS: [u64; 2] = [10201, 10158];
-/// JetStream: the account's resource limits (for a publish: its storage or memory).
-const ACCOUNT_RESOURCES: ErrorCode = ErrorCode::ACCOUNT_RESOURCES_EXCEEDED;
-/// JetStream: message larger than the stream's maximum message size.
-const MESSAGE_TOO_LARGE: u64 = 10054;
+/// Waits when the server refused a write although nothing moved (a write still in flight).
+const IN_FLIGHT: Backoff = Backoff::new(Duration::from_millis(4), Duration::from_millis(200));
 /// How many times an append is re-sent after finding the version cache stale.
 pub(super) const MAX_STALE_RETRIES: usize = 10;
 
@@ -77,13 +76,130 @@ enum PublishFailure {
     Error(StoreError),
 }
 
+/// What an append does next, decided from what is known of the actor's last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The actor's last record is this append's last event: it was stored before (a retry).
+    AlreadyStored,
+    /// Learn the actor's true last record from the server, then decide again.
+    Refresh,
+    /// The first version is taken, by what the server says is the last record: a conflict, unless
+    /// the record at that version is this very event (a retry without message ids).
+    Taken,
+    /// Publish, expecting the actor's last record at this stream sequence.
+    Publish(u64),
+}
+
+/// The append protocol's decision: `known` is what is known of the actor's last record,
+/// `refreshed` whether it was read from the server during this append.
+fn next(known: &Known, refreshed: bool, first: &Event, last: &Event) -> Next {
+    // The batch's structure was checked before; only its first version can conflict.
+    if first.version() <= known.version {
+        if known.version == last.version() && known.last_id == Some(last.id()) {
+            Next::AlreadyStored
+        } else if refreshed {
+            Next::Taken
+        } else {
+            // Versions only grow: the conflict stands, but report the true current version.
+            Next::Refresh
+        }
+    } else {
+        // No position: only the version is known (told by `update_version_cache`).
+        known.seq.map_or(Next::Refresh, Next::Publish)
+    }
+}
+
 impl JetStreamEventStore {
+    /// Appends `events` (one actor, checked), all or nothing, at the versions they carry.
+    ///
+    /// The protocol: decide from what is known of the actor's last record ([`next`]); publish
+    /// expecting that record's sequence; if the server refuses (someone else wrote), read the
+    /// truth and decide again, at most [`MAX_STALE_RETRIES`] times.
     pub(super) async fn append(&self, events: &[Event]) -> Result<(), StoreError> {
         self.check_open()?;
-        let Some(first) = events.first() else {
+        let Some((first, last)) = events.first().zip(events.last()) else {
             return Ok(());
         };
-        // Structure and ids first; the version is checked against the real history below.
+        let encoded = self.prepare(events)?;
+        let actor_id = first.actor_id();
+        let slot = self.slot(actor_id);
+        let subject = &slot.subject;
+        let serialized = slot.write.lock().await;
+
+        // Not cached: assume a new actor (an empty subject) rather than asking first. The server
+        // refuses the write if the subject is not empty, and then the truth is read once.
+        let mut known = slot.known().unwrap_or(Known {
+            version: 0,
+            seq: Some(0),
+            last_id: None,
+        });
+        let mut refreshed = false;
+        let mut waits = 0;
+        for _ in 0..MAX_STALE_RETRIES {
+            match next(&known, refreshed, first, last) {
+                Next::AlreadyStored => return Ok(()),
+                Next::Refresh => {
+                    known = Box::pin(self.refresh(&slot, actor_id)).await?;
+                    refreshed = true;
+                }
+                Next::Taken => return self.taken(actor_id, subject, events, known).await,
+                Next::Publish(expected_seq) => {
+                    match self.publish(subject, events, &encoded, expected_seq).await {
+                        Ok(Published::Stored(seq)) => {
+                            slot.set_known(Some(Known {
+                                version: last.version(),
+                                seq: Some(seq),
+                                last_id: Some(last.id()),
+                            }));
+                            drop(serialized);
+                            self.stored(events).await;
+                            return Ok(());
+                        }
+                        Ok(Published::Duplicate(seq)) => {
+                            // The server had this id already (within the duplicate window). Its
+                            // answer names an older position, so forget the cache.
+                            slot.set_known(None);
+                            return Box::pin(self.verify_duplicate(first, seq)).await;
+                        }
+                        Err(PublishFailure::Conflict) => {
+                            // Someone else wrote: learn the truth and decide again.
+                            known = Box::pin(self.refresh(&slot, actor_id)).await?;
+                            refreshed = true;
+                            if next(&known, refreshed, first, last) == Next::AlreadyStored {
+                                return Ok(());
+                            }
+                            if known.seq == Some(expected_seq) {
+                                // Refused although nothing moved: on replicated streams another
+                                // write to this actor is still in flight. Give it a moment.
+                                waits += 1;
+                                Box::pin(tokio::time::sleep(IN_FLIGHT.delay(waits))).await;
+                            }
+                        }
+                        Err(PublishFailure::Error(e)) => {
+                            // The outcome is unknown (a timeout may still be stored): forget the
+                            // cache, so the next call reads the truth; a retry with the same ids
+                            // is safe.
+                            slot.set_known(None);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            context: format!(
+                "appending to actor {actor_id:?}: the server kept refusing the expected position \
+                 ({MAX_STALE_RETRIES} attempts) while the actor did not move past version {}",
+                known.version
+            ),
+            source: None,
+        })
+    }
+
+    /// Checks what can be checked before asking the server (structure, ids, size, that this server
+    /// takes batches) and encodes the events.
+    fn prepare(&self, events: &[Event]) -> Result<Vec<Bytes>, StoreError> {
+        // Structure and ids; the version is checked against the real history by the protocol.
         match limits::check_append(0, events) {
             Ok(()) | Err(StoreError::VersionConflict(_)) => {}
             Err(e) => return Err(e),
@@ -95,12 +211,12 @@ impl JetStreamEventStore {
                 format!(
                     "appending a batch of {} events for actor {:?}",
                     events.len(),
-                    first.actor_id()
+                    events.first().map(Event::actor_id).unwrap_or_default()
                 ),
                 reason.clone(),
             ));
         }
-        let encoded = events
+        events
             .iter()
             .map(|e| {
                 // Pooled: async-nats drops the bytes on its connection task, often another
@@ -118,119 +234,52 @@ impl JetStreamEventStore {
                 }
                 Ok(bytes)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
 
-        let actor_id = first.actor_id();
-        let slot = self.slot(actor_id);
-        let subject = &slot.subject;
-        let _serialized = slot.write.lock().await;
-        let last = events.last().unwrap_or(first);
-        let is_retry = |k: &Known| k.version == last.version() && k.last_id == Some(last.id());
-
-        // Not cached: assume a new actor (an empty subject) rather than asking first. The server
-        // refuses the write if the subject is not empty, and then the truth is read once.
-        let mut known = slot.known().unwrap_or(Known {
-            version: 0,
-            seq: Some(0),
-            last_id: None,
-        });
-        let mut refreshed = false;
-        // Waits when the server refused a write although nothing moved (a write still in flight).
-        let in_flight = Backoff::new(Duration::from_millis(4), Duration::from_millis(200));
-        let mut waits = 0;
-        for _ in 0..MAX_STALE_RETRIES {
-            // The batch's structure was checked above; only its first version can conflict.
-            if first.version() <= known.version {
-                if is_retry(&known) {
-                    return Ok(());
-                }
-                // Without message ids the server cannot say "duplicate": a retried event that
-                // others wrote after is recognised by reading the record at its version.
-                if refreshed
-                    && !self.inner.message_ids
-                    && events.len() == 1
-                    && Box::pin(self.holds_event(actor_id, subject, first, known)).await?
-                {
-                    return Ok(());
-                }
-                if refreshed {
-                    return Err(VersionConflict::new(
-                        actor_id.to_owned(),
-                        known.version,
-                        first.version(),
-                    )
-                    .into());
-                }
-                // Versions only grow: the conflict stands, but report the true current version.
-                known = Box::pin(self.refresh(&slot, actor_id)).await?;
-                refreshed = true;
-                continue;
-            }
-            let Some(expected_seq) = known.seq else {
-                // Only the version is known (told by `update_version_cache`): learn the position.
-                known = Box::pin(self.refresh(&slot, actor_id)).await?;
-                refreshed = true;
-                continue;
-            };
-            let result = if events.len() == 1 {
-                self.publish_one(subject, first, &encoded[0], expected_seq)
-                    .await
-            } else {
-                // Boxed: batches are rarer, and their future would swell every append's.
-                Box::pin(self.publish_batch_patiently(subject, events, &encoded, expected_seq))
-                    .await
-            };
-            match result {
-                Ok(Published::Stored(seq)) => {
-                    slot.set_known(Some(Known {
-                        version: last.version(),
-                        seq: Some(seq),
-                        last_id: Some(last.id()),
-                    }));
-                    drop(_serialized);
-                    if let Some(broadcaster) = self.broadcaster() {
-                        // Boxed: without a broadcaster its future would only swell every append's.
-                        Box::pin(self.broadcast(broadcaster, events)).await;
-                    }
-                    return Ok(());
-                }
-                Ok(Published::Duplicate(seq)) => {
-                    // The server had this id already (within the duplicate window). Its answer
-                    // names an older position, so forget the cache rather than trust it.
-                    slot.set_known(None);
-                    return Box::pin(self.verify_duplicate(first, seq)).await;
-                }
-                Err(PublishFailure::Conflict) => {
-                    // Someone else wrote: learn the truth and decide again.
-                    let sent = known.seq;
-                    known = Box::pin(self.refresh(&slot, actor_id)).await?;
-                    refreshed = true;
-                    if is_retry(&known) {
-                        return Ok(());
-                    }
-                    if known.seq == sent {
-                        // Refused although nothing moved: on replicated streams another write to
-                        // this actor is still in flight (10164). Give it a moment.
-                        waits += 1;
-                        Box::pin(tokio::time::sleep(in_flight.delay(waits))).await;
-                    }
-                }
-                Err(PublishFailure::Error(e)) => {
-                    // The outcome is unknown (a timeout may still be stored): forget the cache,
-                    // so the next call reads the truth; a retry with the same ids is safe.
-                    slot.set_known(None);
-                    return Err(e);
-                }
+    /// One publish of the events: a single message, or an atomic batch. The batch is boxed: it is
+    /// rarer, and its future would swell every append's.
+    async fn publish(
+        &self,
+        subject: &Subject,
+        events: &[Event],
+        encoded: &[Bytes],
+        expected_seq: u64,
+    ) -> Result<Published, PublishFailure> {
+        match (events, encoded) {
+            ([event], [bytes]) => self.publish_one(subject, event, bytes, expected_seq).await,
+            _ => {
+                Box::pin(self.publish_batch_patiently(subject, events, encoded, expected_seq)).await
             }
         }
-        Err(StoreError::Unavailable {
-            context: format!(
-                "appending to actor {actor_id:?}: the server kept refusing the expected position \
-                 ({MAX_STALE_RETRIES} attempts) while the actor did not move past version {}",
-                known.version
-            ),
-            source: None,
-        })
+    }
+
+    /// The first version is taken. Without message ids the server cannot say "duplicate", so a
+    /// retried single event that others wrote after is recognised by reading the record at its
+    /// version; anything else is a conflict at the actor's true version.
+    async fn taken(
+        &self,
+        actor_id: &str,
+        subject: &Subject,
+        events: &[Event],
+        known: Known,
+    ) -> Result<(), StoreError> {
+        if let [event] = events
+            && !self.inner.message_ids
+            && Box::pin(self.holds_event(actor_id, subject, event, known)).await?
+        {
+            return Ok(());
+        }
+        let attempted = events.first().map_or(0, Event::version);
+        Err(VersionConflict::new(actor_id.to_owned(), known.version, attempted).into())
+    }
+
+    /// After a successful append: the EventStored broadcast, if a broadcaster is set (boxed:
+    /// without one its future would only swell every append's).
+    async fn stored(&self, events: &[Event]) {
+        if let Some(broadcaster) = self.broadcaster() {
+            Box::pin(self.broadcast(broadcaster, events)).await;
+        }
     }
 
     /// Whether the actor's record at `event`'s version is `event` itself (same id), given what
@@ -303,10 +352,7 @@ impl JetStreamEventStore {
         event: &Event,
         size: usize,
     ) -> PublishFailure {
-        let code = jetstream_code(&e);
-        if matches!(e.kind(), PublishErrorKind::WrongLastSequence)
-            || code.is_some_and(|c| WRONG_LAST_SEQUENCE.contains(&c))
-        {
+        if refused_for_sequence(&e) {
             return PublishFailure::Conflict;
         }
         let context = format!(
@@ -316,7 +362,7 @@ impl JetStreamEventStore {
             event.actor_id()
         );
         if matches!(e.kind(), PublishErrorKind::MaxPayloadExceeded)
-            || code == Some(MESSAGE_TOO_LARGE)
+            || jetstream_code(&e).is_some_and(is_message_too_large)
         {
             return PublishFailure::Error(StoreError::TooLarge {
                 actor_id: event.actor_id().to_owned(),
@@ -347,7 +393,7 @@ impl JetStreamEventStore {
         })
     }
 
-    /// A publish refused for the account's resources (10002) is refused for its storage or its
+    /// A publish refused for the account's resources is refused for its storage or its
     /// memory, as the stream keeps messages on disk or in memory: name the one it is.
     fn named_limit(&self, error: StoreError) -> StoreError {
         match error {
@@ -355,7 +401,7 @@ impl JetStreamEventStore {
                 limit: ServerLimit::Resources,
                 context,
                 source,
-            } if jetstream_code(source.as_ref()) == Some(ACCOUNT_RESOURCES.0) => {
+            } if jetstream_code(source.as_ref()).is_some_and(is_account_resources) => {
                 let limit = match self.inner.stream.cached_info().config.storage {
                     StorageType::File => ServerLimit::Storage,
                     StorageType::Memory => ServerLimit::Memory,
@@ -396,36 +442,24 @@ impl JetStreamEventStore {
         bytes: &Bytes,
         expected_seq: u64,
     ) -> Result<Published, PublishFailure> {
-        let started = tokio::time::Instant::now();
-        let mut retry = 1;
-        let mut backoff = NO_RESPONDERS.delay(retry);
-        loop {
-            let msg = PublishMessage::build()
-                .payload(bytes.clone())
-                .headers(Self::headers(event, self.inner.message_ids))
-                .expected_last_subject_sequence(expected_seq);
-            // Boxed: async-nats's send future is ~840 bytes; inline it would make every append's
-            // future a "large" allocation (over 1 KiB: glibc's slow path).
-            let sent = Box::pin(self.inner.js.send_publish(subject.clone(), msg)).await;
-            let result = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(ack) if ack.duplicate => return Ok(Published::Duplicate(ack.sequence)),
-                Ok(ack) => return Ok(Published::Stored(ack.sequence)),
-                // No responders: nothing received the message (a stream just created, or
-                // between leaders). Nothing was stored, so sending again is safe.
-                Err(e)
-                    if matches!(e.kind(), PublishErrorKind::StreamNotFound)
-                        && started.elapsed() + backoff < self.inner.request_timeout =>
-                {
-                    Box::pin(tokio::time::sleep(backoff)).await;
-                    retry += 1;
-                    backoff = NO_RESPONDERS.delay(retry);
-                }
-                Err(e) => return Err(self.classify_publish(e, event, bytes.len())),
-            }
+        // "No responders" (nothing stored: a stream just created, or between leaders) is sent
+        // again until the request timeout.
+        let published = publish_patiently(
+            &self.inner.js,
+            subject,
+            || {
+                PublishMessage::build()
+                    .payload(bytes.clone())
+                    .headers(Self::headers(event, self.inner.message_ids))
+                    .expected_last_subject_sequence(expected_seq)
+            },
+            self.inner.request_timeout,
+        )
+        .await;
+        match published {
+            Ok(ack) if ack.duplicate => Ok(Published::Duplicate(ack.sequence)),
+            Ok(ack) => Ok(Published::Stored(ack.sequence)),
+            Err(e) => Err(self.classify_publish(e, event, bytes.len())),
         }
     }
 
@@ -487,17 +521,14 @@ impl JetStreamEventStore {
         };
         for (i, (event, bytes)) in events.iter().zip(encoded).enumerate() {
             let mut headers = Self::headers(event, true);
-            headers.insert("Nats-Batch-Id", batch_id.as_str());
-            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            headers.insert(BATCH_ID, batch_id.as_str());
+            headers.insert(BATCH_SEQUENCE, (i + 1).to_string().as_str());
             if i == 0 {
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    expected_seq.to_string().as_str(),
-                );
+                Fence::subject_at(expected_seq).apply(&mut headers);
             }
             let commit = i + 1 == n;
             if commit {
-                headers.insert("Nats-Batch-Commit", "1");
+                headers.insert(BATCH_COMMIT, "1");
             }
             if i == 0 || commit {
                 let reply = self
@@ -518,13 +549,14 @@ impl JetStreamEventStore {
                     PublishFailure::Error(StoreError::backend(context("reading the reply"), e))
                 })?;
                 if let Some(err) = parsed.error {
-                    if WRONG_LAST_SEQUENCE.contains(&err.err_code)
-                        || BATCH_DUPLICATE_IDS.contains(&err.err_code)
-                    {
+                    let code = ErrorCode(err.err_code);
+                    // A retried batch (its ids stored or being stored) is treated like a
+                    // conflict, so the store re-reads the actor and recognises the retry.
+                    if is_wrong_last_sequence(code) || is_duplicate_in_batch(code) {
                         return Err(PublishFailure::Conflict);
                     }
                     let refusal = format!("JetStream error {}: {}", err.err_code, err.description);
-                    return Err(PublishFailure::Error(match server_limit(err.err_code) {
+                    return Err(PublishFailure::Error(match server_limit(code) {
                         Some(limit) => limit_reached(limit, context("appending"), refusal),
                         None => StoreError::backend(context("appending"), refusal),
                     }));
@@ -624,6 +656,5 @@ impl JetStreamEventStore {
     }
 }
 
-const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
 const VERSION: HeaderName = HeaderName::from_static(layout::HEADER_VERSION);
 const EVENT_TYPE: HeaderName = HeaderName::from_static(layout::HEADER_EVENT_TYPE);

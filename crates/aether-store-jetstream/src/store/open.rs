@@ -12,23 +12,15 @@ use async_nats::jetstream::{self, kv};
 use super::{Inner, JetStreamEventStore};
 use crate::cache::Bounded;
 use crate::config::{JetStreamConfig, Storage};
-use crate::error::{ConfigError, jetstream_code};
+use aether_nats::classify::NatsError;
+use aether_nats::codes::{is_jetstream_disabled, is_stream_name_in_use, jetstream_code};
+use aether_nats::server_version::{MIN_SERVER_VERSION, parse_server_version};
+use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
+
+use crate::error::ConfigError;
 use crate::layout;
 use crate::metrics::{CacheMetrics, StoreMetrics};
-use crate::server_version::{MIN_SERVER_VERSION, parse_server_version};
 
-/// Attempts at creating the stream or bucket when the server times out.
-const SETUP_ATTEMPTS: usize = 3;
-/// JetStream's "no suitable peers for placement": a cluster with a peer offline for the moment
-/// (it lagged under load, or is restarting). Creating is tried again for a few seconds.
-const NO_PLACEMENT: u64 = 10005;
-const PLACEMENT_ATTEMPTS: usize = 12;
-
-/// The wait before placement attempt `attempt + 1`: 100 ms more each time, at most 1 s
-/// (about 7 s in all).
-fn placement_backoff(attempt: usize) -> std::time::Duration {
-    std::time::Duration::from_millis(100 * attempt.min(10) as u64)
-}
 /// Room left for headers when checking an event against the server's `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
 
@@ -108,18 +100,8 @@ fn incompatibilities(found: &StreamConfig, want: &StreamConfig) -> Vec<String> {
         .collect()
 }
 
-/// The JetStream error code of a failed stream creation.
-fn create_stream_code(e: &async_nats::jetstream::context::CreateStreamError) -> Option<u64> {
-    use async_nats::jetstream::context::CreateStreamErrorKind;
-    match e.kind() {
-        CreateStreamErrorKind::JetStream(err) => Some(err.error_code().0),
-        _ => jetstream_code(e),
-    }
-}
-
 fn setup_error<E: std::error::Error + Send + Sync + 'static>(context: &str, e: E) -> ConfigError {
-    // 10039 / 10076: JetStream not enabled (for the account).
-    if let Some(10039 | 10076) = jetstream_code(&e) {
+    if jetstream_code(&e).is_some_and(is_jetstream_disabled) {
         return ConfigError::JetStreamNotEnabled;
     }
     // By kind, never by message text.
@@ -178,47 +160,26 @@ impl JetStreamEventStore {
 
         let stream = Self::open_stream(&js, &want).await?;
         let bucket = layout::snapshot_bucket(&stream_name);
-        let mut attempts = 0;
-        let snapshots = loop {
-            attempts += 1;
-            if let Ok(kv) = js.get_key_value(&bucket).await {
-                break kv;
-            }
-            let created = js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!("Aether snapshots of stream {stream_name}"),
-                    history: 1,
-                    storage: want.storage,
-                    num_replicas: config.replicas,
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(kv) => break kv,
-                Err(e)
-                    if attempts < SETUP_ATTEMPTS
-                        && matches!(
-                            e.kind(),
-                            async_nats::jetstream::context::CreateKeyValueErrorKind::TimedOut
-                        ) =>
-                {
-                    tracing::warn!(%bucket, "creating the snapshot bucket timed out; trying again");
-                }
-                Err(e)
-                    if attempts < PLACEMENT_ATTEMPTS
-                        && jetstream_code(&e) == Some(NO_PLACEMENT) =>
-                {
-                    tracing::warn!(%bucket, error = %e, "no peers to place the snapshot bucket on yet; trying again");
-                    tokio::time::sleep(placement_backoff(attempts)).await;
-                }
-                Err(e) => {
-                    return Err(setup_error(
-                        &format!("creating snapshot bucket {bucket}"),
-                        e,
-                    ));
-                }
-            }
+        let snapshots = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            // Creating with one configuration is idempotent: tried again while the NATS cluster
+            // settles (timeouts, no suitable peers yet).
+            Err(_) => while_settling(
+                &format!("creating snapshot bucket {bucket}"),
+                SETTLE_PATIENCE,
+                || {
+                    js.create_key_value(kv::Config {
+                        bucket: bucket.clone(),
+                        description: format!("Aether snapshots of stream {stream_name}"),
+                        history: 1,
+                        storage: want.storage,
+                        num_replicas: config.replicas,
+                        ..Default::default()
+                    })
+                },
+            )
+            .await
+            .map_err(|e| setup_error(&format!("creating snapshot bucket {bucket}"), e))?,
         };
         let max_payload = server.max_payload.saturating_sub(HEADER_ALLOWANCE);
         let max_event_bytes = config
@@ -264,41 +225,22 @@ impl JetStreamEventStore {
         want: &StreamConfig,
     ) -> Result<jetstream::stream::Stream, ConfigError> {
         // Create; if it exists (or another process created it first), check what is there.
-        // Creating with the same configuration is idempotent, so a timed-out attempt (a busy
-        // cluster placing replicas) is simply made again, a few times.
-        let mut attempts = 0;
-        let created = loop {
-            attempts += 1;
-            match js.create_stream(want.clone()).await {
-                Err(e)
-                    if attempts < SETUP_ATTEMPTS
-                        && matches!(
-                            e.kind(),
-                            async_nats::jetstream::context::CreateStreamErrorKind::TimedOut
-                        ) =>
-                {
-                    tracing::warn!(stream = %want.name, "creating the stream timed out; trying again");
-                }
-                Err(e)
-                    if attempts < PLACEMENT_ATTEMPTS
-                        && create_stream_code(&e) == Some(NO_PLACEMENT) =>
-                {
-                    tracing::warn!(stream = %want.name, error = %e, "no peers to place the stream on yet; trying again");
-                    tokio::time::sleep(placement_backoff(attempts)).await;
-                }
-                other => break other,
-            }
-        };
+        // Creating with the same configuration is idempotent, so it is tried again while the
+        // NATS cluster settles (a busy cluster placing replicas times out or has no peers yet).
+        let created = while_settling(
+            &format!("creating stream {}", want.name),
+            SETTLE_PATIENCE,
+            || js.create_stream(want.clone()),
+        )
+        .await;
         let existing = match created {
             Ok(stream) => return Ok(stream),
-            Err(e) => match create_stream_code(&e) {
-                // Stream name already in use (with a different configuration).
-                Some(10058) => js
-                    .get_stream(&want.name)
-                    .await
-                    .map_err(|e| setup_error(&format!("reading stream {}", want.name), e))?,
-                _ => return Err(setup_error(&format!("creating stream {}", want.name), e)),
-            },
+            // The name is in use (with another configuration): see what is there.
+            Err(e) if e.code().is_some_and(is_stream_name_in_use) => js
+                .get_stream(&want.name)
+                .await
+                .map_err(|e| setup_error(&format!("reading stream {}", want.name), e))?,
+            Err(e) => return Err(setup_error(&format!("creating stream {}", want.name), e)),
         };
         let found = &existing.cached_info().config;
         let diffs = incompatibilities(found, want);

@@ -94,7 +94,7 @@ impl JetStreamEventStore {
                 };
                 let inner = &reading.reader.store.inner;
                 inner.stats.records_read.fetch_add(1, Ordering::Relaxed);
-                inner.metrics.replayed.increment(1);
+                inner.metrics.store.replayed.increment(1);
                 let actor_id = &reading.reader.actor_id;
                 let parsed = read_record_shared(record.headers.as_ref(), &record.payload, actor_id);
                 if let Some(item) = reading.order.admit(record.seq, parsed, record.payload) {

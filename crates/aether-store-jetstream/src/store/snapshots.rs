@@ -36,10 +36,10 @@ impl JetStreamEventStore {
             .await
             .map_err(|e| backend(format!("reading the snapshot of actor {actor_id:?}"), e))?;
         let Some(entry) = entry.filter(|e| matches!(e.operation, kv::Operation::Put)) else {
-            self.inner.metrics.snapshot_misses.increment(1);
+            self.inner.metrics.store.snapshot_misses.increment(1);
             return Ok(None);
         };
-        self.inner.metrics.snapshot_hits.increment(1);
+        self.inner.metrics.store.snapshot_hits.increment(1);
         let record: SnapshotRecord = rmp_serde::from_slice(&entry.value).map_err(|e| {
             StoreError::backend(
                 format!("decoding the snapshot record of actor {actor_id:?}"),
@@ -112,7 +112,7 @@ impl JetStreamEventStore {
             match outcome {
                 Ok(()) => {
                     self.remember_checkpoint(&record);
-                    self.inner.metrics.snapshot_saves.increment(1);
+                    self.inner.metrics.store.snapshot_saves.increment(1);
                     return Ok(());
                 }
                 Err(Ok(())) => continue, // lost a race with another saver: look again

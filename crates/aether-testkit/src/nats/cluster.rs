@@ -81,28 +81,21 @@ impl NatsCluster {
             storage: async_nats::jetstream::stream::StorageType::Memory,
             ..Default::default()
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match js.create_stream(probe.clone()).await {
-                Ok(_) => {
-                    // Best effort: the probe stream is tiny and in memory.
-                    let _ = js.delete_stream(&probe.name).await;
-                    return Ok(());
-                }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                }
-                Err(e) => {
-                    return Err(HarnessError::StartTimeout {
-                        name: format!("cluster (JetStream placement: {e})"),
-                        timeout,
-                        log: first.log(),
-                    });
-                }
+        let placed = aether_nats::settle::while_settling("placing a probe stream", timeout, || {
+            js.create_stream(probe.clone())
+        })
+        .await;
+        match placed {
+            Ok(_) => {
+                // Best effort: the probe stream is tiny and in memory.
+                let _ = js.delete_stream(&probe.name).await;
+                Ok(())
             }
+            Err(e) => Err(HarnessError::StartTimeout {
+                name: format!("cluster (JetStream placement: {e})"),
+                timeout,
+                log: first.log(),
+            }),
         }
     }
 

@@ -1,9 +1,9 @@
-//! Given/when/then tests for any [`Actor`], without a store or a runtime:
-//! `given(past events).when(command).then_expect(events | error)`.
+//! Given/when/then tests for any [`Actor`], without a store or a runtime (for tests: a failed
+//! expectation panics): `given(past events).when(command).then_expect(events | error)`.
 //!
 //! ```
 //! use aether_runtime::Actor;
-//! use aether_testkit::actor::{given, Then};
+//! use aether_runtime::testing::{given, Then};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Default, Serialize, Deserialize)]
@@ -35,7 +35,7 @@
 
 use std::fmt::Debug;
 
-use aether_runtime::Actor;
+use crate::Actor;
 
 /// The expected outcome of a command.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,5 @@
 //! The oldest nats-server Aether supports and how a version string is read: defined once here.
-//! `aether-testkit` and `xtask` include this very file (`#[path]`), so it must stay std-only.
+//! `xtask` includes this very file (`#[path]`, it has no dependencies), so it must stay std-only.
 
 /// Oldest nats-server Aether supports: 2.12.1, the first with atomic batch publish that keeps
 /// message ids (per-message TTLs and `Nats-Expected-Last-Subject-Sequence-Subject`, which the

@@ -1,0 +1,108 @@
+//! `cargo xtask ci`: every check the project's CI runs, in order, failing fast and timed.
+
+use crate::Result;
+use crate::deny::deny;
+use crate::docs::docs;
+use crate::examples::{jetstream_example, memory_examples, quickstart};
+use crate::lint::clippy;
+use crate::model::model;
+use crate::nats::nats;
+use crate::python::python_tools;
+use crate::run::{cargo, root, step};
+use crate::test::run_tests;
+use crate::tidy::tidy;
+
+/// The example model CI checks.
+const EXAMPLE_MODEL: &str = "examples/model/order_fulfilment.yaml";
+
+/// The facade's features, each built alone by `ci` (which of them may bring in async-nats is
+/// checked by `crates/aether/tests/features.rs`, with `cargo metadata`).
+const FACADE_FEATURES: [&str; 8] = [
+    "memory",
+    "runtime",
+    "model",
+    "metrics",
+    "jetstream",
+    "bus",
+    "cluster",
+    "full",
+];
+
+/// The library crates: every `crates/*` package.
+fn library_crates() -> Result<Vec<String>> {
+    let dir = root().join("crates");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|_| path.join("Cargo.toml").is_file())
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Runs every CI step in order, stopping at the first that fails.
+pub(crate) fn ci() -> Result {
+    step("fmt check", || cargo(&["fmt", "--all", "--check"]))?;
+    step(
+        "tidy (module docs, paths in docs/architecture.md, architecture rules)",
+        tidy,
+    )?;
+    step("clippy (all targets, -D warnings)", clippy)?;
+    for krate in library_crates()? {
+        step(&format!("build {krate} (default features)"), || {
+            cargo(&["build", "-p", &krate])
+        })?;
+        step(&format!("build {krate} (no default features)"), || {
+            cargo(&["build", "-p", &krate, "--no-default-features"])
+        })?;
+    }
+    for feature in FACADE_FEATURES {
+        step(
+            &format!("build aether with feature {feature} alone"),
+            || {
+                cargo(&[
+                    "build",
+                    "-p",
+                    "aether",
+                    "--no-default-features",
+                    "--features",
+                    feature,
+                ])
+            },
+        )?;
+    }
+    let bin = step("provision nats-server", nats)?;
+    step("provision the Python test tools", python_tools)?;
+    step("tests", || run_tests(&bin, &[]))?;
+    step("quick start (cargo run --example quickstart)", quickstart)?;
+    step("examples without a server", memory_examples)?;
+    step("example model (cargo xtask model check)", || {
+        model(&[
+            "check".to_owned(),
+            root().join(EXAMPLE_MODEL).display().to_string(),
+        ])
+    })?;
+    step("NATS examples against a throwaway nats-server", || {
+        jetstream_example(&bin)
+    })?;
+    step("docs (-D warnings) and doc tests", docs)?;
+    step("cargo deny (bans licenses sources)", deny)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_library_crate_is_found() {
+        let crates = library_crates().unwrap();
+        assert!(crates.contains(&"aether-core".to_owned()), "{crates:?}");
+    }
+}
