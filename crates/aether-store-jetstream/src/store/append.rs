@@ -144,7 +144,22 @@ impl JetStreamEventStore {
                 }
                 Next::Taken => return self.taken(actor_id, subject, events, known).await,
                 Next::Publish(expected_seq) => {
-                    match self.publish(subject, events, &encoded, expected_seq).await {
+                    let published = match (events, encoded.as_slice()) {
+                        ([event], [bytes]) => {
+                            self.publish_one(subject, event, bytes, expected_seq).await
+                        }
+                        // Boxed: batches are rarer, and their future would swell every append's.
+                        _ => {
+                            Box::pin(self.publish_batch_patiently(
+                                subject,
+                                events,
+                                &encoded,
+                                expected_seq,
+                            ))
+                            .await
+                        }
+                    };
+                    match published {
                         Ok(Published::Stored(seq)) => {
                             slot.set_known(Some(Known {
                                 version: last.version(),
@@ -235,23 +250,6 @@ impl JetStreamEventStore {
                 Ok(bytes)
             })
             .collect()
-    }
-
-    /// One publish of the events: a single message, or an atomic batch. The batch is boxed: it is
-    /// rarer, and its future would swell every append's.
-    async fn publish(
-        &self,
-        subject: &Subject,
-        events: &[Event],
-        encoded: &[Bytes],
-        expected_seq: u64,
-    ) -> Result<Published, PublishFailure> {
-        match (events, encoded) {
-            ([event], [bytes]) => self.publish_one(subject, event, bytes, expected_seq).await,
-            _ => {
-                Box::pin(self.publish_batch_patiently(subject, events, encoded, expected_seq)).await
-            }
-        }
     }
 
     /// The first version is taken. Without message ids the server cannot say "duplicate", so a
