@@ -55,10 +55,16 @@ pub fn is_stream_name_in_use(code: ErrorCode) -> bool {
     code == ErrorCode::STREAM_NAME_EXIST
 }
 
-/// The meta leader cannot place the replicas yet ("no suitable peers for placement"): a cluster
-/// just formed, or a peer offline for the moment. It clears by itself.
-pub fn is_no_placement(code: ErrorCode) -> bool {
-    code == ErrorCode::CLUSTER_NO_PEERS
+/// The JetStream cluster cannot serve the request yet, and will once it settles: no suitable
+/// peers for placement (a cluster just formed, or a peer offline for the moment), JetStream
+/// temporarily unavailable, or no meta leader to handle it (an election under way).
+pub fn is_cluster_settling(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::CLUSTER_NO_PEERS
+            | ErrorCode::CLUSTER_NOT_AVAILABLE
+            | ErrorCode::CLUSTER_NOT_LEADER
+    )
 }
 
 /// The account's resources are exhausted; for a publish that means its storage or its memory,
@@ -106,7 +112,10 @@ mod tests {
         assert!(is_jetstream_disabled(ErrorCode(10039)));
         assert!(is_jetstream_disabled(ErrorCode(10076)));
         assert!(is_stream_name_in_use(ErrorCode(10058)));
-        assert!(is_no_placement(ErrorCode(10005)));
+        assert!(is_cluster_settling(ErrorCode(10005)));
+        assert!(is_cluster_settling(ErrorCode(10008)));
+        assert!(is_cluster_settling(ErrorCode(10009)));
+        assert!(!is_cluster_settling(ErrorCode(10058)));
         assert!(is_account_resources(ErrorCode(10002)));
     }
 

@@ -1,6 +1,7 @@
 //! The one policy for "try again while a freshly formed NATS cluster settles": setting up a
 //! stream or a bucket is idempotent, and a cluster that just formed (or lost a peer for a moment)
-//! answers for a while with timeouts, no responders, or "no suitable peers for placement".
+//! answers for a while with timeouts, no responders, "no suitable peers for placement", or
+//! "temporarily unavailable".
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use aether_core::Backoff;
 
 use crate::classify::{Class, NatsError, class_of};
-use crate::codes::is_no_placement;
+use crate::codes::is_cluster_settling;
 
 /// How long setup is tried again by default while the cluster settles.
 pub const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
@@ -18,10 +19,11 @@ pub const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 pub const SETTLE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 /// Whether `err` says "the cluster is still settling; the same request may succeed shortly":
-/// a timeout, nobody answering, or no suitable peers for placement yet.
+/// a timeout, nobody answering, or a refusal that clears once the cluster settles
+/// ([`is_cluster_settling`]: no suitable peers yet, temporarily unavailable, no meta leader).
 pub fn is_settling<E: NatsError>(err: &E) -> bool {
     matches!(class_of(err), Class::Timeout | Class::Unavailable)
-        || err.code().is_some_and(is_no_placement)
+        || err.code().is_some_and(is_cluster_settling)
 }
 
 /// Runs `attempt` until it succeeds, fails for another reason than the cluster settling
