@@ -504,9 +504,11 @@ async fn a_told_version_is_completed_by_the_next_append_and_stale_entries_refres
     assert_eq!(reader.cached_version(&Uuid::new_v4().to_string()), None);
 }
 
+/// With the opt-in `message_ids(true)`, the server's duplicate window catches an event id reused
+/// for another version.
 #[tokio::test]
 async fn a_reused_event_id_is_refused_and_a_cold_batch_retry_is_recognised() {
-    let h = JetStreamHarness::single().await;
+    let h = JetStreamHarness::single().await.with_message_ids();
     let store = h.store(None).await;
     let first = ev("ids", 1);
     store.save_event(first.clone()).await.unwrap();
@@ -530,12 +532,12 @@ async fn a_reused_event_id_is_refused_and_a_cold_batch_retry_is_recognised() {
     assert_eq!(versions(&store, "ids").await, [1, 2, 3]);
 }
 
-/// `message_ids(false)`: single appends carry no `Nats-Msg-Id`, yet a retried append (cold cache,
+/// By default (`message_ids(false)`) single appends carry no `Nats-Msg-Id`, yet a retried append (cold cache,
 /// and after others wrote on top of it) is answered as a success and stored once, while a
 /// different event at a taken version is still a conflict. Batches keep their ids.
 #[tokio::test]
 async fn without_message_ids_retries_are_still_recognised() {
-    let h = JetStreamHarness::single().await.without_message_ids();
+    let h = JetStreamHarness::single().await;
     let store = h.store(None).await;
     let first = ev("no-ids", 1);
     store.save_event(first.clone()).await.unwrap();

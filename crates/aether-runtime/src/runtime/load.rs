@@ -74,33 +74,56 @@ impl LoadError {
 }
 
 /// Loads an actor: the latest snapshot that decodes, then the events after it.
+///
+/// With a snapshot store, the snapshot and the actor's latest version are read at once: an actor
+/// that was never written (or whose snapshot covers its history) is loaded in one round trip, and
+/// the events are read only when there are some after the snapshot.
 pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loaded<A>, LoadError> {
     let mut state = A::default();
     let mut version = 0;
     let mut recent: Recent = None;
-    if let Some(snapshots) = &shared.snapshots {
-        match snapshots.get_latest_snapshot(id).await {
-            Ok(Some(snapshot)) => match snapshot.decode::<A>() {
-                Ok(decoded) => {
-                    state = decoded;
-                    version = snapshot.version;
-                    if !snapshot.commands.is_empty() {
-                        recent = Some(Box::new(RecentCommands::from_snapshot(snapshot.commands)));
-                    }
+    let Some(snapshots) = &shared.snapshots else {
+        let replayed = replay(shared, id, &mut state, &mut version, &mut recent).await?;
+        return Ok(Loaded {
+            state,
+            version,
+            replayed,
+            recent,
+        });
+    };
+    let (snapshot, latest) = futures::future::join(
+        snapshots.get_latest_snapshot(id),
+        shared.store.get_latest_version(id),
+    )
+    .await;
+    match snapshot {
+        Ok(Some(snapshot)) => match snapshot.decode::<A>() {
+            Ok(decoded) => {
+                state = decoded;
+                version = snapshot.version;
+                if !snapshot.commands.is_empty() {
+                    recent = Some(Box::new(RecentCommands::from_snapshot(snapshot.commands)));
                 }
-                Err(e) => tracing::warn!(
-                    actor_type = A::TYPE,
-                    actor_id = id,
-                    snapshot_version = snapshot.version,
-                    error = %e,
-                    "snapshot does not decode into the current state type; replaying all events"
-                ),
-            },
-            Ok(None) => {}
-            Err(e) => return Err(LoadError::Snapshot(Box::new(e))),
-        }
+            }
+            Err(e) => tracing::warn!(
+                actor_type = A::TYPE,
+                actor_id = id,
+                snapshot_version = snapshot.version,
+                error = %e,
+                "snapshot does not decode into the current state type; replaying all events"
+            ),
+        },
+        Ok(None) => {}
+        Err(e) => return Err(LoadError::Snapshot(Box::new(e))),
     }
-    let replayed = replay(shared, id, &mut state, &mut version, &mut recent).await?;
+    let latest = latest.map_err(|e| LoadError::Events(Box::new(e)))?;
+    // Nothing stored after what the snapshot holds (or nothing at all): no read of events. An
+    // event stored since is folded in by the first append's version conflict, as any stale read.
+    let replayed = if latest > version {
+        replay(shared, id, &mut state, &mut version, &mut recent).await?
+    } else {
+        0
+    };
     Ok(Loaded {
         state,
         version,
@@ -177,7 +200,7 @@ mod tests {
         }
     }
 
-    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[derive(Debug, Default, Clone, Serialize, Deserialize)]
     struct Counter(u64);
 
     #[derive(Debug, thiserror::Error)]
@@ -217,6 +240,80 @@ mod tests {
             error.source().map(ToString::to_string).as_deref(),
             Some("timed out while reading a snapshot")
         );
+        runtime.shutdown().await;
+    }
+
+    /// An in-memory store that counts reads of events.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: InMemoryEventStore,
+        event_reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl aether_core::EventStore for Counting {
+        async fn save_event(&self, event: aether_core::Event) -> Result<(), StoreError> {
+            self.inner.save_event(event).await
+        }
+        async fn save_events(&self, events: Vec<aether_core::Event>) -> Result<(), StoreError> {
+            self.inner.save_events(events).await
+        }
+        async fn get_events(
+            &self,
+            actor_id: &str,
+            from: u64,
+        ) -> Result<Vec<aether_core::Event>, StoreError> {
+            self.event_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get_events(actor_id, from).await
+        }
+        fn stream_events(&self, actor_id: &str, from: u64) -> aether_core::EventStream {
+            self.event_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.stream_events(actor_id, from)
+        }
+        async fn get_latest_version(&self, actor_id: &str) -> Result<u64, StoreError> {
+            self.inner.get_latest_version(actor_id).await
+        }
+    }
+
+    /// With snapshots, a never-seen actor and an actor whose snapshot covers its history are
+    /// activated without reading events (the snapshot and the latest version are read at once);
+    /// an actor with events after its snapshot reads only those.
+    #[tokio::test]
+    async fn activation_reads_events_only_when_there_are_some_to_read() {
+        let store = Arc::new(Counting::default());
+        let snapshots = Arc::new(InMemoryEventStore::new());
+        let reads = || store.event_reads.load(std::sync::atomic::Ordering::Relaxed);
+        let runtime = Runtime::<Counter>::builder(store.clone())
+            .snapshots(snapshots.clone())
+            .build();
+        // Never written: no read of events.
+        runtime.ask("fresh", ()).await.unwrap();
+        assert_eq!(reads(), 0);
+        // Covered by a snapshot at its last version: none either.
+        runtime.ask("covered", ()).await.unwrap();
+        runtime.ask("covered", ()).await.unwrap();
+        runtime.stop_vm("covered").await;
+        snapshots
+            .save_snapshot(ActorSnapshot::new("covered", 2, &Counter(2)).unwrap())
+            .await
+            .unwrap();
+        let before = reads();
+        runtime.ask("covered", ()).await.unwrap();
+        assert_eq!(reads(), before);
+        // Events after the snapshot: read, and folded in.
+        runtime.stop_vm("covered").await;
+        aether_core::EventStore::save_event(
+            &*store,
+            aether_core::Event::new("covered", "u64", 4, &5u64).unwrap(),
+        )
+        .await
+        .unwrap();
+        let before = reads();
+        let (state, version) = runtime.capture_state("covered").await.unwrap();
+        assert_eq!(reads(), before + 1);
+        assert_eq!((state.0, version), (2 + 1 + 5, 4));
         runtime.shutdown().await;
     }
 }

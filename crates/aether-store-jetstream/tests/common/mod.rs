@@ -42,7 +42,7 @@ impl JetStreamHarness {
             servers: Servers::Single(Box::new(server)),
             client,
             replicas: 1,
-            message_ids: true,
+            message_ids: false,
         }
     }
 
@@ -55,7 +55,7 @@ impl JetStreamHarness {
             servers: Servers::Cluster(cluster),
             client,
             replicas: 3,
-            message_ids: true,
+            message_ids: false,
         }
     }
 
@@ -67,9 +67,10 @@ impl JetStreamHarness {
             .message_ids(self.message_ids)
     }
 
-    /// Stores opened by this harness append single events without `Nats-Msg-Id`.
-    pub(crate) fn without_message_ids(mut self) -> Self {
-        self.message_ids = false;
+    /// Stores opened by this harness append single events with `Nats-Msg-Id` too (the opt-in).
+    #[allow(dead_code)] // not every test binary uses it
+    pub(crate) fn with_message_ids(mut self) -> Self {
+        self.message_ids = true;
         self
     }
 

@@ -62,11 +62,14 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
         body["data"] = None if payload is None else msgpack.packb(payload)
         body["meta"] = meta
         headers = {
-            "Nats-Msg-Id": str(event_id),
             "Aether-Version": str(version),
             "Aether-Event-Type": event_type,
             "Nats-Expected-Last-Subject-Sequence": str(expected_last),
         }
+        # `Nats-Msg-Id` is optional on single appends (Aether writes none by default): written
+        # on odd versions only, so the reader meets both forms.
+        if version % 2 == 1:
+            headers["Nats-Msg-Id"] = str(event_id)
         ack = await js.publish(subject, msgpack.packb(body), stream=stream, headers=headers)
         expected_last = ack.seq
         written.append(
@@ -114,7 +117,8 @@ def decode(raw: bytes, headers: dict) -> dict:
         "data": payload,
         "meta": meta,
         "keys": list(body.keys()),
-        "headers_agree": headers.get("Nats-Msg-Id") == str(event_id)
+        # `Nats-Msg-Id` is optional; when present it is the event id.
+        "headers_agree": headers.get("Nats-Msg-Id", str(event_id)) == str(event_id)
         and headers.get("Aether-Version") == str(body["v"])
         and headers.get("Aether-Event-Type") == body["type"],
     }
