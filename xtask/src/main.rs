@@ -4,7 +4,8 @@
 //! cargo xtask ci      fmt, tidy, clippy, per-crate builds, tests (with nats-server), docs, cargo-deny
 //! cargo xtask test    provision nats-server, then run every test
 //! cargo xtask nats    provision nats-server >= 2.12.1 and print which binary is used
-//! cargo xtask bench   run the criterion benchmarks (baselines in the same run)
+//! cargo xtask bench   run the criterion benchmarks (baselines in the same run); --report [--quick]
+//!                     also writes target/aether-bench/report.json and report.svg
 //! cargo xtask tidy    module docs, paths in docs/architecture.md, architecture rules
 //! cargo xtask build | lint | fmt | doc | deny | clean
 //! ```
@@ -89,7 +90,10 @@ usage: cargo xtask <task>
   python  provision the Python packages the cross-language tests use (nats-py, msgpack, xxhash;
           pip into target/tools/python)
   bench   run the criterion benchmarks (extra args go to cargo bench, e.g.
-          `cargo xtask bench -p aether-store-memory`)
+          `cargo xtask bench -p aether-store-memory`); `--report` also judges each row
+          against its target and writes target/aether-bench/report.json and report.svg
+          (docs/benchmarks.md); `--quick` runs smaller sizes and fewer rounds (under 5
+          minutes on 2 cores): `cargo xtask bench --report --quick`
   build   build everything
   lint    fmt check and clippy
   fmt     format the code

@@ -41,5 +41,10 @@ pub(crate) fn run_tests(nats_bin: &Path, extra: &[String]) -> Result {
     if let Some(bin) = prometheus::prometheus() {
         cmd.env("PROMETHEUS_BIN", bin);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // The bench crate's one tested target: the report builder (no peers, no benchmarks run).
+    if extra.is_empty() {
+        run(Command::new(cargo_bin()).args(["test", "-p", BENCH_ONLY, "--bin", "bench-report"]))?;
+    }
+    Ok(())
 }

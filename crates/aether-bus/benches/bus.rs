@@ -6,7 +6,10 @@
 //! | NATS bus, one node to another, 10k events (publisher at most 2,000 ahead) | raw core NATS publish/subscribe of the same bytes, same window |
 //! | projection catch-up over 100k events | raw durable pull consumer, acking each message |
 //!
-//! Run with `cargo xtask bench -p aether-bus`.
+//! Run with `cargo xtask bench -p aether-bus`. With `AETHER_BENCH_ROWS` set
+//! (`cargo xtask bench --report`) it also hands its rows to the benchmark report;
+//! `AETHER_BENCH_QUICK` shortens criterion's measurements and catches up over 20k events (not
+//! 100k).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -14,7 +17,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aether_bus::{
     EventBus, NatsEventBus, Pattern, Projection, ProjectionConfig, ProjectionRunner,
@@ -22,6 +25,7 @@ use aether_bus::{
 };
 use aether_core::{BoxError, Event, EventStore, Namespace};
 use aether_store_jetstream::JetStreamEventStore;
+use aether_testkit::bench::{ReportRow, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group};
@@ -31,9 +35,13 @@ use uuid::Uuid;
 const FANOUT: u64 = 10_000;
 const SUBSCRIBERS: usize = 4;
 const REMOTE: u64 = 10_000;
-const CATCH_UP: u64 = 100_000;
 /// Messages a publisher may be ahead of its subscriber (core NATS drops for slow consumers).
 const WINDOW: u64 = 1000;
+
+/// Events the projection catches up over: 100k, 20k in a quick run.
+fn catch_up_len() -> u64 {
+    if quick() { 20_000 } else { 100_000 }
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -272,7 +280,7 @@ fn catch_up(c: &mut Criterion) {
         let store = JetStreamEventStore::new(client.clone(), "bench")
             .await
             .unwrap();
-        for chunk in (1..=CATCH_UP).collect::<Vec<_>>().chunks(1000) {
+        for chunk in (1..=catch_up_len()).collect::<Vec<_>>().chunks(1000) {
             let batch = chunk
                 .iter()
                 .map(|&v| Event::new("acct", "Deposited", v, &(v, "x".repeat(100))).unwrap())
@@ -292,7 +300,7 @@ fn catch_up(c: &mut Criterion) {
         (store, js, last)
     });
     let mut g = c.benchmark_group("bus_projection_catch_up_100k");
-    g.throughput(Throughput::Elements(CATCH_UP));
+    g.throughput(Throughput::Elements(catch_up_len()));
     g.sample_size(10);
     g.bench_function("baseline", |b| {
         b.iter_custom(|iters| {
@@ -345,7 +353,7 @@ fn catch_up(c: &mut Criterion) {
                             .unwrap();
                     runner.caught_up_to(last).await;
                     total += start.elapsed();
-                    assert_eq!(count.0.load(Ordering::Relaxed), CATCH_UP);
+                    assert_eq!(count.0.load(Ordering::Relaxed), catch_up_len());
                     runner.stop();
                     let stream = js.get_stream(store.stream_name()).await.unwrap();
                     stream.delete_consumer(&config.name).await.unwrap();
@@ -357,12 +365,24 @@ fn catch_up(c: &mut Criterion) {
     g.finish();
 }
 
+/// Criterion's settings; shorter measurements in a quick run.
+fn config() -> Criterion {
+    if quick() {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(1))
+            .warm_up_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(5))
+            .warm_up_time(Duration::from_secs(1))
+    }
+}
+
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+    config = config();
     targets = fanout, remote, catch_up
 }
 
@@ -370,11 +390,86 @@ fn mean_ns(group: &str, function: &str) -> Option<f64> {
     aether_testkit::bench::mean_ns(&[group, function])
 }
 
+/// Hands the rows of the table to the benchmark report (estimates written since `since`).
+fn record(since: SystemTime) {
+    for (id, group, units, path, baseline, baseline_fn, ours) in [
+        (
+            "bus.local.fanout",
+            "bus_local_fanout_4",
+            FANOUT * SUBSCRIBERS as u64,
+            format!("local bus fan-out, 1 publisher, {SUBSCRIBERS} subscribers, {FANOUT} events"),
+            "tokio::sync::broadcast",
+            "baseline",
+            "aether",
+        ),
+        (
+            "bus.nats.node_to_node",
+            "bus_nats_node_to_node",
+            REMOTE,
+            format!("NATS bus, one node to another, {REMOTE} events"),
+            "raw core NATS publish/subscribe, same bytes",
+            "baseline",
+            "aether",
+        ),
+        (
+            "bus.nats.node_to_node_decoded",
+            "bus_nats_node_to_node",
+            REMOTE,
+            format!("NATS bus, one node to another, {REMOTE} events"),
+            "raw core NATS, the reader decoding each event",
+            "baseline_decoded",
+            "aether",
+        ),
+        (
+            "bus.nats.echo",
+            "bus_nats_node_to_node",
+            REMOTE,
+            format!(
+                "NATS bus, one node to another, the publisher also subscribed, {REMOTE} events"
+            ),
+            "raw core NATS publish/subscribe, same bytes",
+            "baseline",
+            "aether_echo",
+        ),
+        (
+            "bus.projection.catch_up",
+            "bus_projection_catch_up_100k",
+            catch_up_len(),
+            format!("projection catch-up over {}k events", catch_up_len() / 1000),
+            "raw durable pull consumer, acking each message",
+            "baseline",
+            "aether",
+        ),
+    ] {
+        let est = |function: &str| aether_testkit::bench::estimate(&[group, function], since);
+        if let (Some(a), Some(b)) = (est(ours), est(baseline_fn)) {
+            record_row(&ReportRow::criterion_rate(
+                id,
+                path,
+                units as f64,
+                "events",
+                a,
+                baseline,
+                b,
+            ));
+        }
+    }
+}
+
 fn main() {
+    let started = SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::args().any(|a| a == "--bench") {
+        record(started);
         println!("\n== aether-bus vs baselines (same run) ==");
+        if quick() {
+            println!(
+                "(quick run: shorter measurements, catch-up over {} events)",
+                catch_up_len()
+            );
+        }
+        let catch_up = format!("projection catch-up over {}k events", catch_up_len() / 1000);
         println!("| path | baseline | aether | ratio (baseline time / aether time) |");
         println!("| --- | --- | --- | --- |");
         for (group, n, name, baseline, ours) in [
@@ -408,8 +503,8 @@ fn main() {
             ),
             (
                 "bus_projection_catch_up_100k",
-                CATCH_UP,
-                "projection catch-up over 100k events",
+                catch_up_len(),
+                catch_up.as_str(),
                 "baseline",
                 "aether",
             ),

@@ -9,7 +9,9 @@
 //! | a node joins 3 nodes holding 10k active actors, under load | — | time until the map is stable; calls held, the longest wait |
 //!
 //! Run with `cargo xtask bench -p aether-cluster` (a filter argument such as `remote`, `local`,
-//! `throughput` or `join` selects rows). Prints a table; no assertion on speed.
+//! `throughput` or `join` selects rows). Prints a table; no assertion on speed. With
+//! `AETHER_BENCH_QUICK` (`cargo xtask bench --report --quick`) the sizes are a quarter; with
+//! `AETHER_BENCH_ROWS` set the rows are also handed to the benchmark report.
 
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -23,6 +25,7 @@ use aether_core::EventStore;
 use aether_runtime::{Actor, Runtime, SnapshotPolicy};
 use aether_store_jetstream::JetStreamEventStore;
 use aether_store_memory::InMemoryEventStore;
+use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -59,10 +62,13 @@ impl Actor for Counter {
 /// Without `--bench` (as `cargo test --all-targets` runs it) the benchmark is a quick smoke run.
 static QUICK: AtomicBool = AtomicBool::new(false);
 
-/// `full` in a benchmark run, a hundredth (at least 10) in a smoke run.
+/// `full` in a benchmark run, a quarter in a quick run (`AETHER_BENCH_QUICK`), a hundredth
+/// (at least 10) in a smoke run.
 fn n(full: usize) -> usize {
     if QUICK.load(Ordering::Relaxed) {
         (full / 100).max(10)
+    } else if quick() {
+        full / 4
     } else {
         full
     }
@@ -160,8 +166,8 @@ struct RawCall<'a> {
 }
 
 /// Remote ask latency vs raw request/reply of the same bytes (a call and an answer of the
-/// sizes Aether sends), rounds interleaved.
-async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str) {
+/// sizes Aether sends), rounds interleaved; `id` names the report row.
+async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str, id: &str) {
     let cluster = format!("bench{}", uuid::Uuid::new_v4().simple());
     let (a, a_actors) = node(server, &cluster, "a", store.clone()).await;
     let (b, _b_actors) = node(server, &cluster, "b", store).await;
@@ -204,7 +210,30 @@ async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str) {
         }
     }
     echo.abort();
+    // Per round: the ratio of the medians.
+    let per_round: Vec<f64> = ours
+        .chunks(n(2_000))
+        .zip(raw.chunks(n(2_000)))
+        .map(|(o, r)| lat(o.to_vec()).p50.as_secs_f64() / lat(r.to_vec()).p50.as_secs_f64())
+        .collect();
     let (raw, ours) = (lat(raw), lat(ours));
+    let us = |d: Duration| Figure::new(d.as_secs_f64() * 1e6, "us");
+    let mut row = ReportRow::new(
+        id,
+        format!("remote ask p50 (owner on another node), {label}"),
+        Better::Lower,
+        us(ours.p50),
+        "raw NATS request/reply, same bytes",
+        us(raw.p50),
+    )
+    .spread(Spread::of_rounds(&per_round));
+    if id.ends_with("jetstream") {
+        row = row.note(
+            "the baseline has no append: the target's baseline is a raw request/reply plus one \
+             raw append",
+        );
+    }
+    record_row(&row);
     println!(
         "| remote ask, {label} | p50 {:.1?} / p99 {:.1?} | raw request/reply p50 {:.1?} / p99 {:.1?} | {:.2}x / {:.2}x |",
         ours.p50,
@@ -263,6 +292,19 @@ async fn local(server: &NatsServer) {
     .await
     .unwrap();
     let (mut base, mut ours, mut ratios, mut once) = (base, ours, ratios, once);
+    record_row(
+        &ReportRow::new(
+            "cluster.local",
+            "local ask through ClusterActors (memory store)",
+            Better::Lower,
+            Figure::new(median(&mut ours.clone()), "us"),
+            "Runtime::ask on a plain runtime",
+            Figure::new(median(&mut base.clone()), "us"),
+        )
+        .ratio(median(&mut ratios.clone()))
+        .spread(Spread::of_rounds(&ratios))
+        .note("the ratio is the median of per-round ratios"),
+    );
     println!(
         "| local ask through ClusterActors (memory store) | {:.2} us | Runtime::ask {:.2} us (Runtime::ask_once with an id: {:.2} us) | {:.2}x (median of {} rounds; min {:.2}x) |",
         median(&mut ours),
@@ -343,7 +385,19 @@ async fn throughput(server: &NatsServer) {
         one.push(drive(std::slice::from_ref(&solo_actors), actors, total).await);
         three.push(drive(&callers, actors, total).await);
     }
+    let per_round: Vec<f64> = three.iter().zip(&one).map(|(t, o)| t / o).collect();
     let (one, three) = (median(&mut one), median(&mut three));
+    record_row(
+        &ReportRow::new(
+            "cluster.throughput",
+            format!("asks per second, 3 nodes over {actors} actors, JetStream, 64 in flight per calling node"),
+            Better::Higher,
+            Figure::new(three, "asks/s"),
+            "one node alone",
+            Figure::new(one, "asks/s"),
+        )
+        .spread(Spread::of_rounds(&per_round)),
+    );
     println!(
         "| throughput, 1,000 actors, JetStream, 64 asks in flight per calling node | 3 nodes {three:.0}/s | 1 node {one:.0}/s | {:.2}x |",
         three / one
@@ -442,15 +496,24 @@ fn main() {
         let server = NatsServer::start().await.unwrap();
         if QUICK.load(Ordering::Relaxed) {
             println!("smoke run (no --bench): sizes / 100, debug build; not a measurement");
+        } else if quick() {
+            println!("quick run: sizes / 4");
         }
         println!("| path | Aether | baseline (same run) | ratio |");
         println!("| --- | --- | --- | --- |");
         if want("remote") {
-            remote(&server, Arc::new(InMemoryEventStore::new()), "memory store").await;
+            remote(
+                &server,
+                Arc::new(InMemoryEventStore::new()),
+                "memory store",
+                "cluster.remote.memory",
+            )
+            .await;
             remote(
                 &server,
                 jetstream(&server, "remote").await,
                 "JetStream store",
+                "cluster.remote.jetstream",
             )
             .await;
         }

@@ -20,7 +20,10 @@
 //! `cargo xtask bench -p aether-runtime-bench --bench peer` turns it on and provides `protoc`.
 //! Without it, the rows show Aether and the raw limits only. `AETHER_PEER_ROUNDS` sets the rounds
 //! (15 by default), a first argument such as `b,c` the rows. Without `--bench` (as `cargo test
-//! --all-targets` runs it) it is a quick smoke run with small sizes and one round.
+//! --all-targets` runs it) it is a smoke run with small sizes and one round. With
+//! `AETHER_BENCH_QUICK` (`cargo xtask bench --report --quick`) the sizes are a tenth (1,000
+//! sequential commands, 20 x 20, 200 x 5, 2,000 events) and the rounds 9; with
+//! `AETHER_BENCH_ROWS` set the rows are also handed to the benchmark report.
 
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 use aether_core::{Event, EventStore, wire};
 use aether_runtime::{Actor, Runtime};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore, layout};
+use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -42,10 +46,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-static QUICK: AtomicBool = AtomicBool::new(false);
+/// Set without `--bench`: a smoke run, not a measurement.
+static SMOKE: AtomicBool = AtomicBool::new(false);
 
-fn quick() -> bool {
-    QUICK.load(Ordering::Relaxed)
+fn smoke() -> bool {
+    SMOKE.load(Ordering::Relaxed)
 }
 
 const MEMO: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor \
@@ -212,7 +217,7 @@ async fn measure<F: Future<Output = ()>>(work: F) -> Sample {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Who {
     Aether,
-    /// Aether with `JetStreamConfig::message_ids(false)`.
+    /// Aether without `Nats-Msg-Id` on single appends (the default).
     AetherNoIds,
     Peer,
     /// The same checks written by hand.
@@ -241,12 +246,19 @@ struct Sizes {
 
 impl Sizes {
     fn get() -> Self {
-        if quick() {
+        if smoke() {
             Self {
                 sequential: 200,
                 wide: (10, 10),
                 many: (50, 4),
                 history: 500,
+            }
+        } else if quick() {
+            Self {
+                sequential: 1_000,
+                wide: (20, 20),
+                many: (200, 5),
+                history: 2_000,
             }
         } else {
             Self {
@@ -276,7 +288,7 @@ struct Bench {
     js: async_nats::jetstream::Context,
     store: Arc<JetStreamEventStore>,
     runtime: Runtime<Account>,
-    /// The same, on a store with `message_ids(false)`.
+    /// The same, on a store with the default `message_ids(false)`.
     runtime_no_ids: Runtime<Account>,
     /// The encoded event Aether stores, for the raw publishes.
     body: Bytes,
@@ -353,10 +365,15 @@ impl Bench {
         let server = NatsServer::start().await.unwrap();
         let client = server.connect().await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
+        // With ids (the opt-in), beside the default without them (`runtime_no_ids`).
         let store = Arc::new(
-            JetStreamEventStore::new(client.clone(), "bench")
-                .await
-                .unwrap(),
+            JetStreamEventStore::with_config(
+                client.clone(),
+                "bench",
+                JetStreamConfig::default().message_ids(true),
+            )
+            .await
+            .unwrap(),
         );
         let runtime = Runtime::<Account>::builder(store.clone()).build();
         let no_ids = JetStreamEventStore::with_config(
@@ -579,11 +596,14 @@ fn report(results: &BTreeMap<(Row, Who), Vec<Sample>>, sizes: Sizes, rounds: usi
         Row::C => format!("c: {} entities x {} commands", sizes.many.0, sizes.many.1),
         Row::D => format!("d: rehydrate one entity of {} events", sizes.history),
     };
+    if quick() {
+        println!("\n(quick run: a tenth of the sizes, {rounds} rounds)");
+    }
     println!(
         "\nmedian of {rounds} rounds (min-max); commands/s for a-c, events/s for d; client CPU \
          in us per command (per event for d). `raw checked`: the same publishes, headers and \
          expected-sequence chain written by hand with async-nats; ids: with `Nats-Msg-Id` \
-         (Aether's default) or without (`JetStreamConfig::message_ids(false)`; the peer sends none)\n"
+         (`JetStreamConfig::message_ids(true)`) or without (Aether's default; the peer sends none)\n"
     );
     println!(
         "| workload | ids | Aether | eventsourced-nats | raw checked | raw pipelined | Aether / peer | Aether / raw checked | CPU us: Aether / peer / raw |"
@@ -636,17 +656,95 @@ fn report(results: &BTreeMap<(Row, Who), Vec<Sample>>, sizes: Sizes, rounds: usi
     }
 }
 
+/// Hands rows a-d to the benchmark report: Aether as it is by default (no `Nats-Msg-Id` on
+/// single appends) against the peer and against the same writes or reads by hand. The ratio is
+/// that of the median rates, as in the table; the spread is the min-max of per-round ratios
+/// (both sides ran in the same round).
+fn record(results: &BTreeMap<(Row, Who), Vec<Sample>>, sizes: Sizes) {
+    for row in [Row::A, Row::B, Row::C, Row::D] {
+        let (ours, raw) = if row == Row::D {
+            (Who::Aether, Who::Raw)
+        } else {
+            (Who::AetherNoIds, Who::RawNoIds)
+        };
+        let Some(a) = results.get(&(row, ours)) else {
+            continue;
+        };
+        let units = sizes.units(row);
+        let (path, unit) = match row {
+            Row::A => (
+                format!("a: one entity, {} sequential commands", sizes.sequential),
+                "commands/s",
+            ),
+            Row::B => (
+                format!(
+                    "b: {} entities x {} commands, concurrent",
+                    sizes.wide.0, sizes.wide.1
+                ),
+                "commands/s",
+            ),
+            Row::C => (
+                format!(
+                    "c: {} entities x {} commands, concurrent",
+                    sizes.many.0, sizes.many.1
+                ),
+                "commands/s",
+            ),
+            Row::D => (
+                format!("d: rehydrate one entity of {} events", sizes.history),
+                "events/s",
+            ),
+        };
+        let raw_name = match row {
+            Row::D => "raw ordered consumer, same subject",
+            _ => "raw checked chain, same headers and bytes",
+        };
+        let letter = format!("{row:?}").to_lowercase();
+        for (id, who, name) in [
+            ("eventsourced", Who::Peer, "eventsourced-nats 0.16"),
+            ("raw", raw, raw_name),
+        ] {
+            let Some(b) = results.get(&(row, who)) else {
+                continue;
+            };
+            let (ca, cb) = (cell(a, units), cell(b, units));
+            let per_round: Vec<f64> = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| b.wall.as_secs_f64() / a.wall.as_secs_f64())
+                .collect();
+            let mut report_row = ReportRow::new(
+                format!("peer.{letter}.{id}"),
+                path.clone(),
+                Better::Higher,
+                Figure::new(ca.rate, unit),
+                name,
+                Figure::new(cb.rate, unit),
+            )
+            .spread(Spread::of_rounds(&per_round))
+            .cpu_us(ca.cpu_us, cb.cpu_us);
+            if row == Row::C && who == raw {
+                report_row = report_row.note(
+                    "the raw chain writes without reading each entity first (the issue's \
+                     baseline reads each entity once)",
+                );
+            }
+            record_row(&report_row);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    QUICK.store(!args.iter().any(|a| a == "--bench"), Ordering::Relaxed);
+    SMOKE.store(!args.iter().any(|a| a == "--bench"), Ordering::Relaxed);
     let only: Option<String> = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
-    let rounds: usize = if quick() {
+    let rounds: usize = if smoke() {
         1
     } else {
         std::env::var("AETHER_PEER_ROUNDS")
             .ok()
             .and_then(|r| r.parse().ok())
-            .unwrap_or(15)
+            .unwrap_or(if quick() { 9 } else { 15 })
     };
     if !cfg!(feature = "peer") {
         eprintln!(
@@ -695,6 +793,7 @@ fn main() {
             eprintln!("round {} of {rounds} done", round + 1);
         }
         report(&results, bench.sizes, rounds);
+        record(&results, bench.sizes);
         drop(bench.server);
     });
 }

@@ -11,7 +11,9 @@
 //! Memory per idle actor is measured after the criterion groups, each peer in a fresh child
 //! process (RSS growth over 100k actors).
 //!
-//! Run with `cargo xtask bench -p aether-runtime-bench`.
+//! Run with `cargo xtask bench -p aether-runtime-bench`. With `AETHER_BENCH_ROWS` set
+//! (`cargo xtask bench --report`) it also hands its rows to the benchmark report;
+//! `AETHER_BENCH_QUICK` shortens criterion's measurements and sends 200k tells (not 1M).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -19,22 +21,29 @@
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aether_core::{ActorSnapshot, Event, EventStore, SnapshotStore};
 use aether_runtime::{Actor as AetherActor, Runtime, SnapshotPolicy};
 use aether_store_memory::InMemoryEventStore;
+use aether_testkit::bench::{Better, Figure, ReportRow, quick, record_row};
 use criterion::{Criterion, Throughput, criterion_group};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 const TELL_ACTORS: usize = 100;
-const TELLS: u64 = 1_000_000;
 const COMMAND_ACTORS: usize = 1000;
 const COMMANDS_EACH: usize = 10;
 const CALLERS: usize = 10;
 const HISTORY: u64 = 100_000;
 const MEMORY_ACTORS: usize = 100_000;
+/// The design's budget for an idle active actor, state aside (the counter has none).
+const IDLE_ACTOR_BUDGET: f64 = 2048.0;
+
+/// Tells per iteration of `tell_100_actors`: 1M, 200k in a quick run.
+fn tells() -> u64 {
+    if quick() { 200_000 } else { 1_000_000 }
+}
 
 // ---------- the counter, five ways ----------
 
@@ -382,7 +391,7 @@ fn ask_current(c: &mut Criterion) {
 
 // ---------- tell ----------
 
-/// Sends `TELLS` messages round-robin over `$targets` with `$send` (from a runtime task) and
+/// Sends `tells()` messages round-robin over `$targets` with `$send` (from a runtime task) and
 /// waits until all are handled.
 macro_rules! timed_tells {
     ($rt:expr, $iters:expr, $targets:expr, |$t:ident| $send:expr) => {{
@@ -390,7 +399,7 @@ macro_rules! timed_tells {
         let mut total = Duration::ZERO;
         for _ in 0..$iters {
             let h = handled();
-            h.arm(TELLS);
+            h.arm(tells());
             let targets = targets.clone();
             total += $rt.block_on(async move {
                 tokio::spawn(async move {
@@ -399,7 +408,7 @@ macro_rules! timed_tells {
                     tokio::pin!(done);
                     done.as_mut().enable();
                     let start = Instant::now();
-                    for i in 0..TELLS as usize {
+                    for i in 0..tells() as usize {
                         let $t = &targets[i % TELL_ACTORS];
                         $send;
                     }
@@ -416,7 +425,7 @@ macro_rules! timed_tells {
 
 fn tell(c: &mut Criterion) {
     let mut g = c.benchmark_group("tell_100_actors");
-    g.throughput(Throughput::Elements(TELLS));
+    g.throughput(Throughput::Elements(tells()));
     g.sample_size(10);
     let rt = multi_thread();
     {
@@ -769,13 +778,15 @@ fn memory_child(peer: &str) {
     );
 }
 
-fn memory_table() {
+/// Prints the table and returns each peer's bytes per actor (those that parsed).
+fn memory_table() -> Vec<(&'static str, f64)> {
     println!(
         "\n== memory per idle actor (RSS growth over {MEMORY_ACTORS} actors, fresh process) =="
     );
     println!("| peer | bytes per actor |");
     println!("| --- | --- |");
     let exe = std::env::current_exe().unwrap();
+    let mut measured = Vec::new();
     for peer in ["raw", "aether", "kameo", "ractor", "actix"] {
         let out = std::process::Command::new(&exe)
             .args(["--memory-child", peer])
@@ -783,20 +794,169 @@ fn memory_table() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         println!("| {peer} | {} |", text.trim());
+        if let Ok(bytes) = text.trim().parse::<f64>() {
+            measured.push((peer, bytes));
+        }
+    }
+    measured
+}
+
+/// Criterion's settings; shorter measurements in a quick run.
+fn config() -> Criterion {
+    if quick() {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_millis(800))
+            .warm_up_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1))
     }
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+    config = config();
     targets = ask_multi, ask_current, tell, commands, activation
 }
 
 fn mean_ns(group: &str, function: &str) -> Option<f64> {
     aether_testkit::bench::mean_ns(&[group, function])
+}
+
+/// Hands the criterion rows to the benchmark report (estimates written since `since`).
+fn record(since: SystemTime) {
+    let est =
+        |group: &str, function: &str| aether_testkit::bench::estimate(&[group, function], since);
+    for (group, label, target) in [
+        ("ask_multi_thread", "2-worker tokio runtime", "multi"),
+        (
+            "ask_current_thread",
+            "current-thread tokio runtime",
+            "current",
+        ),
+    ] {
+        let Some(ours) = est(group, "aether") else {
+            continue;
+        };
+        let path = format!("local ask round trip, {label}");
+        if let Some(raw) = est(group, "raw") {
+            record_row(&ReportRow::criterion_time(
+                format!("runtime.ask.{target}.raw"),
+                path.clone(),
+                1.0,
+                ours,
+                "raw tokio mpsc + oneshot actor",
+                raw,
+            ));
+        }
+        if let Some((peer, t)) = fastest(group, &["kameo", "ractor", "actix"], since) {
+            record_row(&ReportRow::criterion_time(
+                format!("runtime.ask.{target}.peers"),
+                path,
+                1.0,
+                ours,
+                format!("fastest peer ({peer})"),
+                t,
+            ));
+        }
+    }
+    let group = "tell_100_actors";
+    if let Some(ours) = est(group, "aether") {
+        let path = format!("tell over {TELL_ACTORS} actors, {} tells", tells());
+        let units = tells() as f64;
+        if let Some(raw) = est(group, "raw") {
+            record_row(&ReportRow::criterion_rate(
+                "runtime.tell.raw",
+                path.clone(),
+                units,
+                "tells",
+                ours,
+                "raw tokio mpsc actor",
+                raw,
+            ));
+        }
+        if let Some((peer, t)) = fastest(group, &["kameo", "ractor", "actix"], since) {
+            record_row(&ReportRow::criterion_rate(
+                "runtime.tell.peers",
+                path,
+                units,
+                "tells",
+                ours,
+                format!("fastest peer ({peer})"),
+                t,
+            ));
+        }
+    }
+    let group = "commands_memory_store";
+    if let (Some(ours), Some(peer)) = (est(group, "aether"), est(group, "cqrs-es")) {
+        record_row(&ReportRow::criterion_rate(
+            "runtime.commands.cqrs_es",
+            format!(
+                "commands on the memory store, {} over {COMMAND_ACTORS} actors, {CALLERS} callers",
+                COMMAND_ACTORS * COMMANDS_EACH
+            ),
+            (COMMAND_ACTORS * COMMANDS_EACH) as f64,
+            "commands",
+            ours,
+            "cqrs-es with its MemStore",
+            peer,
+        ));
+    }
+    let group = "activation_100k";
+    if let (Some(ours), Some(without)) = (est(group, "aether"), est(group, "baseline")) {
+        record_row(&ReportRow::criterion_rate(
+            "runtime.activation.snapshot",
+            format!(
+                "activation of a {}k-event actor with a snapshot at {}k (memory store)",
+                HISTORY / 1000,
+                (HISTORY - 1000) / 1000
+            ),
+            1.0,
+            "activations",
+            ours,
+            "the same actor without snapshot (full replay)",
+            without,
+        ));
+    }
+}
+
+/// The peer with the lowest mean time in `group`, if any ran.
+fn fastest(
+    group: &str,
+    peers: &[&'static str],
+    since: SystemTime,
+) -> Option<(&'static str, aether_testkit::bench::Estimate)> {
+    peers
+        .iter()
+        .filter_map(|&p| aether_testkit::bench::estimate(&[group, p], since).map(|e| (p, e)))
+        .min_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
+}
+
+/// Hands the idle-actor memory row to the benchmark report: Aether against the design's budget,
+/// the peers measured in the same run in the note.
+fn record_memory(measured: &[(&str, f64)]) {
+    let Some(&(_, ours)) = measured.iter().find(|(p, _)| *p == "aether") else {
+        return;
+    };
+    let others: Vec<String> = measured
+        .iter()
+        .filter(|(p, _)| *p != "aether")
+        .map(|(p, b)| format!("{p} {b:.0} B"))
+        .collect();
+    record_row(
+        &ReportRow::new(
+            "runtime.memory.idle",
+            format!("memory per idle active actor (RSS growth over {MEMORY_ACTORS} actors)"),
+            Better::Lower,
+            Figure::new(ours, "B"),
+            "budget: 2 KiB plus state (the counter has none)",
+            Figure::new(IDLE_ACTOR_BUDGET, "B"),
+        )
+        .note(format!("same run: {}", others.join(", "))),
+    );
 }
 
 fn main() {
@@ -805,20 +965,25 @@ fn main() {
         memory_child(args.get(i + 1).map(String::as_str).unwrap_or(""));
         return;
     }
+    let started = SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
+    record(started);
     println!(
         "\n== aether-runtime vs peers (same run; time per operation, ratio = peer time / aether time) =="
     );
+    if quick() {
+        println!("(quick run: shorter measurements, {} tells)", tells());
+    }
     println!("| group | aether | raw | kameo | ractor | actix | cqrs-es | snapshot-less |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (group, per) in [
         ("ask_multi_thread", 1.0),
         ("ask_current_thread", 1.0),
-        ("tell_100_actors", TELLS as f64),
+        ("tell_100_actors", tells() as f64),
         (
             "commands_memory_store",
             (COMMAND_ACTORS * COMMANDS_EACH) as f64,
@@ -843,5 +1008,6 @@ fn main() {
             cell("baseline"),
         );
     }
-    memory_table();
+    let measured = memory_table();
+    record_memory(&measured);
 }

@@ -14,7 +14,9 @@
 //! does not flatter the next; the binary counts live heap bytes (`stats_alloc`) beside the
 //! process's resident memory. Run with `cargo xtask bench -p aether-runtime --bench scale`
 //! (optionally a row name: `-- --bench read`). Without `--bench` (as `cargo test --all-targets`
-//! runs it) it is a quick smoke run with sizes / 100.
+//! runs it) it is a quick smoke run with sizes / 100. With `AETHER_BENCH_QUICK` (`cargo xtask
+//! bench --report --quick`) the sizes are / 20; with `AETHER_BENCH_ROWS` set the rows with a
+//! baseline are also handed to the benchmark report.
 
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -28,7 +30,7 @@ use aether_core::{Event, EventStore};
 use aether_runtime::{Actor, Runtime, SnapshotPolicy};
 use aether_store_jetstream::{JetStreamEventStore, layout};
 use aether_store_memory::InMemoryEventStore;
-use aether_testkit::bench::resident_bytes;
+use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row, resident_bytes};
 use aether_testkit::nats::NatsServer;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -41,9 +43,39 @@ static QUICK: AtomicBool = AtomicBool::new(false);
 fn size(full: u64) -> u64 {
     if QUICK.load(Ordering::Relaxed) {
         (full / 100).max(10)
+    } else if quick() {
+        full / 20
     } else {
         full
     }
+}
+
+/// A full size as a report row id's suffix (`100k`, `1m`), the same in a quick run.
+fn tier(full: u64) -> String {
+    match full {
+        0 => "0".to_owned(),
+        f if f >= 1_000_000 => format!("{}m", f / 1_000_000),
+        f if f >= 1_000 => format!("{}k", f / 1_000),
+        f => f.to_string(),
+    }
+}
+
+/// A report row of durations (lower is better), spread over the paired rounds.
+fn time_row(
+    id: String,
+    path: String,
+    ours: &[Duration],
+    raw: &[Duration],
+    baseline: &str,
+) -> ReportRow {
+    let per_round: Vec<f64> = ours
+        .iter()
+        .zip(raw)
+        .map(|(o, r)| o.as_secs_f64() / r.as_secs_f64())
+        .collect();
+    let us = |v: &[Duration]| Figure::new(median(v.to_vec()).as_secs_f64() * 1e6, "us");
+    ReportRow::new(id, path, Better::Lower, us(ours), baseline, us(raw))
+        .spread(Spread::of_rounds(&per_round))
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -152,7 +184,8 @@ async fn appends_at_scale(server: &mut NatsServer) {
     let measured = size(20_000);
     let (client0, server0) = (resident_bytes(), server.resident_bytes());
     let mut existing = 0u64;
-    for level in [0, 100_000, 1_000_000].map(size) {
+    for full in [0, 100_000, 1_000_000] {
+        let level = size(full);
         if level > existing {
             aether_appends(&store, &format!("fill-{existing}"), level - existing).await;
             existing = level;
@@ -180,6 +213,22 @@ async fn appends_at_scale(server: &mut NatsServer) {
             ours.push(aether_appends(&store, &format!("new-{level}-{round}"), measured).await);
             raw.push(raw_appends(&js, &store, &format!("raw-{level}-{round}"), measured).await);
         }
+        let per_round: Vec<f64> = ours
+            .iter()
+            .zip(&raw)
+            .map(|(o, r)| r.as_secs_f64() / o.as_secs_f64())
+            .collect();
+        record_row(
+            &ReportRow::new(
+                format!("scale.append.{}", tier(full)),
+                format!("append throughput, {level} actors already stored ({measured} new actors, 512 in flight)"),
+                Better::Higher,
+                Figure::new(per_sec(measured, median(ours.clone())), "events/s"),
+                "raw pipelined publish, same bytes and headers",
+                Figure::new(per_sec(measured, median(raw.clone())), "events/s"),
+            )
+            .spread(Spread::of_rounds(&per_round)),
+        );
         let (a, b) = (
             per_sec(measured, median(ours)),
             per_sec(measured, median(raw)),
@@ -276,7 +325,8 @@ async fn reads_and_activation(server: &NatsServer) {
         .get_key_value(format!("{}-snapshots", writer.stream_name()))
         .await
         .unwrap();
-    for n in [1_000, 10_000, 100_000].map(size) {
+    for full in [1_000, 10_000, 100_000] {
+        let n = size(full);
         let actor = format!("hist-{n}");
         let subject = writer.subject_for(&actor);
         write_history(&writer, &actor, n).await;
@@ -301,6 +351,13 @@ async fn reads_and_activation(server: &NatsServer) {
             raw_read(&stream, &client, &subject, start_seq, n - first + 1).await;
             raw.push(t.elapsed());
         }
+        record_row(&time_row(
+            format!("scale.read_last_10.{}", tier(full)),
+            format!("read the last 10 of {n} events, new process"),
+            &ours,
+            &raw,
+            "raw ordered consumer at the known sequence",
+        ));
         let (a, b) = (median(ours), median(raw));
         row(
             "read the last 10 events (get_events from n-9), new process",
@@ -340,6 +397,13 @@ async fn reads_and_activation(server: &NatsServer) {
             );
             raw.push(t.elapsed());
         }
+        record_row(&time_row(
+            format!("scale.activation.{}", tier(full)),
+            format!("activation of a {n}-event actor after a read-only process's snapshot"),
+            &ours,
+            &raw,
+            "raw reads: the snapshot entry and the last record",
+        ));
         let (a, b) = (median(ours), median(raw));
         row(
             "activation after a read-only process's snapshot, new process",
@@ -453,9 +517,43 @@ fn spawn_memory_child(kind: &str, n: u64) -> MemoryReport {
 
 fn runtime_memory() {
     let mb = |b: f64| format!("{:.1} MB", b / 1e6);
-    for n in [10_000, 100_000, 1_000_000].map(size) {
+    for full in [10_000, 100_000, 1_000_000] {
+        let n = size(full);
         let plain = spawn_memory_child("plain", n);
         let ours = spawn_memory_child("aether", n);
+        let plain_name = "a tokio task + mpsc per actor in a HashMap";
+        for (what, path, ours, plain, unit) in [
+            (
+                "memory.rss",
+                "runtime memory per active actor, resident",
+                ours.rss_per_actor,
+                plain.rss_per_actor,
+                "B",
+            ),
+            (
+                "memory.heap",
+                "runtime memory per active actor, live heap",
+                ours.heap_per_actor,
+                plain.heap_per_actor,
+                "B",
+            ),
+            (
+                "shutdown",
+                "shutdown of all active actors",
+                ours.stop.as_secs_f64() * 1e3,
+                plain.stop.as_secs_f64() * 1e3,
+                "ms",
+            ),
+        ] {
+            record_row(&ReportRow::new(
+                format!("scale.{what}.{}", tier(full)),
+                format!("{path}, {n} actors (memory store)"),
+                Better::Lower,
+                Figure::new(ours, unit),
+                plain_name,
+                Figure::new(plain, unit),
+            ));
+        }
         row(
             "runtime memory per active actor, resident (memory store)",
             n,
@@ -521,6 +619,8 @@ fn main() {
     let want = |row: &str| filter.as_deref().is_none_or(|f| row.contains(f));
     if QUICK.load(Ordering::Relaxed) {
         println!("smoke run (no --bench): sizes / 100, debug build; not a measurement");
+    } else if quick() {
+        println!("quick run: sizes / 20");
     }
     println!("| row | size | Aether | baseline (same run) | ratio |");
     println!("| --- | --- | --- | --- | --- |");

@@ -9,17 +9,21 @@
 //! | replay of one actor's 100k events, decoded | ordered push consumer over the same messages |
 //! | atomic batch of 100 events | hand-written atomic batch publish |
 //!
-//! Run with `cargo xtask bench -p aether-store-jetstream`.
+//! Run with `cargo xtask bench -p aether-store-jetstream`. With `AETHER_BENCH_ROWS` set
+//! (`cargo xtask bench --report`) it also hands its rows to the benchmark report;
+//! `AETHER_BENCH_QUICK` shortens criterion's measurements and writes 2 events per actor (not 10)
+//! and replays 20k events (not 100k).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aether_core::{Event, EventStore};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
+use aether_testkit::bench::{ReportRow, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::message::PublishMessage;
@@ -30,9 +34,17 @@ use uuid::Uuid;
 
 const SEQUENTIAL: u64 = 500;
 const ACTORS: u64 = 1000;
-const PER_ACTOR: u64 = 10;
-const REPLAY: u64 = 100_000;
 const SHORT: u64 = 50;
+
+/// Events per actor in the concurrent appends: 10, 2 in a quick run.
+fn events_per_actor() -> u64 {
+    if quick() { 2 } else { 10 }
+}
+
+/// Events of the long replay: 100k, 20k in a quick run.
+fn replay_len() -> u64 {
+    if quick() { 20_000 } else { 100_000 }
+}
 const BATCH: u64 = 100;
 const WINDOW: usize = 256;
 
@@ -152,14 +164,14 @@ fn sequential(c: &mut Criterion, env: &Env) {
 
 fn concurrent(c: &mut Criterion, env: &Env) {
     let mut g = c.benchmark_group("js_append_1000_actors_concurrent");
-    g.throughput(Throughput::Elements(ACTORS * PER_ACTOR));
+    g.throughput(Throughput::Elements(ACTORS * events_per_actor()));
     g.bench_function("baseline", |b| {
         b.iter_custom(|iters| {
             env.rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let run = Uuid::new_v4().simple().to_string();
-                    let msgs: Vec<(String, Bytes)> = (1..=PER_ACTOR)
+                    let msgs: Vec<(String, Bytes)> = (1..=events_per_actor())
                         .flat_map(|v| {
                             let run = run.clone();
                             (0..ACTORS).map(move |a| {
@@ -197,7 +209,9 @@ fn concurrent(c: &mut Criterion, env: &Env) {
                             let actor = format!("{run}-{a}");
                             (
                                 format!("raw.{actor}"),
-                                (1..=PER_ACTOR).map(|v| encoded(&actor, v)).collect(),
+                                (1..=events_per_actor())
+                                    .map(|v| encoded(&actor, v))
+                                    .collect(),
                             )
                         })
                         .collect();
@@ -236,7 +250,7 @@ fn concurrent(c: &mut Criterion, env: &Env) {
                     let per_actor: Vec<Vec<Event>> = (0..ACTORS)
                         .map(|a| {
                             let actor = format!("{run}-{a}");
-                            (1..=PER_ACTOR).map(|v| event(&actor, v)).collect()
+                            (1..=events_per_actor()).map(|v| event(&actor, v)).collect()
                         })
                         .collect();
                     let store = &env.store;
@@ -262,14 +276,14 @@ fn concurrent(c: &mut Criterion, env: &Env) {
 fn replay(c: &mut Criterion, env: &Env) {
     let actor = "replayed";
     env.rt.block_on(async {
-        for chunk in (1..=REPLAY).collect::<Vec<_>>().chunks(1000) {
+        for chunk in (1..=replay_len()).collect::<Vec<_>>().chunks(1000) {
             let events = chunk.iter().map(|&v| event(actor, v)).collect();
             env.store.save_events(events).await.unwrap();
         }
     });
     let subject = env.store.subject_for(actor);
     let mut g = c.benchmark_group("js_replay_100k");
-    g.throughput(Throughput::Elements(REPLAY));
+    g.throughput(Throughput::Elements(replay_len()));
     g.sample_size(10);
     g.bench_function("baseline", |b| {
         b.iter_custom(|iters| {
@@ -291,7 +305,7 @@ fn replay(c: &mut Criterion, env: &Env) {
                     while let Some(m) = messages.next().await {
                         black_box(m.unwrap().payload.len());
                         n += 1;
-                        if n == REPLAY {
+                        if n == replay_len() {
                             break;
                         }
                     }
@@ -313,7 +327,7 @@ fn replay(c: &mut Criterion, env: &Env) {
                         black_box(e.unwrap().version());
                         n += 1;
                     }
-                    assert_eq!(n, REPLAY);
+                    assert_eq!(n, replay_len());
                     total += start.elapsed();
                 }
                 total
@@ -509,12 +523,24 @@ fn all(c: &mut Criterion) {
     black_box(&env.raw_stream);
 }
 
+/// Criterion's settings; shorter measurements in a quick run.
+fn config() -> Criterion {
+    if quick() {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(1))
+            .warm_up_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(5))
+            .warm_up_time(Duration::from_secs(1))
+    }
+}
+
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(5))
-        .warm_up_time(Duration::from_secs(1));
+    config = config();
     targets = all
 }
 
@@ -525,7 +551,7 @@ fn mean_ns(group: &str, function: &str) -> Option<f64> {
 fn summary_occ() {
     let group = "js_append_1000_actors_concurrent";
     if let (Some(b), Some(a)) = (mean_ns(group, "baseline_occ"), mean_ns(group, "aether")) {
-        let ops = (ACTORS * PER_ACTOR) as f64;
+        let ops = (ACTORS * events_per_actor()) as f64;
         println!(
             "| 1,000 actors, concurrent appends vs the same OCC protocol by hand | {:.0} msg/s | {:.0} msg/s | {:.2}x |",
             ops / b * 1e9,
@@ -537,8 +563,16 @@ fn summary_occ() {
 
 fn summary() {
     println!("\n== JetStream store vs raw async-nats (same server, same run) ==");
+    if quick() {
+        println!(
+            "(quick run: shorter measurements, {} events per actor, {} events replayed)",
+            events_per_actor(),
+            replay_len()
+        );
+    }
     println!("| path | baseline | aether | ratio (baseline time / aether time) |");
     println!("| --- | --- | --- | --- |");
+    let replay = format!("replay {}k events of one actor", replay_len() / 1000);
     for (group, ops, name) in [
         (
             "js_append_one_actor_sequential",
@@ -547,10 +581,10 @@ fn summary() {
         ),
         (
             "js_append_1000_actors_concurrent",
-            ACTORS * PER_ACTOR,
+            ACTORS * events_per_actor(),
             "1,000 actors, concurrent appends",
         ),
-        ("js_replay_100k", REPLAY, "replay 100k events of one actor"),
+        ("js_replay_100k", replay_len(), replay.as_str()),
         (
             "js_replay_short_50",
             SHORT,
@@ -570,11 +604,91 @@ fn summary() {
     }
 }
 
+/// Hands the rows of the tables above to the benchmark report (estimates written since
+/// `since`).
+fn record(since: SystemTime) {
+    let concurrent = ACTORS * events_per_actor();
+    for (id, group, baseline_fn, units, path, baseline) in [
+        (
+            "js.append.sequential",
+            "js_append_one_actor_sequential",
+            "baseline",
+            SEQUENTIAL,
+            format!("JetStream append, one actor, {SEQUENTIAL} sequential OCC-checked appends"),
+            "raw publish with the expected-sequence header, awaiting each ack",
+        ),
+        (
+            "js.append.concurrent",
+            "js_append_1000_actors_concurrent",
+            "baseline",
+            concurrent,
+            format!(
+                "JetStream append, {ACTORS} actors x {} events, concurrent",
+                events_per_actor()
+            ),
+            "raw pipelined publish (window 256), same bytes",
+        ),
+        (
+            "js.append.concurrent_occ",
+            "js_append_1000_actors_concurrent",
+            "baseline_occ",
+            concurrent,
+            format!(
+                "JetStream append, {ACTORS} actors x {} events, concurrent",
+                events_per_actor()
+            ),
+            "the same OCC protocol by hand (checked chains per actor)",
+        ),
+        (
+            "js.replay.long",
+            "js_replay_100k",
+            "baseline",
+            replay_len(),
+            format!(
+                "JetStream replay, one actor, {}k events, decoded",
+                replay_len() / 1000
+            ),
+            "raw ordered push consumer, same messages",
+        ),
+        (
+            "js.replay.short",
+            "js_replay_short_50",
+            "baseline",
+            SHORT,
+            format!("JetStream read of a {SHORT}-event history (direct gets)"),
+            "raw ordered consumer created, read and deleted",
+        ),
+        (
+            "js.batch",
+            "js_atomic_batch_100",
+            "baseline",
+            BATCH,
+            format!("JetStream atomic batch of {BATCH} events"),
+            "hand-written atomic batch publish",
+        ),
+    ] {
+        let est = |function: &str| aether_testkit::bench::estimate(&[group, function], since);
+        if let (Some(a), Some(b)) = (est("aether"), est(baseline_fn)) {
+            record_row(&ReportRow::criterion_rate(
+                id,
+                path,
+                units as f64,
+                "events",
+                a,
+                baseline,
+                b,
+            ));
+        }
+    }
+}
+
 fn main() {
+    let started = SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::args().any(|a| a == "--bench") {
         summary();
         summary_occ();
+        record(started);
     }
 }

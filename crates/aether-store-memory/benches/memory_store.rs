@@ -6,17 +6,20 @@
 //! - replay: per iteration, each thread reads its own 1,000-event actor back.
 //!
 //! `cargo xtask bench -- memory` (or `cargo bench -p aether-store-memory`) runs it and prints the
-//! ratio table at the end (baseline time / Aether time: above 1 means Aether is faster).
+//! ratio table at the end (baseline time / Aether time: above 1 means Aether is faster). With
+//! `AETHER_BENCH_ROWS` set (`cargo xtask bench --report`) it also hands its rows to the benchmark
+//! report; `AETHER_BENCH_QUICK` shortens criterion's measurements.
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aether_core::{Event, EventStore, StoreError};
 use aether_store_memory::InMemoryEventStore;
+use aether_testkit::bench::{Better, Estimate, Figure, ReportRow, Spread, record_row};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use futures::FutureExt;
 
@@ -203,12 +206,24 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// Criterion's settings; shorter measurements in a quick run.
+fn config() -> Criterion {
+    if aether_testkit::bench::quick() {
+        Criterion::default()
+            .sample_size(10)
+            .measurement_time(Duration::from_millis(800))
+            .warm_up_time(Duration::from_millis(300))
+    } else {
+        Criterion::default()
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1))
+    }
+}
+
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+    config = config();
     targets = append, replay
 }
 
@@ -255,16 +270,70 @@ fn summary() {
     }
     if !rows.is_empty() {
         println!("\n== memory store vs Mutex<HashMap<String, Vec<Event>>> (same run) ==");
+        if aether_testkit::bench::quick() {
+            println!("(quick run: shorter measurements)");
+        }
         for r in rows {
             println!("{r}");
         }
     }
 }
 
+/// Hands the rows of the table above to the benchmark report (estimates written since `since`).
+fn record(since: SystemTime) {
+    let est = |group: &str, function: &str, threads: usize| {
+        aether_testkit::bench::estimate(&[group, function, &threads.to_string()], since)
+    };
+    for (group, per, what) in [
+        ("memory_append", APPEND_EVENTS as f64, "append"),
+        ("memory_replay", REPLAY_EVENTS as f64, "replay"),
+    ] {
+        for threads in [1usize, 2] {
+            if let (Some(a), Some(b)) = (
+                est(group, "aether", threads),
+                est(group, "baseline", threads),
+            ) {
+                record_row(&ReportRow::criterion_rate(
+                    format!("memory.{what}.{threads}"),
+                    format!("memory store {what}, {threads} thread(s) on distinct actors"),
+                    per * threads as f64,
+                    "events",
+                    a,
+                    "Mutex<HashMap<String, Vec<Event>>>",
+                    b,
+                ));
+            }
+        }
+        if let (Some(one), Some(two)) = (est(group, "aether", 1), est(group, "aether", 2)) {
+            record_row(&scaling(what, per, one, two));
+        }
+    }
+}
+
+/// Aether on 2 threads against Aether on 1: the work done per unit of time.
+fn scaling(what: &str, per: f64, one: Estimate, two: Estimate) -> ReportRow {
+    let rate = |ns: f64, threads: f64| per * threads / ns * 1e9;
+    ReportRow::new(
+        format!("memory.{what}.scaling"),
+        format!("memory store {what}: 2 threads over distinct actors against 1"),
+        Better::Higher,
+        Figure::new(rate(two.mean, 2.0), "events/s"),
+        "Aether on 1 thread",
+        Figure::new(rate(one.mean, 1.0), "events/s"),
+    )
+    .spread(Some(Spread {
+        low: rate(two.high, 2.0) / rate(one.low, 1.0),
+        high: rate(two.low, 2.0) / rate(one.high, 1.0),
+        how: "from criterion's 95% intervals of both means".to_owned(),
+    }))
+}
+
 fn main() {
+    let started = SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::args().any(|a| a == "--bench") {
         summary();
+        record(started);
     }
 }
