@@ -165,6 +165,55 @@ struct RawCall<'a> {
     cmd: Vec<u8>,
 }
 
+/// One raw checked append per call, as a hand-written owner would do it: a JetStream publish
+/// expecting the subject's last sequence, with the contract's headers, awaiting the ack.
+struct RawAppend {
+    js: async_nats::jetstream::Context,
+    body: bytes::Bytes,
+    last: u64,
+    version: u64,
+}
+
+impl RawAppend {
+    async fn new(client: &async_nats::Client) -> Self {
+        let js = async_nats::jetstream::new(client.clone());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("BENCH_RAW_{}", uuid::Uuid::new_v4().simple()),
+            subjects: vec!["bench.rawappend".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let event = aether_core::Event::new("bench-raw", "Added", 1, &1u64).unwrap();
+        let body = bytes::Bytes::from(aether_core::wire::encode_event(&event).unwrap());
+        Self {
+            js,
+            body,
+            last: 0,
+            version: 0,
+        }
+    }
+
+    async fn append(&mut self) {
+        self.version += 1;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Aether-Version", self.version.to_string().as_str());
+        headers.insert("Aether-Event-Type", "Added");
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(self.body.clone())
+            .headers(headers)
+            .expected_last_subject_sequence(self.last);
+        let ack = self
+            .js
+            .send_publish("bench.rawappend", message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        self.last = ack.sequence;
+    }
+}
+
 /// Remote ask latency vs raw request/reply of the same bytes (a call and an answer of the
 /// sizes Aether sends), rounds interleaved; `id` names the report row.
 async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str, id: &str) {
@@ -185,10 +234,27 @@ async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str, id
     .unwrap();
     let answer = bytes::Bytes::from(vec![0u8; 40]);
     let responder = server.connect().await.unwrap();
+    // With the JetStream store, the baseline's responder also does what the owner must: one
+    // checked append (expected last subject sequence, the contract's headers, an event of the
+    // size Aether stores), awaiting its ack before answering.
+    let raw_append = if id.ends_with("jetstream") {
+        Some(RawAppend::new(&responder).await)
+    } else {
+        None
+    };
+    let baseline = if raw_append.is_some() {
+        "raw NATS request/reply plus one raw checked append"
+    } else {
+        "raw NATS request/reply, same bytes"
+    };
     let mut sub = responder.subscribe("bench.raw").await.unwrap();
     let replier = responder.clone();
     let echo = tokio::spawn(async move {
+        let mut raw_append = raw_append;
         while let Some(m) = sub.next().await {
+            if let Some(append) = raw_append.as_mut() {
+                append.append().await;
+            }
             if let Some(r) = m.reply {
                 replier.publish(r, answer.clone()).await.unwrap();
             }
@@ -218,24 +284,18 @@ async fn remote(server: &NatsServer, store: Arc<dyn EventStore>, label: &str, id
         .collect();
     let (raw, ours) = (lat(raw), lat(ours));
     let us = |d: Duration| Figure::new(d.as_secs_f64() * 1e6, "us");
-    let mut row = ReportRow::new(
+    let row = ReportRow::new(
         id,
         format!("remote ask p50 (owner on another node), {label}"),
         Better::Lower,
         us(ours.p50),
-        "raw NATS request/reply, same bytes",
+        baseline,
         us(raw.p50),
     )
     .spread(Spread::of_rounds(&per_round));
-    if id.ends_with("jetstream") {
-        row = row.note(
-            "the baseline has no append: the target's baseline is a raw request/reply plus one \
-             raw append",
-        );
-    }
     record_row(&row);
     println!(
-        "| remote ask, {label} | p50 {:.1?} / p99 {:.1?} | raw request/reply p50 {:.1?} / p99 {:.1?} | {:.2}x / {:.2}x |",
+        "| remote ask, {label} | p50 {:.1?} / p99 {:.1?} | {baseline}: p50 {:.1?} / p99 {:.1?} | {:.2}x / {:.2}x |",
         ours.p50,
         ours.p99,
         raw.p50,
