@@ -6,10 +6,16 @@
 //! | NATS bus, one node to another, 10k events (publisher at most 2,000 ahead) | raw core NATS publish/subscribe of the same bytes, same window |
 //! | projection catch-up over 100k events | raw durable pull consumer, acking each message |
 //!
+//! The node-to-node pair (bus and raw bytes) is also measured outside criterion, 5 runs on a
+//! server of their own, each run interleaving passes of both sides (`bus_nats_node_to_node/runs`,
+//! printed run by run): issue 25's target for that row is `>= 0.8` in 4 of 5 runs, and its report
+//! row (`bus.nats.node_to_node`) carries the median and each run's ratio. The criterion group
+//! stays for the table and for the rows with the reader decoding and with the echo.
+//!
 //! Run with `cargo xtask bench -p aether-bus`. With `AETHER_BENCH_ROWS` set
 //! (`cargo xtask bench --report`) it also hands its rows to the benchmark report;
-//! `AETHER_BENCH_QUICK` shortens criterion's measurements and catches up over 20k events (not
-//! 100k).
+//! `AETHER_BENCH_QUICK` shortens criterion's measurements, catches up over 20k events (not
+//! 100k) and makes each node-to-node run 20 passes per side (not 50); still 5 runs.
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented public fn
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark set-up
@@ -25,7 +31,7 @@ use aether_bus::{
 };
 use aether_core::{BoxError, Event, EventStore, Namespace};
 use aether_store_jetstream::JetStreamEventStore;
-use aether_testkit::bench::{ReportRow, quick, record_row};
+use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group};
@@ -127,16 +133,105 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// One pass of the raw baseline: `bytes` published on core NATS from `a`, read on `b` (each
+/// message decoded into an `Event` when `decode`), the publisher at most two windows ahead; the
+/// time from the first publish to the last message read.
+async fn raw_pass(
+    a: &async_nats::Client,
+    b: &async_nats::Client,
+    bytes: &[bytes::Bytes],
+    decode: bool,
+) -> Duration {
+    let subject = format!("raw.{}", Uuid::new_v4().simple());
+    let mut sub = b.subscribe(subject.clone()).await.unwrap();
+    // Not `flush`: that only writes the socket, and the first messages could reach the server
+    // before the subscription does.
+    aether_bus::round_trip(b).await.unwrap();
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        for i in 1..=REMOTE {
+            let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("raw: stuck after {i}"));
+            let m = m.unwrap();
+            if decode {
+                black_box(aether_core::wire::decode_event(&m.payload).unwrap());
+            } else {
+                black_box(m);
+            }
+            if i.is_multiple_of(WINDOW) || i == REMOTE {
+                seen_tx.send_replace(i);
+            }
+        }
+    });
+    let start = Instant::now();
+    for (i, m) in bytes.iter().enumerate() {
+        a.publish(subject.clone(), m.clone()).await.unwrap();
+        let sent = i as u64 + 1;
+        if sent.is_multiple_of(WINDOW) {
+            // At most two windows in flight: core NATS drops for slow consumers.
+            seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
+        }
+    }
+    a.flush().await.unwrap();
+    reader.await.unwrap();
+    start.elapsed()
+}
+
+/// One pass of the bus: `evs` published on `bus1`, read from a new subscription on `bus2`, the
+/// publisher at most two windows ahead; the time from the first publish to the last event read.
+async fn bus_pass(
+    bus1: &NatsEventBus,
+    bus2: &NatsEventBus,
+    ns: &Namespace,
+    evs: &[Event],
+) -> Duration {
+    let mut sub = bus2
+        .subscribe_with(
+            Pattern::exact(ns),
+            SubscribeOptions::default().capacity(REMOTE as usize),
+        )
+        .await
+        .unwrap();
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        for i in 1..=REMOTE {
+            let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("bus: stuck after {i}"));
+            black_box(e.unwrap());
+            if i.is_multiple_of(WINDOW) || i == REMOTE {
+                seen_tx.send_replace(i);
+            }
+        }
+    });
+    let start = Instant::now();
+    for (i, e) in evs.iter().enumerate() {
+        bus1.publish(ns, e).await.unwrap();
+        let sent = i as u64 + 1;
+        if sent.is_multiple_of(WINDOW) {
+            seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
+        }
+    }
+    reader.await.unwrap();
+    start.elapsed()
+}
+
+/// The events of the node-to-node path and their encoded bytes (the raw baseline's payloads).
+fn remote_events() -> (Vec<Event>, Vec<bytes::Bytes>) {
+    let evs = events(REMOTE);
+    let bytes = evs
+        .iter()
+        .map(|e| aether_core::wire::encode_event(e).unwrap().into())
+        .collect();
+    (evs, bytes)
+}
+
 fn remote(c: &mut Criterion) {
     let rt = rt();
     let server = rt.block_on(NatsServer::start()).unwrap();
     let ns = Namespace::new("bench").unwrap();
-    let evs = Arc::new(events(REMOTE));
-    let bytes: Arc<Vec<bytes::Bytes>> = Arc::new(
-        evs.iter()
-            .map(|e| aether_core::wire::encode_event(e).unwrap().into())
-            .collect(),
-    );
+    let (evs, bytes) = remote_events();
     let mut g = c.benchmark_group("bus_nats_node_to_node");
     g.throughput(Throughput::Elements(REMOTE));
     g.sample_size(10);
@@ -150,40 +245,7 @@ fn remote(c: &mut Criterion) {
                     let bconn = server.connect().await.unwrap();
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let subject = format!("raw.{}", Uuid::new_v4().simple());
-                        let mut sub = bconn.subscribe(subject.clone()).await.unwrap();
-                        // Not `flush`: that only writes the socket, and the first messages could
-                        // reach the server before the subscription does.
-                        aether_bus::round_trip(&bconn).await.unwrap();
-                        let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
-                        let reader = tokio::spawn(async move {
-                            for i in 1..=REMOTE {
-                                let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                                    .await
-                                    .unwrap_or_else(|_| panic!("raw: stuck after {i}"));
-                                let m = m.unwrap();
-                                if decode {
-                                    black_box(aether_core::wire::decode_event(&m.payload).unwrap());
-                                } else {
-                                    black_box(m);
-                                }
-                                if i.is_multiple_of(WINDOW) || i == REMOTE {
-                                    seen_tx.send_replace(i);
-                                }
-                            }
-                        });
-                        let start = Instant::now();
-                        for (i, b) in bytes.iter().enumerate() {
-                            a.publish(subject.clone(), b.clone()).await.unwrap();
-                            let sent = i as u64 + 1;
-                            if sent.is_multiple_of(WINDOW) {
-                                // At most two windows in flight: core NATS drops for slow consumers.
-                                seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
-                            }
-                        }
-                        a.flush().await.unwrap();
-                        reader.await.unwrap();
-                        total += start.elapsed();
+                        total += raw_pass(&a, &bconn, &bytes, decode).await;
                     }
                     total
                 })
@@ -216,35 +278,7 @@ fn remote(c: &mut Criterion) {
                         .unwrap();
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let mut sub = bus2
-                            .subscribe_with(
-                                Pattern::exact(&ns),
-                                SubscribeOptions::default().capacity(REMOTE as usize),
-                            )
-                            .await
-                            .unwrap();
-                        let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
-                        let reader = tokio::spawn(async move {
-                            for i in 1..=REMOTE {
-                                let e = tokio::time::timeout(Duration::from_secs(5), sub.next())
-                                    .await
-                                    .unwrap_or_else(|_| panic!("bus: stuck after {i}"));
-                                black_box(e.unwrap());
-                                if i.is_multiple_of(WINDOW) || i == REMOTE {
-                                    seen_tx.send_replace(i);
-                                }
-                            }
-                        });
-                        let start = Instant::now();
-                        for (i, e) in evs.iter().enumerate() {
-                            bus1.publish(&ns, e).await.unwrap();
-                            let sent = i as u64 + 1;
-                            if sent.is_multiple_of(WINDOW) {
-                                seen.wait_for(|n| *n + WINDOW >= sent).await.unwrap();
-                            }
-                        }
-                        reader.await.unwrap();
-                        total += start.elapsed();
+                        total += bus_pass(&bus1, &bus2, &ns, &evs).await;
                     }
                     bus1.stop();
                     bus2.stop();
@@ -258,6 +292,123 @@ fn remote(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// Runs of the node-to-node measurement: issue 25 wants the bus at 0.8 of raw core NATS or
+/// better "in 4 of 5 runs" (the report judges the runs; `NODE_TO_NODE_TARGET` only words the
+/// row's note).
+const RUNS: usize = 5;
+const NODE_TO_NODE_TARGET: f64 = 0.8;
+
+/// Passes of each side in one run, after a warm-up pass of each.
+fn passes_per_run() -> u32 {
+    if quick() { 20 } else { 50 }
+}
+
+/// One run's rates, events/s.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    aether: f64,
+    baseline: f64,
+}
+
+impl Run {
+    fn ratio(&self) -> f64 {
+        self.aether / self.baseline
+    }
+}
+
+/// The targeted pair (`bus.nats.node_to_node`) measured [`RUNS`] times outside criterion, on a
+/// server of its own: each run connects both sides afresh, warms each up with one pass, then
+/// interleaves [`passes_per_run`] passes of the bus and of raw core NATS (the order alternating
+/// pass by pass) and compares the two rates. Prints each run's ratio.
+fn node_to_node_runs() -> Vec<Run> {
+    let rt = rt();
+    let server = rt.block_on(NatsServer::start()).unwrap();
+    let ns = Namespace::new("bench").unwrap();
+    let (evs, bytes) = remote_events();
+    let passes = passes_per_run();
+    let runs = rt.block_on(async {
+        let mut runs = Vec::with_capacity(RUNS);
+        for run in 1..=RUNS {
+            let a = server.connect().await.unwrap();
+            let b = server.connect().await.unwrap();
+            let bus1 = NatsEventBus::new(server.connect().await.unwrap())
+                .await
+                .unwrap();
+            let bus2 = NatsEventBus::new(server.connect().await.unwrap())
+                .await
+                .unwrap();
+            bus_pass(&bus1, &bus2, &ns, &evs).await;
+            raw_pass(&a, &b, &bytes, false).await;
+            let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
+            for pass in 0..passes {
+                if pass % 2 == 0 {
+                    ours += bus_pass(&bus1, &bus2, &ns, &evs).await;
+                    raw += raw_pass(&a, &b, &bytes, false).await;
+                } else {
+                    raw += raw_pass(&a, &b, &bytes, false).await;
+                    ours += bus_pass(&bus1, &bus2, &ns, &evs).await;
+                }
+            }
+            bus1.stop();
+            bus2.stop();
+            let rate = |t: Duration| (REMOTE * u64::from(passes)) as f64 / t.as_secs_f64();
+            let r = Run {
+                aether: rate(ours),
+                baseline: rate(raw),
+            };
+            println!(
+                "bus_nats_node_to_node run {run} of {RUNS} ({passes} passes of {REMOTE} events \
+                 each side): aether {:.0} ev/s, raw core NATS {:.0} ev/s, ratio {:.2}",
+                r.aether,
+                r.baseline,
+                r.ratio()
+            );
+            runs.push(r);
+        }
+        runs
+    });
+    drop(server);
+    runs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The row of the runs: the median rates and the median per-run ratio, the per-run ratios'
+/// min-max, each run's ratio (the report counts those meeting the target) and how many do.
+fn record_runs(runs: &[Run]) {
+    let ratios: Vec<f64> = runs.iter().map(Run::ratio).collect();
+    let meeting = ratios.iter().filter(|&&r| r >= NODE_TO_NODE_TARGET).count();
+    let spread = Spread::of_rounds(&ratios).map(|s| Spread {
+        how: format!("min-max of {} runs", ratios.len()),
+        ..s
+    });
+    let row = ReportRow::new(
+        "bus.nats.node_to_node",
+        format!(
+            "NATS bus, one node to another, {REMOTE} events, {} runs",
+            runs.len()
+        ),
+        Better::Higher,
+        Figure::new(median(runs.iter().map(|r| r.aether).collect()), "events/s"),
+        "raw core NATS publish/subscribe, same bytes",
+        Figure::new(
+            median(runs.iter().map(|r| r.baseline).collect()),
+            "events/s",
+        ),
+    )
+    .ratio(median(ratios.clone()))
+    .spread(spread)
+    .note(format!(
+        "{meeting} of {} runs >= {NODE_TO_NODE_TARGET}",
+        ratios.len()
+    ))
+    .rounds(ratios);
+    record_row(&row);
 }
 
 #[derive(Default)]
@@ -403,15 +554,6 @@ fn record(since: SystemTime) {
             "aether",
         ),
         (
-            "bus.nats.node_to_node",
-            "bus_nats_node_to_node",
-            REMOTE,
-            format!("NATS bus, one node to another, {REMOTE} events"),
-            "raw core NATS publish/subscribe, same bytes",
-            "baseline",
-            "aether",
-        ),
-        (
             "bus.nats.node_to_node_decoded",
             "bus_nats_node_to_node",
             REMOTE,
@@ -460,7 +602,18 @@ fn main() {
     let started = SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();
-    if std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") {
+        // The runs go by the name `bus_nats_node_to_node/runs`: a filter argument that is not
+        // part of it leaves them out, as criterion leaves out the benchmarks it does not match.
+        let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+        let runs = if filter.is_none_or(|f| "bus_nats_node_to_node/runs".contains(f.as_str())) {
+            let runs = node_to_node_runs();
+            record_runs(&runs);
+            runs
+        } else {
+            Vec::new()
+        };
         record(started);
         println!("\n== aether-bus vs baselines (same run) ==");
         if quick() {
@@ -518,6 +671,19 @@ fn main() {
                     b / a
                 );
             }
+        }
+        if !runs.is_empty() {
+            let ratios: Vec<f64> = runs.iter().map(Run::ratio).collect();
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "| NATS bus, one node to another, {} interleaved runs (median; runs: {}) | {:.0} \
+                 ev/s | {:.0} ev/s | {:.2}x |",
+                runs.len(),
+                each.join(", "),
+                median(runs.iter().map(|r| r.baseline).collect()),
+                median(runs.iter().map(|r| r.aether).collect()),
+                median(ratios),
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::command_id::CommandId;
 use crate::error::{CodecError, EventError};
 use crate::limits;
 use crate::payload::{Payload, Value};
@@ -19,9 +20,10 @@ pub struct Metadata {
     /// Id shared by every event of one business transaction or request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
-    /// Id of the message (command or event) that caused this event.
+    /// Id of the message (command or event) that caused this event: the runtime writes the
+    /// command's id here. A [`CommandId`] is cheap to clone (no allocation per event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<String>,
+    pub causation_id: Option<CommandId>,
     /// Free-form string pairs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
@@ -236,7 +238,7 @@ impl EventBuilder {
     }
 
     /// Sets the causation id.
-    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+    pub fn causation_id(mut self, id: impl Into<CommandId>) -> Self {
         self.metadata.causation_id = Some(id.into());
         self
     }

@@ -16,6 +16,7 @@
 //! ```
 
 mod backoff;
+mod command_id;
 mod error;
 mod event;
 pub mod limits;
@@ -27,6 +28,7 @@ pub mod store_metrics;
 pub mod wire;
 
 pub use backoff::Backoff;
+pub use command_id::CommandId;
 pub use error::{
     BoxError, BroadcastError, CodecError, EventError, NamespaceError, ServerLimit, StoreError,
     VersionConflict, error_chain,

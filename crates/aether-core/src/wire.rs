@@ -601,7 +601,7 @@ impl<'a> Reader<'a> {
             let value = self.string(META)?;
             let again = match key {
                 CORRELATION_ID => meta.correlation_id.replace(value).is_some(),
-                CAUSATION_ID => meta.causation_id.replace(value).is_some(),
+                CAUSATION_ID => meta.causation_id.replace(value.into()).is_some(),
                 _ => extra.insert(key.to_owned(), value).is_some(),
             };
             if again {

@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aether_core::EventStore;
+use aether_core::{CommandId, EventStore};
 use tokio::sync::oneshot;
 
 use crate::actor::Actor;
@@ -161,7 +161,7 @@ impl<A: Actor> Runtime<A> {
         &self,
         id: &str,
         command: A::Command,
-        command_id: impl Into<Arc<str>>,
+        command_id: impl Into<CommandId>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         self.actor(id).ask_once(command, command_id).await
     }

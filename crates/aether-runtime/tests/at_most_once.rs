@@ -57,7 +57,7 @@ async fn by_cause(store: &InMemoryEventStore, id: &str) -> HashMap<String, usize
             .causation_id
             .clone()
             .expect("every event has a cause");
-        *counts.entry(cause).or_default() += 1;
+        *counts.entry(cause.to_string()).or_default() += 1;
     }
     counts
 }

@@ -180,6 +180,9 @@ pub struct ReportRow {
     pub cpu_us: Option<(f64, f64)>,
     /// Anything a reader must know to read the row.
     pub note: Option<String>,
+    /// The ratio of each run, where the bench repeats the whole measurement and its target
+    /// counts runs (e.g. `>= 0.8` in 4 of 5 runs); empty otherwise.
+    pub rounds: Vec<f64>,
 }
 
 impl ReportRow {
@@ -204,6 +207,7 @@ impl ReportRow {
             spread: None,
             cpu_us: None,
             note: None,
+            rounds: Vec::new(),
         }
     }
 
@@ -285,6 +289,12 @@ impl ReportRow {
         self
     }
 
+    /// With the ratio of each run (for a target that counts the runs meeting it).
+    pub fn rounds(mut self, ratios: Vec<f64>) -> Self {
+        self.rounds = ratios;
+        self
+    }
+
     /// The row as the one JSON line the report reads.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -306,6 +316,8 @@ impl ReportRow {
             })),
             "cpu_us": self.cpu_us.map(|(a, b)| serde_json::json!({ "aether": a, "baseline": b })),
             "note": self.note,
+            // Absent (null) for most rows; the report reads a missing field as no runs.
+            "rounds": (!self.rounds.is_empty()).then_some(&self.rounds),
         })
     }
 }
@@ -389,7 +401,10 @@ mod tests {
         assert_eq!(json["spread"]["high"], 0.95);
         assert_eq!(json["spread"]["how"], "min-max of 3 rounds");
         assert_eq!(json["cpu_us"]["baseline"], 1.5);
+        assert!(json["rounds"].is_null(), "no runs: no field");
         assert!(!json.to_string().contains('\n'));
+        let json = row.rounds(vec![0.81, 0.79]).to_json();
+        assert_eq!(json["rounds"], serde_json::json!([0.81, 0.79]));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use aether_core::CommandId;
 use aether_runtime::{Actor, AskError, Runtime};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,7 +27,7 @@ impl<A> ClusterActor for A where
 #[async_trait::async_trait]
 pub(crate) trait Host: Send + Sync + fmt::Debug {
     /// Handles a call that arrived from another node.
-    async fn serve(&self, actor: &str, id: Arc<str>, cmd: &[u8], epoch: u64) -> Answer;
+    async fn serve(&self, actor: &str, id: CommandId, cmd: &[u8], epoch: u64) -> Answer;
     /// Ids of the actors in memory.
     fn active(&self) -> Vec<String>;
     /// Passivates one actor (handles what it has queued, snapshots, leaves memory).
@@ -130,7 +131,7 @@ pub(crate) fn answer_of<A: ClusterActor>(
 
 #[async_trait::async_trait]
 impl<A: ClusterActor> Host for TypedHost<A> {
-    async fn serve(&self, actor: &str, id: Arc<str>, cmd: &[u8], epoch: u64) -> Answer {
+    async fn serve(&self, actor: &str, id: CommandId, cmd: &[u8], epoch: u64) -> Answer {
         let command: A::Command = match rmp_serde::from_slice(cmd) {
             Ok(c) => c,
             Err(e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use aether_core::Backoff;
+use aether_core::{Backoff, CommandId};
 use aether_runtime::{Applied, AskError, Runtime};
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::host::{ClusterActor, chain};
-use super::shards::Serve;
+use super::shards::{Entered, Serve};
 use super::wire::{self, Answer, Call, Status};
 use crate::hash::{ShardId, shard_for};
 
@@ -122,16 +122,18 @@ impl Router {
         }
     }
 
-    /// A command id unique in the cluster: this process's incarnation and a counter.
-    fn command_id(&self) -> Arc<str> {
+    /// A command id unique in the cluster: 12 hex digits (48 random bits) of this process's
+    /// incarnation and a hex counter. Up to 2^40 commands per process it is at most 23 bytes,
+    /// which a [`CommandId`] holds inline: making one allocates nothing.
+    fn command_id(&self) -> CommandId {
         let n = self.next_command.fetch_add(1, Ordering::Relaxed);
-        // 64 random bits of the incarnation are plenty next to a per-process counter; built on
-        // the stack so that the id costs one allocation.
-        let incarnation = self.node.manager.incarnation().as_bytes();
-        let prefix = &incarnation[..incarnation.len().min(16)];
-        let mut buf = [0u8; 16 + 1 + 16];
-        buf[..prefix.len()].copy_from_slice(prefix);
-        let mut len = prefix.len();
+        let mut buf = [0u8; 12 + 1 + 16];
+        let mut len = 0;
+        let incarnation = self.node.manager.incarnation().bytes();
+        for digit in incarnation.filter(u8::is_ascii_hexdigit).take(12) {
+            buf[len] = digit;
+            len += 1;
+        }
         buf[len] = b'-';
         len += 1;
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
@@ -140,7 +142,7 @@ impl Router {
             buf[len + i] = b"0123456789abcdef"[nibble as usize];
         }
         len += digits;
-        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), Arc::from)
+        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), CommandId::from)
     }
 
     /// One request to `owner`, bounded by the request timeout and the call's deadline. `Err`
@@ -326,7 +328,7 @@ impl<A: ClusterActor> ClusterActors<A> {
         &self,
         actor_id: &str,
         command: A::Command,
-        command_id: impl Into<Arc<str>>,
+        command_id: impl Into<CommandId>,
     ) -> Result<Applied<A::Event>, CallError<A::Error>> {
         self.route(actor_id, command, command_id.into()).await
     }
@@ -350,15 +352,44 @@ impl<A: ClusterActor> ClusterActors<A> {
 
     /// Delivers `command` to the owner of `actor_id` and waits for the outcome: the message
     /// flow of docs/cluster.md, one [`Route`] state at a time.
-    async fn route(&self, actor_id: &str, command: A::Command, id: Arc<str>) -> Outcome<A> {
-        let mut call = Routing::new(self, actor_id, command, id);
-        let mut state = Route::Look;
-        loop {
-            state = match call.step(state).await {
-                Route::Done(outcome) => return outcome,
-                next => next,
-            };
+    async fn route(&self, actor_id: &str, command: A::Command, id: CommandId) -> Outcome<A> {
+        let shard = shard_for(actor_id, self.router.node.config.shard_count);
+        // The common case, without the state machine: this node owns the shard and serves it.
+        if let Some(entered) = self.serving_here(shard) {
+            let outcome = self.runtime.ask_once(actor_id, command, id).await;
+            drop(entered);
+            return local_outcome::<A>(actor_id, self.router.node.me(), outcome);
         }
+        // Boxed: a local call's future stays small.
+        Box::pin(async move {
+            let mut call = Routing::new(self, actor_id, command, id, shard);
+            let mut state = Route::Look;
+            loop {
+                state = match call.step(state).await {
+                    Route::Done(outcome) => return outcome,
+                    next => next,
+                };
+            }
+        })
+        .await
+    }
+
+    /// Inside `shard`'s gate, if this node's map gives it the shard and it serves it now
+    /// (what `Routing::look` then `Routing::local` find on their way to the runtime).
+    fn serving_here(&self, shard: ShardId) -> Option<Entered<'_>> {
+        let node = &*self.router.node;
+        if node.cancel.is_cancelled() {
+            return None;
+        }
+        let mine = node
+            .shards
+            .map()
+            .as_ref()
+            .is_some_and(|map| map.owner(shard) == Some(node.me()));
+        if !mine {
+            return None;
+        }
+        node.shards.enter(shard).ok()
     }
 }
 
@@ -390,7 +421,7 @@ enum Route<A: ClusterActor> {
 struct Routing<'a, A: ClusterActor> {
     actors: &'a ClusterActors<A>,
     actor_id: &'a str,
-    id: Arc<str>,
+    id: CommandId,
     shard: ShardId,
     cmd: Cmd<A::Command>,
     /// When the call was first held.
@@ -414,13 +445,14 @@ impl<'a, A: ClusterActor> Routing<'a, A> {
         actors: &'a ClusterActors<A>,
         actor_id: &'a str,
         command: A::Command,
-        id: Arc<str>,
+        id: CommandId,
+        shard: ShardId,
     ) -> Self {
         Self {
             actors,
             actor_id,
             id,
-            shard: shard_for(actor_id, actors.router.node.config.shard_count),
+            shard,
             cmd: Cmd::Value(command),
             held: None,
             clock: None,

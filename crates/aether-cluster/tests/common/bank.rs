@@ -119,7 +119,7 @@ pub async fn audit(
                 .causation_id
                 .clone()
                 .expect("every event records its command");
-            *causes.entry(cause).or_insert(0) += 1;
+            *causes.entry(cause.to_string()).or_insert(0) += 1;
             state.apply(&e.decode().expect("decodes"));
         }
         states.insert(actor, state);

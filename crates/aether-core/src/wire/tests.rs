@@ -409,7 +409,7 @@ fn metadata_strategy() -> impl Strategy<Value = Metadata> {
             extra.remove(CAUSATION_ID);
             Metadata {
                 correlation_id,
-                causation_id,
+                causation_id: causation_id.map(Into::into),
                 extra,
             }
         })

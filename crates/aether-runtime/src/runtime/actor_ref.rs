@@ -2,13 +2,16 @@
 //! finds the actor again after a passivation), and `Applied`, what a successful command did.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use aether_core::CommandId;
 
 use super::lock;
-use super::registry::Shared;
+use super::registry::{Door, Shared};
 use super::vm::{Envelope, Once};
 use crate::actor::Actor;
 use crate::error::AskError;
@@ -35,10 +38,17 @@ impl<E> Applied<E> {
 /// A handle on one actor: `ask` waits for the outcome, `tell` only for the mailbox. Cheap to
 /// create; it remembers the actor's mailbox between messages and finds the actor again after a
 /// passivation.
+///
+/// An ask that finds the actor idle (loaded, nothing queued, no command running) runs on the
+/// caller's own task instead of crossing to the actor's task and back; otherwise it waits in
+/// the mailbox. Either way the actor handles one command at a time, and messages from one
+/// caller are handled in the order they were sent. Dropping an ask's future before it
+/// completes abandons the command like a lost reply: it may or may not have been stored (a
+/// command id, [`ask_once`](Self::ask_once), makes a retry safe).
 pub struct ActorRef<A: Actor> {
     id: Arc<str>,
     shared: Arc<Shared<A>>,
-    cached: Mutex<Option<mpsc::Sender<Envelope<A>>>>,
+    cached: Mutex<Option<Door<A>>>,
 }
 
 impl<A: Actor> Clone for ActorRef<A> {
@@ -78,8 +88,12 @@ impl<A: Actor> ActorRef<A> {
     /// Sends `command` and waits until it is handled: the events appended and the new
     /// version, or why not (the actor's own refusal is [`AskError::Rejected`]).
     pub async fn ask(&self, command: A::Command) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let door = self.door().await?;
+        if let Some(idle) = door.cell.idle() {
+            return idle.ask(command, None).await;
+        }
         let (tx, rx) = oneshot::channel();
-        self.deliver(Envelope::Ask(command, tx)).await?;
+        self.send(door, Envelope::Ask(command, tx)).await?;
         rx.await.unwrap_or_else(|_| {
             Err(AskError::NoReply {
                 actor_id: self.id.clone(),
@@ -120,14 +134,22 @@ impl<A: Actor> ActorRef<A> {
     pub async fn ask_once(
         &self,
         command: A::Command,
-        command_id: impl Into<Arc<str>>,
+        command_id: impl Into<CommandId>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let id = command_id.into();
+        let door = self.door().await?;
+        if let Some(idle) = door.cell.idle() {
+            return idle.ask(command, Some(id)).await;
+        }
         let (tx, rx) = oneshot::channel();
-        self.deliver(Envelope::Once(Box::new(Once {
-            command,
-            id: command_id.into(),
-            reply: Some(tx),
-        })))
+        self.send(
+            door,
+            Envelope::Once(Box::new(Once {
+                command,
+                id,
+                reply: Some(tx),
+            })),
+        )
         .await?;
         rx.await.unwrap_or_else(|_| {
             Err(AskError::NoReply {
@@ -141,7 +163,7 @@ impl<A: Actor> ActorRef<A> {
     pub async fn tell_once(
         &self,
         command: A::Command,
-        command_id: impl Into<Arc<str>>,
+        command_id: impl Into<CommandId>,
     ) -> Result<(), AskError<A::Error>> {
         self.deliver(Envelope::Once(Box::new(Once {
             command,
@@ -157,45 +179,49 @@ impl<A: Actor> ActorRef<A> {
         self.deliver(Envelope::Tell(command)).await
     }
 
-    pub(super) async fn deliver(
+    /// Hands `envelope` to the actor's mailbox (activating the actor if needed).
+    pub(super) async fn deliver(&self, envelope: Envelope<A>) -> Result<(), AskError<A::Error>> {
+        let door = self.door().await?;
+        self.send(door, envelope).await
+    }
+
+    /// The way to the actor: the one remembered, or found (activating the actor) now.
+    async fn door(&self) -> Result<Door<A>, AskError<A::Error>> {
+        if let Some(door) = lock(&self.cached).as_ref()
+            && !door.tx.is_closed()
+        {
+            return Ok(door.clone());
+        }
+        let door = self.shared.resolve(&self.id).await?;
+        *lock(&self.cached) = Some(door.clone());
+        Ok(door)
+    }
+
+    /// Puts `envelope` in the mailbox behind `door`, waiting while it is full; when the actor
+    /// passivated in between, finds (or activates) it again.
+    async fn send(
         &self,
+        mut door: Door<A>,
         mut envelope: Envelope<A>,
     ) -> Result<(), AskError<A::Error>> {
         loop {
-            let known = {
-                let mut cached = lock(&self.cached);
-                match cached.as_ref() {
-                    Some(tx) => match tx.try_send(envelope) {
-                        Ok(()) => return Ok(()),
-                        Err(TrySendError::Full(back)) => {
-                            envelope = back;
-                            cached.clone()
-                        }
-                        Err(TrySendError::Closed(back)) => {
-                            envelope = back;
-                            *cached = None;
-                            None
-                        }
-                    },
-                    None => None,
-                }
-            };
-            let tx = match known {
-                Some(tx) => tx,
-                None => {
-                    let tx = self.shared.resolve(&self.id).await?;
-                    *lock(&self.cached) = Some(tx.clone());
-                    tx
-                }
-            };
-            match tx.send(envelope).await {
+            // Counted before it is visible to the actor's task, so the count never goes below
+            // the envelopes it has yet to handle (see `Cell::idle`).
+            door.cell.queued.fetch_add(1, Ordering::AcqRel);
+            let refused = match door.tx.try_send(envelope) {
                 Ok(()) => return Ok(()),
-                // The actor passivated between lookup and send: find (or activate) it again.
-                Err(mpsc::error::SendError(back)) => {
-                    envelope = back;
-                    *lock(&self.cached) = None;
-                }
-            }
+                Err(TrySendError::Full(back)) => match door.tx.send(back).await {
+                    Ok(()) => return Ok(()),
+                    Err(tokio::sync::mpsc::error::SendError(back)) => back,
+                },
+                Err(TrySendError::Closed(back)) => back,
+            };
+            // The actor passivated between lookup and send: find (or activate) it again.
+            door.cell.queued.fetch_sub(1, Ordering::AcqRel);
+            envelope = refused;
+            *lock(&self.cached) = None;
+            door = self.shared.resolve(&self.id).await?;
+            *lock(&self.cached) = Some(door.clone());
         }
     }
 }

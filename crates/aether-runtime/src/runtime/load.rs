@@ -157,13 +157,7 @@ pub(super) async fn replay<A: Actor>(
         state.apply(&decoded);
         *version = event.version();
         if let Some(cause) = &event.metadata().causation_id {
-            let same = recent
-                .as_ref()
-                .and_then(|r| r.list.back())
-                .filter(|prev| &*prev.id == cause.as_str())
-                .map(|prev| prev.id.clone());
-            let id = same.unwrap_or_else(|| cause.as_str().into());
-            remember(recent, id_hash(cause), &id, *version, *version);
+            remember(recent, id_hash(cause), cause, *version, *version);
         }
         replayed += 1;
     }

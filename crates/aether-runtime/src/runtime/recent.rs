@@ -2,14 +2,13 @@
 //! recognised: the last `REMEMBERED_COMMANDS` of them, with an index by id hash.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use aether_core::CommandRecord;
+use aether_core::{CommandId, CommandRecord};
 
 /// A command folded into the state: its id, the hash of the id, its first and last version.
 pub(super) struct Applied1 {
     pub(super) hash: u64,
-    pub(super) id: Arc<str>,
+    pub(super) id: CommandId,
     first: u64,
     last: u64,
 }
@@ -59,7 +58,7 @@ impl RecentCommands {
             *recent.hashes.entry(hash).or_default() += 1;
             recent.list.push_back(Applied1 {
                 hash,
-                id: r.id.into(),
+                id: CommandId::from(r.id),
                 first: r.first,
                 last: r.last,
             });
@@ -87,7 +86,7 @@ impl RecentCommands {
 }
 
 /// Notes that the events at `first..=last` were caused by command `id` (hash `hash`).
-pub(super) fn remember(recent: &mut Recent, hash: u64, id: &Arc<str>, first: u64, last: u64) {
+pub(super) fn remember(recent: &mut Recent, hash: u64, id: &CommandId, first: u64, last: u64) {
     let recent = recent.get_or_insert_with(Default::default);
     if let Some(prev) = recent.list.back_mut()
         && prev.hash == hash

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, limits};
 use tokio::sync::{Notify, mpsc};
 
-use super::vm::{Envelope, run_vm};
+use super::vm::{Cell, Envelope, run_vm};
 use super::{Rules, lock};
 use crate::actor::Actor;
 use crate::config::RuntimeConfig;
@@ -63,9 +63,32 @@ pub(super) fn bump(counter: &AtomicU64) {
 
 pub(super) struct Handle<A: Actor> {
     pub(super) tx: mpsc::Sender<Envelope<A>>,
-    /// The runtime's use clock when the actor last emptied its mailbox.
-    last_used: Arc<AtomicU64>,
+    pub(super) cell: Arc<Cell<A>>,
     pub(super) generation: u64,
+}
+
+/// The way to an active actor: its mailbox, and its cell (for a caller that finds it idle).
+pub(super) struct Door<A: Actor> {
+    pub(super) tx: mpsc::Sender<Envelope<A>>,
+    pub(super) cell: Arc<Cell<A>>,
+}
+
+impl<A: Actor> Clone for Door<A> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+impl<A: Actor> Handle<A> {
+    fn door(&self) -> Door<A> {
+        Door {
+            tx: self.tx.clone(),
+            cell: self.cell.clone(),
+        }
+    }
 }
 
 pub(super) enum Slot<A: Actor> {
@@ -156,11 +179,11 @@ impl<A: Actor> Shared<A> {
         self.clock.load(Ordering::Relaxed)
     }
 
-    /// The mailbox of actor `id`, activating it if needed (evicting at the cap).
+    /// The way to actor `id`, activating it if needed (evicting at the cap).
     pub(super) async fn resolve(
         self: &Arc<Self>,
         id: &Arc<str>,
-    ) -> Result<mpsc::Sender<Envelope<A>>, AskError<A::Error>> {
+    ) -> Result<Door<A>, AskError<A::Error>> {
         if let Err(e) = limits::validate_actor_id(id) {
             return Err(AskError::Activation {
                 actor_id: id.clone(),
@@ -176,15 +199,15 @@ impl<A: Actor> Shared<A> {
             let waiting = {
                 let mut shard = lock(self.shard(id));
                 match shard.get(id) {
-                    Some(Slot::Active(h)) => return Ok(h.tx.clone()),
+                    Some(Slot::Active(h)) => return Ok(h.door()),
                     Some(Slot::Passivating(generation)) => Some((id.clone(), *generation)),
                     None => {
                         if self.active.fetch_add(1, Ordering::AcqRel) < self.config.max_active {
                             let handle = self.spawn_vm(id.clone());
-                            let tx = handle.tx.clone();
+                            let door = handle.door();
                             shard.insert(id.clone(), Slot::Active(handle));
                             self.metrics.active.increment(1.0);
-                            return Ok(tx);
+                            return Ok(door);
                         }
                         self.active.fetch_sub(1, Ordering::AcqRel);
                         None
@@ -219,7 +242,7 @@ impl<A: Actor> Shared<A> {
             let shard = lock(&self.shards[(start + i) % SHARDS]);
             for (id, slot) in shard.iter() {
                 if let Slot::Active(h) = slot {
-                    let used = h.last_used.load(Ordering::Relaxed);
+                    let used = h.cell.last_used.load(Ordering::Relaxed);
                     if best.as_ref().is_none_or(|(b, _)| used < *b) {
                         best = Some((used, (id.clone(), h.tx.clone(), h.generation)));
                     }
@@ -240,14 +263,12 @@ impl<A: Actor> Shared<A> {
             tokio::spawn(sweep(Arc::downgrade(self), idle));
         }
         let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
-        let last_used = Arc::new(AtomicU64::new(
-            self.clock.fetch_add(1, Ordering::Relaxed) + 1,
-        ));
+        let cell = Arc::new(Cell::new(self.clock.fetch_add(1, Ordering::Relaxed) + 1));
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run_vm(self.clone(), id, rx, last_used.clone(), generation));
+        tokio::spawn(run_vm(self.clone(), id, rx, cell.clone(), generation));
         Handle {
             tx,
-            last_used,
+            cell,
             generation,
         }
     }
@@ -373,7 +394,7 @@ async fn sweep<A: Actor>(shared: std::sync::Weak<Shared<A>>, idle: Duration) {
         for shard in shared.shards.iter() {
             for slot in lock(shard).values() {
                 if let Slot::Active(h) = slot
-                    && h.last_used.load(Ordering::Relaxed) < threshold
+                    && h.cell.last_used.load(Ordering::Relaxed) < threshold
                     && h.tx.capacity() == h.tx.max_capacity()
                 {
                     idle_ones.push(h.tx.clone());

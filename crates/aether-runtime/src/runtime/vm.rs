@@ -3,15 +3,20 @@
 //! the expected version, apply, publish; on a conflict fold in the other writer's events and
 //! retry), catches handler panics and reloads, takes snapshots, and drains the mailbox on
 //! passivation.
+//!
+//! The actor's state lives in a [`Cell`] behind an async lock, so that a caller who finds the
+//! actor idle (nothing queued, nobody holding the lock) runs its ask on its own task
+//! ([`Cell::idle`]): one command, one writer, no hop to the actor's task and back. The task
+//! takes the same lock for every envelope, so the single-writer rule holds either way.
 
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use aether_core::{ActorSnapshot, CommandRecord, Event, StoreError};
+use aether_core::{ActorSnapshot, CommandId, CommandRecord, Event, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -44,8 +49,69 @@ pub(super) enum Envelope<A: Actor> {
 /// whose id the actor has already applied is answered from the stored events, not decided again.
 pub(super) struct Once<A: Actor> {
     pub(super) command: A::Command,
-    pub(super) id: Arc<str>,
+    pub(super) id: CommandId,
     pub(super) reply: Option<Reply<A>>,
+}
+
+/// An active actor: its state (taken by the task when it loads, given back when it leaves), and
+/// what callers read to tell whether it is idle.
+pub(super) struct Cell<A: Actor> {
+    vm: tokio::sync::Mutex<Option<Vm<A>>>,
+    /// Envelopes handed to the mailbox by `ActorRef` and not yet handled: an ask may run on its
+    /// caller's task only when this is zero, so it never overtakes a message sent before it.
+    pub(super) queued: AtomicUsize,
+    /// Set when the actor starts to passivate: callers go through the mailbox, which is closed.
+    draining: AtomicBool,
+    /// The runtime's use clock when the actor last finished a command with nothing queued.
+    pub(super) last_used: AtomicU64,
+}
+
+impl<A: Actor> Cell<A> {
+    pub(super) fn new(now: u64) -> Self {
+        Self {
+            vm: tokio::sync::Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            last_used: AtomicU64::new(now),
+        }
+    }
+
+    /// The actor, if it is loaded, not leaving, holds nobody's command and has nothing queued:
+    /// the caller may run one command on its own task. Checked under the lock: the task
+    /// counts an envelope handled before it lets go of the lock, so a zero count seen here
+    /// means every message sent before this one has been handled.
+    pub(super) fn idle(&self) -> Option<Idle<'_, A>> {
+        if self.draining.load(Ordering::Acquire) {
+            return None;
+        }
+        let guard = self.vm.try_lock().ok()?;
+        let vm = tokio::sync::MutexGuard::try_map(guard, Option::as_mut).ok()?;
+        (self.queued.load(Ordering::Acquire) == 0).then_some(Idle { cell: self, vm })
+    }
+}
+
+/// An idle actor, held by a caller for one command (see [`Cell::idle`]).
+pub(super) struct Idle<'a, A: Actor> {
+    cell: &'a Cell<A>,
+    vm: tokio::sync::MappedMutexGuard<'a, Vm<A>>,
+}
+
+impl<A: Actor> Idle<'_, A> {
+    /// Handles `command` (with its id, if any) on the caller's task, as the actor's task would.
+    /// Dropped before it finishes (the caller gave up), the command is abandoned like a lost
+    /// reply: it may or may not be stored, and the actor folds in whatever the store holds
+    /// before its next decision (an append at a stale version is refused).
+    pub(super) async fn ask(
+        mut self,
+        command: A::Command,
+        id: Option<CommandId>,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let outcome = self.vm.decide(&command, id.as_ref()).await;
+        self.vm.after_command().await;
+        let now = self.vm.shared.now_ticks();
+        self.cell.last_used.store(now, Ordering::Relaxed);
+        outcome
+    }
 }
 
 struct Vm<A: Actor> {
@@ -65,13 +131,13 @@ pub(super) async fn run_vm<A: Actor>(
     shared: Arc<Shared<A>>,
     id: Arc<str>,
     mut rx: mpsc::Receiver<Envelope<A>>,
-    last_used: Arc<AtomicU64>,
+    cell: Arc<Cell<A>>,
     generation: u64,
 ) {
     bump(&shared.stats.activations);
     shared.metrics.activations.increment(1);
     // Rare paths are boxed so they do not grow every idle actor's task.
-    let mut vm = match Box::pin(load(&shared, &id)).await {
+    let vm = match Box::pin(load(&shared, &id)).await {
         Ok(loaded) => {
             let replayed = loaded.replayed;
             shared.metrics.replayed.record(replayed as f64);
@@ -92,6 +158,7 @@ pub(super) async fn run_vm<A: Actor>(
             return;
         }
     };
+    *cell.vm.lock().await = Some(vm);
 
     // One loop for serving and for draining (a single await of `process` keeps the task small).
     let mut draining = false;
@@ -100,21 +167,36 @@ pub(super) async fn run_vm<A: Actor>(
             if !draining {
                 // Passivation: refuse new sends, handle what is queued, then leave.
                 draining = true;
+                cell.draining.store(true, Ordering::Release);
                 shared.begin_passivation(&id, generation);
                 rx.close();
             }
             continue;
         }
         shared.metrics.mailbox.record(rx.len() as f64);
-        Box::pin(vm.process(envelope)).await;
+        {
+            let mut vm = cell.vm.lock().await;
+            if let Some(vm) = vm.as_mut() {
+                Box::pin(vm.process(envelope)).await;
+            }
+            // Counted handled before the lock is let go (see `Cell::idle`).
+            cell.queued.fetch_sub(1, Ordering::AcqRel);
+        }
         if !draining && rx.is_empty() {
-            last_used.store(shared.now_ticks(), Ordering::Relaxed);
+            cell.last_used.store(shared.now_ticks(), Ordering::Relaxed);
         }
     }
     if !draining {
+        cell.draining.store(true, Ordering::Release);
         shared.begin_passivation(&id, generation);
     }
-    if vm.broken.is_none() && shared.config.snapshots.at_passivation(vm.since_snapshot) {
+    // Taken out under the lock: a caller running a command on its task finishes it first, and
+    // none starts after (the mailbox is closed and the cell empty).
+    let vm = cell.vm.lock().await.take();
+    if let Some(mut vm) = vm
+        && vm.broken.is_none()
+        && shared.config.snapshots.at_passivation(vm.since_snapshot)
+    {
         Box::pin(vm.snapshot()).await;
     }
     shared.finish_passivation(&id, generation);
@@ -157,25 +239,7 @@ impl<A: Actor> Vm<A> {
             Envelope::Inspect(look) => return look(&self.state, self.version),
             Envelope::Stop => return,
         };
-        let span = tracing::debug_span!(
-            "aether.runtime.command",
-            actor_type = A::TYPE,
-            actor_id = &*self.id,
-            command_id = id.as_deref(),
-            version = tracing::field::Empty,
-            event_ids = tracing::field::Empty,
-            error = tracing::field::Empty,
-        );
-        let outcome = self
-            .command(&command, id.as_ref())
-            .instrument(span.clone())
-            .await;
-        if !span.is_disabled() {
-            match &outcome {
-                Ok(applied) => span.record("version", applied.version),
-                Err(e) => span.record("error", tracing::field::display(e)),
-            };
-        }
+        let outcome = self.decide(&command, id.as_ref()).await;
         match reply {
             Some(reply) => {
                 let _ = reply.send(outcome);
@@ -189,10 +253,35 @@ impl<A: Actor> Vm<A> {
         self.after_command().await;
     }
 
+    /// One command, in its span (the answer is sent before `after_command`'s snapshot).
+    async fn decide(
+        &mut self,
+        command: &A::Command,
+        id: Option<&CommandId>,
+    ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        let span = tracing::debug_span!(
+            "aether.runtime.command",
+            actor_type = A::TYPE,
+            actor_id = &*self.id,
+            command_id = id.map(CommandId::as_str),
+            version = tracing::field::Empty,
+            event_ids = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let outcome = self.command(command, id).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            match &outcome {
+                Ok(applied) => span.record("version", applied.version),
+                Err(e) => span.record("error", tracing::field::display(e)),
+            };
+        }
+        outcome
+    }
+
     async fn command(
         &mut self,
         command: &A::Command,
-        command_id: Option<&Arc<str>>,
+        command_id: Option<&CommandId>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         if let Some(reason) = &self.broken {
             self.shared.metrics.failed.increment(1);
@@ -337,7 +426,7 @@ impl<A: Actor> Vm<A> {
     async fn decide_and_append(
         &mut self,
         command: &A::Command,
-        command_id: Option<&Arc<str>>,
+        command_id: Option<&CommandId>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
         // Hashed once per command; only read with the id.
         let hash = command_id.map_or(0, |id| id_hash(id));
@@ -405,7 +494,7 @@ impl<A: Actor> Vm<A> {
     }
 
     /// The record of command `id` (hashed `hash`), if this actor already applied it.
-    fn known(&self, id: Option<&Arc<str>>, hash: u64) -> Option<CommandRecord> {
+    fn known(&self, id: Option<&CommandId>, hash: u64) -> Option<CommandRecord> {
         let id = id?;
         self.recent.as_ref()?.find(hash, id)
     }
@@ -415,7 +504,7 @@ impl<A: Actor> Vm<A> {
     fn prepare(
         &self,
         command: &A::Command,
-        command_id: Option<&Arc<str>>,
+        command_id: Option<&CommandId>,
         events: Vec<A::Event>,
     ) -> Stage<A> {
         if let Some(rules) = self.shared.rules.get()
@@ -432,7 +521,7 @@ impl<A: Actor> Vm<A> {
                 events,
             }));
         }
-        match self.encode(&events, command_id.map(|id| &**id)) {
+        match self.encode(&events, command_id) {
             Ok(stored) => {
                 note_event_ids(&stored);
                 Stage::Append(Decided { events, stored })
@@ -446,7 +535,7 @@ impl<A: Actor> Vm<A> {
     fn encode(
         &self,
         events: &[A::Event],
-        command_id: Option<&str>,
+        command_id: Option<&CommandId>,
     ) -> Result<Vec<Event>, AskError<A::Error>> {
         events
             .iter()
@@ -457,7 +546,7 @@ impl<A: Actor> Vm<A> {
                     .version(version)
                     .payload(event);
                 match command_id {
-                    Some(cause) => builder.causation_id(cause),
+                    Some(cause) => builder.causation_id(cause.clone()),
                     None => builder,
                 }
                 .build()
@@ -527,7 +616,7 @@ impl<A: Actor> Vm<A> {
     async fn applied(
         &mut self,
         decided: Decided<A>,
-        command_id: Option<&Arc<str>>,
+        command_id: Option<&CommandId>,
         hash: u64,
     ) -> Applied<A::Event> {
         for event in &decided.events {

@@ -62,11 +62,21 @@ impl Report {
                         met: None,
                     });
                 }
-                Some(row) => judged.push(Judged {
-                    row: row.clone(),
-                    target: Some(t),
-                    met: Some(t.met(row.ratio)),
-                }),
+                Some(row) => match t.judge(row) {
+                    Ok(met) => judged.push(Judged {
+                        row: row.clone(),
+                        target: Some(t),
+                        met: Some(met),
+                    }),
+                    Err(problem) => {
+                        problems.push(problem);
+                        judged.push(Judged {
+                            row: row.clone(),
+                            target: None,
+                            met: None,
+                        });
+                    }
+                },
                 None => missing.push(t),
             }
         }
@@ -118,6 +128,7 @@ impl Report {
                     })),
                     "cpu_us_per_op": r.cpu_us.map(|(a, b)| json!({ "aether": a, "baseline": b })),
                     "note": r.note,
+                    "rounds": (!r.rounds.is_empty()).then_some(&r.rounds),
                 })
             })
             .collect();
@@ -259,6 +270,7 @@ mod tests {
             spread: None,
             cpu_us: None,
             note: None,
+            rounds: Vec::new(),
         }
     }
 
@@ -298,5 +310,44 @@ mod tests {
         assert_eq!(json["rows"][0]["met"], false);
         assert!(json["rows"][1]["met"].is_null());
         assert!(report.to_markdown().contains("| **no** |"));
+    }
+
+    #[test]
+    fn a_target_counting_runs_is_judged_on_the_runs() {
+        let mut bus = row("bus.nats.node_to_node", Better::Higher, 0.82);
+        bus.rounds = vec![0.82, 0.79, 0.85, 0.78, 0.83];
+        let report = Report::new(
+            vec![bus.clone()],
+            Vec::new(),
+            false,
+            "m".to_owned(),
+            "s".to_owned(),
+            "now".to_owned(),
+        );
+        assert_eq!(report.rows[0].met, Some(false), "3 of 5 runs");
+        let json = report.to_json();
+        assert_eq!(json["rows"][0]["target"], ">= 0.8 in 4 of 5 runs");
+        assert_eq!(json["rows"][0]["rounds"][1], 0.79);
+        bus.rounds[1] = 0.8;
+        let report = Report::new(
+            vec![bus.clone()],
+            Vec::new(),
+            false,
+            "m".to_owned(),
+            "s".to_owned(),
+            "now".to_owned(),
+        );
+        assert_eq!(report.rows[0].met, Some(true), "4 of 5 runs");
+        bus.rounds.clear();
+        let report = Report::new(
+            vec![bus],
+            Vec::new(),
+            false,
+            "m".to_owned(),
+            "s".to_owned(),
+            "now".to_owned(),
+        );
+        assert_eq!(report.rows[0].met, None, "no runs: not judged");
+        assert!(report.problems[0].contains("bus.nats.node_to_node"));
     }
 }

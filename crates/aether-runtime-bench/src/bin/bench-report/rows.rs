@@ -51,6 +51,9 @@ pub(crate) struct Row {
     pub(crate) spread: Option<Spread>,
     pub(crate) cpu_us: Option<(f64, f64)>,
     pub(crate) note: Option<String>,
+    /// The ratio of each run, where the bench repeats the measurement for a target that counts
+    /// runs; empty for the other rows (and for rows written before the field existed).
+    pub(crate) rounds: Vec<f64>,
 }
 
 /// The rows of the file at `path` that parsed, and one message per line that did not (or that
@@ -129,6 +132,19 @@ pub(crate) fn parse(line: &str) -> Result<Row, String> {
             number(&v, &["cpu_us", "baseline"]).map_err(row)?,
         )),
     };
+    let rounds = match v.get("rounds") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| row(format!("`rounds[{i}]` is not a number above 0")))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(row("`rounds` is not an array".to_owned())),
+    };
     Ok(Row {
         bench: text(&v, &["bench"]).map_err(row)?,
         path: text(&v, &["row"]).map_err(row)?,
@@ -142,6 +158,7 @@ pub(crate) fn parse(line: &str) -> Result<Row, String> {
         better,
         spread,
         cpu_us,
+        rounds,
     })
 }
 
@@ -188,6 +205,9 @@ mod tests {
         assert_eq!(row.better, Better::Higher);
         assert!(row.quick);
         assert_eq!(row.spread.map(|s| s.high), Some(1.0));
+        assert!(row.rounds.is_empty(), "a row without `rounds` has none");
+        let runs = GOOD.replace(r#""note":null"#, r#""note":null,"rounds":[0.9,0.7]"#);
+        assert_eq!(parse(&runs).unwrap().rounds, [0.9, 0.7]);
     }
 
     #[test]
@@ -202,5 +222,7 @@ mod tests {
         let units = GOOD.replacen(r#""unit":"events/s"}"#, r#""unit":"us"}"#, 1);
         assert!(parse(&units).unwrap_err().contains("differs"));
         assert!(parse("{").unwrap_err().starts_with("not JSON"));
+        let rounds = GOOD.replace(r#""note":null"#, r#""note":null,"rounds":[0.9,0]"#);
+        assert!(parse(&rounds).unwrap_err().contains("`rounds[1]`"));
     }
 }
