@@ -12,7 +12,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::actor::Actor;
 use crate::error::AskError;
 
 /// One command in this many has its latency measured.
-const LATENCY_SAMPLE: u64 = 8;
+const LATENCY_SAMPLE: u32 = 8;
 
 type Reply<A> =
     oneshot::Sender<Result<Applied<<A as Actor>::Event>, AskError<<A as Actor>::Error>>>;
@@ -59,7 +59,8 @@ pub(super) struct Cell<A: Actor> {
     vm: tokio::sync::Mutex<Option<Vm<A>>>,
     /// Envelopes handed to the mailbox by `ActorRef` and not yet handled: an ask may run on its
     /// caller's task only when this is zero, so it never overtakes a message sent before it.
-    pub(super) queued: AtomicUsize,
+    /// (32 bits: a mailbox holds far fewer, and every idle actor keeps this cell.)
+    pub(super) queued: AtomicU32,
     /// Set when the actor starts to passivate: callers go through the mailbox, which is closed.
     draining: AtomicBool,
     /// The runtime's use clock when the actor last finished a command with nothing queued.
@@ -70,9 +71,18 @@ impl<A: Actor> Cell<A> {
     pub(super) fn new(now: u64) -> Self {
         Self {
             vm: tokio::sync::Mutex::new(None),
-            queued: AtomicUsize::new(0),
+            queued: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             last_used: AtomicU64::new(now),
+        }
+    }
+
+    /// The actor's state, locked for its task: at once when no caller holds it, otherwise
+    /// after waiting (boxed: that wait's state would otherwise widen every idle actor's task).
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<Vm<A>>> {
+        match self.vm.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => Box::pin(self.vm.lock()).await,
         }
     }
 
@@ -122,8 +132,9 @@ struct Vm<A: Actor> {
     since_snapshot: u64,
     /// Set when a reload after a panic failed: the state is unknown, so every command is
     /// refused until the actor is activated again.
-    broken: Option<String>,
-    commands: u64,
+    broken: Option<Box<str>>,
+    /// Commands handled (wrapping), for the latency sample.
+    commands: u32,
     recent: Recent,
 }
 
@@ -136,13 +147,16 @@ pub(super) async fn run_vm<A: Actor>(
 ) {
     bump(&shared.stats.activations);
     shared.metrics.activations.increment(1);
+    // Loaded straight into the cell, under its lock (callers meanwhile use the mailbox): the
+    // state never sits in this task's future, which every idle actor keeps.
+    let mut slot = cell.lock().await;
     // Rare paths are boxed so they do not grow every idle actor's task.
-    let vm = match Box::pin(load(&shared, &id)).await {
+    match Box::pin(load(&shared, &id)).await {
         Ok(loaded) => {
             let replayed = loaded.replayed;
             shared.metrics.replayed.record(replayed as f64);
             shared.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
-            Vm {
+            *slot = Some(Vm {
                 shared: shared.clone(),
                 id: id.clone(),
                 state: loaded.state,
@@ -151,14 +165,15 @@ pub(super) async fn run_vm<A: Actor>(
                 broken: None,
                 commands: 0,
                 recent: loaded.recent,
-            }
+            });
         }
         Err(failure) => {
+            drop(slot);
             Box::pin(refuse_all(&shared, &id, rx, failure, generation)).await;
             return;
         }
-    };
-    *cell.vm.lock().await = Some(vm);
+    }
+    drop(slot);
 
     // One loop for serving and for draining (a single await of `process` keeps the task small).
     let mut draining = false;
@@ -175,7 +190,7 @@ pub(super) async fn run_vm<A: Actor>(
         }
         shared.metrics.mailbox.record(rx.len() as f64);
         {
-            let mut vm = cell.vm.lock().await;
+            let mut vm = cell.lock().await;
             if let Some(vm) = vm.as_mut() {
                 Box::pin(vm.process(envelope)).await;
             }
@@ -190,15 +205,17 @@ pub(super) async fn run_vm<A: Actor>(
         cell.draining.store(true, Ordering::Release);
         shared.begin_passivation(&id, generation);
     }
-    // Taken out under the lock: a caller running a command on its task finishes it first, and
-    // none starts after (the mailbox is closed and the cell empty).
-    let vm = cell.vm.lock().await.take();
-    if let Some(mut vm) = vm
+    // Under the lock: a caller running a command on its task finishes it first, and none
+    // starts after (the actor is draining), so the snapshot holds every command.
+    let mut slot = cell.lock().await;
+    if let Some(vm) = slot.as_mut()
         && vm.broken.is_none()
         && shared.config.snapshots.at_passivation(vm.since_snapshot)
     {
         Box::pin(vm.snapshot()).await;
     }
+    *slot = None;
+    drop(slot);
     shared.finish_passivation(&id, generation);
 }
 
@@ -287,7 +304,7 @@ impl<A: Actor> Vm<A> {
             self.shared.metrics.failed.increment(1);
             return Err(AskError::Activation {
                 actor_id: self.id.clone(),
-                reason: reason.clone(),
+                reason: reason.to_string(),
             });
         }
         // Latency is sampled (one command in 8): reading the clock twice per command would be
@@ -353,7 +370,7 @@ impl<A: Actor> Vm<A> {
                 tracing::error!(actor_type = A::TYPE, actor_id = %self.id, reason = %failure, "reload after a panic failed");
                 // Kept as a message: until it is activated again this VM refuses every command,
                 // so a retry meets the same refusal whatever the store's failure was.
-                self.broken = Some(format!("reload after a panic failed: {failure}"));
+                self.broken = Some(format!("reload after a panic failed: {failure}").into());
             }
         }
     }
@@ -740,5 +757,50 @@ fn note_event_ids(stored: &[Event]) {
     if !span.is_disabled() {
         let ids: Vec<String> = stored.iter().map(|e| e.id().to_string()).collect();
         span.record("event_ids", ids.join(",").as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, serde::Serialize, serde::Deserialize)]
+    struct Unit;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Actor for Unit {
+        const TYPE: &'static str = "unit";
+        type Command = ();
+        type Event = ();
+        type Error = Never;
+
+        fn handle(&self, (): &()) -> Result<Vec<()>, Never> {
+            Ok(Vec::new())
+        }
+
+        fn apply(&mut self, (): &()) {}
+    }
+
+    /// Every idle actor keeps its task's future and its cell: they must not grow unnoticed
+    /// (the budget is 2 KiB per idle actor, design.md section 6).
+    #[test]
+    fn an_idle_actor_keeps_a_small_task_and_cell() {
+        let shared = Arc::new(Shared::<Unit>::new(
+            Arc::new(aether_store_memory::InMemoryEventStore::new()),
+            None,
+            None,
+            crate::config::RuntimeConfig::default(),
+        ));
+        let (_tx, rx) = mpsc::channel(8);
+        let task = run_vm(shared, "a".into(), rx, Arc::new(Cell::<Unit>::new(0)), 0);
+        let (task, cell) = (std::mem::size_of_val(&task), size_of::<Cell<Unit>>());
+        assert!(
+            task <= 256,
+            "the actor's task future is {task} bytes (was 240)"
+        );
+        assert!(cell <= 128, "the actor's cell is {cell} bytes (was 128)");
     }
 }
