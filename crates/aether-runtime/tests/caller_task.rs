@@ -268,3 +268,40 @@ async fn passivating_under_asks_loses_nothing() {
     assert_eq!((stored.count, stored.out_of_order), (total, 0));
     assert_eq!(runtime.stats().conflicts, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_for_room_leaves_the_actor_idle_afterwards() {
+    let _serial = SERIAL.lock().await;
+    let store = Arc::new(InMemoryEventStore::new());
+    let runtime = Runtime::<Seq>::builder(store).mailbox_capacity(1).build();
+    let actor = runtime.actor("full-1");
+    actor
+        .ask(SeqCommand::Got { caller: 0, n: 1 })
+        .await
+        .unwrap();
+    // The actor's task is busy with a slow command, and the one-slot mailbox holds another.
+    actor.tell(SeqCommand::Slow).await.unwrap();
+    actor.tell(SeqCommand::Slow).await.unwrap();
+    // No room: this caller gives up while waiting.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        actor.tell(SeqCommand::Got { caller: 0, n: 2 }),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the third message found no room");
+    // Once the queued commands are handled, nothing is counted as queued any more: the next
+    // ask finds the actor idle and runs on its caller's task.
+    let _ = runtime.capture_state("full-1").await.unwrap();
+    let caller = {
+        let actor = actor.clone();
+        tokio::spawn(async move {
+            actor
+                .ask(SeqCommand::Got { caller: 0, n: 2 })
+                .await
+                .unwrap();
+            tokio::task::id()
+        })
+    };
+    let caller_task = caller.await.unwrap();
+    assert_eq!(*WATCH.last_task.lock().unwrap(), Some(caller_task));
+}

@@ -2,7 +2,7 @@
 //! finds the actor again after a passivation), and `Applied`, what a successful command did.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::error::TrySendError;
@@ -205,23 +205,56 @@ impl<A: Actor> ActorRef<A> {
         mut envelope: Envelope<A>,
     ) -> Result<(), AskError<A::Error>> {
         loop {
-            // Counted before it is visible to the actor's task, so the count never goes below
-            // the envelopes it has yet to handle (see `Cell::idle`).
-            door.cell.queued.fetch_add(1, Ordering::AcqRel);
+            let counted = Queued::count(&door.cell.queued);
             let refused = match door.tx.try_send(envelope) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    counted.sent();
+                    return Ok(());
+                }
                 Err(TrySendError::Full(back)) => match door.tx.send(back).await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        counted.sent();
+                        return Ok(());
+                    }
                     Err(tokio::sync::mpsc::error::SendError(back)) => back,
                 },
                 Err(TrySendError::Closed(back)) => back,
             };
+            drop(counted);
             // The actor passivated between lookup and send: find (or activate) it again.
-            door.cell.queued.fetch_sub(1, Ordering::AcqRel);
             envelope = refused;
             *lock(&self.cached) = None;
             door = self.shared.resolve(&self.id).await?;
             *lock(&self.cached) = Some(door.clone());
+        }
+    }
+}
+
+/// One envelope counted in an actor's queued count (see `Cell::idle`) while it is being handed
+/// to the mailbox: counted before the actor's task can see it, so the count never falls below
+/// the envelopes it has yet to handle; uncounted again unless it was sent (refused by a closed
+/// mailbox, or given up by a caller that stopped waiting for room).
+struct Queued<'a> {
+    count: &'a AtomicU32,
+    sent: bool,
+}
+
+impl<'a> Queued<'a> {
+    fn count(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self { count, sent: false }
+    }
+
+    /// The envelope is in the mailbox: the actor's task uncounts it once handled.
+    fn sent(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
