@@ -112,6 +112,22 @@ impl NatsError for stream::ConsumerError {
     }
 }
 
+/// A direct get (what a KV read is on a stream that allows them): a 503 status means no server
+/// serves direct gets for the stream yet (its replicas are starting), nothing was read.
+impl NatsError for stream::DirectGetError {
+    fn class(&self) -> Class {
+        match self.kind() {
+            stream::DirectGetErrorKind::TimedOut => Class::Timeout,
+            stream::DirectGetErrorKind::ErrorResponse(status, _)
+                if status == async_nats::StatusCode::NO_RESPONDERS =>
+            {
+                Class::Unavailable
+            }
+            _ => Class::Other,
+        }
+    }
+}
+
 /// Kinds without a timeout or "nothing done" case: classified by their cause, if any.
 impl NatsError for stream::LastRawMessageError {
     fn class(&self) -> Class {
@@ -176,6 +192,8 @@ fn cause_class(err: &(dyn std::error::Error + 'static)) -> Class {
             e.class()
         } else if let Some(e) = e.downcast_ref::<context::PublishError>() {
             e.class()
+        } else if let Some(e) = e.downcast_ref::<stream::DirectGetError>() {
+            class_of(e)
         } else if let Some(e) = e.downcast_ref::<std::io::Error>() {
             match e.kind() {
                 std::io::ErrorKind::TimedOut => Class::Timeout,
@@ -275,6 +293,38 @@ mod tests {
         );
         assert!(matches!(
             store_error("d", other),
+            StoreError::Backend { .. }
+        ));
+    }
+
+    #[test]
+    fn a_kv_read_nobody_served_yet_is_unavailable() {
+        use async_nats::jetstream::kv::{EntryError, EntryErrorKind};
+        use async_nats::jetstream::stream::{DirectGetError, DirectGetErrorKind};
+        // What a KV read returns while the bucket's replicas are starting (seen on a new R3
+        // cluster): the direct get's 503, wrapped in the read's `Other`.
+        let starting = EntryError::with_source(
+            EntryErrorKind::Other,
+            DirectGetError::new(DirectGetErrorKind::ErrorResponse(
+                async_nats::StatusCode::NO_RESPONDERS,
+                "no responders".to_owned(),
+            )),
+        );
+        let e = store_error("reading a snapshot", starting);
+        assert!(
+            matches!(e, StoreError::Unavailable { .. }) && e.is_transient(),
+            "{e:?}"
+        );
+        // Another refusal of the read is not.
+        let refused = EntryError::with_source(
+            EntryErrorKind::Other,
+            DirectGetError::new(DirectGetErrorKind::ErrorResponse(
+                async_nats::StatusCode::REQUEST_TERMINATED,
+                "terminated".to_owned(),
+            )),
+        );
+        assert!(matches!(
+            store_error("reading a snapshot", refused),
             StoreError::Backend { .. }
         ));
     }

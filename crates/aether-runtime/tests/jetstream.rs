@@ -191,3 +191,49 @@ async fn after_a_restart_a_read_then_passivate_leaves_activation_constant() {
         assert!(runtime.stop_vm("read-mostly").await);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_waits_out_a_server_restart_instead_of_failing_its_callers() {
+    let mut server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+    let store = Arc::new(
+        JetStreamEventStore::with_config(
+            client,
+            "outage",
+            aether_store_jetstream::JetStreamConfig::default()
+                .request_timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap(),
+    );
+    let runtime = Arc::new(
+        Runtime::<Tally>::builder(store.clone())
+            .snapshots(store.clone())
+            .build(),
+    );
+    runtime.ask("before", 1).await.unwrap();
+    server.kill().await.unwrap();
+    // A never-seen actor is activated while the server is down: its reads fail (timed out,
+    // nobody answers), which clears by itself, so the activation tries again.
+    let asked = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.ask("during", 5).await })
+    };
+    // Restarted once the activation has failed at least once (polled, bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while runtime.stats().retries == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the activation never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.restart().await.unwrap();
+    let applied = asked
+        .await
+        .unwrap()
+        .expect("the caller sees the command applied, not the outage");
+    assert_eq!(applied.version, 1);
+    assert_eq!(store.get_latest_version("during").await.unwrap(), 1);
+    assert!(runtime.stats().retries >= 1);
+}

@@ -7,7 +7,7 @@ use aether_core::{CodecError, StoreError};
 use futures::StreamExt;
 
 use super::recent::{Recent, RecentCommands, id_hash, remember};
-use super::registry::Shared;
+use super::registry::{Shared, bump};
 use crate::actor::Actor;
 use crate::error::AskError;
 
@@ -43,6 +43,15 @@ pub(super) enum LoadError {
 }
 
 impl LoadError {
+    /// Whether the store failed in a way that clears by itself (unavailable, timed out): worth
+    /// loading again.
+    pub(super) fn is_transient(&self) -> bool {
+        match self {
+            LoadError::Snapshot(source) | LoadError::Events(source) => source.is_transient(),
+            LoadError::Decode { .. } => false,
+        }
+    }
+
     /// The caller's error: a store failure stays a store failure, with its kind; anything else
     /// means the actor cannot be activated.
     pub(super) fn into_ask<E: std::error::Error>(self, actor_id: &Arc<str>) -> AskError<E> {
@@ -69,6 +78,37 @@ impl LoadError {
                 actor_id: actor_id.clone(),
                 reason: self.to_string(),
             },
+        }
+    }
+}
+
+/// [`load`], again while the store fails transiently (a NATS server restarting, a stream or
+/// bucket whose replicas are not serving yet), for up to `RetryPolicy::transient_budget`, as an
+/// append is re-sent through outages: the commands waiting for the activation are not failed
+/// for a blip. Any other failure, or the last transient one, is returned.
+pub(super) async fn load_through_outages<A: Actor>(
+    shared: &Shared<A>,
+    id: &str,
+) -> Result<Loaded<A>, LoadError> {
+    let started = tokio::time::Instant::now();
+    let budget = shared.config.retry.transient_budget;
+    let schedule = aether_core::Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(1),
+    )
+    .jitter_percent(50);
+    let mut retries = 0;
+    loop {
+        match load(shared, id).await {
+            Err(failure) if failure.is_transient() && started.elapsed() < budget => {
+                retries += 1;
+                bump(&shared.stats.retries);
+                shared.metrics.retries.increment(1);
+                tracing::debug!(actor_type = A::TYPE, actor_id = id, reason = %failure, retries, "store unavailable while activating; loading again");
+                let left = budget.saturating_sub(started.elapsed());
+                tokio::time::sleep(schedule.delay(retries).min(left)).await;
+            }
+            other => return other,
         }
     }
 }
@@ -216,13 +256,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // Paused time: the activation loads again for the whole transient budget (20 s) first.
+    #[tokio::test(start_paused = true)]
     async fn an_activation_that_meets_a_store_outage_reports_it_as_transient() {
         let store = Arc::new(InMemoryEventStore::new());
         let runtime = Runtime::<Counter>::builder(store)
             .snapshots(Arc::new(Unreachable))
             .build();
+        let started = tokio::time::Instant::now();
         let (a, b) = tokio::join!(runtime.ask("c", ()), runtime.ask("c", ()));
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(20),
+            "tried for the budget"
+        );
+        assert!(runtime.stats().retries >= 2, "{:?}", runtime.stats());
         for outcome in [a, b] {
             match outcome {
                 Err(AskError::Store { source, .. }) => assert!(source.is_transient(), "{source}"),

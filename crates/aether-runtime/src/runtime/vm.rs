@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::Applied;
-use super::load::{LoadError, load, replay};
+use super::load::{LoadError, load, load_through_outages, replay};
 use super::recent::{Recent, id_hash, remember};
 use super::registry::{Shared, bump};
 use crate::actor::Actor;
@@ -151,7 +151,7 @@ pub(super) async fn run_vm<A: Actor>(
     // state never sits in this task's future, which every idle actor keeps.
     let mut slot = cell.lock().await;
     // Rare paths are boxed so they do not grow every idle actor's task.
-    match Box::pin(load(&shared, &id)).await {
+    match Box::pin(load_through_outages(&shared, &id)).await {
         Ok(loaded) => {
             let replayed = loaded.replayed;
             shared.metrics.replayed.record(replayed as f64);
