@@ -305,3 +305,77 @@ async fn a_caller_that_stops_waiting_for_room_leaves_the_actor_idle_afterwards()
     let caller_task = caller.await.unwrap();
     assert_eq!(*WATCH.last_task.lock().unwrap(), Some(caller_task));
 }
+
+/// Panics in `apply` once, after changing the state, while `ARMED` is set.
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Fragile {
+    applied: u64,
+}
+
+impl Actor for Fragile {
+    const TYPE: &'static str = "fragile";
+    type Command = ();
+    type Event = u64;
+    type Error = Never;
+
+    fn handle(&self, (): &()) -> Result<Vec<u64>, Never> {
+        Ok(vec![1])
+    }
+
+    fn apply(&mut self, n: &u64) {
+        self.applied += n;
+        if ARMED.swap(false, Ordering::SeqCst) {
+            panic!("apply failed half-way");
+        }
+    }
+}
+
+/// Snapshots kept in memory, read slowly (a reload takes a while).
+#[derive(Debug, Default)]
+struct SlowSnapshots(InMemoryEventStore);
+
+#[async_trait::async_trait]
+impl aether_core::SnapshotStore for SlowSnapshots {
+    async fn get_latest_snapshot(
+        &self,
+        actor_id: &str,
+    ) -> Result<Option<aether_core::ActorSnapshot>, aether_core::StoreError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.get_latest_snapshot(actor_id).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        snapshot: aether_core::ActorSnapshot,
+    ) -> Result<(), aether_core::StoreError> {
+        self.0.save_snapshot(snapshot).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_after_a_panic_abandoned_by_its_caller_is_finished_before_the_next_command() {
+    let _serial = SERIAL.lock().await;
+    let store = Arc::new(InMemoryEventStore::new());
+    let runtime = Runtime::<Fragile>::builder(store.clone())
+        .snapshots(Arc::new(SlowSnapshots::default()))
+        .build();
+    let actor = runtime.actor("fragile-1");
+    actor.ask(()).await.unwrap();
+    // Appended, then `apply` panics half-way: the actor reloads from the store (slowly) on
+    // this caller's task, and the caller gives up during the reload.
+    ARMED.store(true, Ordering::SeqCst);
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), actor.ask(())).await;
+    assert!(gave_up.is_err(), "abandoned during the reload");
+    // The next command finds the reload unfinished and finishes it before deciding.
+    let applied = actor.ask(()).await.unwrap();
+    let stored = store.get_latest_version("fragile-1").await.unwrap();
+    assert_eq!((applied.version, stored), (3, 3));
+    let (state, version) = runtime.capture_state("fragile-1").await.unwrap();
+    assert_eq!(
+        (state.applied, version),
+        (3, 3),
+        "the state folds each stored event once"
+    );
+}

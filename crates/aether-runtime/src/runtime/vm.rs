@@ -133,6 +133,8 @@ struct Vm<A: Actor> {
     /// Set when a reload after a panic failed: the state is unknown, so every command is
     /// refused until the actor is activated again.
     broken: Option<Box<str>>,
+    /// Set while a reload after a panic is under way (see `reload`).
+    reloading: bool,
     /// Commands handled (wrapping), for the latency sample.
     commands: u32,
     recent: Recent,
@@ -163,6 +165,7 @@ pub(super) async fn run_vm<A: Actor>(
                 version: loaded.version,
                 since_snapshot: replayed,
                 broken: None,
+                reloading: false,
                 commands: 0,
                 recent: loaded.recent,
             });
@@ -300,6 +303,9 @@ impl<A: Actor> Vm<A> {
         command: &A::Command,
         command_id: Option<&CommandId>,
     ) -> Result<Applied<A::Event>, AskError<A::Error>> {
+        if self.reloading {
+            Box::pin(self.reload()).await;
+        }
         if let Some(reason) = &self.broken {
             self.shared.metrics.failed.increment(1);
             return Err(AskError::Activation {
@@ -359,7 +365,12 @@ impl<A: Actor> Vm<A> {
     }
 
     async fn reload(&mut self) {
-        match load(&self.shared, &self.id).await {
+        // Cleared once the reload has an outcome: a reload abandoned half-way (its caller,
+        // running the command on its own task, gave up) is done again before the next command.
+        self.reloading = true;
+        let loaded = load(&self.shared, &self.id).await;
+        self.reloading = false;
+        match loaded {
             Ok(loaded) => {
                 self.state = loaded.state;
                 self.version = loaded.version;
