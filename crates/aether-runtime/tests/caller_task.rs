@@ -379,3 +379,51 @@ async fn a_reload_after_a_panic_abandoned_by_its_caller_is_finished_before_the_n
         "the state folds each stored event once"
     );
 }
+
+/// Its `apply` panics on the amount 13, every time.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Unlucky {
+    total: u64,
+}
+
+impl Actor for Unlucky {
+    const TYPE: &'static str = "unlucky";
+    type Command = u64;
+    type Event = u64;
+    type Error = Never;
+
+    fn handle(&self, n: &u64) -> Result<Vec<u64>, Never> {
+        Ok(vec![*n])
+    }
+
+    fn apply(&mut self, n: &u64) {
+        assert!(*n != 13, "13 does not fold");
+        self.total += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_whose_history_panics_in_apply_is_refused_not_hung() {
+    let store = Arc::new(InMemoryEventStore::new());
+    for (version, n) in [(1, 1u64), (2, 13)] {
+        store
+            .save_event(aether_core::Event::new("unlucky-1", "u64", version, &n).unwrap())
+            .await
+            .unwrap();
+    }
+    let runtime = Runtime::<Unlucky>::builder(store).build();
+    for _ in 0..2 {
+        let refused = tokio::time::timeout(Duration::from_secs(5), runtime.ask("unlucky-1", 1))
+            .await
+            .expect("answered, not hung");
+        match refused {
+            Err(aether_runtime::AskError::Activation { reason, .. }) => {
+                assert!(reason.contains("13 does not fold"), "{reason}");
+            }
+            other => panic!("expected an activation failure, got {other:?}"),
+        }
+    }
+    assert_eq!(runtime.stats().panics, 2);
+    // Other actors are not touched.
+    runtime.ask("lucky-1", 2).await.unwrap();
+}

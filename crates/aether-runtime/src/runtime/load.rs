@@ -32,6 +32,12 @@ pub(super) enum LoadError {
     /// Reading the events after the snapshot failed.
     #[error("reading its events failed: {0}")]
     Events(Box<StoreError>),
+    /// The actor's `apply` (or its `Default`) panicked while the history was folded in.
+    #[error("folding in its history panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
     /// A stored event is not one of the actor's events.
     #[error("{context}: {error}")]
     Decode {
@@ -48,7 +54,7 @@ impl LoadError {
     pub(super) fn is_transient(&self) -> bool {
         match self {
             LoadError::Snapshot(source) | LoadError::Events(source) => source.is_transient(),
-            LoadError::Decode { .. } => false,
+            LoadError::Decode { .. } | LoadError::Panicked { .. } => false,
         }
     }
 
@@ -60,10 +66,12 @@ impl LoadError {
                 actor_id: actor_id.clone(),
                 source,
             },
-            other @ LoadError::Decode { .. } => AskError::Activation {
-                actor_id: actor_id.clone(),
-                reason: other.to_string(),
-            },
+            other @ (LoadError::Decode { .. } | LoadError::Panicked { .. }) => {
+                AskError::Activation {
+                    actor_id: actor_id.clone(),
+                    reason: other.to_string(),
+                }
+            }
         }
     }
 
@@ -74,7 +82,7 @@ impl LoadError {
                 actor_id: actor_id.clone(),
                 source: Box::new(source.detached()),
             },
-            LoadError::Decode { .. } => AskError::Activation {
+            LoadError::Decode { .. } | LoadError::Panicked { .. } => AskError::Activation {
                 actor_id: actor_id.clone(),
                 reason: self.to_string(),
             },

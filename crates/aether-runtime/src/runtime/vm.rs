@@ -153,7 +153,14 @@ pub(super) async fn run_vm<A: Actor>(
     // state never sits in this task's future, which every idle actor keeps.
     let mut slot = cell.lock().await;
     // Rare paths are boxed so they do not grow every idle actor's task.
-    match Box::pin(load_through_outages(&shared, &id)).await {
+    let loaded = catching(Box::pin(load_through_outages(&shared, &id)))
+        .await
+        .unwrap_or_else(|message| {
+            bump(&shared.stats.panics);
+            shared.metrics.panics.increment(1);
+            Err(LoadError::Panicked { message })
+        });
+    match loaded {
         Ok(loaded) => {
             let replayed = loaded.replayed;
             shared.metrics.replayed.record(replayed as f64);
@@ -320,30 +327,13 @@ impl<A: Actor> Vm<A> {
             .commands
             .is_multiple_of(LATENCY_SAMPLE)
             .then(Instant::now);
-        // Panics are caught around each poll of the pinned future (not by wrapping it in a
-        // combinator, which would move it). Boxed on its own: inline, it would make the
-        // envelope's future (boxed per envelope) larger than 1 KiB, glibc's slow path.
-        let caught = {
-            let mut decide = Box::pin(self.decide_and_append(command, command_id));
-            std::future::poll_fn(|cx| {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| decide.as_mut().poll(cx))) {
-                    Ok(Poll::Pending) => Poll::Pending,
-                    Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
-                    Err(panic) => Poll::Ready(Err(panic)),
-                }
-            })
-            .await
-        };
+        // Boxed on its own: inline, it would make the envelope's future (boxed per envelope)
+        // larger than 1 KiB, glibc's slow path.
+        let caught = catching(Box::pin(self.decide_and_append(command, command_id))).await;
         let outcome = match caught {
             Ok(outcome) => outcome,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic".to_owned());
-                bump(&self.shared.stats.panics);
-                self.shared.metrics.panics.increment(1);
+            Err(message) => {
+                self.count_panic();
                 tracing::error!(actor_type = A::TYPE, actor_id = %self.id, %message, "handler panicked; reloading the actor from the store");
                 Box::pin(self.reload()).await;
                 Err(AskError::Panicked {
@@ -368,7 +358,9 @@ impl<A: Actor> Vm<A> {
         // Cleared once the reload has an outcome: a reload abandoned half-way (its caller,
         // running the command on its own task, gave up) is done again before the next command.
         self.reloading = true;
-        let loaded = load(&self.shared, &self.id).await;
+        let loaded = catching(load(&self.shared, &self.id))
+            .await
+            .unwrap_or_else(|message| Err(LoadError::Panicked { message }));
         self.reloading = false;
         match loaded {
             Ok(loaded) => {
@@ -672,6 +664,12 @@ impl<A: Actor> Vm<A> {
         }
     }
 
+    /// Counts a panic of the actor's code (runtime stats and metrics).
+    fn count_panic(&self) {
+        bump(&self.shared.stats.panics);
+        self.shared.metrics.panics.increment(1);
+    }
+
     /// Counts one more try of a command (runtime stats and metrics).
     fn count_retry(&self) {
         bump(&self.shared.stats.retries);
@@ -753,6 +751,25 @@ impl<A: Actor> Vm<A> {
         self.since_snapshot += replayed;
         Ok(())
     }
+}
+
+/// Runs `future`, catching a panic in any of its polls (around each poll of the pinned future,
+/// not by wrapping it in a combinator, which would move it): the panic's message instead of
+/// the output.
+async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".to_owned()))),
+        }
+    })
+    .await
 }
 
 /// Boxes the future of a rare step (a fold-in, a backoff, a duplicate's answer, a publish):
