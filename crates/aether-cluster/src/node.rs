@@ -6,7 +6,8 @@
 //! the new owner serves. The protocol is in docs/cluster.md.
 //!
 //! A node is a few parts, each a type that owns its state, composed by `NodeInner`:
-//! `route` (`Router`: the caller side, with [`ClusterActors`] and [`CallError`]), `serve`
+//! `route` ([`ClusterActors`] and [`CallError`]: a call's way to its owner), `router`
+//! (`Router`: command ids and the requests to other nodes), `serve`
 //! (`Server`: answering other nodes' calls, receiving handoff confirmations) and `handoff`
 //! (`Handoff`: applying maps — drains, pending shards, failover, confirmations). What they all
 //! read is `Shared`: the control plane, the hosted types (`host`), the shard table (`shards`:
@@ -16,6 +17,7 @@
 mod handoff;
 mod host;
 mod route;
+mod router;
 mod serve;
 mod shards;
 mod wire;
@@ -39,7 +41,7 @@ pub use shards::{MigrationStatus, ShardMigration};
 
 use handoff::Handoff;
 use host::Hosts;
-use route::Router;
+use router::Router;
 use serve::Server;
 use shards::Shards;
 

@@ -9,6 +9,7 @@
 mod actor_ref;
 mod builder;
 mod load;
+mod outage;
 mod recent;
 mod registry;
 mod vm;

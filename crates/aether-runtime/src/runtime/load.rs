@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aether_core::{CodecError, StoreError};
 use futures::StreamExt;
 
+use super::outage::through_outages;
 use super::recent::{Recent, RecentCommands, id_hash, remember};
 use super::registry::{Shared, bump};
 use crate::actor::Actor;
@@ -99,26 +100,20 @@ pub(super) async fn load_through_outages<A: Actor>(
     id: &str,
 ) -> Result<Loaded<A>, LoadError> {
     let started = tokio::time::Instant::now();
-    let budget = shared.config.retry.transient_budget;
-    let schedule = aether_core::Backoff::new(
-        std::time::Duration::from_millis(50),
-        std::time::Duration::from_secs(1),
+    let first = load(shared, id).await;
+    through_outages(
+        shared.config.retry.transient_budget,
+        started,
+        first,
+        LoadError::is_transient,
+        |failure, retries| {
+            bump(&shared.stats.retries);
+            shared.metrics.retries.increment(1);
+            tracing::debug!(actor_type = A::TYPE, actor_id = id, reason = %failure, retries, "store unavailable while activating; loading again");
+        },
+        || load(shared, id),
     )
-    .jitter_percent(50);
-    let mut retries = 0;
-    loop {
-        match load(shared, id).await {
-            Err(failure) if failure.is_transient() && started.elapsed() < budget => {
-                retries += 1;
-                bump(&shared.stats.retries);
-                shared.metrics.retries.increment(1);
-                tracing::debug!(actor_type = A::TYPE, actor_id = id, reason = %failure, retries, "store unavailable while activating; loading again");
-                let left = budget.saturating_sub(started.elapsed());
-                tokio::time::sleep(schedule.delay(retries).min(left)).await;
-            }
-            other => return other,
-        }
-    }
+    .await
 }
 
 /// Loads an actor: the latest snapshot that decodes, then the events after it.

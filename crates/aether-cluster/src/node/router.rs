@@ -1,0 +1,150 @@
+//! The caller side of a node: the command ids it makes, and the requests that carry calls to
+//! other nodes (one request, bounded by the request timeout and the call's deadline, and why it
+//! brought no answer).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aether_core::CommandId;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Shared;
+use super::wire::{self, Answer, Call, Status};
+
+/// The caller side of a node: command ids, and the requests that carry calls to other nodes.
+#[derive(Debug)]
+pub(super) struct Router {
+    pub(super) node: Arc<Shared>,
+    next_command: AtomicU64,
+}
+
+impl Router {
+    pub(super) fn new(node: Arc<Shared>) -> Self {
+        Self {
+            node,
+            next_command: AtomicU64::new(0),
+        }
+    }
+
+    /// A command id unique in the cluster: 12 hex digits (48 random bits) of this process's
+    /// incarnation and a hex counter. Up to 2^40 commands per process it is at most 23 bytes,
+    /// which a [`CommandId`] holds inline: making one allocates nothing.
+    pub(super) fn command_id(&self) -> CommandId {
+        let n = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 12 + 1 + 16];
+        let mut len = 0;
+        let incarnation = self.node.manager.incarnation().bytes();
+        for digit in incarnation.filter(u8::is_ascii_hexdigit).take(12) {
+            buf[len] = digit;
+            len += 1;
+        }
+        buf[len] = b'-';
+        len += 1;
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            buf[len + i] = b"0123456789abcdef"[nibble as usize];
+        }
+        len += digits;
+        std::str::from_utf8(&buf[..len]).map_or_else(|_| format!("{n:x}").into(), CommandId::from)
+    }
+
+    /// One request to `owner`, bounded by the request timeout and the call's deadline. `Err`
+    /// says why there is no answer (the call is then re-sent with the same id).
+    pub(super) async fn request(
+        &self,
+        owner: &str,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Answer, RequestError> {
+        let node = &*self.node;
+        let payload = wire::encode(call).map_err(RequestError::Encode)?;
+        let subject = wire::call_subject(&node.config.cluster_name, owner);
+        let until = deadline.min(Instant::now() + node.config.request_timeout);
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "aether.cluster.call",
+            cluster = %node.config.cluster_name,
+            actor_type = call.actor_type.as_str(),
+            actor_id = call.actor.as_str(),
+            command_id = call.id.as_str(),
+            owner,
+        );
+        let reply = tokio::time::timeout_at(until, node.client.request(subject, payload))
+            .instrument(span)
+            .await;
+        node.metrics
+            .remote_seconds
+            .record(started.elapsed().as_secs_f64());
+        let owner = || owner.to_owned();
+        let message = match reply {
+            Err(_) => return Err(RequestError::TimedOut { owner: owner() }),
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        RequestError::NoResponders { owner: owner() }
+                    }
+                    _ => RequestError::Failed {
+                        owner: owner(),
+                        source: e,
+                    },
+                });
+            }
+            Ok(Ok(m)) => m,
+        };
+        let answer: Answer =
+            wire::decode(&message.payload).map_err(|source| RequestError::BadAnswer {
+                owner: owner(),
+                source,
+            })?;
+        match answer.status {
+            Status::Ok => node.metrics.remote_ok.increment(1),
+            Status::Rejected => node.metrics.remote_rejected.increment(1),
+            Status::Failed | Status::BadRequest => node.metrics.remote_failed.increment(1),
+            Status::NotOwner | Status::Moving => {}
+        }
+        Ok(answer)
+    }
+}
+
+/// Why a request to another node brought no answer. Every kind holds the call (it is re-sent
+/// with the same id); the kind says what to expect from waiting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum RequestError {
+    /// The call did not encode.
+    #[error("encoding the call: {0}")]
+    Encode(#[source] rmp_serde::encode::Error),
+    /// No answer within the request timeout (or before the call's deadline): the owner is
+    /// paused, overloaded or cut off; the command may have been applied.
+    #[error("node {owner} did not answer in time")]
+    TimedOut {
+        /// The node asked.
+        owner: String,
+    },
+    /// Nobody listens on the owner's subject: it is gone (its connection closed).
+    #[error("node {owner} is not listening (gone?)")]
+    NoResponders {
+        /// The node asked.
+        owner: String,
+    },
+    /// NATS refused or dropped the request (connection lost, ...).
+    #[error("request to node {owner} failed: {source}")]
+    Failed {
+        /// The node asked.
+        owner: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::RequestError,
+    },
+    /// The owner answered with bytes that are not an answer.
+    #[error("node {owner} sent an answer that does not decode: {source}")]
+    BadAnswer {
+        /// The node asked.
+        owner: String,
+        /// The codec's error.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+}
