@@ -108,6 +108,9 @@ pub enum EventError {
         /// The rejected event type.
         event_type: String,
     },
+    /// The schema version is 0 (versions start at 1).
+    #[error("schema version 0 is not valid; schema versions start at 1")]
+    InvalidSchemaVersion,
 }
 
 /// The version check failed: the actor's history moved on (or the attempted version was never
@@ -528,4 +531,14 @@ mod tests {
             assert_eq!(error_chain(&again), error_chain(&original));
         }
     }
+}
+
+/// The message of a caught panic (`std::panic::catch_unwind`'s payload): its text when it was a
+/// string, else a placeholder. Every place that turns a caught panic into an error uses it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -42,10 +42,22 @@ struct EventInner {
     event_type: String,
     actor_id: String,
     version: u64,
+    /// The payload's schema version (1 unless set): see [`Event::schema_version`].
+    #[serde(default = "first_schema", skip_serializing_if = "is_first_schema")]
+    schema_version: u32,
     payload: Payload,
     timestamp: SystemTime,
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     metadata: Metadata,
+}
+
+fn first_schema() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_first_schema(version: &u32) -> bool {
+    *version == 1
 }
 
 /// An immutable fact about one actor: id, type, actor, version, payload, time and metadata.
@@ -84,6 +96,7 @@ impl Event {
             event_type: event_type.into(),
             actor_id: actor_id.into(),
             version: 1,
+            schema_version: 1,
             payload: Ok(Payload::nil()),
             timestamp: None,
             metadata: Metadata::default(),
@@ -123,6 +136,14 @@ impl Event {
         self.0.version
     }
 
+    /// The schema version of the payload's shape for this event type: 1 for events written
+    /// before the type's shape ever changed (and when the field is absent on the wire), then
+    /// whatever the writer's code declared current. [`crate::upcast::Upcasters`] turn an older
+    /// shape into the current one before typed decoding.
+    pub fn schema_version(&self) -> u32 {
+        self.0.schema_version
+    }
+
     /// The encoded payload.
     pub fn payload(&self) -> &Payload {
         &self.0.payload
@@ -156,6 +177,7 @@ impl Event {
             event_type: self.0.event_type.clone(),
             actor_id: self.0.actor_id.clone(),
             version: self.0.version,
+            schema_version: self.0.schema_version,
             payload: Ok(self.0.payload.clone()),
             timestamp: Some(self.0.timestamp),
             metadata: self.0.metadata.clone(),
@@ -165,6 +187,9 @@ impl Event {
     /// Checks the actor id and event type against [`crate::limits`]. Stores call this on every
     /// append; the version rules are checked by the store against the stored history.
     pub fn validate(&self) -> Result<(), EventError> {
+        if self.0.schema_version == 0 {
+            return Err(EventError::InvalidSchemaVersion);
+        }
         limits::validate_actor_id(&self.0.actor_id)?;
         limits::validate_event_type(&self.0.event_type)
     }
@@ -176,8 +201,11 @@ impl fmt::Debug for Event {
         d.field("id", &self.0.id)
             .field("event_type", &self.0.event_type)
             .field("actor_id", &self.0.actor_id)
-            .field("version", &self.0.version)
-            .field("payload", &self.0.payload)
+            .field("version", &self.0.version);
+        if self.0.schema_version != 1 {
+            d.field("schema_version", &self.0.schema_version);
+        }
+        d.field("payload", &self.0.payload)
             .field("timestamp", &self.0.timestamp);
         if !self.0.metadata.is_empty() {
             d.field("metadata", &self.0.metadata);
@@ -194,6 +222,7 @@ pub struct EventBuilder {
     event_type: String,
     actor_id: String,
     version: u64,
+    schema_version: u32,
     payload: Result<Payload, CodecError>,
     timestamp: Option<SystemTime>,
     metadata: Metadata,
@@ -203,6 +232,20 @@ impl EventBuilder {
     /// Sets the version (default 1). Stores refuse a version that is not above the actor's latest.
     pub fn version(mut self, version: u64) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Sets the event type (to derive an event of another type, as an upcaster does).
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = event_type.into();
+        self
+    }
+
+    /// Sets the payload's schema version (default 1; stores refuse 0). Write the version your
+    /// code declares current for the event type ([`crate::upcast::Upcasters::current_version`]);
+    /// the runtime does it for you.
+    pub fn schema_version(mut self, schema_version: u32) -> Self {
+        self.schema_version = schema_version;
         self
     }
 
@@ -262,6 +305,7 @@ impl EventBuilder {
             event_type: self.event_type,
             actor_id: self.actor_id,
             version: self.version,
+            schema_version: self.schema_version,
             payload: self.payload?,
             timestamp: self.timestamp.unwrap_or_else(SystemTime::now),
             metadata: self.metadata,

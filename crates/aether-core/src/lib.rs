@@ -19,19 +19,22 @@ mod backoff;
 mod command_id;
 mod error;
 mod event;
+#[cfg(feature = "json")]
+pub mod history;
 pub mod limits;
 mod namespace;
 mod payload;
 mod snapshot;
 mod store;
 pub mod store_metrics;
+pub mod upcast;
 pub mod wire;
 
 pub use backoff::Backoff;
 pub use command_id::CommandId;
 pub use error::{
     BoxError, BroadcastError, CodecError, EventError, NamespaceError, ServerLimit, StoreError,
-    VersionConflict, error_chain,
+    VersionConflict, error_chain, panic_message,
 };
 pub use event::{
     EVENT_STORED, Event, EventBuilder, EventStored, Metadata, ReplayError, ReplayResult,
@@ -42,3 +45,4 @@ pub use snapshot::{ActorSnapshot, CommandRecord};
 pub use store::{
     EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore, VersionCache,
 };
+pub use upcast::{EventShape, UpcastError, Upcasters};

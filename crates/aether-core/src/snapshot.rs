@@ -26,6 +26,21 @@ pub struct ActorSnapshot {
     /// when empty, and ignored by readers that do not know it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<CommandRecord>,
+    /// The version of the state's shape (and of the `apply` code that folded it) this snapshot
+    /// was taken under: the runtime writes its actor's `Actor::STATE_VERSION` and discards a
+    /// snapshot of another version (the actor then replays its events through the upcasters).
+    /// 1 unless set; absent on the wire when 1.
+    #[serde(default = "first_state", skip_serializing_if = "is_first_state")]
+    pub state_version: u32,
+}
+
+fn first_state() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_first_state(version: &u32) -> bool {
+    *version == 1
 }
 
 /// A command folded into an actor's state: its id (the causation id of its events) and the
@@ -74,7 +89,15 @@ impl ActorSnapshot {
             state,
             timestamp: SystemTime::now(),
             commands: Vec::new(),
+            state_version: 1,
         }
+    }
+
+    /// The same snapshot marked as taken under state version `state_version`.
+    #[must_use]
+    pub fn with_state_version(mut self, state_version: u32) -> Self {
+        self.state_version = state_version;
+        self
     }
 
     /// The same snapshot recording the last `commands` folded into its state.

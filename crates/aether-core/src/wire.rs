@@ -13,6 +13,7 @@
 //! | `type` | str | yes |
 //! | `actor` | str | yes |
 //! | `v` | uint | yes |
+//! | `sv` | uint ≥ 1: the payload's schema version; absent or nil means 1 (written only when not 1) | no |
 //! | `time` | timestamp extension (type -1; 32-, 64- or 96-bit) | yes |
 //! | `data` | bin: the payload, itself MessagePack; absent or nil means the nil payload | no |
 //! | `meta` | map str → str (`correlation_id`, `causation_id`, anything else is extra) | no |
@@ -58,6 +59,7 @@ const ID: &str = "id";
 const TYPE: &str = "type";
 const ACTOR: &str = "actor";
 const VERSION: &str = "v";
+const SCHEMA: &str = "sv";
 const TIME: &str = "time";
 const DATA: &str = "data";
 const META: &str = "meta";
@@ -159,7 +161,8 @@ fn write_event(event: &Event, buf: &mut Vec<u8>) -> Result<(), WireError> {
         + usize::from(meta.causation_id.is_some())
         + meta.extra.len();
 
-    let fields = 5 + u32::from(has_data) + u32::from(meta_len > 0);
+    let schema = event.schema_version();
+    let fields = 5 + u32::from(schema != 1) + u32::from(has_data) + u32::from(meta_len > 0);
     rmp::encode::write_map_len(buf, fields).map_err(|e| written(ID, e))?;
     write_key(buf, ID)?;
     rmp::encode::write_bin(buf, event.id().as_bytes()).map_err(|e| written(ID, e))?;
@@ -169,6 +172,16 @@ fn write_event(event: &Event, buf: &mut Vec<u8>) -> Result<(), WireError> {
     write_str(buf, ACTOR, event.actor_id())?;
     write_key(buf, VERSION)?;
     rmp::encode::write_uint(buf, event.version()).map_err(|e| written(VERSION, e))?;
+    if schema != 1 {
+        if schema == 0 {
+            return Err(WireError::field(
+                SCHEMA,
+                "schema version 0: versions start at 1",
+            ));
+        }
+        write_key(buf, SCHEMA)?;
+        rmp::encode::write_uint(buf, u64::from(schema)).map_err(|e| written(SCHEMA, e))?;
+    }
     write_key(buf, TIME)?;
     write_time(buf, event.timestamp())?;
     if has_data {
@@ -239,6 +252,7 @@ struct Fields {
     event_type: Option<String>,
     actor: Option<String>,
     version: Option<u64>,
+    schema: Option<Option<u32>>,
     time: Option<SystemTime>,
     data: Option<Option<Payload>>,
     meta: Option<Option<Metadata>>,
@@ -279,6 +293,7 @@ fn read_event(bytes: &[u8], source: Option<&Bytes>) -> Result<EventBuilder, Wire
             TYPE => once(&mut f.event_type, TYPE, r.string(TYPE)?)?,
             ACTOR => once(&mut f.actor, ACTOR, r.string(ACTOR)?)?,
             VERSION => once(&mut f.version, VERSION, r.uint(VERSION)?)?,
+            SCHEMA => once(&mut f.schema, SCHEMA, r.schema()?)?,
             TIME => once(&mut f.time, TIME, r.time()?)?,
             DATA => once(&mut f.data, DATA, r.data()?)?,
             META => once(&mut f.meta, META, r.meta()?)?,
@@ -298,6 +313,7 @@ fn read_event(bytes: &[u8], source: Option<&Bytes>) -> Result<EventBuilder, Wire
     )
     .id(f.id.ok_or_else(|| missing(ID))?)
     .version(f.version.ok_or_else(|| missing(VERSION))?)
+    .schema_version(f.schema.flatten().unwrap_or(1))
     .timestamp(f.time.ok_or_else(|| missing(TIME))?)
     .encoded_payload(f.data.flatten().unwrap_or_else(Payload::nil));
     if let Some(meta) = f.meta.flatten() {
@@ -495,6 +511,22 @@ impl<'a> Reader<'a> {
                 field,
                 format!("expected an unsigned integer, found {}", describe(other)),
             )),
+        }
+    }
+
+    /// `sv`: an unsigned integer in 1..=2³²-1, or nil (version 1).
+    fn schema(&mut self) -> Result<Option<u32>, WireError> {
+        if self.rest.first() == Some(&NIL) {
+            self.take(1, Some(SCHEMA))?;
+            return Ok(None);
+        }
+        match u32::try_from(self.uint(SCHEMA)?) {
+            Ok(0) => Err(WireError::field(
+                SCHEMA,
+                "schema version 0: versions start at 1",
+            )),
+            Ok(v) => Ok(Some(v)),
+            Err(_) => Err(WireError::field(SCHEMA, "a schema version above 2^32-1")),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Golden vectors of the event wire format (`docs/nats-layout.md`, "Event encoding").
 //!
 //! `tests/wire/<name>.msgpack` holds an encoded event and `tests/wire/<name>.json` what it means:
-//! `id` (canonical string), `type`, `actor`, `v`, `time` (RFC 3339 with nanoseconds) and
+//! `id` (canonical string), `type`, `actor`, `v`, `sv` (only when not 1), `time` (RFC 3339 with nanoseconds) and
 //! `time_unix` (`seconds` rounded down, `nanos`), `data` (hex of the payload bytes),
 //! `data_decoded` (the payload as JSON, when it is representable) and `meta`. Canonical vectors are
 //! checked both ways (the event of the JSON encodes to exactly the bytes, the bytes decode to the
@@ -14,17 +14,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aether_core::{Event, Payload, Value, wire};
+use aether_core::{Event, Payload, wire};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 /// Written by Aether: encoding the JSON's event gives exactly these bytes.
-const CANONICAL: [&str; 5] = [
+const CANONICAL: [&str; 6] = [
     "minimal",
     "full_metadata",
     "large_payload",
     "non_ascii_actor",
     "pre_1970",
+    "schema_version",
 ];
 /// Written by someone else: they decode to the JSON, and re-encode to the canonical form.
 const READ_ONLY: [&str; 1] = ["id_as_string"];
@@ -105,6 +106,8 @@ fn the_vectors_cover_what_they_are_named_after() {
         event("pre_1970").timestamp() < UNIX_EPOCH,
         "the 96-bit form"
     );
+    assert_eq!(event("minimal").schema_version(), 1, "absent: version 1");
+    assert_eq!(event("schema_version").schema_version(), 3);
 }
 
 /// Writes the vectors. Run once, by hand: `cargo test -p aether-core --test wire -- --ignored`;
@@ -174,7 +177,18 @@ fn write_golden_vectors() {
         .build()
         .unwrap();
 
+    // An event whose payload shape is at schema version 3 (`sv`), the runtime's tagged form.
+    let schema_version = Event::builder("account-7", "MoneyDeposited")
+        .id(id("0190a5c8-3b33-7e41-8f52-061728394a5b"))
+        .version(12)
+        .schema_version(3)
+        .timestamp(at(1_719_835_204, 250_000_000))
+        .payload(&json!({ "MoneyDeposited": { "cents": 1250, "currency": "EUR" } }))
+        .build()
+        .unwrap();
+
     for (name, event) in [
+        ("schema_version", &schema_version),
         ("minimal", &minimal),
         ("full_metadata", &full_metadata),
         ("large_payload", &large_payload),
@@ -236,6 +250,10 @@ fn event_from_json(j: &Json) -> Event {
     let mut event = Event::builder(s("actor"), s("type"))
         .id(Uuid::parse_str(s("id")).unwrap())
         .version(j["v"].as_u64().unwrap())
+        .schema_version(
+            j.get("sv")
+                .map_or(1, |v| u32::try_from(v.as_u64().unwrap()).unwrap()),
+        )
         .timestamp(
             system_time(
                 time["seconds"].as_i64().unwrap(),
@@ -279,34 +297,18 @@ fn event_to_json(event: &Event) -> Json {
         "data": hex(event.payload().as_bytes()),
         "meta": meta_json,
     });
-    if let Some(decoded) = event.data().ok().as_ref().and_then(to_json) {
+    if let Some(decoded) = event
+        .data()
+        .ok()
+        .as_ref()
+        .and_then(aether_core::history::to_plain_json)
+    {
         j["data_decoded"] = decoded;
     }
+    if event.schema_version() != 1 {
+        j["sv"] = event.schema_version().into();
+    }
     j
-}
-
-/// A MessagePack value as JSON, if JSON can hold it (no bin, no extension, string map keys).
-fn to_json(v: &Value) -> Option<Json> {
-    Some(match v {
-        Value::Nil => Json::Null,
-        Value::Boolean(b) => Json::Bool(*b),
-        Value::Integer(i) => match (i.as_u64(), i.as_i64()) {
-            (Some(u), _) => u.into(),
-            (None, Some(s)) => s.into(),
-            _ => return None,
-        },
-        Value::F32(f) => Json::Number(serde_json::Number::from_f64(f64::from(*f))?),
-        Value::F64(f) => Json::Number(serde_json::Number::from_f64(*f)?),
-        Value::String(s) => Json::String(s.as_str()?.to_owned()),
-        Value::Array(items) => Json::Array(items.iter().map(to_json).collect::<Option<_>>()?),
-        Value::Map(entries) => Json::Object(
-            entries
-                .iter()
-                .map(|(k, v)| Some((k.as_str()?.to_owned(), to_json(v)?)))
-                .collect::<Option<_>>()?,
-        ),
-        Value::Binary(_) | Value::Ext(..) => return None,
-    })
 }
 
 fn unix_parts(t: SystemTime) -> (i64, u32) {

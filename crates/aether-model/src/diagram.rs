@@ -3,7 +3,8 @@
 //! One node per element (commands blue, events orange, aggregates yellow, policies purple, read
 //! models green, external systems pink, actors pale yellow, notes grey), one cluster per
 //! bounded context, and the EventStorming flow as edges: actor / external system -> command ->
-//! aggregate -> event -> policy -> command, event -> read model / external system.
+//! aggregate -> event -> policy -> command, event -> read model / external system. An event
+//! past version 1 is labelled with its version (`MoneyDeposited v3`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -97,7 +98,12 @@ impl Graph {
         for (ci, c) in model.contexts.iter().enumerate() {
             g.contexts.push(c.name.clone());
             for e in &c.events {
-                let n = add(&mut g, NodeKind::Event, &e.name, Some(ci));
+                let label = if e.version > 1 {
+                    format!("{} v{}", e.name, e.version)
+                } else {
+                    e.name.clone()
+                };
+                let n = add(&mut g, NodeKind::Event, &label, Some(ci));
                 events.entry(&e.name).or_insert(n);
             }
             for a in &c.aggregates {

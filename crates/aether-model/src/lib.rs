@@ -32,6 +32,9 @@
 //!   on by default); a parse error names the file, line, column and field path.
 //! - [`Model::validate`]: every problem at once, each with its path in the model
 //!   (`contexts[sales].aggregates[Order].commands[PlaceOrder].emits[0]: unknown event ...`).
+//! - Event versions: an event's current `version`, the older versions still stored
+//!   (`previous`) and its former names (`formerly`); validation checks every chain is complete,
+//!   and [`DomainEvent::upcast_steps`] lists the upcasting steps the code must register.
 //! - [`Model::to_mermaid`], [`Model::to_dot`]: diagrams in EventStorming colours.
 //! - From the shell: `cargo xtask model check FILE` and
 //!   `cargo xtask model diagram FILE --format mermaid|dot`.
@@ -44,7 +47,7 @@ mod validate;
 pub use diagram::{Graph, NodeKind};
 pub use load::{Format, LoadError, Location};
 pub use model::{
-    Aggregate, BoundedContext, Command, DomainEvent, ExternalSystem, FIELD_TYPES, Field, FieldType,
-    Model, Note, Policy, ReadModel, Role, is_known_type,
+    Aggregate, BoundedContext, Command, DomainEvent, EventVersion, ExternalSystem, FIELD_TYPES,
+    Field, FieldType, FormerName, Model, Note, Policy, ReadModel, Role, is_known_type,
 };
 pub use validate::{ElementKind, Problem, ProblemKind, ValidationError};

@@ -79,15 +79,121 @@ pub struct Command {
     pub emits: Vec<String>,
 }
 
-/// A domain event and its fields.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A domain event, its fields, and the older shapes and names of it that may still be stored.
+///
+/// Stored events carry a schema version (1 when absent). An event at version `N` may still
+/// have stored events of versions `1..N`, each of which the code upcasts one step at a time;
+/// stored events under a former name are upcast into this event. [`DomainEvent::upcast_steps`]
+/// lists every step the code must register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainEvent {
     /// The event's name (its stored event type).
     pub name: String,
-    /// Its fields.
+    /// Its current schema version: the version new events are stored with (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub version: u32,
+    /// Its fields (at the current version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<Field>,
+    /// The older versions that may still be stored: every version from 1 to `version - 1`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<EventVersion>,
+    /// Former names of this event whose stored events are upcast into it (renames).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formerly: Vec<FormerName>,
+}
+
+impl Default for DomainEvent {
+    /// An unnamed event at version 1, without fields, older versions or former names.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            version: 1,
+            fields: Vec::new(),
+            previous: Vec::new(),
+            formerly: Vec::new(),
+        }
+    }
+}
+
+impl DomainEvent {
+    /// The event's current schema version (the one new events are stored with).
+    pub fn current_version(&self) -> u32 {
+        self.version
+    }
+
+    /// Every upcasting step the code must register for this event, as (stored event type,
+    /// version the step upcasts from): `(name, v)` for each older version `v` in
+    /// `1..version`, then `(former, v)` for each former name and each of its stored versions
+    /// `v` in `1..=versions`, in the order the model lists them.
+    ///
+    /// The step for `(name, v)` turns a stored event of this type and version `v` into
+    /// version `v + 1`. The steps of a former name `F` with `versions: k` turn `F` version `v`
+    /// into `F` version `v + 1` for `v < k`, and the last, `(F, k)`, turns `F` version `k`
+    /// into this event (from where this event's own steps carry it to the current version).
+    ///
+    /// ```
+    /// use aether_model::{DomainEvent, EventVersion, FormerName};
+    ///
+    /// let event = DomainEvent {
+    ///     name: "MoneyDeposited".into(),
+    ///     version: 3,
+    ///     previous: vec![
+    ///         EventVersion { version: 1, ..Default::default() },
+    ///         EventVersion { version: 2, ..Default::default() },
+    ///     ],
+    ///     formerly: vec![FormerName { name: "Credited".into(), versions: 2 }],
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(event.current_version(), 3);
+    /// assert_eq!(
+    ///     event.upcast_steps(),
+    ///     [
+    ///         ("MoneyDeposited".to_owned(), 1),
+    ///         ("MoneyDeposited".to_owned(), 2),
+    ///         ("Credited".to_owned(), 1),
+    ///         ("Credited".to_owned(), 2),
+    ///     ]
+    /// );
+    /// // An event at version 1 with no former names needs no step.
+    /// assert!(DomainEvent { name: "Opened".into(), ..Default::default() }.upcast_steps().is_empty());
+    /// ```
+    pub fn upcast_steps(&self) -> Vec<(String, u32)> {
+        let own = (1..self.version).map(|v| (self.name.clone(), v));
+        let former = self
+            .formerly
+            .iter()
+            .flat_map(|f| (1..=f.versions).map(|v| (f.name.clone(), v)));
+        own.chain(former).collect()
+    }
+}
+
+/// An older version of an event that may still be stored (its shape, for the record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventVersion {
+    /// The version: from 1 to the event's current version minus one.
+    pub version: u32,
+    /// The event's fields at that version (documentation of the old shape; optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<Field>,
+    /// What changed, or anything else worth knowing about this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A former name of an event: stored events of that type, versions 1 to `versions`, are
+/// upcast into the event that lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormerName {
+    /// The former event type, as stored; no live event of the model may have it.
+    pub name: String,
+    /// The last version stored under that name (default 1): stored versions are
+    /// `1..=versions`.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub versions: u32,
 }
 
 /// A field of a command or an event.
@@ -110,6 +216,14 @@ fn yes() -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// The field types a model may use (and `list<T>` of each).

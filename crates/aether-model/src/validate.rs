@@ -10,14 +10,18 @@
 //!   field; the events read models and external systems consume; the commands external systems
 //!   and actors issue;
 //! - reachability passes: events no command emits, commands nobody issues;
+//! - version passes: each event's version chain (version at least 1, every older version
+//!   declared once in `previous`), and its former names (not a live event, at least one stored
+//!   version, claimed by one event only);
 //! - the policy cycle pass, over the whole model.
 //!
 //! Problems come out in model order: each group of passes runs over every context in turn
-//! (names, then references, then reachability), and within a context the passes follow the
-//! order in which a context lists its elements.
+//! (names, then references, then reachability, then versions), and within a context the passes
+//! follow the order in which a context lists its elements.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use crate::model::{BoundedContext, Field, Model, is_known_type};
 
@@ -123,6 +127,108 @@ pub enum ProblemKind {
         /// The field.
         field: String,
     },
+    /// An event's version is 0 (versions start at 1).
+    #[error("event `{event}` has version 0: versions start at 1")]
+    InvalidEventVersion {
+        /// The event.
+        event: String,
+    },
+    /// A `previous` entry's version is not below the event's current version (or is 0).
+    #[error(
+        "event `{event}` is at version {current} but lists previous version {version} (previous versions: {})",
+        previous_range(*.current)
+    )]
+    PreviousVersionOutOfRange {
+        /// The event.
+        event: String,
+        /// The version listed in `previous`.
+        version: u32,
+        /// The event's current version.
+        current: u32,
+    },
+    /// Two `previous` entries of an event have the same version.
+    #[error("event `{event}` lists previous version {version} twice")]
+    DuplicatePreviousVersion {
+        /// The event.
+        event: String,
+        /// The version listed twice.
+        version: u32,
+    },
+    /// An event at version `current` does not declare every older version in `previous`.
+    #[error(
+        "event `{event}` is at version {current} but {} not declared in `previous`",
+        missing_text(.missing)
+    )]
+    MissingPreviousVersions {
+        /// The event.
+        event: String,
+        /// The event's current version.
+        current: u32,
+        /// The versions not declared, as ascending runs (e.g. `1..=2`, `4..=4`).
+        missing: Vec<RangeInclusive<u32>>,
+    },
+    /// An event's former name is the name of a live event of the model.
+    #[error(
+        "event `{event}` lists former name `{former}`, but `{former}` is a live event of the model"
+    )]
+    FormerNameIsLive {
+        /// The event that lists the former name.
+        event: String,
+        /// The former name.
+        former: String,
+    },
+    /// A former name claims no stored version (`versions: 0`).
+    #[error(
+        "event `{event}` lists former name `{former}` with versions 0: at least version 1 is stored under a former name"
+    )]
+    InvalidFormerVersions {
+        /// The event that lists the former name.
+        event: String,
+        /// The former name.
+        former: String,
+    },
+    /// Two events (or one event twice) claim the same former name.
+    #[error("former name `{former}` of event `{event}` is already claimed by event `{first}`")]
+    FormerNameClaimedTwice {
+        /// The former name.
+        former: String,
+        /// The event that claims it again.
+        event: String,
+        /// The event that claimed it first.
+        first: String,
+    },
+}
+
+/// The versions an event at version `current` may list in `previous`, in words.
+fn previous_range(current: u32) -> String {
+    match current {
+        0 | 1 => "none".to_owned(),
+        2 => "only 1".to_owned(),
+        _ => format!("1 to {}", current - 1),
+    }
+}
+
+/// Missing versions in words: "version 2 is", "versions 1, 2 and 4 to 7 are".
+fn missing_text(missing: &[RangeInclusive<u32>]) -> String {
+    let mut parts = Vec::new();
+    for run in missing {
+        let (from, to) = (*run.start(), *run.end());
+        match to.saturating_sub(from) {
+            0 => parts.push(from.to_string()),
+            1 => parts.extend([from.to_string(), to.to_string()]),
+            _ => parts.push(format!("{from} to {to}")),
+        }
+    }
+    let single = matches!(missing, [run] if run.start() == run.end());
+    let list = match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.concat(),
+    };
+    if single {
+        format!("version {list} is")
+    } else {
+        format!("versions {list} are")
+    }
 }
 
 /// One problem and where it is, e.g. `contexts[sales].aggregates[Order].commands[Place].emits[0]`.
@@ -162,15 +268,20 @@ impl fmt::Display for ValidationError {
 impl std::error::Error for ValidationError {}
 
 impl Model {
-    /// Checks references, names, reachability, policy cycles and field types, and reports
-    /// every problem at once.
+    /// Checks references, names, reachability, event versions, policy cycles and field types,
+    /// and reports every problem at once.
     ///
     /// Runs the passes in order: the name passes over every context, then the reference passes
-    /// over every context, then the reachability passes over every context, then the policy
-    /// cycle pass over the whole model.
+    /// over every context, then the reachability passes over every context, then the version
+    /// passes over every context, then the policy cycle pass over the whole model.
     pub fn validate(&self) -> Result<(), ValidationError> {
         let mut report = Report::default();
-        for passes in [&NAME_PASSES[..], &REFERENCE_PASSES, &REACHABILITY_PASSES] {
+        for passes in [
+            &NAME_PASSES[..],
+            &REFERENCE_PASSES,
+            &REACHABILITY_PASSES,
+            &VERSION_PASSES,
+        ] {
             for context in &self.contexts {
                 for pass in passes {
                     pass(self, context, &mut report);
@@ -215,6 +326,9 @@ const REFERENCE_PASSES: [ContextPass; 5] = [
 /// Reachability: events nobody emits, commands nobody issues.
 const REACHABILITY_PASSES: [ContextPass; 2] = [check_events_emitted, check_commands_issued];
 
+/// Versions: each event's version chain, then its former names.
+const VERSION_PASSES: [ContextPass; 2] = [check_event_versions, check_former_names];
+
 /// The problems found so far, shared by every pass, and the names seen so far per kind.
 #[derive(Default)]
 struct Report {
@@ -222,6 +336,8 @@ struct Report {
     problems: Vec<Problem>,
     /// The names already used, per kind, across the whole model (fields excluded).
     seen: BTreeMap<ElementKind, BTreeSet<String>>,
+    /// The former event names claimed so far, each with the event that claimed it first.
+    former: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -533,6 +649,131 @@ fn is_issued(model: &Model, name: &str) -> bool {
             .any(|x| x.issues.iter().any(|i| i == name))
             || c.actors.iter().any(|a| a.issues.iter().any(|i| i == name))
     })
+}
+
+/// Version pass: each event's version is at least 1, its `previous` entries are older versions
+/// listed once each (their fields checked like an event's), and every older version is listed.
+fn check_event_versions(_: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for e in &context.events {
+        let ep = format!("{cp}.events[{}]", e.name);
+        let current = e.version;
+        if current == 0 {
+            r.add(
+                format!("{ep}.version"),
+                ProblemKind::InvalidEventVersion {
+                    event: e.name.clone(),
+                },
+            );
+        }
+        let mut listed = BTreeSet::new();
+        for (i, prev) in e.previous.iter().enumerate() {
+            let pp = format!("{ep}.previous[{i}]");
+            r.fields(&pp, &prev.fields);
+            if current == 0 {
+                // The event's version is already reported; no range to check against.
+                continue;
+            }
+            if prev.version == 0 || prev.version >= current {
+                r.add(
+                    pp,
+                    ProblemKind::PreviousVersionOutOfRange {
+                        event: e.name.clone(),
+                        version: prev.version,
+                        current,
+                    },
+                );
+            } else if !listed.insert(prev.version) {
+                r.add(
+                    pp,
+                    ProblemKind::DuplicatePreviousVersion {
+                        event: e.name.clone(),
+                        version: prev.version,
+                    },
+                );
+            }
+        }
+        let missing = missing_versions(current, &listed);
+        if !missing.is_empty() {
+            r.add(
+                format!("{ep}.previous"),
+                ProblemKind::MissingPreviousVersions {
+                    event: e.name.clone(),
+                    current,
+                    missing,
+                },
+            );
+        }
+    }
+}
+
+/// The versions in `1..current` that are not in `listed` (all of which are in that range), as
+/// ascending runs; computed from the gaps between listed versions, so a huge `current` costs
+/// nothing.
+fn missing_versions(current: u32, listed: &BTreeSet<u32>) -> Vec<RangeInclusive<u32>> {
+    let mut missing = Vec::new();
+    let mut next = 1;
+    for &v in listed.iter().chain(std::iter::once(&current)) {
+        if v > next {
+            missing.push(next..=v - 1);
+        }
+        next = v.saturating_add(1);
+    }
+    missing
+}
+
+/// Version pass: each event's former names are not empty, not the name of a live event, claim
+/// at least one stored version, and are claimed by one event only (across the model).
+fn check_former_names(model: &Model, context: &BoundedContext, r: &mut Report) {
+    let cp = context_path(context);
+    for e in &context.events {
+        for f in &e.formerly {
+            let fp = format!("{cp}.events[{}].formerly[{}]", e.name, f.name);
+            if f.name.trim().is_empty() {
+                r.add(
+                    fp,
+                    ProblemKind::EmptyName {
+                        kind: ElementKind::Event,
+                    },
+                );
+                continue;
+            }
+            if has_event(model, &f.name) {
+                r.add(
+                    &fp,
+                    ProblemKind::FormerNameIsLive {
+                        event: e.name.clone(),
+                        former: f.name.clone(),
+                    },
+                );
+            }
+            if f.versions == 0 {
+                r.add(
+                    &fp,
+                    ProblemKind::InvalidFormerVersions {
+                        event: e.name.clone(),
+                        former: f.name.clone(),
+                    },
+                );
+            }
+            match r.former.get(&f.name) {
+                Some(first) => {
+                    let first = first.clone();
+                    r.add(
+                        fp,
+                        ProblemKind::FormerNameClaimedTwice {
+                            former: f.name.clone(),
+                            event: e.name.clone(),
+                            first,
+                        },
+                    );
+                }
+                None => {
+                    r.former.insert(f.name.clone(), e.name.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Model pass: policies that trigger each other in a loop, each cycle reported once at its

@@ -50,6 +50,11 @@ use serde::ser::{self, Impossible, Serialize};
 pub trait Actor: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The actor type's name (metrics label, logs).
     const TYPE: &'static str;
+    /// The version of the state's shape and of what `apply` means. Snapshots record it; a
+    /// snapshot taken under another version is discarded and the actor replays its events
+    /// (through the runtime's upcasters) instead. Bump it when a change to the state type or to
+    /// `apply` would make an old snapshot wrong. Default 1.
+    const STATE_VERSION: u32 = 1;
     /// What callers ask the actor to do.
     type Command: Send + Sync + 'static;
     /// What happened; stored as the event payload (MessagePack).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aether_core::{CodecError, StoreError};
+use aether_core::{CodecError, StoreError, UpcastError};
 
 /// Why an `ask` (or a `tell`, where it is logged) did not succeed.
 ///
@@ -50,6 +50,20 @@ pub enum AskError<E: std::error::Error + 'static> {
         /// The codec error.
         #[source]
         source: Box<CodecError>,
+    },
+    /// A stored event could not be brought to its current shape by the runtime's upcasters
+    /// (written by newer code, a missing step, a failing step): the actor is not activated,
+    /// and the error names the event type and the versions. Not transient: deploy the
+    /// upcaster (or the code that knows the version), then send again.
+    #[error("actor {actor_id}: {context}")]
+    Upcast {
+        /// The actor.
+        actor_id: Arc<str>,
+        /// Which stored event.
+        context: String,
+        /// What the upcasters said (shared by every caller waiting for the activation).
+        #[source]
+        source: Arc<UpcastError>,
     },
     /// The actor could not be activated: its snapshot or history did not decode (a store that
     /// failed while loading is [`AskError::Store`], which keeps whether it was transient).

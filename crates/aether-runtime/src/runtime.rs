@@ -8,7 +8,7 @@
 
 mod actor_ref;
 mod builder;
-mod load;
+pub(crate) mod load;
 mod outage;
 mod recent;
 mod registry;

@@ -33,6 +33,9 @@
 // Assertions are what this module is for: a failed expectation panics with the difference.
 #![allow(clippy::panic)]
 
+#[cfg(feature = "replay-check")]
+pub mod replay;
+
 use std::fmt::Debug;
 
 use crate::Actor;

@@ -8,6 +8,8 @@ use crate::error::ConfigError;
 pub const HEADER_VERSION: &str = "Aether-Version";
 /// Header carrying the event's type.
 pub const HEADER_EVENT_TYPE: &str = "Aether-Event-Type";
+/// Header carrying the payload's schema version, on records whose version is not 1 (absent: 1).
+pub const HEADER_SCHEMA_VERSION: &str = "Aether-Schema-Version";
 
 /// Longest accepted store name, in bytes.
 pub const MAX_STORE_NAME: usize = 32;

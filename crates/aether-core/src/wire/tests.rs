@@ -1,9 +1,9 @@
 //! The wire format's unit tests and proptests.
 
+use self::time::unix_parts;
 use super::*;
 use proptest::prelude::*;
 use std::time::{Duration, UNIX_EPOCH};
-use time::unix_parts;
 
 fn encode(e: &Event) -> Vec<u8> {
     encode_event(e).unwrap_or_else(|err| panic!("{err}"))
@@ -499,4 +499,59 @@ fn a_shared_decode_slices_the_payload_out_of_the_message() {
     );
     // Garbage is an error, as with the copying decode.
     assert!(decode_event_shared(&Bytes::from_static(b"not an event")).is_err());
+}
+
+/// `sv`: written only when not 1, right after `v`; read from any unsigned form or nil (1);
+/// 0, a negative number, a str and a second `sv` are errors naming the field.
+#[test]
+fn the_schema_version_is_optional_and_checked() {
+    let plain = Event::builder("a", "T").build().unwrap();
+    assert!(!encode(&plain).windows(3).any(|w| w == [0xa2, b's', b'v']));
+    let v3 = plain.to_builder().schema_version(3).build().unwrap();
+    let bytes = encode(&v3);
+    assert!(
+        bytes.windows(4).any(|w| w == [0xa2, b's', b'v', 3]),
+        "{bytes:02x?}"
+    );
+    assert_eq!(decode_event(&bytes).unwrap().schema_version(), 3);
+    assert_eq!(decode_event(&bytes).unwrap(), v3);
+
+    let with = |value: Vec<u8>| {
+        let mut entries = valid_entries();
+        entries.push(("sv", value));
+        build(&entries)
+    };
+    assert_eq!(decode_event(&with(vec![0xc0])).unwrap().schema_version(), 1);
+    assert_eq!(
+        decode_event(&with(vec![0xd0, 7])).unwrap().schema_version(),
+        7
+    );
+    assert_eq!(
+        decode_event(&with(vec![0xce, 0xff, 0xff, 0xff, 0xff]))
+            .unwrap()
+            .schema_version(),
+        u32::MAX
+    );
+    for (value, says) in [
+        (vec![0x00], "field `sv`: schema version 0"),
+        (
+            vec![0xff],
+            "field `sv`: expected an unsigned integer, found a negative one",
+        ),
+        (str_value("2"), "field `sv`: expected an unsigned integer"),
+        (
+            vec![0xcf, 0, 0, 0, 1, 0, 0, 0, 0],
+            "field `sv`: a schema version above 2^32-1",
+        ),
+    ] {
+        let err = decode_err(&with(value));
+        assert!(err.contains(says), "{err}");
+    }
+    let mut entries = valid_entries();
+    entries.push(("sv", vec![2]));
+    entries.push(("sv", vec![2]));
+    assert!(decode_err(&build(&entries)).contains("field `sv`: given twice"));
+    let zero = plain.to_builder().schema_version(0).build().unwrap();
+    assert!(encode_event(&zero).is_err());
+    assert!(zero.validate().is_err());
 }

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore};
+use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, Upcasters};
 
 use super::Runtime;
 use super::registry::Shared;
@@ -24,6 +24,7 @@ pub struct RuntimeBuilder<A: Actor> {
     bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
     config: RuntimeConfig,
     overrides: Vec<Override>,
+    upcasters: Upcasters,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -57,6 +58,7 @@ impl<A: Actor> fmt::Debug for RuntimeBuilder<A> {
             .field("snapshots", &self.snapshots.is_some())
             .field("bus", &self.bus.as_ref().map(|(_, ns)| ns))
             .field("config", &self.config)
+            .field("upcasters", &self.upcasters)
             .finish()
     }
 }
@@ -70,6 +72,7 @@ impl<A: Actor> RuntimeBuilder<A> {
             bus: None,
             config: RuntimeConfig::default(),
             overrides: Vec::new(),
+            upcasters: Upcasters::new(),
             _actor: PhantomData,
         }
     }
@@ -90,6 +93,16 @@ impl<A: Actor> RuntimeBuilder<A> {
     /// Publishes every appended event on `bus` in `namespace`, after it is stored.
     pub fn bus(mut self, bus: Arc<dyn EventBroadcaster>, namespace: Namespace) -> Self {
         self.bus = Some((bus, namespace));
+        self
+    }
+
+    /// Upcasts stored events through `upcasters` before decoding them (activation, replay,
+    /// answering a repeated command), and writes new events at their types' current versions
+    /// ([`Upcasters::current_version`]). A stored event newer than these upcasters know, or one
+    /// without a step, fails the activation with the [`aether_core::UpcastError`] naming it.
+    /// See `docs/schema-evolution.md`.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
         self
     }
 
@@ -141,7 +154,13 @@ impl<A: Actor> RuntimeBuilder<A> {
     pub fn build(self) -> Runtime<A> {
         let config = self.effective_config();
         Runtime {
-            shared: Arc::new(Shared::new(self.store, self.snapshots, self.bus, config)),
+            shared: Arc::new(Shared::new(
+                self.store,
+                self.snapshots,
+                self.bus,
+                config,
+                self.upcasters,
+            )),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use aether_core::{CodecError, StoreError};
+use aether_core::{CodecError, Event, StoreError, UpcastError, Upcasters};
 use futures::StreamExt;
 
 use super::outage::through_outages;
@@ -26,7 +26,7 @@ pub(super) struct Loaded<A> {
 /// boxed: a load's result is held in the task of every actor being activated.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(super) enum LoadError {
+pub(crate) enum LoadError {
     /// Reading the latest snapshot failed.
     #[error("loading its snapshot failed: {0}")]
     Snapshot(Box<StoreError>),
@@ -38,6 +38,14 @@ pub(super) enum LoadError {
     Panicked {
         /// The panic's message.
         message: String,
+    },
+    /// A stored event could not be upcast to its current shape.
+    #[error("{context}: {error}")]
+    Upcast {
+        /// Which event.
+        context: String,
+        /// The upcasters' error.
+        error: Arc<UpcastError>,
     },
     /// A stored event is not one of the actor's events.
     #[error("{context}: {error}")]
@@ -55,17 +63,24 @@ impl LoadError {
     pub(super) fn is_transient(&self) -> bool {
         match self {
             LoadError::Snapshot(source) | LoadError::Events(source) => source.is_transient(),
-            LoadError::Decode { .. } | LoadError::Panicked { .. } => false,
+            LoadError::Decode { .. } | LoadError::Panicked { .. } | LoadError::Upcast { .. } => {
+                false
+            }
         }
     }
 
     /// The caller's error: a store failure stays a store failure, with its kind; anything else
     /// means the actor cannot be activated.
-    pub(super) fn into_ask<E: std::error::Error>(self, actor_id: &Arc<str>) -> AskError<E> {
+    pub(crate) fn into_ask<E: std::error::Error>(self, actor_id: &Arc<str>) -> AskError<E> {
         match self {
             LoadError::Snapshot(source) | LoadError::Events(source) => AskError::Store {
                 actor_id: actor_id.clone(),
                 source,
+            },
+            LoadError::Upcast { context, error } => AskError::Upcast {
+                actor_id: actor_id.clone(),
+                context,
+                source: error,
             },
             other @ (LoadError::Decode { .. } | LoadError::Panicked { .. }) => {
                 AskError::Activation {
@@ -82,6 +97,11 @@ impl LoadError {
             LoadError::Snapshot(source) | LoadError::Events(source) => AskError::Store {
                 actor_id: actor_id.clone(),
                 source: Box::new(source.detached()),
+            },
+            LoadError::Upcast { context, error } => AskError::Upcast {
+                actor_id: actor_id.clone(),
+                context: context.clone(),
+                source: error.clone(),
             },
             LoadError::Decode { .. } | LoadError::Panicked { .. } => AskError::Activation {
                 actor_id: actor_id.clone(),
@@ -140,6 +160,14 @@ pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loade
     )
     .await;
     match snapshot {
+        Ok(Some(snapshot)) if snapshot.state_version != A::STATE_VERSION => tracing::info!(
+            actor_type = A::TYPE,
+            actor_id = id,
+            snapshot_version = snapshot.version,
+            snapshot_state_version = snapshot.state_version,
+            state_version = A::STATE_VERSION,
+            "snapshot taken under another state version; replaying all events"
+        ),
         Ok(Some(snapshot)) => match snapshot.decode::<A>() {
             Ok(decoded) => {
                 state = decoded;
@@ -187,24 +215,60 @@ pub(super) async fn replay<A: Actor>(
     let mut replayed = 0;
     while let Some(item) = events.next().await {
         let event = item.map_err(|e| LoadError::Events(Box::new(e)))?;
-        let decoded: A::Event = event.decode().map_err(|error| LoadError::Decode {
-            context: format!(
-                "stored event {} (version {}, type {}) is not a {} event",
-                event.id(),
-                event.version(),
-                event.event_type(),
-                A::TYPE
-            ),
-            error: Box::new(error),
-        })?;
-        state.apply(&decoded);
-        *version = event.version();
-        if let Some(cause) = &event.metadata().causation_id {
+        let at = event.version();
+        let cause = event.metadata().causation_id.clone();
+        decode_current::<A>(&shared.upcasters, event, |decoded| state.apply(&decoded))?;
+        *version = at;
+        if let Some(cause) = &cause {
             remember(recent, id_hash(cause), cause, *version, *version);
         }
         replayed += 1;
     }
     Ok(replayed)
+}
+
+/// Hands `event` to `each` as the actor's event type: decoded at once when it is in its
+/// current shape, else upcast first (which may give several events, or none). Returns whether
+/// it was upcast. The one path from a stored event to `A::Event`: activation, replay, a repeated
+/// command's answer and the replay check all use it.
+pub(crate) fn decode_current<A: Actor>(
+    upcasters: &Upcasters,
+    event: Event,
+    mut each: impl FnMut(A::Event),
+) -> Result<bool, LoadError> {
+    let decode =
+        |event: &Event| {
+            event.decode::<A::Event>().map_err(|error| LoadError::Decode {
+            context: format!(
+                "stored event {} (version {}, type {} at schema version {}) is not a {} event",
+                event.id(),
+                event.version(),
+                event.event_type(),
+                event.schema_version(),
+                A::TYPE
+            ),
+            error: Box::new(error),
+        })
+        };
+    if upcasters.is_current(&event) {
+        each(decode(&event)?);
+        return Ok(false);
+    }
+    let context = format!(
+        "stored event {} (version {}, type {} at schema version {})",
+        event.id(),
+        event.version(),
+        event.event_type(),
+        event.schema_version()
+    );
+    let upcast = upcasters.upcast(event).map_err(|error| LoadError::Upcast {
+        context,
+        error: Arc::new(error),
+    })?;
+    for current in upcast {
+        each(decode(&current)?);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, limits};
+use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, Upcasters, limits};
 use tokio::sync::{Notify, mpsc};
 
 use super::vm::{Cell, Envelope, run_vm};
@@ -116,6 +116,9 @@ pub(crate) struct Shared<A: Actor> {
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
     pub(super) config: RuntimeConfig,
+    /// Stored events are upcast through these before decoding; new events are written at their
+    /// types' current versions.
+    pub(crate) upcasters: Upcasters,
     pub(super) shards: Box<[Shard<A>]>,
     hasher: RandomState,
     pub(super) active: AtomicUsize,
@@ -143,6 +146,7 @@ impl<A: Actor> Shared<A> {
         snapshots: Option<Arc<dyn SnapshotStore>>,
         bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
         config: RuntimeConfig,
+        upcasters: Upcasters,
     ) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Shared {
@@ -150,6 +154,7 @@ impl<A: Actor> Shared<A> {
             snapshots,
             bus,
             config,
+            upcasters,
             shards,
             hasher: RandomState::new(),
             active: AtomicUsize::new(0),

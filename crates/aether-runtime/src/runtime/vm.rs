@@ -402,7 +402,8 @@ impl<A: Actor> Vm<A> {
             Ok(s) => match &self.recent {
                 Some(recent) => s.with_commands(recent.to_snapshot()),
                 None => s,
-            },
+            }
+            .with_state_version(A::STATE_VERSION),
             Err(e) => {
                 tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "state does not encode; no snapshot");
                 return;
@@ -430,11 +431,7 @@ async fn catching<F: Future>(future: F) -> Result<F::Output, String> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".to_owned()))),
+            Err(panic) => Poll::Ready(Err(aether_core::panic_message(panic.as_ref()))),
         }
     })
     .await
@@ -480,6 +477,7 @@ mod tests {
             None,
             None,
             crate::config::RuntimeConfig::default(),
+            aether_core::Upcasters::new(),
         ));
         let (_tx, rx) = mpsc::channel(8);
         let task = run_vm(shared, "a".into(), rx, Arc::new(Cell::<Unit>::new(0)), 0);

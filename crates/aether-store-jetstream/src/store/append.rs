@@ -430,6 +430,9 @@ impl JetStreamEventStore {
         }
         headers.insert(VERSION, HeaderValue::from(event.version()));
         headers.insert(EVENT_TYPE, HeaderValue::from(event.event_type()));
+        if event.schema_version() != 1 {
+            headers.insert(SCHEMA_VERSION, HeaderValue::from(event.schema_version()));
+        }
         headers
     }
 
@@ -656,3 +659,4 @@ impl JetStreamEventStore {
 
 const VERSION: HeaderName = HeaderName::from_static(layout::HEADER_VERSION);
 const EVENT_TYPE: HeaderName = HeaderName::from_static(layout::HEADER_EVENT_TYPE);
+const SCHEMA_VERSION: HeaderName = HeaderName::from_static(layout::HEADER_SCHEMA_VERSION);

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use aether_core::{CommandId, CommandRecord, Event, StoreError};
 
 use super::super::Applied;
-use super::super::load::replay;
+use super::super::load::{decode_current, replay};
 use super::super::outage::through_outages;
 use super::super::recent::{id_hash, remember};
 use super::super::registry::bump;
@@ -163,6 +163,7 @@ impl<A: Actor> Vm<A> {
                 let event_type = A::event_type(event);
                 let builder = Event::builder(&*self.id, event_type)
                     .version(version)
+                    .schema_version(self.shared.upcasters.current_version(event_type))
                     .payload(event);
                 match command_id {
                     Some(cause) => builder.causation_id(cause.clone()),
@@ -299,19 +300,12 @@ impl<A: Actor> Vm<A> {
                 source: Box::new(source),
             })?;
         let mut events = Vec::new();
-        for event in stored.iter().filter(|e| {
+        for event in stored.into_iter().filter(|e| {
             e.version() <= record.last
                 && e.metadata().causation_id.as_deref() == Some(record.id.as_str())
         }) {
-            events.push(event.decode().map_err(|source| AskError::Codec {
-                actor_id: self.id.clone(),
-                context: format!(
-                    "decoding stored event {} (version {})",
-                    event.id(),
-                    event.version()
-                ),
-                source: Box::new(source),
-            })?);
+            decode_current::<A>(&self.shared.upcasters, event, |e| events.push(e))
+                .map_err(|e| e.into_ask(&self.id))?;
         }
         Ok(Applied {
             version: record.last,

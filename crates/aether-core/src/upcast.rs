@@ -1,0 +1,642 @@
+//! Schema evolution: upcasters turn an event stored in an older shape into the current one,
+//! before anything decodes it into a typed value.
+//!
+//! Every event carries the schema version of its payload's shape ([`Event::schema_version`]; 1
+//! when absent on the wire). Code that changes an event's shape registers one **step** per older
+//! version: a pure function from the event at version `n` (its type, version and payload as a
+//! dynamic [`Value`]) to the event at version `n + 1`, to an event of another type (a rename),
+//! or to several events (a split). [`Upcasters::upcast`] walks the steps until every resulting
+//! event is at its type's current version. A type's current version is one more than the highest
+//! version a step starts from (1 without steps); writers stamp it on new events.
+//!
+//! ```
+//! use aether_core::{Event, upcast::Upcasters};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // v1 stored {"amount": 5}; v2 renamed the field to "cents"; v3 added "currency".
+//! let upcasters = Upcasters::new()
+//!     .rename_field("Deposited", 1, "amount", "cents")
+//!     .add_field("Deposited", 2, "currency", "EUR");
+//! assert_eq!(upcasters.current_version("Deposited"), 3);
+//!
+//! #[derive(serde::Serialize)]
+//! struct V1 { amount: u64 }
+//! let stored = Event::new("account-1", "Deposited", 7, &V1 { amount: 5 })?;
+//!
+//! #[derive(serde::Deserialize, Debug, PartialEq)]
+//! struct Deposited { cents: u64, currency: String }
+//! let current: Vec<Event> = upcasters.upcast(stored)?.collect();
+//! assert_eq!(current[0].schema_version(), 3);
+//! assert_eq!(current[0].decode::<Deposited>()?, Deposited { cents: 5, currency: "EUR".into() });
+//! # Ok(()) }
+//! ```
+//!
+//! **Where the fields are.** A payload is usually a map of field names to values. The runtime
+//! stores an actor's event enum externally tagged: a struct variant `Deposited { .. }` is the map
+//! `{"Deposited": {..fields..}}`, a unit variant the string `"Deposited"`. The field helpers
+//! ([`EventShape::set_field`], [`Upcasters::rename_field`], ...) look through such a tag (a
+//! one-entry map whose key is the event type), and [`EventShape::retype`] renames the tag with
+//! the type, so the same one-line upcaster serves both forms.
+//!
+//! **Guarantees.** Steps are called with panics caught; a step that fails, panics, produces an
+//! event that does not progress (same type, version not higher), loops through types for more
+//! than [`MAX_STEPS`] steps or splits into more than [`MAX_EVENTS`] events is an
+//! [`UpcastError`] naming the type and the versions, never a hang. Split events keep the stored
+//! event's id, version, time and metadata.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use crate::error::{BoxError, CodecError, panic_message};
+use crate::event::Event;
+use crate::payload::{Payload, Value};
+
+/// Most steps one stored event may take through the upcasters before it is reported as a loop.
+pub const MAX_STEPS: usize = 64;
+/// Most events one stored event may be split into.
+pub const MAX_EVENTS: usize = 1024;
+
+/// An event on its way through the upcasters: its type, its schema version and its payload as a
+/// dynamic value. Everything else (id, actor, version in the history, time, metadata) is kept
+/// from the stored event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EventShape {
+    /// The event type.
+    pub event_type: String,
+    /// The schema version of `data`'s shape.
+    pub schema_version: u32,
+    /// The payload.
+    pub data: Value,
+}
+
+impl EventShape {
+    /// A shape of `event_type` at `schema_version` with payload `data` (for split steps).
+    pub fn new(event_type: impl Into<String>, schema_version: u32, data: impl Into<Value>) -> Self {
+        Self {
+            event_type: event_type.into(),
+            schema_version,
+            data: data.into(),
+        }
+    }
+
+    /// A shape in the runtime's form of a struct variant: `{"<event_type>": {fields}}` (for
+    /// split steps that make events of the actor's enum).
+    pub fn variant<'a>(
+        event_type: impl Into<String>,
+        schema_version: u32,
+        fields: impl IntoIterator<Item = (&'a str, Value)>,
+    ) -> Self {
+        let event_type = event_type.into();
+        let fields = fields
+            .into_iter()
+            .map(|(name, value)| (Value::from(name), value))
+            .collect();
+        let data = Value::Map(vec![(Value::from(event_type.as_str()), Value::Map(fields))]);
+        Self {
+            event_type,
+            schema_version,
+            data,
+        }
+    }
+
+    /// Whether the payload is the externally tagged form `{"<event type>": ..}`.
+    fn tagged(&self) -> bool {
+        matches!(&self.data, Value::Map(entries)
+            if entries.len() == 1
+                && entries.first().and_then(|(k, _)| k.as_str()) == Some(self.event_type.as_str()))
+    }
+
+    /// The event's fields: the payload map, or the map inside its type tag. `None` when the
+    /// payload has no named fields (a number, a list, nil, a unit variant).
+    pub fn fields(&self) -> Option<&Vec<(Value, Value)>> {
+        match &self.data {
+            Value::Map(entries) if self.tagged() => match entries.first() {
+                Some((_, Value::Map(inner))) => Some(inner),
+                _ => None,
+            },
+            Value::Map(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    /// The event's fields, to change them; see [`EventShape::fields`].
+    pub fn fields_mut(&mut self) -> Option<&mut Vec<(Value, Value)>> {
+        let tagged = self.tagged();
+        let Value::Map(entries) = &mut self.data else {
+            return None;
+        };
+        if !tagged {
+            return Some(entries);
+        }
+        match entries.first_mut() {
+            Some((_, Value::Map(inner))) => Some(inner),
+            _ => None,
+        }
+    }
+
+    /// The value of field `name`, if the payload has it.
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.fields()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Sets field `name` (replacing it if present). A unit variant (`"<event type>"`) becomes a
+    /// struct variant with this one field. Fails when the payload has no named fields.
+    pub fn set_field(&mut self, name: &str, value: impl Into<Value>) -> Result<(), BoxError> {
+        if self.data.as_str() == Some(self.event_type.as_str()) {
+            self.data = Value::Map(vec![(
+                Value::from(self.event_type.as_str()),
+                Value::Map(Vec::new()),
+            )]);
+        }
+        let shown = self.describe();
+        let fields = self
+            .fields_mut()
+            .ok_or_else(|| format!("the payload of {shown} has no named fields"))?;
+        let value = value.into();
+        match fields.iter_mut().find(|(k, _)| k.as_str() == Some(name)) {
+            Some((_, slot)) => *slot = value,
+            None => fields.push((Value::from(name), value)),
+        }
+        Ok(())
+    }
+
+    /// Removes field `name` and returns its value (`None` when absent or without fields).
+    pub fn remove_field(&mut self, name: &str) -> Option<Value> {
+        let fields = self.fields_mut()?;
+        let at = fields.iter().position(|(k, _)| k.as_str() == Some(name))?;
+        Some(fields.remove(at).1)
+    }
+
+    /// Renames the event type, and the payload's type tag with it (`{"Old": ..}` becomes
+    /// `{"New": ..}`, `"Old"` becomes `"New"`).
+    pub fn retype(&mut self, event_type: impl Into<String>) {
+        let event_type = event_type.into();
+        if self.data.as_str() == Some(self.event_type.as_str()) {
+            self.data = Value::from(event_type.as_str());
+        } else if self.tagged()
+            && let Value::Map(entries) = &mut self.data
+            && let Some((tag, _)) = entries.first_mut()
+        {
+            *tag = Value::from(event_type.as_str());
+        }
+        self.event_type = event_type;
+    }
+
+    fn describe(&self) -> String {
+        format!("{} v{}", self.event_type, self.schema_version)
+    }
+}
+
+/// One step: the shape at `from` in, the shapes after the step out.
+type Step = Arc<dyn Fn(EventShape) -> Result<Vec<EventShape>, BoxError> + Send + Sync>;
+
+/// The registered upcasting steps of an application, per (event type, schema version). Cheap to
+/// clone (the steps are shared). See the [module documentation](self).
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: HashMap<(Box<str>, u32), Step>,
+    current: HashMap<Box<str>, u32>,
+    /// Steps registered twice (the later one is kept); reported by [`Upcasters::check`].
+    duplicates: Vec<(Box<str>, u32)>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut steps: Vec<_> = self.steps().collect();
+        steps.sort_unstable();
+        f.debug_struct("Upcasters").field("steps", &steps).finish()
+    }
+}
+
+impl Upcasters {
+    /// No steps: every event type is at version 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether no step is registered.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The version new events of `event_type` are written at: one more than the highest
+    /// version a step of that type starts from, 1 without steps.
+    pub fn current_version(&self, event_type: &str) -> u32 {
+        if self.current.is_empty() {
+            return 1;
+        }
+        self.current.get(event_type).copied().unwrap_or(1)
+    }
+
+    /// Every registered step as (event type, version it starts from), in no particular order.
+    pub fn steps(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.steps.keys().map(|(t, v)| (&**t, *v))
+    }
+
+    /// Registers a one-to-one step for `event_type` at version `from`. The closure receives the
+    /// shape with its version already set to `from + 1`; it changes the payload in place, and
+    /// may [`retype`](EventShape::retype) it (then setting the version within the new type).
+    #[must_use]
+    pub fn step<F>(self, event_type: impl Into<String>, from: u32, step: F) -> Self
+    where
+        F: Fn(&mut EventShape) -> Result<(), BoxError> + Send + Sync + 'static,
+    {
+        self.split(event_type, from, move |mut shape| {
+            shape.schema_version = shape.schema_version.saturating_add(1);
+            step(&mut shape)?;
+            Ok(vec![shape])
+        })
+    }
+
+    /// Registers a step for `event_type` at version `from` that returns any number of events
+    /// (a split into several, or none to drop the event). Each must be of another type, or of
+    /// the same type at a higher version.
+    #[must_use]
+    pub fn split<F>(mut self, event_type: impl Into<String>, from: u32, step: F) -> Self
+    where
+        F: Fn(EventShape) -> Result<Vec<EventShape>, BoxError> + Send + Sync + 'static,
+    {
+        let event_type: Box<str> = event_type.into().into_boxed_str();
+        let next = from.saturating_add(1);
+        let current = self.current.entry(event_type.clone()).or_insert(1);
+        *current = (*current).max(next);
+        let key = (event_type, from);
+        if self.steps.insert(key.clone(), Arc::new(step)).is_some() {
+            self.duplicates.push(key);
+        }
+        self
+    }
+
+    /// A step renaming field `old` to `new` (no change when the stored event lacks `old`).
+    #[must_use]
+    pub fn rename_field(
+        self,
+        event_type: impl Into<String>,
+        from: u32,
+        old: impl Into<String>,
+        new: impl Into<String>,
+    ) -> Self {
+        let (old, new) = (old.into(), new.into());
+        self.step(event_type, from, move |shape| {
+            if let Some(value) = shape.remove_field(&old) {
+                shape.set_field(&new, value)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A step adding field `name` with `default` where the stored event lacks it.
+    #[must_use]
+    pub fn add_field(
+        self,
+        event_type: impl Into<String>,
+        from: u32,
+        name: impl Into<String>,
+        default: impl Into<Value>,
+    ) -> Self {
+        let (name, default) = (name.into(), default.into());
+        self.step(event_type, from, move |shape| {
+            if shape.field(&name).is_none() {
+                shape.set_field(&name, default.clone())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A step removing field `name`.
+    #[must_use]
+    pub fn remove_field(
+        self,
+        event_type: impl Into<String>,
+        from: u32,
+        name: impl Into<String>,
+    ) -> Self {
+        let name = name.into();
+        self.step(event_type, from, move |shape| {
+            shape.remove_field(&name);
+            Ok(())
+        })
+    }
+
+    /// A step turning `old_type` events of version `from` into `new_type` events of version
+    /// `new_version`, payload unchanged (its type tag renamed).
+    #[must_use]
+    pub fn rename_type(
+        self,
+        old_type: impl Into<String>,
+        from: u32,
+        new_type: impl Into<String>,
+        new_version: u32,
+    ) -> Self {
+        let new_type = new_type.into();
+        self.step(old_type, from, move |shape| {
+            shape.retype(new_type.clone());
+            shape.schema_version = new_version;
+            Ok(())
+        })
+    }
+
+    /// Checks the registration itself: no step registered twice, and every type's chain
+    /// complete (a step from each version below its current one). Call it from a test or at
+    /// start-up; [`Upcasters::upcast`] reports the same gaps when it meets them.
+    pub fn check(&self) -> Result<(), UpcastError> {
+        if let Some((event_type, from)) = self.duplicates.first() {
+            return Err(UpcastError::DuplicateStep {
+                event_type: event_type.to_string(),
+                from: *from,
+            });
+        }
+        let mut types: Vec<_> = self.current.iter().collect();
+        types.sort_unstable();
+        for (event_type, current) in types {
+            for from in 1..*current {
+                if !self.steps.contains_key(&(event_type.clone(), from)) {
+                    return Err(UpcastError::MissingStep {
+                        event_type: event_type.to_string(),
+                        from,
+                        current: *current,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `event` is already in its current shape (nothing to do).
+    pub fn is_current(&self, event: &Event) -> bool {
+        event.schema_version() == self.current_version(event.event_type())
+    }
+
+    /// `event` in its current shape: the event itself when it already is (no copy), else the
+    /// event(s) its steps make of it, in order.
+    pub fn upcast(&self, event: Event) -> Result<Upcasted, UpcastError> {
+        let current = self.current_version(event.event_type());
+        let version = event.schema_version();
+        if version == current {
+            return Ok(Upcasted::One(Some(event)));
+        }
+        if version > current {
+            return Err(UpcastError::Newer {
+                event_type: event.event_type().to_owned(),
+                version,
+                current,
+            });
+        }
+        let data = event
+            .payload()
+            .to_value()
+            .map_err(|source| UpcastError::Undecodable {
+                event_type: event.event_type().to_owned(),
+                version,
+                source,
+            })?;
+        let mut shapes = Vec::with_capacity(1);
+        let start = EventShape::new(event.event_type(), version, data);
+        self.walk(start, 0, &mut shapes)?;
+        let events = shapes
+            .into_iter()
+            .map(|shape| rebuild(&event, shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upcasted::Many(events.into_iter()))
+    }
+
+    /// Takes `shape` through its steps to its current version, pushing the results on `out`.
+    fn walk(
+        &self,
+        shape: EventShape,
+        depth: usize,
+        out: &mut Vec<EventShape>,
+    ) -> Result<(), UpcastError> {
+        let current = self.current_version(&shape.event_type);
+        let from = shape.schema_version;
+        if from == current {
+            if out.len() >= MAX_EVENTS {
+                return Err(UpcastError::TooManyEvents {
+                    event_type: shape.event_type,
+                    limit: MAX_EVENTS,
+                });
+            }
+            out.push(shape);
+            return Ok(());
+        }
+        if from > current {
+            return Err(UpcastError::Newer {
+                event_type: shape.event_type,
+                version: from,
+                current,
+            });
+        }
+        if depth >= MAX_STEPS {
+            return Err(UpcastError::Looped {
+                event_type: shape.event_type,
+                version: from,
+                steps: MAX_STEPS,
+            });
+        }
+        let Some(step) = self
+            .steps
+            .get(&(Box::from(shape.event_type.as_str()), from))
+        else {
+            return Err(UpcastError::MissingStep {
+                event_type: shape.event_type,
+                from,
+                current,
+            });
+        };
+        let event_type = shape.event_type.clone();
+        let next = match catch_unwind(AssertUnwindSafe(|| step(shape))) {
+            Ok(Ok(next)) => next,
+            Ok(Err(source)) => {
+                return Err(UpcastError::Failed {
+                    event_type,
+                    from,
+                    source,
+                });
+            }
+            Err(panic) => {
+                return Err(UpcastError::Panicked {
+                    event_type,
+                    from,
+                    message: panic_message(panic.as_ref()),
+                });
+            }
+        };
+        for shape in next {
+            if shape.event_type == event_type && shape.schema_version <= from {
+                return Err(UpcastError::NoProgress {
+                    event_type,
+                    from,
+                    to: shape.schema_version,
+                });
+            }
+            self.walk(shape, depth + 1, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// The stored event's id, actor, version, time and metadata with the shape's type, schema
+/// version and payload.
+fn rebuild(stored: &Event, shape: EventShape) -> Result<Event, UpcastError> {
+    let mut bytes = Vec::with_capacity(stored.payload().len() + 16);
+    let encoded = rmpv::encode::write_value(&mut bytes, &shape.data);
+    let payload = encoded
+        .map_err(|e| CodecError::encode("rmpv::Value", e))
+        .and_then(|()| {
+            stored
+                .to_builder()
+                .event_type(shape.event_type.as_str())
+                .schema_version(shape.schema_version)
+                .encoded_payload(Payload::from_encoded(bytes))
+                .build()
+        });
+    payload.map_err(|source| UpcastError::Undecodable {
+        event_type: shape.event_type,
+        version: shape.schema_version,
+        source,
+    })
+}
+
+/// The result of [`Upcasters::upcast`]: iterate it for the events in their current shape.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Upcasted {
+    /// The event was current: here it is, untouched.
+    One(Option<Event>),
+    /// The events its steps made of it (none, one or several).
+    Many(std::vec::IntoIter<Event>),
+}
+
+impl Iterator for Upcasted {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        match self {
+            Upcasted::One(event) => event.take(),
+            Upcasted::Many(events) => events.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Upcasted::One(event) => (
+                usize::from(event.is_some()),
+                Some(usize::from(event.is_some())),
+            ),
+            Upcasted::Many(events) => events.size_hint(),
+        }
+    }
+}
+
+/// Why an event could not be brought to its current shape. Every variant names the event type
+/// and the versions involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpcastError {
+    /// The stored event is newer than this code knows: written by a later deploy.
+    #[error(
+        "event type {event_type} is stored at schema version {version}, newer than this code's {current}: deploy the code (and upcasters) that wrote it"
+    )]
+    Newer {
+        /// The event type.
+        event_type: String,
+        /// Its stored schema version.
+        version: u32,
+        /// The current version known here.
+        current: u32,
+    },
+    /// No step upgrades this type from this version.
+    #[error(
+        "no upcaster for event type {event_type} from schema version {from} (current version {current})"
+    )]
+    MissingStep {
+        /// The event type.
+        event_type: String,
+        /// The version no step starts from.
+        from: u32,
+        /// The type's current version.
+        current: u32,
+    },
+    /// A step was registered twice.
+    #[error("two upcasters for event type {event_type} from schema version {from}")]
+    DuplicateStep {
+        /// The event type.
+        event_type: String,
+        /// The version both start from.
+        from: u32,
+    },
+    /// A step returned an error.
+    #[error("the upcaster for event type {event_type} from schema version {from} failed: {source}")]
+    Failed {
+        /// The event type.
+        event_type: String,
+        /// The version the step starts from.
+        from: u32,
+        /// The step's error.
+        source: BoxError,
+    },
+    /// A step panicked.
+    #[error(
+        "the upcaster for event type {event_type} from schema version {from} panicked: {message}"
+    )]
+    Panicked {
+        /// The event type.
+        event_type: String,
+        /// The version the step starts from.
+        from: u32,
+        /// The panic's message.
+        message: String,
+    },
+    /// A step returned the same type at a version that is not higher.
+    #[error(
+        "the upcaster for event type {event_type} from schema version {from} returned version {to} of the same type: a step must raise the version or change the type"
+    )]
+    NoProgress {
+        /// The event type.
+        event_type: String,
+        /// The version the step starts from.
+        from: u32,
+        /// The version it returned.
+        to: u32,
+    },
+    /// The steps went round in circles (through other types).
+    #[error(
+        "upcasting event type {event_type} (at schema version {version}) took more than {steps} steps: the upcasters loop"
+    )]
+    Looped {
+        /// Where the walk was when it gave up.
+        event_type: String,
+        /// Its version then.
+        version: u32,
+        /// The limit.
+        steps: usize,
+    },
+    /// A split made more events than [`MAX_EVENTS`].
+    #[error("upcasting made more than {limit} events (at event type {event_type})")]
+    TooManyEvents {
+        /// The type of the event over the limit.
+        event_type: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The payload is not MessagePack (or a step's result could not be encoded).
+    #[error(
+        "the payload of event type {event_type} at schema version {version} cannot be upcast: {source}"
+    )]
+    Undecodable {
+        /// The event type.
+        event_type: String,
+        /// Its schema version.
+        version: u32,
+        /// The codec's error.
+        source: CodecError,
+    },
+}
+
+#[cfg(test)]
+mod tests;
