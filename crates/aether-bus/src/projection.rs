@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_core::{BoxError, Event};
+use aether_core::{BoxError, Event, UpcastError, Upcasters};
 use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
 use async_nats::jetstream::{self, AckKind};
 
@@ -71,6 +71,9 @@ pub struct ProjectionConfig {
     pub backoff: Duration,
     /// Longest retry delay (default 2 s).
     pub max_backoff: Duration,
+    /// Stored events are upcast through these to their current shape before the filter and
+    /// `apply` see them (default: none). An event they cannot upcast parks the projection.
+    pub upcasters: Upcasters,
 }
 
 impl ProjectionConfig {
@@ -89,7 +92,16 @@ impl ProjectionConfig {
             attempts: 5,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
+            upcasters: Upcasters::new(),
         }
+    }
+
+    /// Upcasts stored events through `upcasters` before filtering and applying them, so the
+    /// projection only ever sees current shapes (the same upcasters the runtime uses). A split
+    /// event reaches `apply` as several events with the same stream position, in order.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
     }
 
     /// Keeps only these event types.
@@ -169,6 +181,21 @@ pub enum ProjectionError {
         /// The last failure.
         #[source]
         source: BoxError,
+    },
+    /// A stored event could not be upcast to its current shape (a missing or failing upcaster,
+    /// or an event written by newer code): the projection stopped there, the event stays
+    /// unacknowledged, and a runner started with the right upcasters resumes at it.
+    #[error("projection {name} parked at stream position {position} (event {event_id}): {source}")]
+    Upcast {
+        /// The projection.
+        name: String,
+        /// The event's stream position.
+        position: u64,
+        /// The event.
+        event_id: uuid::Uuid,
+        /// What the upcasters said.
+        #[source]
+        source: UpcastError,
     },
     /// Reading the stream failed.
     #[error("projection {name}: reading the stream failed")]
@@ -355,9 +382,8 @@ async fn run(
                 tracing::warn!(projection = %config.name, position, error = %e, "skipping a stored message that is not an event");
                 Outcome::Malformed
             }
-            Ok(event) if !config.wants(&event) => Outcome::Filtered,
-            Ok(event) => match apply_with_retry(&config, &*projection, &event, position).await {
-                Ok(()) => Outcome::Applied,
+            Ok(event) => match deliver(&config, &*projection, event, position).await {
+                Ok(outcome) => outcome,
                 Err(e) => {
                     metrics.parked.set(1.0);
                     status.send_modify(|s| s.parked = Some(e.to_string()));
@@ -392,6 +418,31 @@ enum Outcome {
     Applied,
     Filtered,
     Malformed,
+}
+
+/// Upcasts a stored event and applies what passes the filter: `Applied` if anything did.
+async fn deliver(
+    config: &ProjectionConfig,
+    projection: &dyn Projection,
+    event: Event,
+    position: u64,
+) -> Result<Outcome, ProjectionError> {
+    let event_id = event.id();
+    let current = config
+        .upcasters
+        .upcast(event)
+        .map_err(|source| ProjectionError::Upcast {
+            name: config.name.clone(),
+            position,
+            event_id,
+            source,
+        })?;
+    let mut outcome = Outcome::Filtered;
+    for event in current.filter(|e| config.wants(e)) {
+        apply_with_retry(config, projection, &event, position).await?;
+        outcome = Outcome::Applied;
+    }
+    Ok(outcome)
 }
 
 async fn apply_with_retry(

@@ -477,6 +477,16 @@ pub enum BroadcastError {
     },
 }
 
+/// The message of a caught panic (`std::panic::catch_unwind`'s payload): its text when it was a
+/// string, else a placeholder. Every place that turns a caught panic into an error uses it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,14 +541,4 @@ mod tests {
             assert_eq!(error_chain(&again), error_chain(&original));
         }
     }
-}
-
-/// The message of a caught panic (`std::panic::catch_unwind`'s payload): its text when it was a
-/// string, else a placeholder. Every place that turns a caught panic into an error uses it.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -291,3 +291,143 @@ async fn missing_newer_and_hostile_upcasters_fail_the_activation_clearly() {
         runtime.shutdown().await;
     }
 }
+
+/// The replay check over `tests/golden/accounts.jsonl`: today's code folds the recorded
+/// histories (three generations of shapes) into the recorded states; a changed `apply` is
+/// reported as a divergence naming the field; missing upcasters, panics, version regressions
+/// and expectations without events are reported per actor.
+#[cfg(feature = "replay-check")]
+mod replay_check {
+    use aether_core::history::{self, Line};
+    use aether_runtime::testing::replay::{Outcome, ReplayCheck};
+
+    use super::*;
+
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/accounts.jsonl");
+
+    #[test]
+    fn golden_histories_replay_into_their_recorded_states() {
+        let report = ReplayCheck::<Account>::new()
+            .upcasters(upcasters())
+            .run_file(GOLDEN)
+            .unwrap();
+        assert!(report.is_ok(), "{report}");
+        let outcomes: Vec<(&str, u64, u64, u64, &Outcome)> = report
+            .actors
+            .iter()
+            .map(|a| (a.actor.as_str(), a.events, a.upcast, a.version, &a.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                ("acc-1", 5, 4, 5, &Outcome::Matched),
+                ("acc-2", 3, 0, 3, &Outcome::Matched),
+                ("acc-3", 1, 0, 1, &Outcome::Unchecked),
+            ]
+        );
+        // What the report would record equals what is recorded.
+        let recorded: Vec<_> = history::read_file(GOLDEN)
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| match l {
+                Line::Expect(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(report.expectations()[..2], recorded[..]);
+    }
+
+    /// Today's account with a bug: fees are added to the balance.
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct Buggy(Account);
+
+    impl Actor for Buggy {
+        const TYPE: &'static str = "account";
+        type Command = u64;
+        type Event = AccountEvent;
+        type Error = Never;
+
+        fn handle(&self, cents: &u64) -> Result<Vec<AccountEvent>, Never> {
+            self.0.handle(cents)
+        }
+
+        fn apply(&mut self, event: &AccountEvent) {
+            match event {
+                AccountEvent::Fee { cents } => self.0.cents += cents,
+                AccountEvent::Opened { owner } if owner == "panic" => panic!("cannot open"),
+                other => self.0.apply(other),
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_apply_is_reported_as_a_divergence() {
+        let report = ReplayCheck::<Buggy>::new()
+            .upcasters(upcasters())
+            .run_file(GOLDEN)
+            .unwrap();
+        assert!(!report.is_ok());
+        let problems: Vec<_> = report.problems().collect();
+        assert_eq!(problems.len(), 2, "{report}");
+        assert_eq!(
+            problems[0].outcome,
+            Outcome::Diverged {
+                at: "$.cents".into(),
+                expected: json!(190),
+                actual: json!(192),
+            }
+        );
+        let table = report.to_string();
+        assert!(
+            table.contains(
+                "acc-1       5       4        5  DIVERGED at $.cents: expected 190, got 192"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn failures_are_reported_per_actor() {
+        let line = |text: &str| history::parse_line(text).unwrap().unwrap();
+        let lines = vec![
+            // Upcast needed, no upcaster registered for it.
+            line(
+                r#"{"id":"0190a5c8-3b2e-7c4d-8e5f-000000000001","type":"Deposited","actor":"a","v":1,"sv":2,"time":"2024-07-01T12:00:00Z","data":{"Deposited":{"cents":1}}}"#,
+            ),
+            // `apply` panics.
+            line(
+                r#"{"id":"0190a5c8-3b2e-7c4d-8e5f-000000000002","type":"Opened","actor":"b","v":1,"time":"2024-07-01T12:00:00Z","data":{"Opened":{"owner":"panic"}}}"#,
+            ),
+            // Versions go backwards.
+            line(
+                r#"{"id":"0190a5c8-3b2e-7c4d-8e5f-000000000003","type":"Opened","actor":"c","v":2,"time":"2024-07-01T12:00:00Z","data":{"Opened":{"owner":"x"}}}"#,
+            ),
+            line(
+                r#"{"id":"0190a5c8-3b2e-7c4d-8e5f-000000000004","type":"Opened","actor":"c","v":1,"time":"2024-07-01T12:00:00Z","data":{"Opened":{"owner":"x"}}}"#,
+            ),
+            line(r#"{"expect":{"actor":"d","state":{}}}"#),
+        ];
+        let report = ReplayCheck::<Buggy>::new().run(lines);
+        let outcomes: Vec<String> = report
+            .actors
+            .iter()
+            .map(|a| a.outcome.to_string())
+            .collect();
+        assert!(
+            outcomes[0].contains(
+                "FAILED: stored event 0190a5c8-3b2e-7c4d-8e5f-000000000001 (version 1, type Deposited at schema version 2): event type Deposited is stored at schema version 2, newer than this code's 1"
+            ),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[1], "PANICKED: cannot open");
+        assert!(
+            outcomes[2].contains("version 1 after version 2"),
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            outcomes[3],
+            "FAILED: expected, but no events in the history"
+        );
+    }
+}

@@ -91,7 +91,8 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
         .unwrap();
     let url = server.url();
 
-    // (a) Python appends versions 1..=3, straight to the actor's subject.
+    // (a) Python appends versions 1..=3, straight to the actor's subject: schema version 2 (`sv`
+    // and the header), then `sv` nil and absent (both 1).
     let actor = "py-order.1 *";
     let wrote = python(&[
         "write",
@@ -111,10 +112,19 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
         assert_eq!(event.actor_id(), actor);
         assert_eq!(event.event_type(), w["type"].as_str().unwrap());
         assert_eq!(event.version(), w["v"].as_u64().unwrap());
+        assert_eq!(
+            u64::from(event.schema_version()),
+            w["sv"].as_u64().unwrap(),
+            "{id}"
+        );
         assert_eq!(unix(event.timestamp()), w["time"], "{id}");
         assert_eq!(event.decode::<Json>().unwrap(), w["data"], "{id}");
         assert_eq!(meta_json(event.metadata()), w["meta"], "{id}");
     }
+    assert_eq!(
+        events.iter().map(Event::schema_version).collect::<Vec<_>>(),
+        [2, 1, 1]
+    );
     assert!(events[2].data().unwrap().is_nil());
     assert!(events[2].timestamp() < UNIX_EPOCH);
 
@@ -129,7 +139,7 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
     );
     assert_eq!(all[3], next);
 
-    // (b) The store writes, Python reads every field back.
+    // (b) The store writes, Python reads every field back (schema version 3 on the second).
     let actor = "kunde-ü/🚀";
     let placed = Placed {
         customer: "Jürgen Groß".into(),
@@ -160,6 +170,7 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
             .unwrap(),
         Event::builder(actor, "OrderHeld")
             .version(2)
+            .schema_version(3)
             .payload(&Status::Open)
             .timestamp(UNIX_EPOCH - Duration::new(86_400, 250))
             .build()
@@ -183,6 +194,12 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
         assert_eq!(r["type"], event.event_type());
         assert_eq!(r["actor"], actor);
         assert_eq!(r["v"], event.version());
+        assert_eq!(r["sv"], event.schema_version(), "{id}");
+        // The header only when the schema version is not 1.
+        let header = Some(event.schema_version())
+            .filter(|&sv| sv != 1)
+            .map(|sv| sv.to_string());
+        assert_eq!(r["sv_header"], json!(header), "{id}");
         assert_eq!(r["time"], unix(event.timestamp()), "{id}");
         assert_eq!(r["data"], event.decode::<Json>().unwrap(), "{id}");
         assert_eq!(r["meta"], meta_json(event.metadata()), "{id}");
@@ -197,7 +214,17 @@ async fn python_writes_what_the_store_reads_and_reads_what_it_writes() {
     );
     assert_eq!(read[1]["data"], "Open");
     assert_eq!(read[2]["data"], Json::Null);
-    // Optional fields are left out when empty.
+    assert_eq!(
+        read.iter().map(|r| r["sv"].clone()).collect::<Vec<_>>(),
+        [1, 3, 1]
+    );
+    assert_eq!(read[1]["sv_header"], "3");
+    assert_eq!(read[0]["sv_header"], Json::Null);
+    // Optional fields are left out when empty; `sv` comes right after `v`.
+    assert_eq!(
+        read[1]["keys"],
+        json!(["id", "type", "actor", "v", "sv", "time", "data"])
+    );
     assert_eq!(
         read[2]["keys"],
         json!(["id", "type", "actor", "v", "time", "meta"])

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use aether_core::history::{Expectation, Line};
-//! use aether_core::{Event, Upcasters, panic_message};
+//! use aether_core::{Event, Upcasters};
 //! use aether_runtime::Actor;
 //! use aether_runtime::testing::replay::ReplayCheck;
 //! use serde::{Deserialize, Serialize};
@@ -49,7 +49,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use aether_core::history::{self, Expectation, HistoryError, Line};
-use aether_core::{Event, Upcasters};
+use aether_core::{Event, Upcasters, panic_message};
 use serde_json::Value as Json;
 
 use crate::Actor;

@@ -2,9 +2,11 @@
 
 usage:
     wire_client.py write NATS_URL STREAM SUBJECT ACTOR_ID
-        appends versions 1, 2 and 3 of ACTOR_ID to SUBJECT, as a store would
+        appends versions 1, 2 and 3 of ACTOR_ID to SUBJECT, as a store would (schema version `sv`
+        2, nil and absent)
     wire_client.py read NATS_URL STREAM SUBJECT
-        reads every event on SUBJECT (direct gets, in stream order)
+        reads every event on SUBJECT (direct gets, in stream order), with its schema version
+        `sv` (absent or nil: 1) and its `Aether-Schema-Version` header (null when absent)
 
 The stream and subject are given (the doc says how they are formed; the caller knows them). Each
 mode prints one JSON line: what it wrote, or what it read.
@@ -21,16 +23,20 @@ import nats
 from nats.js.errors import NotFoundError
 
 
+ABSENT = object()  # a key left out of the body
+
+
 def time_json(ts: msgpack.Timestamp) -> dict:
     return {"seconds": ts.seconds, "nanos": ts.nanoseconds}
 
 
 async def write(js, stream: str, subject: str, actor: str) -> dict:
-    # (type, time, payload, meta, unknown keys): every timestamp form, optional fields absent and
-    # nil, the id as a string in both cases, keys a later version might add.
+    # (type, schema version, time, payload, meta, unknown keys): every timestamp form, optional
+    # fields absent and nil, the id as a string in both cases, keys a later version might add.
     plan = [
         (
             "OrderPlaced",
+            2,  # `sv` a uint: the payload's shape changed once
             msgpack.Timestamp.from_unix_nano(time.time_ns()),  # the 64-bit form
             {"customer": "kunde-ü", "items": 3, "total": 99.5},
             {"correlation_id": "py-checkout-1", "causation_id": "py-cmd-1", "source": "python"},
@@ -38,6 +44,7 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
         ),
         (
             "ItemAdded",
+            None,  # `sv` nil: 1
             msgpack.Timestamp(1_700_000_000, 0),  # the 32-bit form
             ["sku-1", 2, None, True, -7, "🚀"],
             None,  # meta: nil
@@ -45,6 +52,7 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
         ),
         (
             "OrderNoted",
+            ABSENT,  # no `sv`: 1
             msgpack.Timestamp(-1, 500_000_000),  # before 1970: the 96-bit form
             None,  # the nil payload: `data` nil
             {},  # meta: empty
@@ -53,11 +61,14 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
     ]
     expected_last = 0  # no message on the subject yet
     written = []
-    for version, (event_type, ts, payload, meta, unknown) in enumerate(plan, start=1):
+    for version, (event_type, schema, ts, payload, meta, unknown) in enumerate(plan, start=1):
         event_id = uuid.uuid4()
         # The body may carry the id as a string, in any case.
         id_text = str(event_id).upper() if version == 2 else str(event_id)
-        body = {"id": id_text, "type": event_type, "actor": actor, "v": version, "time": ts}
+        body = {"id": id_text, "type": event_type, "actor": actor, "v": version}
+        if schema is not ABSENT:
+            body["sv"] = schema  # right after `v`, where Aether puts it
+        body["time"] = ts
         body.update(unknown)
         body["data"] = None if payload is None else msgpack.packb(payload)
         body["meta"] = meta
@@ -66,6 +77,9 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
             "Aether-Event-Type": event_type,
             "Nats-Expected-Last-Subject-Sequence": str(expected_last),
         }
+        # Like the store: the header only for a schema version other than 1.
+        if schema not in (ABSENT, None, 1):
+            headers["Aether-Schema-Version"] = str(schema)
         # `Nats-Msg-Id` is optional on single appends (Aether writes none by default): written
         # on odd versions only, so the reader meets both forms.
         if version % 2 == 1:
@@ -77,6 +91,7 @@ async def write(js, stream: str, subject: str, actor: str) -> dict:
                 "id": str(event_id),
                 "type": event_type,
                 "v": version,
+                "sv": 1 if schema in (ABSENT, None) else schema,
                 "time": time_json(ts),
                 "data": payload,
                 "meta": meta or {},
@@ -100,6 +115,11 @@ def decode(raw: bytes, headers: dict) -> dict:
     ts = body["time"]
     if not isinstance(ts, msgpack.Timestamp):
         raise ValueError(f"time is not a timestamp: {ts!r}")
+    sv = body.get("sv")  # absent or nil: 1
+    if sv is None:
+        sv = 1
+    elif isinstance(sv, bool) or not isinstance(sv, int) or not 1 <= sv <= 2**32 - 1:
+        raise ValueError(f"sv is not a schema version: {sv!r}")
     data = body.get("data")
     payload = None if data is None else msgpack.unpackb(data)
     meta = body.get("meta") or {}
@@ -113,6 +133,8 @@ def decode(raw: bytes, headers: dict) -> dict:
         "type": body["type"],
         "actor": body["actor"],
         "v": body["v"],
+        "sv": sv,
+        "sv_header": headers.get("Aether-Schema-Version"),
         "time": time_json(ts),
         "data": payload,
         "meta": meta,
@@ -120,7 +142,9 @@ def decode(raw: bytes, headers: dict) -> dict:
         # `Nats-Msg-Id` is optional; when present it is the event id.
         "headers_agree": headers.get("Nats-Msg-Id", str(event_id)) == str(event_id)
         and headers.get("Aether-Version") == str(body["v"])
-        and headers.get("Aether-Event-Type") == body["type"],
+        and headers.get("Aether-Event-Type") == body["type"]
+        # `Aether-Schema-Version` absent: 1.
+        and headers.get("Aether-Schema-Version", "1") == str(sv),
     }
 
 
