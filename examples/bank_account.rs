@@ -1,6 +1,8 @@
 //! A bank account as an event-sourced actor: commands, domain errors, snapshots, and a
 //! concurrency conflict between two runtimes (two "nodes") that the runtime resolves by
-//! reloading and retrying.
+//! reloading and retrying. Its events changed shape once (`Deposited` stored `amount` before it
+//! stored `cents`): an upcaster reads the old ones, and the replay check in the tests folds the
+//! golden histories in `examples/golden/bank_account.jsonl` through today's code.
 //!
 //! Run with `cargo run --example bank_account --features runtime`.
 
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use aether::runtime::{Actor, AskError, Runtime, SnapshotPolicy};
 use aether::store::memory::InMemoryEventStore;
-use aether::{EventStore, SnapshotStore};
+use aether::{EventStore, SnapshotStore, Upcasters};
 use serde::{Deserialize, Serialize};
 
 /// The account's state: the fold of its events.
@@ -28,6 +30,7 @@ enum Command {
 }
 
 /// What happened. Stored event types are the variant names: `Opened`, `Deposited`, `Withdrawn`.
+/// `Deposited` is at schema version 2 (see [`upcasters`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum AccountEvent {
     Opened { owner: String },
@@ -84,12 +87,19 @@ impl Actor for BankAccount {
     }
 }
 
+/// How older stored shapes become today's: the first release stored `Deposited { amount }`.
+/// Every runtime over this store (and the replay check) uses the same upcasters.
+fn upcasters() -> Upcasters {
+    Upcasters::new().rename_field("Deposited", 1, "amount", "cents")
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(InMemoryEventStore::new());
     let runtime = Runtime::<BankAccount>::builder(store.clone())
         .snapshots(store.clone())
         .snapshot_policy(SnapshotPolicy::every(5))
+        .upcasters(upcasters())
         .build();
 
     let account = runtime.actor("account-42");
@@ -121,7 +131,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Another node (a second runtime on the same store) deposits behind our back.
-    let other_node = Runtime::<BankAccount>::builder(store.clone()).build();
+    let other_node = Runtime::<BankAccount>::builder(store.clone())
+        .upcasters(upcasters())
+        .build();
     other_node
         .ask("account-42", Command::Deposit { cents: 5_000 })
         .await?;
@@ -225,6 +237,34 @@ mod tests {
         let (state, version) = runtime.capture_state("t").await.unwrap();
         assert_eq!((state.balance, version), (70, 2));
         runtime.shutdown().await;
+    }
+
+    /// The golden histories (the first release's `Deposited { amount }` and today's shapes)
+    /// replay into their recorded states through today's `apply` and upcasters.
+    /// `cargo xtask replay-check` runs this.
+    #[test]
+    fn replay_check_of_golden_histories() {
+        use aether::runtime::testing::replay::ReplayCheck;
+        let golden = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/golden/bank_account.jsonl"
+        );
+        let report = ReplayCheck::<BankAccount>::new()
+            .upcasters(upcasters())
+            .run_file(golden)
+            .unwrap();
+        println!("{report}");
+        assert!(report.is_ok(), "{report}");
+        assert!(
+            report
+                .actors
+                .iter()
+                .all(|a| a.outcome == aether::runtime::testing::replay::Outcome::Matched)
+        );
+        assert!(
+            report.actors.iter().any(|a| a.upcast > 0),
+            "an old shape is covered"
+        );
     }
 
     #[tokio::test]

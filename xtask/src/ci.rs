@@ -8,6 +8,7 @@ use crate::lint::clippy;
 use crate::model::model;
 use crate::nats::nats;
 use crate::python::python_tools;
+use crate::replay::replay_check;
 use crate::run::{cargo, root, step};
 use crate::test::run_tests;
 use crate::tidy::tidy;
@@ -17,8 +18,9 @@ const EXAMPLE_MODEL: &str = "examples/model/order_fulfilment.yaml";
 
 /// The facade's features, each built alone by `ci` (which of them may bring in async-nats is
 /// checked by `crates/aether/tests/features.rs`, with `cargo metadata`).
-const FACADE_FEATURES: [&str; 8] = [
+const FACADE_FEATURES: [&str; 9] = [
     "memory",
+    "replay-check",
     "runtime",
     "model",
     "metrics",
@@ -88,6 +90,10 @@ pub(crate) fn ci() -> Result {
             root().join(EXAMPLE_MODEL).display().to_string(),
         ])
     })?;
+    step(
+        "replay check of the examples' golden histories (cargo xtask replay-check)",
+        replay_check,
+    )?;
     step("NATS examples against a throwaway nats-server", || {
         jetstream_example(&bin)
     })?;

@@ -6,6 +6,7 @@
 //! cargo xtask nats    provision nats-server >= 2.12.1 and print which binary is used
 //! cargo xtask bench   run the criterion benchmarks (baselines in the same run); --report [--quick]
 //!                     also writes target/aether-bench/report.json and report.svg
+//! cargo xtask replay-check  fold the examples' golden histories through today's code
 //! cargo xtask tidy    module docs, paths in docs/architecture.md, architecture rules
 //! cargo xtask build | lint | fmt | doc | deny | clean
 //! ```
@@ -27,6 +28,7 @@ mod model;
 mod nats;
 mod prometheus;
 mod python;
+mod replay;
 mod run;
 mod test;
 mod tidy;
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         "tidy" => tidy::tidy(),
         "clean" => run::cargo(&["clean"]),
         "model" => model::model(rest),
+        "replay-check" => replay::replay_check(),
         "help" | "--help" | "-h" => {
             println!("{}", HELP.trim());
             Ok(())
@@ -105,6 +108,10 @@ usage: cargo xtask <task>
           outside crates/aether-nats; no doubling backoff outside aether-core's backoff.rs;
           foundation crates depend on neither aether-runtime nor aether-cluster, and
           aether-core on neither async-nats nor tokio; the in-process bus names no NATS
+  replay-check
+          fold the examples' golden histories (examples/golden/*.jsonl) through today's
+          `apply` and upcasters and compare with the recorded states (docs/schema-evolution.md);
+          fails on any divergence, failure or panic
   clean   cargo clean
   model   check or draw an EventStorming model file:
           `cargo xtask model check FILE`,

@@ -17,6 +17,9 @@ fn public_types_are_send_and_sync() {
     is_send_sync::<Payload>();
     is_send_sync::<StoreError>();
     is_send_sync::<ReplayResult>();
+    is_send_sync::<Upcasters>();
+    is_send_sync::<EventShape>();
+    is_send_sync::<upcast::Upcasted>();
     is_send_sync::<Arc<dyn EventStore>>();
     is_send_sync::<Arc<dyn EventStoreWithErrors>>();
     is_send_sync::<Arc<dyn SnapshotStore>>();
@@ -32,6 +35,7 @@ fn store_errors_are_std_errors() {
     is_error::<CodecError>();
     is_error::<NamespaceError>();
     is_error::<BroadcastError>();
+    is_error::<UpcastError>();
     let e = StoreError::from(VersionConflict::new("a", 1, 1));
     assert_eq!(
         e.to_string(),

@@ -48,6 +48,7 @@ pub use diagram::{Graph, NodeKind};
 pub use load::{Format, LoadError, Location};
 pub use model::{
     Aggregate, BoundedContext, Command, DomainEvent, EventVersion, ExternalSystem, FIELD_TYPES,
-    Field, FieldType, FormerName, Model, Note, Policy, ReadModel, Role, is_known_type,
+    Field, FieldType, FormerName, MAX_FORMER_VERSIONS, Model, Note, Policy, ReadModel, Role,
+    is_known_type,
 };
 pub use validate::{ElementKind, Problem, ProblemKind, ValidationError};

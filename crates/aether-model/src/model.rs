@@ -169,6 +169,10 @@ impl DomainEvent {
     }
 }
 
+/// Most stored versions a former name may claim (`formerly[].versions`): a model cannot make
+/// [`DomainEvent::upcast_steps`] list more steps than this per former name.
+pub const MAX_FORMER_VERSIONS: u32 = 1000;
+
 /// An older version of an event that may still be stored (its shape, for the record).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -177,15 +177,18 @@ pub enum ProblemKind {
         /// The former name.
         former: String,
     },
-    /// A former name claims no stored version (`versions: 0`).
+    /// A former name claims no stored version (`versions: 0`), or more than
+    /// [`crate::MAX_FORMER_VERSIONS`].
     #[error(
-        "event `{event}` lists former name `{former}` with versions 0: at least version 1 is stored under a former name"
+        "event `{event}` lists former name `{former}` with versions {versions}: a former name has between 1 and 1000 stored versions"
     )]
     InvalidFormerVersions {
         /// The event that lists the former name.
         event: String,
         /// The former name.
         former: String,
+        /// The versions it claims.
+        versions: u32,
     },
     /// Two events (or one event twice) claim the same former name.
     #[error("former name `{former}` of event `{event}` is already claimed by event `{first}`")]
@@ -747,12 +750,13 @@ fn check_former_names(model: &Model, context: &BoundedContext, r: &mut Report) {
                     },
                 );
             }
-            if f.versions == 0 {
+            if f.versions == 0 || f.versions > crate::MAX_FORMER_VERSIONS {
                 r.add(
                     &fp,
                     ProblemKind::InvalidFormerVersions {
                         event: e.name.clone(),
                         former: f.name.clone(),
+                        versions: f.versions,
                     },
                 );
             }

@@ -226,6 +226,7 @@ fn every_problem_kind_is_reported_with_its_path() {
             ProblemKind::InvalidFormerVersions {
                 event: "E".into(),
                 former: "Old".into(),
+                versions: 0,
             },
         ),
         (
@@ -461,8 +462,9 @@ fn version_problems_read_well() {
             ProblemKind::InvalidFormerVersions {
                 event: "E".into(),
                 former: "Old".into(),
+                versions: 0,
             },
-            "event `E` lists former name `Old` with versions 0: at least version 1 is stored under a former name",
+            "event `E` lists former name `Old` with versions 0: a former name has between 1 and 1000 stored versions",
         ),
         (
             ProblemKind::FormerNameClaimedTwice {

@@ -431,3 +431,69 @@ mod replay_check {
         );
     }
 }
+
+/// A model that declares the account's event versions is accepted with the matching upcasters
+/// and refused, naming the event, when they disagree.
+#[cfg(feature = "model")]
+#[test]
+fn a_model_checks_its_event_versions_against_the_upcasters() {
+    use aether_model::{Format, Model};
+    use aether_runtime::LoadModelError;
+
+    let model = |deposited_version: u32| {
+        let text = format!(
+            r"
+name: bank
+contexts:
+  - name: accounts
+    actors:
+      - {{ name: Teller, issues: [Open, Deposit, ChargeFee] }}
+    aggregates:
+      - name: account
+        commands:
+          - {{ name: Open, emits: [Opened] }}
+          - {{ name: Deposit, emits: [Deposited] }}
+          - {{ name: ChargeFee, emits: [Fee] }}
+    events:
+      - name: Opened
+        formerly: [{{ name: Created }}]
+      - name: Deposited
+        version: {deposited_version}
+        previous: [{previous}]
+        formerly: [{{ name: DepositedWithFee }}]
+      - name: Fee
+",
+            previous = (1..deposited_version)
+                .map(|v| format!("{{ version: {v} }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Model::parse(&text, Format::Yaml).unwrap()
+    };
+    let runtime = |upcasters| {
+        Runtime::<Account>::builder(Arc::new(InMemoryEventStore::new()))
+            .upcasters(upcasters)
+            .build()
+    };
+    runtime(upcasters()).load_model(&model(3)).unwrap();
+
+    let error = runtime(upcasters()).load_model(&model(4)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the model and the runtime's upcasters disagree about event `Deposited`: the model is at version 4, the upcasters at version 3"
+    );
+    let without_rename = Upcasters::new()
+        .rename_field("Deposited", 1, "amount", "cents")
+        .add_field("Deposited", 2, "currency", "EUR")
+        .rename_type("DepositedWithFee", 1, "Deposited", 3);
+    match runtime(without_rename).load_model(&model(3)) {
+        Err(LoadModelError::Upcasters { event, problem }) => {
+            assert_eq!(event, "Opened");
+            assert_eq!(
+                problem,
+                "no upcaster is registered for `Created` from version 1"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FEATURES: [(&str, bool); 8] = [
+const FEATURES: [(&str, bool); 9] = [
     ("memory", false),
+    ("replay-check", false),
     ("runtime", false),
     ("model", false),
     ("metrics", false),
