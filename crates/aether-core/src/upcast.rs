@@ -43,7 +43,7 @@
 //! [`UpcastError`] naming the type and the versions, never a hang. Split events keep the stored
 //! event's id, version, time and metadata.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -153,10 +153,12 @@ impl EventShape {
                 Value::Map(Vec::new()),
             )]);
         }
-        let shown = self.describe();
-        let fields = self
-            .fields_mut()
-            .ok_or_else(|| format!("the payload of {shown} has no named fields"))?;
+        if self.fields().is_none() {
+            return Err(format!("the payload of {} has no named fields", self.describe()).into());
+        }
+        let Some(fields) = self.fields_mut() else {
+            return Ok(());
+        };
         let value = value.into();
         match fields.iter_mut().find(|(k, _)| k.as_str() == Some(name)) {
             Some((_, slot)) => *slot = value,
@@ -187,20 +189,45 @@ impl EventShape {
         self.event_type = event_type;
     }
 
+    /// Decodes the payload into `T` (as [`Event::decode`] would the payload of an event of
+    /// this shape).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CodecError> {
+        let mut bytes = Vec::with_capacity(64);
+        rmpv::encode::write_value(&mut bytes, &self.data)
+            .map_err(|e| CodecError::encode("rmpv::Value", e))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| CodecError::decode(std::any::type_name::<T>(), e))
+    }
+
     fn describe(&self) -> String {
         format!("{} v{}", self.event_type, self.schema_version)
     }
 }
 
-/// One step: the shape at `from` in, the shapes after the step out.
-type Step = Arc<dyn Fn(EventShape) -> Result<Vec<EventShape>, BoxError> + Send + Sync>;
+/// One step: the shape at `from` in, the shape(s) after the step out. One-to-one steps change
+/// the shape in place (no list per event).
+#[derive(Clone)]
+enum Step {
+    One(Arc<InPlace>),
+    Many(Arc<Splitting>),
+}
+
+/// A one-to-one step: changes the shape in place.
+type InPlace = dyn Fn(&mut EventShape) -> Result<(), BoxError> + Send + Sync;
+/// A step that returns any number of shapes.
+type Splitting = dyn Fn(EventShape) -> Result<Vec<EventShape>, BoxError> + Send + Sync;
+
+/// One event type's steps, by the version each starts from, and its current version.
+#[derive(Clone)]
+struct TypeSteps {
+    current: u32,
+    steps: BTreeMap<u32, Step>,
+}
 
 /// The registered upcasting steps of an application, per (event type, schema version). Cheap to
 /// clone (the steps are shared). See the [module documentation](self).
 #[derive(Clone, Default)]
 pub struct Upcasters {
-    steps: HashMap<(Box<str>, u32), Step>,
-    current: HashMap<Box<str>, u32>,
+    types: HashMap<Box<str>, TypeSteps>,
     /// Steps registered twice (the later one is kept); reported by [`Upcasters::check`].
     duplicates: Vec<(Box<str>, u32)>,
 }
@@ -221,21 +248,23 @@ impl Upcasters {
 
     /// Whether no step is registered.
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.types.is_empty()
     }
 
     /// The version new events of `event_type` are written at: one more than the highest
     /// version a step of that type starts from, 1 without steps.
     pub fn current_version(&self, event_type: &str) -> u32 {
-        if self.current.is_empty() {
+        if self.types.is_empty() {
             return 1;
         }
-        self.current.get(event_type).copied().unwrap_or(1)
+        self.types.get(event_type).map_or(1, |t| t.current)
     }
 
     /// Every registered step as (event type, version it starts from), in no particular order.
     pub fn steps(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.steps.keys().map(|(t, v)| (&**t, *v))
+        self.types
+            .iter()
+            .flat_map(|(t, steps)| steps.steps.keys().map(move |v| (&**t, *v)))
     }
 
     /// Registers a one-to-one step for `event_type` at version `from`. The closure receives the
@@ -246,28 +275,32 @@ impl Upcasters {
     where
         F: Fn(&mut EventShape) -> Result<(), BoxError> + Send + Sync + 'static,
     {
-        self.split(event_type, from, move |mut shape| {
-            shape.schema_version = shape.schema_version.saturating_add(1);
-            step(&mut shape)?;
-            Ok(vec![shape])
-        })
+        self.register(event_type.into(), from, Step::One(Arc::new(step)))
     }
 
     /// Registers a step for `event_type` at version `from` that returns any number of events
     /// (a split into several, or none to drop the event). Each must be of another type, or of
     /// the same type at a higher version.
     #[must_use]
-    pub fn split<F>(mut self, event_type: impl Into<String>, from: u32, step: F) -> Self
+    pub fn split<F>(self, event_type: impl Into<String>, from: u32, step: F) -> Self
     where
         F: Fn(EventShape) -> Result<Vec<EventShape>, BoxError> + Send + Sync + 'static,
     {
-        let event_type: Box<str> = event_type.into().into_boxed_str();
-        let next = from.saturating_add(1);
-        let current = self.current.entry(event_type.clone()).or_insert(1);
-        *current = (*current).max(next);
-        let key = (event_type, from);
-        if self.steps.insert(key.clone(), Arc::new(step)).is_some() {
-            self.duplicates.push(key);
+        self.register(event_type.into(), from, Step::Many(Arc::new(step)))
+    }
+
+    fn register(mut self, event_type: String, from: u32, step: Step) -> Self {
+        let event_type: Box<str> = event_type.into_boxed_str();
+        let steps = self
+            .types
+            .entry(event_type.clone())
+            .or_insert_with(|| TypeSteps {
+                current: 1,
+                steps: BTreeMap::new(),
+            });
+        steps.current = steps.current.max(from.saturating_add(1));
+        if steps.steps.insert(from, step).is_some() {
+            self.duplicates.push((event_type, from));
         }
         self
     }
@@ -351,17 +384,15 @@ impl Upcasters {
                 from: *from,
             });
         }
-        let mut types: Vec<_> = self.current.iter().collect();
-        types.sort_unstable();
-        for (event_type, current) in types {
-            for from in 1..*current {
-                if !self.steps.contains_key(&(event_type.clone(), from)) {
-                    return Err(UpcastError::MissingStep {
-                        event_type: event_type.to_string(),
-                        from,
-                        current: *current,
-                    });
-                }
+        let mut types: Vec<_> = self.types.iter().collect();
+        types.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (event_type, steps) in types {
+            if let Some(from) = (1..steps.current).find(|v| !steps.steps.contains_key(v)) {
+                return Err(UpcastError::MissingStep {
+                    event_type: event_type.to_string(),
+                    from,
+                    current: steps.current,
+                });
             }
         }
         Ok(())
@@ -375,10 +406,24 @@ impl Upcasters {
     /// `event` in its current shape: the event itself when it already is (no copy), else the
     /// event(s) its steps make of it, in order.
     pub fn upcast(&self, event: Event) -> Result<Upcasted, UpcastError> {
+        let Some(shapes) = self.upcast_shapes(&event)? else {
+            return Ok(Upcasted::One(Some(event)));
+        };
+        let events = shapes
+            .into_iter()
+            .map(|shape| rebuild(&event, shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Upcasted::Many(events.into_iter()))
+    }
+
+    /// The shapes `event` becomes, in order, or `None` when it is already current. For readers
+    /// that decode the payload themselves ([`EventShape::decode`]) and need no new `Event`: the
+    /// runtime's replay uses it.
+    pub fn upcast_shapes(&self, event: &Event) -> Result<Option<Vec<EventShape>>, UpcastError> {
         let current = self.current_version(event.event_type());
         let version = event.schema_version();
         if version == current {
-            return Ok(Upcasted::One(Some(event)));
+            return Ok(None);
         }
         if version > current {
             return Err(UpcastError::Newer {
@@ -398,21 +443,18 @@ impl Upcasters {
         let mut shapes = Vec::with_capacity(1);
         let start = EventShape::new(event.event_type(), version, data);
         self.walk(start, 0, &mut shapes)?;
-        let events = shapes
-            .into_iter()
-            .map(|shape| rebuild(&event, shape))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Upcasted::Many(events.into_iter()))
+        Ok(Some(shapes))
     }
 
     /// Takes `shape` through its steps to its current version, pushing the results on `out`.
     fn walk(
         &self,
-        shape: EventShape,
+        mut shape: EventShape,
         depth: usize,
         out: &mut Vec<EventShape>,
     ) -> Result<(), UpcastError> {
-        let current = self.current_version(&shape.event_type);
+        let steps = self.types.get(shape.event_type.as_str());
+        let current = steps.map_or(1, |t| t.current);
         let from = shape.schema_version;
         if from == current {
             if out.len() >= MAX_EVENTS {
@@ -438,45 +480,68 @@ impl Upcasters {
                 steps: MAX_STEPS,
             });
         }
-        let Some(step) = self
-            .steps
-            .get(&(Box::from(shape.event_type.as_str()), from))
-        else {
+        let Some(step) = steps.and_then(|t| t.steps.get(&from)) else {
             return Err(UpcastError::MissingStep {
                 event_type: shape.event_type,
                 from,
                 current,
             });
         };
-        let event_type = shape.event_type.clone();
-        let next = match catch_unwind(AssertUnwindSafe(|| step(shape))) {
-            Ok(Ok(next)) => next,
-            Ok(Err(source)) => {
-                return Err(UpcastError::Failed {
-                    event_type,
-                    from,
-                    source,
-                });
-            }
-            Err(panic) => {
-                return Err(UpcastError::Panicked {
-                    event_type,
-                    from,
-                    message: panic_message(panic.as_ref()),
-                });
-            }
+        let failed = |event_type: &str, outcome: std::thread::Result<BoxError>| match outcome {
+            Ok(source) => UpcastError::Failed {
+                event_type: event_type.to_owned(),
+                from,
+                source,
+            },
+            Err(panic) => UpcastError::Panicked {
+                event_type: event_type.to_owned(),
+                from,
+                message: panic_message(panic.as_ref()),
+            },
         };
-        for shape in next {
-            if shape.event_type == event_type && shape.schema_version <= from {
-                return Err(UpcastError::NoProgress {
-                    event_type,
-                    from,
-                    to: shape.schema_version,
-                });
+        match step {
+            Step::One(step) => {
+                let stored_type = shape.event_type.clone();
+                shape.schema_version = from.saturating_add(1);
+                match catch_unwind(AssertUnwindSafe(|| step(&mut shape))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(source)) => return Err(failed(&stored_type, Ok(source))),
+                    Err(panic) => return Err(failed(&stored_type, Err(panic))),
+                }
+                self.next(&stored_type, from, shape, depth, out)
             }
-            self.walk(shape, depth + 1, out)?;
+            Step::Many(step) => {
+                let stored_type = shape.event_type.clone();
+                let next = match catch_unwind(AssertUnwindSafe(|| step(shape))) {
+                    Ok(Ok(next)) => next,
+                    Ok(Err(source)) => return Err(failed(&stored_type, Ok(source))),
+                    Err(panic) => return Err(failed(&stored_type, Err(panic))),
+                };
+                for shape in next {
+                    self.next(&stored_type, from, shape, depth, out)?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Checks that a step's result progressed, then walks it on.
+    fn next(
+        &self,
+        stored_type: &str,
+        from: u32,
+        shape: EventShape,
+        depth: usize,
+        out: &mut Vec<EventShape>,
+    ) -> Result<(), UpcastError> {
+        if shape.event_type == stored_type && shape.schema_version <= from {
+            return Err(UpcastError::NoProgress {
+                event_type: stored_type.to_owned(),
+                from,
+                to: shape.schema_version,
+            });
+        }
+        self.walk(shape, depth + 1, out)
     }
 }
 

@@ -250,23 +250,39 @@ pub(crate) fn decode_current<A: Actor>(
             error: Box::new(error),
         })
         };
-    if upcasters.is_current(&event) {
+    let context = |event: &Event| {
+        format!(
+            "stored event {} (version {}, type {} at schema version {})",
+            event.id(),
+            event.version(),
+            event.event_type(),
+            event.schema_version()
+        )
+    };
+    let shapes = upcasters
+        .upcast_shapes(&event)
+        .map_err(|error| LoadError::Upcast {
+            context: context(&event),
+            error: Arc::new(error),
+        })?;
+    let Some(shapes) = shapes else {
         each(decode(&event)?);
         return Ok(false);
-    }
-    let context = format!(
-        "stored event {} (version {}, type {} at schema version {})",
-        event.id(),
-        event.version(),
-        event.event_type(),
-        event.schema_version()
-    );
-    let upcast = upcasters.upcast(event).map_err(|error| LoadError::Upcast {
-        context,
-        error: Arc::new(error),
-    })?;
-    for current in upcast {
-        each(decode(&current)?);
+    };
+    for shape in shapes {
+        let decoded = shape
+            .decode::<A::Event>()
+            .map_err(|error| LoadError::Decode {
+                context: format!(
+                    "{} upcast to type {} at schema version {} is not a {} event",
+                    context(&event),
+                    shape.event_type,
+                    shape.schema_version,
+                    A::TYPE
+                ),
+                error: Box::new(error),
+            })?;
+        each(decoded);
     }
     Ok(true)
 }

@@ -87,6 +87,7 @@ impl Target {
 
 const DESIGN: &str = "design.md section 6";
 const ISSUE: &str = "issue 25";
+const ISSUE_28: &str = "issue 28";
 
 const fn t(id: &'static str, op: Op, value: f64, source: &'static str) -> Target {
     Target {
@@ -137,6 +138,10 @@ pub(crate) const TARGETS: &[Target] = &[
     t("runtime.memory.idle", Op::Below, 1.0, DESIGN),
     t("cluster.remote.memory", Op::AtMost, 1.3, DESIGN),
     t("runtime.activation.snapshot", Op::AtLeast, 20.0, DESIGN),
+    // issue 28: a replay of which half the events are upcast one step, against the same replay
+    // of current events, on both stores.
+    t("runtime.replay.upcast.jetstream", Op::AtLeast, 0.7, ISSUE_28),
+    t("runtime.replay.upcast.memory", Op::AtLeast, 0.7, ISSUE_28),
 ];
 
 /// The target of row `id`, if it has one.
