@@ -127,9 +127,7 @@ pub fn to_json(event: &Event) -> Result<Json, HistoryError> {
     if event.schema_version() != 1 {
         j.insert("sv".into(), Json::from(event.schema_version()));
     }
-    let time = OffsetDateTime::from(event.timestamp())
-        .format(&Rfc3339)
-        .map_err(|e| HistoryError::new(format!("the time does not format as RFC 3339: {e}")))?;
+    let time = rfc3339(event.timestamp())?;
     j.insert("time".into(), Json::from(time));
     let data = event
         .data()
@@ -283,6 +281,22 @@ fn event_from(o: &Map<String, Json>) -> Result<Event, HistoryError> {
         .map_err(|e| HistoryError::new(e.to_string()))
 }
 
+/// `at` in RFC 3339 (UTC); a time outside the years 0 to 9999 cannot be written (an error, not
+/// a panic: the wire format holds times far beyond them).
+fn rfc3339(at: SystemTime) -> Result<String, HistoryError> {
+    let nanos = match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).ok(),
+        Err(before) => i128::try_from(before.duration().as_nanos())
+            .ok()
+            .map(|n| -n),
+    };
+    nanos
+        .and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .ok_or_else(|| HistoryError::new("the time is outside what RFC 3339 can write"))?
+        .format(&Rfc3339)
+        .map_err(|e| HistoryError::new(format!("the time does not format as RFC 3339: {e}")))
+}
+
 fn expectation(j: &Json) -> Result<Expectation, HistoryError> {
     let actor = j
         .get("actor")
@@ -394,6 +408,14 @@ mod tests {
         let line = to_line(&binary).unwrap();
         assert!(line.contains("data_msgpack"), "{line}");
         assert_eq!(round_trip(&binary), binary);
+        // Times the wire format holds but RFC 3339 cannot write: an error, not a panic.
+        for at in [
+            UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+            UNIX_EPOCH - Duration::from_secs(70_000_000_000),
+        ] {
+            let far = Event::builder("a", "T").timestamp(at).build().unwrap();
+            assert!(to_line(&far).unwrap_err().to_string().contains("RFC 3339"));
+        }
         let nil = Event::builder("a", "Nothing").build().unwrap();
         assert!(!to_line(&nil).unwrap().contains("data"));
         assert_eq!(round_trip(&nil).payload(), nil.payload());

@@ -1,3 +1,5 @@
+//! The upcasters' unit tests and proptests.
+
 // Test code: a failed expectation panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

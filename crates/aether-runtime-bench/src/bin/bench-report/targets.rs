@@ -140,7 +140,12 @@ pub(crate) const TARGETS: &[Target] = &[
     t("runtime.activation.snapshot", Op::AtLeast, 20.0, DESIGN),
     // issue 28: a replay of which half the events are upcast one step, against the same replay
     // of current events, on both stores.
-    t("runtime.replay.upcast.jetstream", Op::AtLeast, 0.7, ISSUE_28),
+    t(
+        "runtime.replay.upcast.jetstream",
+        Op::AtLeast,
+        0.7,
+        ISSUE_28,
+    ),
     t("runtime.replay.upcast.memory", Op::AtLeast, 0.7, ISSUE_28),
 ];
 
