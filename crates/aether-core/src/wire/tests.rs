@@ -1,6 +1,6 @@
 //! The wire format's unit tests and proptests.
 
-use self::time::unix_parts;
+use self::time::{system_time, unix_parts};
 use super::*;
 use proptest::prelude::*;
 use std::time::{Duration, UNIX_EPOCH};
