@@ -136,7 +136,7 @@ impl EventShape {
         self.event_type = event_type;
     }
 
-    /// Decodes the payload into `T` (as [`Event::decode`] would the payload of an event of
+    /// Decodes the payload into `T` (as [`crate::Event::decode`] would the payload of an event of
     /// this shape).
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, CodecError> {
         let mut bytes = Vec::with_capacity(64);
