@@ -1,4 +1,5 @@
-//! `cargo xtask model`: checks, draws or converts an EventStorming model with aether-model.
+//! `cargo xtask model`: checks, draws or converts an EventStorming model with the `aether` CLI's
+//! `model` commands (`crates/aether-cli`).
 
 use std::env;
 use std::process::Command;
@@ -6,7 +7,7 @@ use std::process::Command;
 use crate::Result;
 use crate::run::{cargo_bin, run};
 
-/// Runs aether-model's `model` example with `args` (file paths relative to where you are).
+/// Runs `aether model ARGS` (file paths relative to where you are).
 pub(crate) fn model(args: &[String]) -> Result {
     // `run` works from the workspace root: make the caller's relative paths absolute first.
     let here = env::current_dir().map_err(|e| format!("reading the current directory: {e}"))?;
@@ -23,10 +24,11 @@ pub(crate) fn model(args: &[String]) -> Result {
         "run",
         "--quiet",
         "-p",
-        "aether-model",
-        "--example",
-        "model",
+        "aether-cli",
+        "--bin",
+        "aether",
         "--",
+        "model",
     ])
     .args(args);
     run(&mut cmd)

@@ -22,4 +22,4 @@ pub use aether_nats::server_version;
 pub use async_nats;
 pub use config::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_REPLAY_CONSUMERS, JetStreamConfig, Storage};
 pub use error::ConfigError;
-pub use store::{JetStreamEventStore, ReadStats};
+pub use store::{JetStreamEventStore, ReadStats, stream_problems};

@@ -31,6 +31,8 @@ mod append;
 mod consumer;
 mod direct;
 mod open;
+
+pub use open::stream_problems;
 mod replay;
 mod seek;
 mod slots;

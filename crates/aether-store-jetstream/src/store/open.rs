@@ -55,6 +55,23 @@ fn desired_stream(
     }
 }
 
+/// What an existing stream has that no Aether store could work with: its subjects, retention,
+/// `deny_delete` / `deny_purge`, and limits that would silently delete events. Storage, replicas
+/// and `max_age` are a store's configuration, taken as found. Empty: the stream is fit for a
+/// store of its name (what `aether store info` checks).
+pub fn stream_problems(found: &StreamConfig) -> Vec<String> {
+    let mut want = desired_stream(
+        &found.name,
+        &layout::subject_prefix(&found.name),
+        &JetStreamConfig::default(),
+        false,
+    );
+    want.storage = found.storage;
+    want.num_replicas = found.num_replicas;
+    want.max_age = found.max_age;
+    incompatibilities(found, &want)
+}
+
 /// Every setting of `found` that this store cannot work with, compared with `want`.
 fn incompatibilities(found: &StreamConfig, want: &StreamConfig) -> Vec<String> {
     let pair = |f: &dyn fmt::Debug, w: &dyn fmt::Debug| (format!("{f:?}"), format!("{w:?}"));
