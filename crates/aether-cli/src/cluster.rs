@@ -155,6 +155,8 @@ async fn watch(
         .watch_all()
         .await
         .map_err(|e| Failure::nats(format!("watching cluster {cluster}"), e))?;
+    // The previous map, to show each new map's moves.
+    let mut previous: Option<ShardMap> = None;
     scan::follow(changes, count, |entry| {
         let entry = entry.map_err(|e| Failure::nats(format!("watching cluster {cluster}"), e))?;
         let operation = match entry.operation {
@@ -163,9 +165,24 @@ async fn watch(
             kv::Operation::Purge => "expired",
         };
         let value = if entry.key == KEY_SHARD_MAP {
-            ShardMap::decode(&entry.value).map_or(Json::Null, |m| {
-                json!({"epoch": m.epoch(), "term": m.term(), "leader": m.leader(), "shards_per_node": m.counts()})
-            })
+            match ShardMap::decode(&entry.value) {
+                Ok(map) => {
+                    let moves: Vec<Json> = previous
+                        .as_ref()
+                        .map(|p| p.plan_to(&map).moves)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|m| json!({"shard": m.shard, "from": m.from.as_deref(), "to": m.to.as_deref()}))
+                        .collect();
+                    let value = json!({
+                        "epoch": map.epoch(), "term": map.term(), "leader": map.leader(),
+                        "shards_per_node": map.counts(), "moves": moves,
+                    });
+                    previous = Some(map);
+                    value
+                }
+                Err(_) => Json::Null,
+            }
         } else {
             as_json(&entry.value)
         };

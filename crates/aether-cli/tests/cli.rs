@@ -487,3 +487,55 @@ async fn cluster_status_and_watch() {
     );
     node.leave().await.unwrap();
 }
+
+/// A server that wants a user and password: without them, one line and exit 3; with them
+/// (options or the `nats` CLI's environment variables), the command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_asked_for_and_used() {
+    let server = NatsServer::start_with(
+        "cli-auth",
+        vec![
+            "--user".into(),
+            "ops".into(),
+            "--pass".into(),
+            "s3cret".into(),
+        ],
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let refused = aether(&url, &["--store", "shop", "store", "info"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let text = stderr(&refused);
+    assert!(
+        text.starts_with("aether: cannot connect to NATS at "),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("authorization"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+
+    let wrong = aether(
+        &url,
+        &["--user", "ops", "--password", "nope", "store", "info"],
+    );
+    assert_eq!(wrong.status.code(), Some(3), "{}", stderr(&wrong));
+
+    // Right credentials: the server answers (there is no stream yet: exit 4, not 3).
+    let with_options = aether(
+        &url,
+        &["--user", "ops", "--password", "s3cret", "store", "info"],
+    );
+    assert_eq!(
+        with_options.status.code(),
+        Some(4),
+        "{}",
+        stderr(&with_options)
+    );
+    let with_env = Command::new(BIN)
+        .args(["--server", &url, "store", "info"])
+        .env("NATS_USER", "ops")
+        .env("NATS_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(with_env.status.code(), Some(4), "{}", stderr(&with_env));
+}
