@@ -147,6 +147,21 @@ impl NatsError for kv::CreateError {
     }
 }
 
+/// Reading a stream's info (binding to it): the server's refusal (no such stream) is the
+/// error's kind; a timeout or "no responders" is its cause.
+impl NatsError for context::GetStreamError {
+    fn class(&self) -> Class {
+        Class::Other
+    }
+
+    fn code(&self) -> Option<ErrorCode> {
+        match self.kind() {
+            context::GetStreamErrorKind::JetStream(e) => Some(e.error_code()),
+            _ => jetstream_code(self),
+        }
+    }
+}
+
 /// Creating a stream: the server's refusal is the error's kind, not its source.
 impl NatsError for context::CreateStreamError {
     fn class(&self) -> Class {

@@ -241,24 +241,36 @@ impl JetStreamEventStore {
         js: &jetstream::Context,
         want: &StreamConfig,
     ) -> Result<jetstream::stream::Stream, ConfigError> {
-        // Create; if it exists (or another process created it first), check what is there.
-        // Creating with the same configuration is idempotent, so it is tried again while the
-        // NATS cluster settles (a busy cluster placing replicas times out or has no peers yet).
-        let created = while_settling(
-            &format!("creating stream {}", want.name),
-            SETTLE_PATIENCE,
-            || js.create_stream(want.clone()),
-        )
-        .await;
-        let existing = match created {
-            Ok(stream) => return Ok(stream),
-            // The name is in use (with another configuration): see what is there.
-            Err(e) if e.code().is_some_and(is_stream_name_in_use) => js
-                .get_stream(&want.name)
-                .await
-                .map_err(|e| setup_error(&format!("reading stream {}", want.name), e))?,
-            Err(e) => return Err(setup_error(&format!("creating stream {}", want.name), e)),
-        };
+        // Bind first: an existing stream needs only the right to read its info, so a user that
+        // may not create streams (a reader, a tenant's service) can open it. Create only when it
+        // is missing; if another process creates it first, bind to theirs. Both are tried again
+        // while the NATS cluster settles (a busy cluster placing replicas times out or has no
+        // peers yet); creating with one configuration is idempotent.
+        let what = format!("reading stream {}", want.name);
+        let existing =
+            match while_settling(&what, SETTLE_PATIENCE, || js.get_stream(&want.name)).await {
+                Ok(stream) => stream,
+                Err(e) if is_missing(&e) => {
+                    let created = while_settling(
+                        &format!("creating stream {}", want.name),
+                        SETTLE_PATIENCE,
+                        || js.create_stream(want.clone()),
+                    )
+                    .await;
+                    match created {
+                        Ok(stream) => return Ok(stream),
+                        // Created by someone else in between: see what is there.
+                        Err(e) if e.code().is_some_and(is_stream_name_in_use) => js
+                            .get_stream(&want.name)
+                            .await
+                            .map_err(|e| setup_error(&what, e))?,
+                        Err(e) => {
+                            return Err(setup_error(&format!("creating stream {}", want.name), e));
+                        }
+                    }
+                }
+                Err(e) => return Err(setup_error(&what, e)),
+            };
         let found = &existing.cached_info().config;
         let diffs = incompatibilities(found, want);
         if diffs.is_empty() {
@@ -270,4 +282,9 @@ impl JetStreamEventStore {
             })
         }
     }
+}
+
+/// Whether getting a stream failed because there is no such stream.
+fn is_missing(e: &jetstream::context::GetStreamError) -> bool {
+    e.code() == Some(jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
