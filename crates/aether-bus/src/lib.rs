@@ -26,7 +26,9 @@ mod projection;
 pub use filter::EventFilter;
 pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
 #[cfg(feature = "nats")]
-pub use nats::{BusError, NODE_REPLY_PREFIX, NatsEventBus, SUBJECT_PREFIX, round_trip, subject};
+pub use nats::{
+    BusError, NODE_REPLY_PREFIX, NatsEventBus, RoundTripError, SUBJECT_PREFIX, round_trip, subject,
+};
 pub use pattern::{Pattern, PatternError};
 #[cfg(feature = "nats")]
 pub use projection::{

@@ -473,16 +473,49 @@ impl Receiving {
 
 /// Waits until the server has processed everything `client` sent so far (its subscriptions
 /// included). `Client::flush` is not enough: it only writes the socket, and a message another
-/// connection publishes right after could still miss the new subscription. A request nobody
-/// answers does the round trip: the server replies "no responders" after handling what came
-/// before it on this connection.
-pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::RequestError> {
+/// connection publishes right after could still miss the new subscription. A message sent to a
+/// subject only this call subscribes to comes back after the server handled everything before
+/// it on this connection. (A request nobody answers would also do, but a `>` subscriber on the
+/// account, a `nats sub ">"` while debugging, takes such a request and never answers it.)
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripError> {
     let subject = format!("_AETHER.sync.{}", uuid::Uuid::new_v4().simple());
-    match client.request(subject, bytes::Bytes::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(e),
+    let mut echo = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(RoundTripError::Subscribe)?;
+    client
+        .publish(subject, bytes::Bytes::new())
+        .await
+        .map_err(RoundTripError::Publish)?;
+    let came_back = tokio::time::timeout(ROUND_TRIP_PATIENCE, echo.next()).await;
+    // Leaving the subscription is best effort: the connection may be closing.
+    let _ = echo.unsubscribe().await;
+    match came_back {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RoundTripError::Closed),
+        Err(_) => Err(RoundTripError::TimedOut(ROUND_TRIP_PATIENCE)),
     }
+}
+
+/// How long [`round_trip`] waits for its message to come back.
+const ROUND_TRIP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why [`round_trip`] could not confirm that the server is in step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoundTripError {
+    /// Subscribing to the echo subject failed.
+    #[error("subscribing to the round trip's subject failed")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// Publishing the echo failed.
+    #[error("publishing the round trip's message failed")]
+    Publish(#[source] async_nats::PublishError),
+    /// The message did not come back in time (the server is slow or unreachable).
+    #[error("the round trip's message did not come back within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The connection closed.
+    #[error("the connection closed during the round trip")]
+    Closed,
 }
 
 impl Drop for Inner {

@@ -246,6 +246,37 @@ async fn a_new_bus_receives_what_is_published_right_after() {
     }
 }
 
+/// A subscriber to `>` on the account (a `nats sub ">"` while debugging) takes every message,
+/// the bus's own round trips included: subscribing still returns at once, and events still
+/// arrive right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_all_subscriber_does_not_stall_subscribing() {
+    let (server, publisher, receiver) = publisher_and_receiver().await;
+    let sniffer = server.connect().await.unwrap();
+    let mut everything = sniffer.subscribe(">").await.unwrap();
+    sniffer.flush().await.unwrap();
+    for round in 0..5 {
+        let started = std::time::Instant::now();
+        let mut sub = receiver
+            .subscribe(Pattern::new(&format!("tenant-{round}")).unwrap())
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let event = ev("a", round + 1);
+        publisher
+            .publish(&ns(&format!("tenant-{round}")), &event)
+            .await
+            .unwrap();
+        assert_eq!(next(&mut sub).await, event, "round {round}");
+    }
+    // The sniffer saw the traffic (so it really was in the way).
+    assert!(tokio::time::timeout(WAIT, everything.next()).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buses_survive_a_server_restart() {
     let (mut server, bus1, bus2) = publisher_and_receiver().await;
