@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod nats;
+pub mod proxy;
 pub mod python;
 
 pub use conformance::{ConformanceStore, StoreHarness};

@@ -91,6 +91,9 @@ impl Inner {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is immediate; the record was just written
+        // Beats in a row that got no answer at all (not a refusal): the link to the server may
+        // have gone silent (half-open) while the client still believes it is connected.
+        let mut unanswered = 0u32;
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -101,16 +104,27 @@ impl Inner {
             let beat = bucket.update(&key, value.clone(), revision, Some(self.failure_ttl()));
             // Bounded, so one lost ack does not hold up the beats after it (a write that landed
             // anyway is adopted by its incarnation below).
-            let beat = tokio::time::timeout(
+            let beat = match tokio::time::timeout(
                 self.config.heartbeat_interval.max(Duration::from_secs(1)),
                 beat,
             )
             .await
-            .unwrap_or_else(|_| {
-                Err(WriteError::Other(
-                    "no ack within the heartbeat interval".into(),
-                ))
-            });
+            {
+                Ok(answered) => {
+                    unanswered = 0;
+                    answered
+                }
+                Err(_) => {
+                    unanswered += 1;
+                    if unanswered >= UNANSWERED_BEFORE_RECONNECT {
+                        unanswered = 0;
+                        self.reconnect().await;
+                    }
+                    Err(WriteError::Other(
+                        "no ack within the heartbeat interval".into(),
+                    ))
+                }
+            };
             match beat {
                 Ok(r) => {
                     revision = r;
@@ -147,4 +161,22 @@ impl Inner {
             self.record_revision.store(revision, Ordering::SeqCst);
         }
     }
+
+    /// Makes the client drop its connection and connect again (to another server of its list
+    /// if this one does not answer): heartbeats that get no answer at all mean the link may
+    /// have gone silent while the client still believes it is up, and its own pings would
+    /// notice only after minutes with default settings.
+    async fn reconnect(&self) {
+        tracing::warn!(
+            node = %self.config.node_id,
+            beats = UNANSWERED_BEFORE_RECONNECT,
+            "heartbeats got no answer; making the NATS client reconnect"
+        );
+        if let Err(e) = self.client.force_reconnect().await {
+            tracing::warn!(node = %self.config.node_id, error = %e, "forcing a reconnect failed");
+        }
+    }
 }
+
+/// Heartbeats in a row without any answer before the client is made to reconnect.
+const UNANSWERED_BEFORE_RECONNECT: u32 = 2;

@@ -1,0 +1,107 @@
+//! A node whose link to its current server goes silent (half-open: connected, no bytes) while
+//! other servers are reachable: its heartbeats get no answer, the cluster layer makes the client
+//! reconnect, and the node moves to another server before its record expires. The link runs
+//! through the test kit's fault-injecting proxy.
+
+// Test code: a failed expectation panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use aether_cluster::{ClusterEvent, ClusterManager};
+use aether_testkit::nats::NatsCluster;
+use aether_testkit::proxy::TcpProxy;
+use common::{Node, cluster_name};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_link_goes_silent_moves_to_another_server() {
+    let nats = NatsCluster::start(3).await.expect("nats cluster");
+    let name = cluster_name();
+    let config = |id: &str| {
+        aether_cluster::ClusterConfig::new(&name)
+            .node_id(id)
+            .shard_count(16)
+            .heartbeat_interval(Duration::from_millis(500))
+            .failure_timeout(Duration::from_secs(6))
+            .lease_ttl(Duration::from_secs(3))
+            .rebalance_delay(Duration::from_millis(100))
+            .replicas(3)
+    };
+    // The watcher sits on server 1 directly.
+    let mut watcher = Node::start(nats.node(1).connect().await.unwrap(), config("watcher")).await;
+
+    // The node reaches server 0 through the proxy first, the others directly.
+    let addr = |i: usize| -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", nats.node(i).port())
+            .parse()
+            .unwrap()
+    };
+    let proxy = TcpProxy::start(addr(0)).await.unwrap();
+    let (connected_tx, mut connected) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .retain_servers_order()
+        .connection_timeout(Duration::from_secs(1))
+        .event_callback(move |event| {
+            let connected_tx = connected_tx.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = connected_tx.send(());
+                }
+            }
+        })
+        .connect(vec![proxy.url(), nats.node(1).url(), nats.node(2).url()])
+        .await
+        .unwrap();
+    let first_server = client.server_info().server_name.clone();
+    assert_eq!(
+        first_server,
+        nats.node(0).name(),
+        "started behind the proxy"
+    );
+    let node = ClusterManager::new(client.clone(), config("n1")).unwrap();
+    node.start().await.unwrap();
+    watcher
+        .until("n1 is a member", Duration::from_secs(20), |m| {
+            m.members().iter().any(|r| r.id == "n1")
+        })
+        .await;
+    while connected.try_recv().is_ok() {}
+
+    // The link goes silent: the TCP connection stays up, no byte passes.
+    proxy.cut();
+    let cut_at = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), connected.recv())
+        .await
+        .expect("the client reconnected within 10 s")
+        .unwrap();
+    let moved_after = cut_at.elapsed();
+    let now_on = client.server_info().server_name.clone();
+    assert_ne!(now_on, first_server, "moved to another server");
+    // Heartbeats flow again: the record is renewed through the new server.
+    let before = node.members().len();
+    assert!(before >= 2, "n1 sees the cluster");
+
+    // The watcher never saw n1 fail, up to its failure timeout after the cut.
+    let deadline = cut_at + Duration::from_secs(7);
+    let mut failed = false;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.next()).await {
+        if matches!(&event, ClusterEvent::MemberFailed { node_id, .. } if node_id == "n1") {
+            failed = true;
+        }
+    }
+    assert!(
+        !failed,
+        "n1 was reported failed though it moved after {moved_after:?}"
+    );
+    assert!(
+        watcher.manager.members().iter().any(|r| r.id == "n1"),
+        "n1 is still a member"
+    );
+    eprintln!("moved from {first_server} to {now_on} {moved_after:?} after the cut");
+    node.leave().await.unwrap();
+    proxy.heal();
+}
