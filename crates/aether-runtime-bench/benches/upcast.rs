@@ -21,7 +21,7 @@ use aether_core::{Event, EventStore, Upcasters};
 use aether_runtime::{Actor, Runtime, SnapshotPolicy};
 use aether_store_jetstream::JetStreamEventStore;
 use aether_store_memory::InMemoryEventStore;
-use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
+use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row, two_workers};
 use aether_testkit::nats::NatsServer;
 use serde::{Deserialize, Serialize};
 
@@ -119,11 +119,7 @@ fn main() {
         (true, true) => (20_000, 3),
         (true, false) => (100_000, 5),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers().unwrap();
     rt.block_on(async {
         let memory = Arc::new(InMemoryEventStore::new());
         measure(memory, "memory", "memory store", n, rounds).await;

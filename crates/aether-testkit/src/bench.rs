@@ -23,6 +23,15 @@ pub fn quick() -> bool {
     std::env::var_os(QUICK_ENV).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// The runtime the hand-written benches (no criterion) measure on: multi-threaded with two
+/// workers, like the machine the report is written on.
+pub fn two_workers() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 fn estimates_path(id: &[&str]) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
