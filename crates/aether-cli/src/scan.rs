@@ -23,8 +23,7 @@ pub(crate) async fn all(
     label: &'static str,
     mut each: impl FnMut(Record) -> Result<bool, Failure>,
 ) -> Result<u64, Failure> {
-    let stream = ctx.stream().await?;
-    let mut stream = stream;
+    let mut stream = ctx.stream().await?;
     let info = stream
         .info()
         .await
