@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check the project's CI runs, in order, failing fast and timed.
 
 use crate::Result;
+use crate::chaos::chaos;
 use crate::deny::deny;
 use crate::docs::docs;
 use crate::examples::{jetstream_example, memory_examples, quickstart};
@@ -97,6 +98,10 @@ pub(crate) fn ci() -> Result {
     step("NATS examples against a throwaway nats-server", || {
         jetstream_example(&bin)
     })?;
+    step(
+        "chaos, quick (cargo xtask chaos --quick: faults, partitions, hostile input, fuzzing)",
+        || chaos(&["--quick".to_owned()]),
+    )?;
     step("docs (-D warnings) and doc tests", docs)?;
     step("cargo deny (bans licenses sources)", deny)?;
     Ok(())

@@ -7,6 +7,7 @@
 //! cargo xtask bench   run the criterion benchmarks (baselines in the same run); --report [--quick]
 //!                     also writes target/aether-bench/report.json and report.svg
 //! cargo xtask replay-check  fold the examples' golden histories through today's code
+//! cargo xtask chaos   faults, partitions, load, hostile input, fuzzing; --quick (CI) or full
 //! cargo xtask tidy    module docs, paths in docs/architecture.md, architecture rules
 //! cargo xtask build | lint | fmt | doc | deny | clean
 //! ```
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 mod bench;
+mod chaos;
 mod ci;
 mod deny;
 mod docs;
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         "bench" => bench::bench(rest),
+        "chaos" => chaos::chaos(rest),
         "build" => run::cargo(&["build", "--workspace", "--all-targets"]),
         "lint" => lint::lint(),
         "fmt" => run::cargo(&["fmt", "--all"]),
@@ -112,6 +115,13 @@ usage: cargo xtask <task>
           fold the examples' golden histories (examples/golden/*.jsonl) through today's
           `apply` and upcasters and compare with the recorded states (docs/schema-evolution.md);
           fails on any divergence, failure or panic
+  chaos   Aether under faults (kill -9 and restarts of nats-servers and nodes, SIGSTOP),
+          partitions (a fault-injecting proxy per node and server: cut, half-open, latency),
+          steady load with memory sampled, hostile input at every entrance, and fuzzing;
+          each scenario ends with an audit that reads the stream on its own (nothing lost or
+          doubled). `--quick` (under 5 minutes, run by `ci`) or full (bounded to 20
+          minutes); `--only steady,hostile` picks scenarios. Writes
+          target/aether-chaos/report.json (docs/reliability.md)
   clean   cargo clean
   model   check or draw an EventStorming model file:
           `cargo xtask model check FILE`,

@@ -23,11 +23,16 @@ mod pattern;
 #[cfg(feature = "nats")]
 mod projection;
 
+/// Permission refusals heard on the connection ([`permissions::PermissionWatch`], see
+/// [`NatsBusConfig::permissions`]; defined in `aether-nats`).
+#[cfg(feature = "nats")]
+pub use aether_nats::permissions;
 pub use filter::EventFilter;
 pub use local::{EventBus, Overflow, SubscribeOptions, Subscription};
 #[cfg(feature = "nats")]
 pub use nats::{
-    BusError, NODE_REPLY_PREFIX, NatsEventBus, RoundTripError, SUBJECT_PREFIX, round_trip, subject,
+    BusError, NODE_REPLY_PREFIX, NatsBusConfig, NatsEventBus, RoundTripError, SUBJECT_PREFIX,
+    round_trip, subject,
 };
 pub use pattern::{Pattern, PatternError};
 #[cfg(feature = "nats")]

@@ -17,6 +17,10 @@ pub const RECEIVED: &str = "aether_bus_received_total";
 pub const DROPPED: &str = "aether_bus_dropped_total";
 /// Counter: messages on bus subjects that did not decode.
 pub const UNDECODABLE: &str = "aether_bus_undecodable_total";
+/// Counter: publishes and subscriptions the NATS bus refused because the server refused the
+/// subject for the user's permissions, by `operation` (`publish`, `subscribe`). Only with a
+/// permission watch (`NatsBusConfig::permissions`).
+pub const REFUSED: &str = "aether_bus_refused_total";
 /// Counter: events a projection applied, by `projection`.
 pub const PROJECTION_APPLIED: &str = "aether_bus_projection_applied_total";
 /// Gauge: events in the stream after the last one a projection acknowledged, by `projection`.
@@ -25,12 +29,13 @@ pub const PROJECTION_LAG: &str = "aether_bus_projection_lag_events";
 pub const PROJECTION_PARKED: &str = "aether_bus_projection_parked";
 
 /// Every name above.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     PUBLISHED,
     DELIVERED,
     RECEIVED,
     DROPPED,
     UNDECODABLE,
+    REFUSED,
     PROJECTION_APPLIED,
     PROJECTION_LAG,
     PROJECTION_PARKED,
@@ -61,6 +66,8 @@ pub(crate) struct NatsMetrics {
     pub(crate) published: Counter,
     pub(crate) received: Counter,
     pub(crate) undecodable: Counter,
+    pub(crate) refused_publish: Counter,
+    pub(crate) refused_subscribe: Counter,
 }
 
 #[cfg(feature = "nats")]
@@ -70,6 +77,8 @@ impl NatsMetrics {
             published: metrics::counter!(PUBLISHED, "transport" => "nats"),
             received: metrics::counter!(RECEIVED),
             undecodable: metrics::counter!(UNDECODABLE),
+            refused_publish: metrics::counter!(REFUSED, "operation" => "publish"),
+            refused_subscribe: metrics::counter!(REFUSED, "operation" => "subscribe"),
         }
     }
 }

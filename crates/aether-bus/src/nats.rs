@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aether_core::{
     BroadcastError, EVENT_STORED, Event, EventBroadcaster, EventStored, Namespace, VersionCache,
 };
+use aether_nats::permissions::{Operation, PermissionWatch, Refusal};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -47,6 +48,73 @@ pub enum BusError {
         #[source]
         source: aether_core::BoxError,
     },
+    /// The server refused a subject the call needs for the user's permissions (reported only
+    /// with a permission watch, [`NatsBusConfig::permissions`]). Not transient.
+    #[error("permission denied: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+    },
+}
+
+impl BusError {
+    fn denied(refusal: Refusal) -> Self {
+        BusError::PermissionDenied {
+            operation: refusal.operation.as_str(),
+            subject: refusal.subject,
+        }
+    }
+}
+
+/// How long a subscription waits, after the server confirmed it, for the client to hand over a
+/// refusal the server sent before that confirmation (the client reads the refusal first, but
+/// reports it on its event task; see [`NatsEventBus::subscribe`]).
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// How a [`NatsEventBus`] starts (see [`NatsEventBus::with_config`]).
+///
+/// ```no_run
+/// use aether_bus::permissions::PermissionWatch;
+/// use aether_bus::{NatsBusConfig, NatsEventBus};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let watch = PermissionWatch::new();
+/// let client = watch
+///     .install(async_nats::ConnectOptions::new())
+///     .connect("nats://127.0.0.1:4222")
+///     .await?;
+/// let bus = NatsEventBus::with_config(client, NatsBusConfig::default().permissions(watch)).await?;
+/// // A subscription the user may not make fails at once:
+/// // BusError::PermissionDenied { operation: "subscribe", subject: "aether.tenant-b" }
+/// let refused = bus.subscribe("tenant-b".parse()?).await;
+/// # drop(refused);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct NatsBusConfig {
+    /// Kept in step with EventStored notifications from other nodes (see
+    /// [`NatsEventBus::with_version_cache`]).
+    pub version_cache: Option<Arc<dyn VersionCache>>,
+    /// The permission watch installed on the bus's connection: subscriptions the server refuses
+    /// fail with [`BusError::PermissionDenied`], and publishes to a subject it refused lately
+    /// with [`BroadcastError::PermissionDenied`] (see [`NatsEventBus::publish`]).
+    pub permissions: Option<PermissionWatch>,
+}
+
+impl NatsBusConfig {
+    /// Sets the version cache (see the field).
+    pub fn version_cache(mut self, cache: Arc<dyn VersionCache>) -> Self {
+        self.version_cache = Some(cache);
+        self
+    }
+
+    /// Sets the permission watch (see the field).
+    pub fn permissions(mut self, watch: PermissionWatch) -> Self {
+        self.permissions = Some(watch);
+        self
+    }
 }
 
 #[derive(Default)]
@@ -76,6 +144,7 @@ pub(crate) struct Receiving {
 
 struct Inner {
     client: async_nats::Client,
+    permissions: Option<PermissionWatch>,
     node_id: String,
     local: EventBus,
     /// The subjects of namespaces published to (at most [`SUBJECT_CACHE`]), built once: a
@@ -147,7 +216,7 @@ fn prefixed(tail: &str) -> String {
 impl NatsEventBus {
     /// A bus on `client` with a random node id (Go's `NewNATSEventBus`).
     pub async fn new(client: async_nats::Client) -> Result<Self, BusError> {
-        Self::start(client, None).await
+        Self::with_config(client, NatsBusConfig::default()).await
     }
 
     /// A bus that also keeps `cache` (a `JetStreamEventStore`) in step with EventStored
@@ -157,13 +226,18 @@ impl NatsEventBus {
         client: async_nats::Client,
         cache: Arc<dyn VersionCache>,
     ) -> Result<Self, BusError> {
-        Self::start(client, Some(cache)).await
+        Self::with_config(client, NatsBusConfig::default().version_cache(cache)).await
     }
 
-    async fn start(
+    /// A bus started with `config` (a version cache, a permission watch).
+    pub async fn with_config(
         client: async_nats::Client,
-        cache: Option<Arc<dyn VersionCache>>,
+        config: NatsBusConfig,
     ) -> Result<Self, BusError> {
+        let NatsBusConfig {
+            version_cache: cache,
+            permissions,
+        } = config;
         let node_id = uuid::Uuid::new_v4().simple().to_string();
         let receiving = Arc::new(Receiving {
             origin: async_nats::Subject::from(format!("{NODE_REPLY_PREFIX}.{node_id}")),
@@ -177,6 +251,7 @@ impl NatsEventBus {
         });
         let inner = Arc::new(Inner {
             client,
+            permissions,
             node_id,
             local: EventBus::new(),
             subjects: ArcSwap::default(),
@@ -221,6 +296,12 @@ impl NatsEventBus {
     /// reaches the other servers a moment later, as for any NATS subscription). During an
     /// outage it waits for the client to reconnect, and fails with [`BusError::Subscribe`] if the
     /// server has not confirmed within the client's request timeout.
+    ///
+    /// With a permission watch ([`NatsBusConfig::permissions`]), a subscription the server
+    /// refuses for the user's permissions fails with [`BusError::PermissionDenied`] naming the
+    /// subject, in the same round trip (plus up to 25 ms for the client to hand the refusal
+    /// over; every subscription waits that long for it). Without one, the server's refusal only
+    /// reaches the connection's event callback and the subscription stays silent.
     pub async fn subscribe(&self, pattern: Pattern) -> Result<Subscription, BusError> {
         self.subscribe_with(pattern, SubscribeOptions::default())
             .await
@@ -276,6 +357,14 @@ impl NatsEventBus {
     }
 
     /// Publishes `event` to the local subscribers and to every other node.
+    ///
+    /// A core NATS publish has no answer: when the server refuses the subject for the user's
+    /// permissions, the publish still returns `Ok`, and the refusal reaches only the
+    /// connection's event callback. With a permission watch ([`NatsBusConfig::permissions`]),
+    /// that first refusal is heard (and logged) by the watch, and later publishes to the same
+    /// subject, within the watch's memory (a minute by default), fail at once with
+    /// [`BroadcastError::PermissionDenied`] (counted in `aether_bus_refused_total`), local
+    /// subscribers included.
     pub async fn publish(
         &self,
         namespace: &Namespace,
@@ -283,6 +372,19 @@ impl NatsEventBus {
     ) -> Result<(), BroadcastError> {
         if self.inner.is_stopped() {
             return Err(BroadcastError::Closed);
+        }
+        let to = self.inner.subject(namespace);
+        if let Some(refused) = self
+            .inner
+            .permissions
+            .as_ref()
+            .and_then(|watch| watch.recently_refused(Operation::Publish, to.as_str()))
+        {
+            self.inner.receiving.metrics.refused_publish.increment(1);
+            return Err(BroadcastError::PermissionDenied {
+                operation: refused.operation.as_str(),
+                subject: refused.subject,
+            });
         }
         self.inner.local.publish(namespace, event).await;
         let payload = aether_core::wire::encode_event_pooled(event).map_err(|e| {
@@ -294,7 +396,6 @@ impl NatsEventBus {
         // After the local delivery: a subscription whose local part got the event has its
         // interest registered by now, so its NATS part will recognise the echo.
         let receiving = &self.inner.receiving;
-        let to = self.inner.subject(namespace);
         let sent = if receiving.interested_in(namespace) {
             self.inner
                 .client
@@ -340,8 +441,45 @@ impl NatsEventBus {
 }
 
 impl Inner {
-    /// Subscribes to `subject` and waits until the server has the subscription.
+    /// Subscribes to `subject` and waits until the server has the subscription; with a
+    /// permission watch, fails if the server refused it (or the round trip's subjects).
     async fn subscribe_remote(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {
+        let Some(watch) = &self.permissions else {
+            return self.subscribe_confirmed(subject).await;
+        };
+        let concerns = |r: &Refusal| {
+            r.is(Operation::Subscribe, subject) || r.subject.starts_with(ROUND_TRIP_PREFIX)
+        };
+        // Made before subscribing: the refusal cannot come before it.
+        let mut watcher = watch.watcher();
+        let confirmed = {
+            let subscribed = std::pin::pin!(self.subscribe_confirmed(subject));
+            let refused = std::pin::pin!(watcher.refusal(concerns));
+            match futures::future::select(subscribed, refused).await {
+                futures::future::Either::Left((confirmed, _)) => confirmed,
+                futures::future::Either::Right((refusal, _)) => Err(BusError::denied(refusal)),
+            }
+        };
+        let refused = match confirmed {
+            Ok(messages) => {
+                // The server handles the subscription before the round trip's message and
+                // sends its refusal first; the client reads it first too, but hands it to the
+                // event callback on another task.
+                match tokio::time::timeout(REFUSAL_GRACE, watcher.refusal(concerns)).await {
+                    Ok(refusal) => BusError::denied(refusal),
+                    Err(_) => return Ok(messages),
+                }
+            }
+            Err(e) => e,
+        };
+        if matches!(refused, BusError::PermissionDenied { .. }) {
+            self.receiving.metrics.refused_subscribe.increment(1);
+        }
+        Err(refused)
+    }
+
+    /// Subscribes to `subject` and waits until the server has the subscription.
+    async fn subscribe_confirmed(&self, subject: &str) -> Result<async_nats::Subscriber, BusError> {
         let failed = |source: aether_core::BoxError| BusError::Subscribe {
             subject: subject.to_owned(),
             source,
@@ -478,7 +616,7 @@ impl Receiving {
 /// it on this connection. (A request nobody answers would also do, but a `>` subscriber on the
 /// account, a `nats sub ">"` while debugging, takes such a request and never answers it.)
 pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripError> {
-    let subject = format!("_AETHER.sync.{}", uuid::Uuid::new_v4().simple());
+    let subject = format!("{ROUND_TRIP_PREFIX}{}", uuid::Uuid::new_v4().simple());
     let mut echo = client
         .subscribe(subject.clone())
         .await
@@ -496,6 +634,10 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripErro
         Err(_) => Err(RoundTripError::TimedOut(ROUND_TRIP_PATIENCE)),
     }
 }
+
+/// The subjects of [`round_trip`]'s messages (`_AETHER.sync.<random>`): a user of the bus needs
+/// to publish and subscribe to them.
+const ROUND_TRIP_PREFIX: &str = "_AETHER.sync.";
 
 /// How long [`round_trip`] waits for its message to come back.
 const ROUND_TRIP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_core::{BoxError, Event, UpcastError, Upcasters};
+use aether_nats::permissions::{Operation, PermissionWatch, Refusal, inbox_prefix};
 use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
 use async_nats::jetstream::{self, AckKind};
 
@@ -74,6 +75,11 @@ pub struct ProjectionConfig {
     /// Stored events are upcast through these to their current shape before the filter and
     /// `apply` see them (default: none). An event they cannot upcast parks the projection.
     pub upcasters: Upcasters,
+    /// The permission watch installed on the connection (default none): with it, setting up
+    /// the projection fails at once with [`ProjectionError::PermissionDenied`] when the server
+    /// refuses a subject it needs for the user's permissions (without it, after the request
+    /// timeout, or the settle patience for creating the consumer).
+    pub permissions: Option<PermissionWatch>,
 }
 
 impl ProjectionConfig {
@@ -93,7 +99,14 @@ impl ProjectionConfig {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             upcasters: Upcasters::new(),
+            permissions: None,
         }
+    }
+
+    /// Reports the server's permission refusals while setting up at once (see the field).
+    pub fn permissions(mut self, watch: PermissionWatch) -> Self {
+        self.permissions = Some(watch);
+        self
     }
 
     /// Upcasts stored events through `upcasters` before filtering and applying them, so the
@@ -197,6 +210,17 @@ pub enum ProjectionError {
         #[source]
         source: UpcastError,
     },
+    /// The server refused a subject the projection needs for the user's permissions (reported
+    /// at once with [`ProjectionConfig::permissions`]). Not transient.
+    #[error("projection {name}: permission denied: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// The projection.
+        name: String,
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+    },
     /// Reading the stream failed.
     #[error("projection {name}: reading the stream failed")]
     Read {
@@ -245,6 +269,40 @@ impl fmt::Debug for ProjectionRunner {
 impl ProjectionRunner {
     /// Starts (or resumes) the projection.
     pub async fn start(
+        js: jetstream::Context,
+        config: ProjectionConfig,
+        projection: Arc<dyn Projection>,
+    ) -> Result<Self, ProjectionError> {
+        let Some(watch) = config.permissions.clone() else {
+            return Self::set_up(js, config, projection).await;
+        };
+        // The JetStream API subjects naming the stream (stream info, consumer create, info and
+        // delete, next messages) and the reply inbox.
+        let inbox = inbox_prefix(&js.client());
+        let stream = config.stream.clone();
+        let concerns = |r: &Refusal| {
+            r.is_reply_inbox(&inbox)
+                || (r.operation == Operation::Publish
+                    && r.subject.starts_with("$JS.")
+                    && r.subject.split('.').any(|t| t == stream))
+        };
+        let name = config.name.clone();
+        let refused = |r: Refusal| ProjectionError::PermissionDenied {
+            name,
+            operation: r.operation.as_str(),
+            subject: r.subject,
+        };
+        if let Some(r) = watch.replies_refused(&inbox) {
+            return Err(refused(r));
+        }
+        watch
+            .guard(concerns, Self::set_up(js, config, projection))
+            .await
+            .map_err(refused)?
+    }
+
+    /// The body of [`Self::start`].
+    async fn set_up(
         js: jetstream::Context,
         config: ProjectionConfig,
         projection: Arc<dyn Projection>,

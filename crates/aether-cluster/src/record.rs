@@ -114,4 +114,34 @@ mod tests {
         };
         assert_eq!(decode::<LeaseRecord>(&encode(&lease)).unwrap(), lease);
     }
+
+    proptest::proptest! {
+        /// Fuzzing (`cargo xtask chaos` runs these with many more cases): whatever a KV key
+        /// holds decodes to a record or an error, never a panic.
+        #[test]
+        fn fuzz_kv_records_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = decode::<NodeRecord>(&bytes);
+            let _ = decode::<LeaseRecord>(&bytes);
+            let _ = decode::<ClusterSettings>(&bytes);
+            let _ = crate::map::ShardMap::decode(&bytes);
+        }
+
+        /// A valid shard map with one byte changed and cut short anywhere.
+        #[test]
+        fn fuzz_damaged_shard_maps_never_panic(
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let owners: Vec<std::sync::Arc<str>> = (0..16).map(|i| format!("n{}", i % 3).into()).collect();
+            let map = crate::map::ShardMap::new(4, 2, "n0", 16, owners);
+            let mut bytes = map.encode();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = crate::map::ShardMap::decode(&bytes);
+        }
+    }
 }

@@ -230,6 +230,21 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The server refused the operation for the user's permissions: they forbid publishing
+    /// to, or subscribing to, `subject`. Not transient: the same call is refused again until an
+    /// operator grants the permission. A refused publish wrote nothing; when the refused
+    /// subject is the reply inbox, the request went out and its outcome is unknown (as after a
+    /// timeout, retrying an append with the same event ids is safe once the permission is
+    /// granted).
+    #[error("permission denied while {context}: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+        /// What the store was doing.
+        context: String,
+    },
     /// The backend refused or failed the operation for another reason.
     #[error("store backend error while {context}")]
     Backend {
@@ -325,11 +340,26 @@ impl StoreError {
                 context: context.clone(),
                 source: text(source),
             },
+            StoreError::PermissionDenied {
+                operation,
+                subject,
+                context,
+            } => StoreError::PermissionDenied {
+                operation,
+                subject: subject.clone(),
+                context: context.clone(),
+            },
             StoreError::Backend { context, source } => StoreError::Backend {
                 context: context.clone(),
                 source: text(source),
             },
         }
+    }
+
+    /// `true` for [`StoreError::PermissionDenied`]: the user's permissions forbid a subject the
+    /// call needs. Never transient.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, StoreError::PermissionDenied { .. })
     }
 
     /// `true` for [`StoreError::VersionConflict`]: the Rust form of
@@ -466,6 +496,15 @@ pub enum BroadcastError {
     /// The event could not be encoded for the wire.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The server refused the publish for the user's permissions (a subject they may not
+    /// publish to). Not transient.
+    #[error("permission denied: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+    },
     /// The transport failed.
     #[error("broadcast failed while {context}")]
     Transport {
@@ -502,6 +541,12 @@ mod tests {
         assert!(refused(ServerLimit::InFlightBatches).is_transient());
         assert!(!refused(ServerLimit::Storage).is_transient());
         assert!(!refused(ServerLimit::Memory).is_transient());
+        let denied = StoreError::PermissionDenied {
+            operation: "publish",
+            subject: "ae.events.a".into(),
+            context: "appending".into(),
+        };
+        assert!(!denied.is_transient() && denied.is_permission_denied());
         let text = refused(ServerLimit::Storage).to_string();
         assert!(
             text.starts_with(
@@ -533,11 +578,20 @@ mod tests {
             },
             StoreError::VersionConflict(VersionConflict::new("a", 3, 2)),
             StoreError::backend("reading", "permission denied"),
+            StoreError::PermissionDenied {
+                operation: "publish",
+                subject: "ae.events.a".into(),
+                context: "appending".into(),
+            },
         ];
         for original in cases {
             let again = original.detached();
             assert_eq!(again.is_transient(), original.is_transient(), "{original}");
             assert_eq!(again.is_version_conflict(), original.is_version_conflict());
+            assert_eq!(
+                again.is_permission_denied(),
+                original.is_permission_denied()
+            );
             assert_eq!(error_chain(&again), error_chain(&original));
         }
     }

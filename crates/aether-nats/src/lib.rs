@@ -10,6 +10,9 @@
 //!   (timeouts, no responders, no suitable peers), on [`aether_core::Backoff`].
 //! - [`publish`]: the fenced publish: header names, the expected last subject sequence (optionally
 //!   of another subject), per-message TTLs, and re-sending while nobody answers.
+//! - [`permissions`]: the server's permission refusals (`Permissions Violation for Publish to
+//!   "<subject>"`), which async-nats reports only to the event callback, heard by a
+//!   [`permissions::PermissionWatch`] so that a refused call fails at once naming the subject.
 //! - [`server_version`]: the oldest supported nats-server and the version parser.
 //!
 //! ```
@@ -25,6 +28,7 @@
 
 pub mod classify;
 pub mod codes;
+pub mod permissions;
 pub mod publish;
 pub mod server_version;
 pub mod settle;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use aether_core::Namespace;
+use aether_nats::permissions::PermissionWatch;
 
 /// Where the stream keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +76,15 @@ pub struct JetStreamConfig {
     /// server refuses a consumer for (its consumer limit) use direct gets instead, which leave
     /// nothing on the server. Appends never use a consumer.
     pub max_replay_consumers: usize,
+    /// The [`PermissionWatch`] installed on the store's connection, if any (default none). With
+    /// it, a call the server refuses for the user's permissions fails at once with
+    /// [`StoreError::PermissionDenied`](aether_core::StoreError::PermissionDenied) naming the
+    /// refused subject (not transient: the runtime does not retry it), and opening fails with
+    /// [`ConfigError::PermissionDenied`](crate::ConfigError::PermissionDenied). Without it, the
+    /// server's refusal only reaches the connection's event callback, and the call times out
+    /// ([`StoreError::Timeout`](aether_core::StoreError::Timeout), transient) after
+    /// [`Self::request_timeout`].
+    pub permissions: Option<PermissionWatch>,
 }
 
 impl Default for JetStreamConfig {
@@ -91,6 +101,7 @@ impl Default for JetStreamConfig {
             request_timeout: Duration::from_secs(5),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             max_replay_consumers: DEFAULT_MAX_REPLAY_CONSUMERS,
+            permissions: None,
         }
     }
 }
@@ -166,6 +177,34 @@ impl JetStreamConfig {
     /// Sets the request timeout.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Reports the server's permission refusals on the store's connection as
+    /// [`StoreError::PermissionDenied`](aether_core::StoreError::PermissionDenied) at once (see
+    /// the field). `watch` must be installed on the connection the store is opened with:
+    ///
+    /// ```no_run
+    /// use aether_store_jetstream::permissions::PermissionWatch;
+    /// use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let watch = PermissionWatch::new();
+    /// let client = watch
+    ///     .install(async_nats::ConnectOptions::with_user_and_password("tenant-a".into(), "secret".into()))
+    ///     .custom_inbox_prefix("_INBOX_tenant-a")
+    ///     .connect("nats://127.0.0.1:4222")
+    ///     .await?;
+    /// let config = JetStreamConfig::default()
+    ///     .namespace("tenant-a".parse()?)
+    ///     .permissions(watch);
+    /// let store = JetStreamEventStore::with_config(client, "events", config).await?;
+    /// // An append to a subject the user may not publish to now fails at once:
+    /// // StoreError::PermissionDenied { operation: "publish", subject: "ae.events_tenant-a.…", .. }
+    /// # drop(store);
+    /// # Ok(()) }
+    /// ```
+    pub fn permissions(mut self, watch: PermissionWatch) -> Self {
+        self.permissions = Some(watch);
         self
     }
 }

@@ -38,6 +38,17 @@ pub enum ConfigError {
         /// What needs a newer one.
         need: String,
     },
+    /// The server refused a subject the setup needs for the user's permissions (reported at
+    /// once with [`crate::JetStreamConfig::permissions`]; without it, a timeout).
+    #[error("permission denied while {context}: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+        /// What the store was doing.
+        context: String,
+    },
     /// The server failed or refused the setup.
     #[error("setting up the store on the server failed while {context}")]
     Server {

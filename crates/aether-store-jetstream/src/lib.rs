@@ -16,6 +16,9 @@ pub mod layout;
 mod metrics;
 mod store;
 
+/// Permission refusals heard on the connection ([`permissions::PermissionWatch`], see
+/// [`JetStreamConfig::permissions`]; defined in `aether-nats`).
+pub use aether_nats::permissions;
 /// The oldest supported nats-server and the version parser (defined in `aether-nats`).
 pub use aether_nats::server_version;
 /// The async-nats version this crate is built on, so callers connect with a matching client.

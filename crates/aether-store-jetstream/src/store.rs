@@ -4,7 +4,8 @@
 //! the submodules: [`open`] (stream and bucket setup), [`append`] (publishing events),
 //! [`replay`] (reading them back), [`snapshots`] (the KV bucket and replay checkpoints) and
 //! [`slots`] (the per-actor version cache and write serialisation); reads go through [`direct`]
-//! (direct gets: no server state) or [`consumer`] (a replay consumer for long reads).
+//! (direct gets: no server state) or [`consumer`] (a replay consumer for long reads). With a
+//! permission watch, [`permissions`] ends a call the server refuses for the user's permissions.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,7 @@ mod direct;
 mod open;
 
 pub use open::stream_problems;
+mod permissions;
 mod replay;
 mod seek;
 mod slots;
@@ -88,6 +90,8 @@ struct Inner {
     /// One permit per atomic batch in flight from this store (the server's per-stream limit).
     batch_slots: tokio::sync::Semaphore,
     request_timeout: Duration,
+    /// With `JetStreamConfig::permissions`: the server's refusals that concern a call end it.
+    guard: Option<Arc<permissions::Guard>>,
     stats: ReadCounters,
     metrics: crate::metrics::StoreMetrics,
 }
@@ -114,6 +118,11 @@ struct Inner {
 /// - **Batches:** [`EventStore::save_events`] uses JetStream atomic batch publish (nats-server
 ///   2.12.1 or newer): all events or none.
 /// - **Retries:** re-sending an event after a timeout stores it once.
+/// - **Permissions:** the server answers a subject the user may not use with silence (its
+///   refusal goes to the connection's event callback), so a refused call would time out. With a
+///   [`PermissionWatch`](crate::permissions::PermissionWatch) installed on the connection and
+///   given to [`JetStreamConfig::permissions`], it fails at once with
+///   [`StoreError::PermissionDenied`] naming the subject (not transient).
 /// - **Immutability:** the stream denies message delete and purge; retention is by age only.
 ///
 /// ```no_run
@@ -300,12 +309,42 @@ impl JetStreamEventStore {
         let count = events.len();
         let span = append_span("jetstream", events);
         let started = std::time::Instant::now();
-        let result = self.append(events).instrument(span).await;
+        let result = match &self.inner.guard {
+            None => self.append(events).instrument(span).await,
+            // Boxed: the race would swell every append's future (see `append`).
+            Some(guard) => {
+                let token = events.first().map(|e| layout::actor_token(e.actor_id()));
+                Box::pin(guard.call(
+                    token.as_deref(),
+                    || append_context(events),
+                    self.append(events),
+                ))
+                .instrument(span)
+                .await
+            }
+        };
         let m = &self.inner.metrics;
         m.store.appended(&result, count);
         m.store.batch_events.record(count as f64);
         m.append_seconds.record(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// What an append was doing, for its errors.
+fn append_context(events: &[Event]) -> String {
+    match events {
+        [event] => format!(
+            "appending event {} (version {}) for actor {:?}",
+            event.id(),
+            event.version(),
+            event.actor_id()
+        ),
+        _ => format!(
+            "appending a batch of {} events for actor {:?}",
+            events.len(),
+            events.first().map(Event::actor_id).unwrap_or_default()
+        ),
     }
 }
 
@@ -376,7 +415,18 @@ impl EventStore for JetStreamEventStore {
     async fn get_latest_version(&self, actor_id: &str) -> Result<u64, StoreError> {
         self.check_open()?;
         limits::validate_actor_id(actor_id)?;
-        let known = self.fetch_known(actor_id).await?;
+        let known = match &self.inner.guard {
+            None => self.fetch_known(actor_id).await?,
+            Some(guard) => {
+                guard
+                    .call(
+                        Some(&layout::actor_token(actor_id)),
+                        || format!("reading the latest version of actor {actor_id:?}"),
+                        self.fetch_known(actor_id),
+                    )
+                    .await?
+            }
+        };
         // Refresh a cached entry, but do not start caching actors that are only read.
         Ok(match self.existing_slot(actor_id) {
             Some(slot) => slot.observe(known).version,
@@ -417,10 +467,33 @@ impl SnapshotStore for JetStreamEventStore {
         &self,
         actor_id: &str,
     ) -> Result<Option<ActorSnapshot>, StoreError> {
-        self.read_snapshot(actor_id).await
+        match &self.inner.guard {
+            None => self.read_snapshot(actor_id).await,
+            Some(guard) => {
+                guard
+                    .call(
+                        Some(&layout::actor_token(actor_id)),
+                        || format!("reading the snapshot of actor {actor_id:?}"),
+                        self.read_snapshot(actor_id),
+                    )
+                    .await
+            }
+        }
     }
 
     async fn save_snapshot(&self, snapshot: ActorSnapshot) -> Result<(), StoreError> {
-        self.write_snapshot(snapshot).await
+        match &self.inner.guard {
+            None => self.write_snapshot(snapshot).await,
+            Some(guard) => {
+                let actor_id = snapshot.actor_id.clone();
+                guard
+                    .call(
+                        Some(&layout::actor_token(&actor_id)),
+                        || format!("saving the snapshot of actor {actor_id:?}"),
+                        self.write_snapshot(snapshot),
+                    )
+                    .await
+            }
+        }
     }
 }

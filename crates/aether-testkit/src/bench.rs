@@ -87,7 +87,7 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// `VmRSS` in bytes from a `/proc/<pid>/status` file.
-pub(crate) fn resident_bytes_of(status: &str) -> Option<u64> {
+pub fn resident_bytes_of(status: &str) -> Option<u64> {
     let text = std::fs::read_to_string(status).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line

@@ -456,6 +456,11 @@ impl NatsServer {
         crate::bench::resident_bytes_of(&format!("/proc/{pid}/status"))
     }
 
+    /// The process id, while it runs.
+    pub fn process_id(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether the process is running (it may be paused).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

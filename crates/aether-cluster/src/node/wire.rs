@@ -175,4 +175,39 @@ mod tests {
         );
         assert!(!decode::<Answer>(&plain).unwrap().transient);
     }
+
+    proptest::proptest! {
+        /// Fuzzing (`cargo xtask chaos` runs these with many more cases): whatever arrives on a
+        /// call or handoff subject decodes to a value or an error, never a panic.
+        #[test]
+        fn fuzz_calls_answers_and_confirmations_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = decode::<Call>(&bytes);
+            let _ = decode::<Answer>(&bytes);
+            let _ = decode::<Confirmation>(&bytes);
+        }
+
+        /// A valid call with one byte changed and cut short anywhere.
+        #[test]
+        fn fuzz_damaged_calls_never_panic(
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let call = Call {
+                actor_type: "account".into(),
+                actor: "acct-1".into(),
+                id: "c-1".into(),
+                epoch: 7,
+                cmd: Bytes::from_static(&[0x81, 0xa7, b'D', b'e', b'p', b'o', b's', b'i', b't', 0x05]),
+            };
+            let mut bytes = encode(&call).unwrap().to_vec();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = decode::<Call>(&bytes);
+            let _ = decode::<Confirmation>(&bytes);
+        }
+    }
 }

@@ -175,28 +175,20 @@ impl JetStreamEventStore {
             atomic_batches.is_ok(),
         );
 
-        let stream = Self::open_stream(&js, &want).await?;
-        let bucket = layout::snapshot_bucket(&stream_name);
-        let snapshots = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            // Creating with one configuration is idempotent: tried again while the NATS cluster
-            // settles (timeouts, no suitable peers yet).
-            Err(_) => while_settling(
-                &format!("creating snapshot bucket {bucket}"),
-                SETTLE_PATIENCE,
-                || {
-                    js.create_key_value(kv::Config {
-                        bucket: bucket.clone(),
-                        description: format!("Aether snapshots of stream {stream_name}"),
-                        history: 1,
-                        storage: want.storage,
-                        num_replicas: config.replicas,
-                        ..Default::default()
-                    })
-                },
-            )
-            .await
-            .map_err(|e| setup_error(&format!("creating snapshot bucket {bucket}"), e))?,
+        let guard = config
+            .permissions
+            .clone()
+            .map(|watch| Arc::new(super::permissions::Guard::new(watch, &client, &stream_name)));
+        let (stream, snapshots) = match &guard {
+            None => Self::open_stream_and_bucket(&js, &want, &config).await?,
+            Some(guard) => guard
+                .watch(None, Self::open_stream_and_bucket(&js, &want, &config))
+                .await
+                .map_err(|refusal| ConfigError::PermissionDenied {
+                    operation: refusal.operation.as_str(),
+                    subject: refusal.subject,
+                    context: format!("opening the store of stream {stream_name}"),
+                })??,
         };
         let max_payload = server.max_payload.saturating_sub(HEADER_ALLOWANCE);
         let max_event_bytes = config
@@ -231,10 +223,44 @@ impl JetStreamEventStore {
                 )),
                 batch_slots: tokio::sync::Semaphore::new(super::append::BATCHES_PER_STREAM),
                 request_timeout: config.request_timeout,
+                guard,
                 stats: super::ReadCounters::default(),
                 metrics: StoreMetrics::new(),
             }),
         })
+    }
+
+    /// The stream ([`Self::open_stream`]) and the snapshot bucket, created when missing.
+    async fn open_stream_and_bucket(
+        js: &jetstream::Context,
+        want: &StreamConfig,
+        config: &JetStreamConfig,
+    ) -> Result<(jetstream::stream::Stream, kv::Store), ConfigError> {
+        let stream = Self::open_stream(js, want).await?;
+        let stream_name = &want.name;
+        let bucket = layout::snapshot_bucket(stream_name);
+        let snapshots = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            // Creating with one configuration is idempotent: tried again while the NATS cluster
+            // settles (timeouts, no suitable peers yet).
+            Err(_) => while_settling(
+                &format!("creating snapshot bucket {bucket}"),
+                SETTLE_PATIENCE,
+                || {
+                    js.create_key_value(kv::Config {
+                        bucket: bucket.clone(),
+                        description: format!("Aether snapshots of stream {stream_name}"),
+                        history: 1,
+                        storage: want.storage,
+                        num_replicas: config.replicas,
+                        ..Default::default()
+                    })
+                },
+            )
+            .await
+            .map_err(|e| setup_error(&format!("creating snapshot bucket {bucket}"), e))?,
+        };
+        Ok((stream, snapshots))
     }
 
     async fn open_stream(

@@ -28,6 +28,21 @@ impl JetStreamEventStore {
     /// Streams the actor's records with version >= `from_version`: the events in strictly
     /// increasing version order, and the records skipped on the way ([`Order`]).
     pub(super) fn replay(&self, actor_id: &str, from_version: u64) -> ReplayStream {
+        let replay = self.replay_unguarded(actor_id, from_version);
+        match &self.inner.guard {
+            None => replay,
+            Some(guard) => super::permissions::Guard::stream(
+                guard,
+                layout::actor_token(actor_id),
+                format!("reading the events of actor {actor_id:?} from version {from_version}"),
+                replay,
+            )
+            .boxed(),
+        }
+    }
+
+    /// [`Self::replay`] without a permission watch.
+    fn replay_unguarded(&self, actor_id: &str, from_version: u64) -> ReplayStream {
         enum State {
             Start(JetStreamEventStore, String, u64),
             Reading(Box<Reading>),

@@ -114,6 +114,11 @@ impl NatsCluster {
         &mut self.nodes[i]
     }
 
+    /// Every node, mutably, to kill or restart several at once.
+    pub fn nodes_mut(&mut self) -> &mut [NatsServer] {
+        &mut self.nodes
+    }
+
     /// Comma-separated URLs of all nodes, for a client that fails over between them.
     pub fn urls(&self) -> String {
         self.nodes
