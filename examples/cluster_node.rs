@@ -1,10 +1,14 @@
 //! One node of a bank cluster: bank accounts as event-sourced actors, reachable from every node.
 //! A call for `acct-42` runs on the node that owns its shard, once, wherever it was sent.
 //!
-//! Three terminals, a local 3-server NATS cluster (configs shipped in `examples/nats/`):
+//! Three terminals, a local 3-server NATS cluster (configs shipped in `examples/nats/`; each
+//! server keeps its JetStream data in `target/nats-cluster/aether-N/` and its log in
+//! `target/nats-cluster/aether-N.log`, relative to the working directory, and the data is kept
+//! between sessions: `rm -rf target/nats-cluster` starts clean):
 //!
 //! ```text
 //! cargo xtask nats                                    # provisions nats-server
+//! mkdir -p target/nats-cluster
 //! for i in 1 2 3; do target/tools/nats-server/bin/nats-server -c examples/nats/cluster-$i.conf & done
 //! cargo run --example cluster_node -- serve node-1
 //! cargo run --example cluster_node -- serve node-2
@@ -12,21 +16,26 @@
 //! cargo run --example cluster_node -- client acct-1 acct-2 acct-42
 //! ```
 //!
-//! `serve NODE_ID` runs a node until Ctrl-C, then leaves gracefully (its shards are handed off
-//! first). `client ACCOUNT...` joins as a short-lived node, deposits 10 into each account from
-//! there, prints where each account lives and its balance, and leaves. Without arguments the
-//! example runs three nodes in this process, calls accounts from each, lets one leave and shows
-//! that the others serve its accounts with their full history. `NATS_URL` picks the servers
-//! (default `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` for serve and
-//! client, `nats://127.0.0.1:4222` for the demo). With `METRICS_ADDR` (e.g. `127.0.0.1:9464`) a
-//! `serve` node also serves its Prometheus metrics at `http://METRICS_ADDR/metrics`, for the
-//! dashboard in `docs/grafana/aether.json`.
+//! `serve NODE_ID` runs a node until Ctrl-C or SIGTERM (what systemd, Kubernetes and docker
+//! send), then leaves gracefully: its shards are handed off first, so their calls go on at once
+//! on the other nodes. `client ACCOUNT...` joins as a short-lived node, deposits 10 into each
+//! account from there, prints where each account lives and its balance, and leaves; while a call
+//! is held (its owner was killed, say) it says every second what the call waits for. Without
+//! arguments the example runs three nodes in this process, calls accounts from each, lets one
+//! leave and shows that the others serve its accounts with their full history. `NATS_URL` picks
+//! the servers (default `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` for
+//! serve and client, `nats://127.0.0.1:4222` for the demo). With `METRICS_ADDR` (e.g.
+//! `127.0.0.1:9464`) a `serve` node also serves its Prometheus metrics at
+//! `http://METRICS_ADDR/metrics`, for the dashboard in `docs/grafana/aether.json`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether::cluster::{ClusterActors, ClusterConfig, ClusterNode, async_nats};
-use aether::runtime::{Actor, Runtime, SnapshotPolicy};
+use aether::cluster::{
+    CallError, ClusterActors, ClusterConfig, ClusterEvent, ClusterNode, DEFAULT_FAILURE_TIMEOUT,
+    NodeStatus, async_nats,
+};
+use aether::runtime::{Actor, Applied, Runtime, SnapshotPolicy};
 use aether::store::jetstream::{JetStreamConfig, JetStreamEventStore};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +100,7 @@ async fn connect(urls: &str) -> async_nats::Client {
         Err(e) => {
             eprintln!("cannot reach NATS at {urls} ({e}); start servers with JetStream, e.g.:");
             eprintln!("  cargo xtask nats");
+            eprintln!("  mkdir -p target/nats-cluster");
             eprintln!(
                 "  for i in 1 2 3; do target/tools/nats-server/bin/nats-server -c examples/nats/cluster-$i.conf & done"
             );
@@ -99,20 +109,24 @@ async fn connect(urls: &str) -> async_nats::Client {
     }
 }
 
+/// The JetStream store every node shares.
+async fn store(
+    client: &async_nats::Client,
+    replicas: usize,
+) -> Result<Arc<JetStreamEventStore>, Error> {
+    let config = JetStreamConfig::default().replicas(replicas);
+    Ok(Arc::new(
+        JetStreamEventStore::with_config(client.clone(), "bank", config).await?,
+    ))
+}
+
 /// A node hosting accounts, on the JetStream store every node shares.
 async fn node(
     client: async_nats::Client,
     config: ClusterConfig,
     replicas: usize,
 ) -> Result<(ClusterNode, ClusterActors<Account>), Error> {
-    let store = Arc::new(
-        JetStreamEventStore::with_config(
-            client.clone(),
-            "bank",
-            JetStreamConfig::default().replicas(replicas),
-        )
-        .await?,
-    );
+    let store = store(&client, replicas).await?;
     let runtime = Runtime::<Account>::builder(store.clone())
         .snapshots(store)
         .snapshot_policy(SnapshotPolicy::every(100))
@@ -141,6 +155,8 @@ async fn settle(node: &ClusterNode, n: usize) -> Result<(), Error> {
 }
 
 async fn serve(urls: &str, node_id: &str) -> Result<(), Error> {
+    // Before anything else: a signal that arrives while the node starts is not lost.
+    let mut stop = StopSignals::listen()?;
     // First, so that the store, runtime and node built below register their metrics with it.
     if let Ok(addr) = std::env::var("METRICS_ADDR") {
         aether::metrics::install_prometheus(addr.parse()?)?;
@@ -148,37 +164,163 @@ async fn serve(urls: &str, node_id: &str) -> Result<(), Error> {
     }
     let config = ClusterConfig::new("bank").node_id(node_id).replicas(3);
     let (node, _accounts) = node(connect(urls).await, config, 3).await?;
-    println!("{node_id} serving; Ctrl-C leaves gracefully");
+    println!("{node_id} serving; Ctrl-C or SIGTERM leaves gracefully");
     let mut events = node.manager().watch();
-    loop {
+    let signal = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            event = futures::StreamExt::next(&mut events) => {
-                if let Some(aether::cluster::ClusterEvent::ShardMapChanged { map, plan }) = event {
-                    println!("map {}: {} shards here, {} moved", map.epoch(), map.shards_of(node_id).len(), plan.len());
+            signal = stop.next() => break signal?,
+            event = futures::StreamExt::next(&mut events) => match event {
+                Some(ClusterEvent::ShardMapChanged { map, plan }) => println!(
+                    "map {}: {} shards here, {} moved",
+                    map.epoch(),
+                    map.shards_of(node_id).len(),
+                    plan.len()
+                ),
+                Some(ClusterEvent::MemberLeft { node_id }) => println!("{node_id} left"),
+                Some(ClusterEvent::MemberFailed { node_id }) => {
+                    println!("{node_id} failed (no heartbeat for the failure timeout)");
                 }
-            }
+                _ => {}
+            },
+        }
+    };
+    let started = tokio::time::Instant::now();
+    println!(
+        "{node_id}: {signal}: leaving gracefully, handing off {} shards",
+        node.manager().shards_owned().len()
+    );
+    tokio::select! {
+        left = node.leave() => left?,
+        again = stop.next() => {
+            again?;
+            let message = "second signal: stopped before its shards were handed off";
+            return Err(format!("{node_id}: {message}").into());
         }
     }
-    node.leave().await?;
-    println!("{node_id} handed its shards off and left");
+    println!(
+        "{node_id} left: its shards were handed off ({} ms)",
+        started.elapsed().as_millis()
+    );
     Ok(())
+}
+
+/// The signals that stop `serve`: Ctrl-C (SIGINT) and, on unix, SIGTERM (what systemd,
+/// Kubernetes and docker send).
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Listens from now on.
+    fn listen() -> Result<Self, Error> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> Result<&'static str, Error> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => Ok("Ctrl-C"),
+                _ = self.terminate.recv() => Ok("SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await?;
+            Ok("Ctrl-C")
+        }
+    }
 }
 
 async fn client(urls: &str, accounts: &[String]) -> Result<(), Error> {
     let me = format!("client-{}", std::process::id());
     let config = ClusterConfig::new("bank").node_id(me.as_str()).replicas(3);
-    let (node, bank) = node(connect(urls).await, config, 3).await?;
+    let nats = connect(urls).await;
+    // Reads balances from the store (latest snapshot and the events after it) and writes
+    // nothing: accounts are changed only through the cluster, on their owners.
+    let reader = {
+        let store = store(&nats, 3).await?;
+        Runtime::<Account>::builder(store.clone())
+            .snapshots(store)
+            .snapshot_policy(SnapshotPolicy::off())
+            .build()
+    };
+    let (node, bank) = node(nats, config, 3).await?;
     for account in accounts {
-        let applied = bank.ask(account, Command::Deposit(10)).await?;
+        let applied = ask_saying_why_held(&node, &bank, account, Command::Deposit(10)).await?;
         let owner = bank.node_for(account).unwrap_or_default();
+        let (state, version) = reader.capture_state(account).await?;
+        // Read afresh for the next account of the same id.
+        reader.stop_vm(account).await;
         println!(
-            "{account}: on {owner}, version {}, events {:?}",
-            applied.version, applied.events
+            "{account}: deposited 10 on {owner} (version {}); balance {} (version {version})",
+            applied.version, state.balance
         );
     }
+    reader.shutdown().await;
     node.leave().await?;
     Ok(())
+}
+
+/// `bank.ask`, saying every second what the call waits for while it is held (its owner was
+/// killed, say, and the cluster has not failed it yet).
+async fn ask_saying_why_held(
+    node: &ClusterNode,
+    bank: &ClusterActors<Account>,
+    account: &str,
+    command: Command,
+) -> Result<Applied<Moved>, CallError<InsufficientFunds>> {
+    let call = bank.ask(account, command);
+    tokio::pin!(call);
+    let started = tokio::time::Instant::now();
+    let every = Duration::from_secs(1);
+    let mut ticks = tokio::time::interval_at(started + every, every);
+    loop {
+        tokio::select! {
+            outcome = &mut call => return outcome,
+            _ = ticks.tick() => println!(
+                "waiting {} s for {account}: {}",
+                started.elapsed().as_secs(),
+                held_for(node, bank, account)
+            ),
+        }
+    }
+}
+
+/// What a held call for `account` waits for, as far as this node's view of the cluster tells.
+fn held_for(node: &ClusterNode, bank: &ClusterActors<Account>, account: &str) -> String {
+    let Some(owner) = bank.node_for(account) else {
+        return "no shard map gives it an owner yet".to_owned();
+    };
+    if owner == node.node_id() {
+        return format!("its shard is being handed over to this node ({owner})");
+    }
+    let timeout = DEFAULT_FAILURE_TIMEOUT.as_secs();
+    match node.manager().members().iter().find(|m| m.id == owner) {
+        None => format!(
+            "its owner {owner} is gone; waiting for the leader to give its shards to another node"
+        ),
+        Some(m) if m.status == NodeStatus::Leaving => {
+            format!("its owner {owner} is leaving and hands its shards off")
+        }
+        Some(_) => format!(
+            "its owner {owner} does not answer; if it stopped, the cluster fails it after the \
+             failure timeout ({timeout} s) and moves its shards"
+        ),
+    }
 }
 
 /// Three nodes in one process: calls from each, then one leaves and the others take over.

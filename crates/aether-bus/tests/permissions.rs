@@ -17,6 +17,7 @@ use aether_bus::{
 };
 use aether_core::{BroadcastError, Event, Namespace, VersionCache};
 use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Authorization, ConfiguredServer};
 use futures::StreamExt;
 
 /// A refusal must be reported well within this (a refused subscription used to succeed and
@@ -26,42 +27,35 @@ const PROMPT: Duration = Duration::from_secs(2);
 /// `tenant-a` may use namespace `tenant-a` and the bus's round trip subjects; `no-sync` may use
 /// the namespace but not the round trip subjects; `reader` may read the info of store `events`'s
 /// stream in namespace `tenant-a`, but create no consumer on it.
-const CONFIG: &str = r#"authorization {
-  users = [
-    { user: operator, password: operator }
-    { user: tenant-a, password: a, permissions: {
+async fn server() -> ConfiguredServer {
+    Authorization::with_operator()
+        .restricted_user(
+            "tenant-a",
+            "a",
+            r#"{
         publish: { allow: ["aether.tenant-a", "_AETHER.>"] }
         subscribe: { allow: ["aether.tenant-a", "_AETHER.>"] }
-    } }
-    { user: reader, password: r, permissions: {
+    }"#,
+        )
+        .restricted_user(
+            "reader",
+            "r",
+            r#"{
         publish: { allow: ["$JS.API.STREAM.INFO.events_tenant-a"] }
         subscribe: { allow: ["_INBOX.>"] }
-    } }
-    { user: no-sync, password: n, permissions: {
+    }"#,
+        )
+        .restricted_user(
+            "no-sync",
+            "n",
+            r#"{
         publish: { allow: ["aether.tenant-a"] }
         subscribe: { allow: ["aether.tenant-a"] }
-    } }
-  ]
-}
-"#;
-
-async fn server() -> NatsServer {
-    // One file per server (the tests run at once), removed once the server has read it.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let conf = std::env::temp_dir().join(format!(
-        "aether-bus-permissions-{}-{n}.conf",
-        std::process::id()
-    ));
-    std::fs::write(&conf, CONFIG).unwrap();
-    let server = NatsServer::start_with(
-        "bus-permissions",
-        vec!["-c".into(), conf.display().to_string()],
-    )
-    .await
-    .unwrap();
-    let _ = std::fs::remove_file(&conf);
-    server
+    }"#,
+        )
+        .start("bus-permissions")
+        .await
+        .unwrap()
 }
 
 async fn connect(
@@ -69,16 +63,9 @@ async fn connect(
     user: &str,
     password: &str,
 ) -> (async_nats::Client, PermissionWatch) {
-    let watch = PermissionWatch::new();
-    let client = watch
-        .install(async_nats::ConnectOptions::with_user_and_password(
-            user.into(),
-            password.into(),
-        ))
-        .connect(server.url())
+    tenancy::connect_watched(server, user, password, None)
         .await
-        .unwrap();
-    (client, watch)
+        .unwrap()
 }
 
 async fn bus(server: &NatsServer, user: &str, password: &str) -> (NatsEventBus, PermissionWatch) {
@@ -131,14 +118,9 @@ async fn a_refused_subscription_fails_at_once_naming_the_subject() {
     let started = Instant::now();
     let mut own = bus.subscribe("tenant-a".parse().unwrap()).await.unwrap();
     eprintln!("an allowed subscription took {:?}", started.elapsed());
-    let operator = NatsEventBus::new(
-        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator".into())
-            .connect(server.url())
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let operator = NatsEventBus::new(tenancy::connect_operator(&server).await.unwrap())
+        .await
+        .unwrap();
     operator
         .publish(&ns("tenant-a"), &ev("o-1", 1))
         .await
@@ -246,11 +228,7 @@ impl Projection for Ignore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_without_the_right_to_a_consumer_fails_to_start_at_once() {
     let server = server().await;
-    let operator =
-        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     let store = aether_store_jetstream::JetStreamEventStore::with_namespace(
         operator,
         "events",

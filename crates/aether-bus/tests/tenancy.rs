@@ -13,59 +13,15 @@ use std::time::{Duration, Instant};
 
 use aether_bus::{NatsEventBus, Pattern, Subscription, round_trip};
 use aether_core::{Event, Namespace};
-use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Role, TenantUser};
 use futures::{FutureExt, StreamExt};
 
-/// The bus's block after its marker in docs/security.md (written for namespace `tenant-a`),
-/// rewritten for namespace `token`.
-fn bus_permissions(token: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/security.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find("<!-- tested: bus permissions -->")
-        .expect("docs/security.md has the bus's block");
-    let body = doc[start..]
-        .split("```")
-        .nth(1)
-        .expect("a fenced block after the marker");
-    let body = body.strip_prefix("text").unwrap_or(body);
-    body.replace("tenant-a", token)
-}
-
-/// A server whose users are `operator` (no restrictions) and `bus-a`, `bus-b` with the bus's
-/// block for their tenant.
-async fn server(name: &str) -> NatsServer {
-    let a = bus_permissions("tenant-a");
-    let b = bus_permissions("tenant-b");
-    let conf = format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ user: bus-a, password: a, permissions: {a} }}
-    {{ user: bus-b, password: b, permissions: {b} }}
-  ]
-}}
-"#
-    );
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "bus-tenancy-{name}-{}.conf",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&path, conf).unwrap();
-    NatsServer::start_with(name, vec!["-c".into(), path.display().to_string()])
-        .await
-        .unwrap()
-}
-
-async fn connect(server: &NatsServer, user: &str, password: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .connect(server.url())
-        .await
-        .unwrap()
-}
+/// The users besides the operator (no restrictions): `bus-a`, `bus-b` with the bus's block for
+/// their tenant.
+const USERS: &[TenantUser] = &[
+    TenantUser::new("bus-a", "a", Role::Bus, "tenant-a"),
+    TenantUser::new("bus-b", "b", Role::Bus, "tenant-b"),
+];
 
 fn ns(s: &str) -> Namespace {
     Namespace::new(s).unwrap()
@@ -86,27 +42,17 @@ async fn next(sub: &mut Subscription) -> Event {
         .expect("the subscription is open")
 }
 
-/// The permission violations the server logged so far.
-fn violations(server: &NatsServer) -> Vec<String> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_s_bus_uses_its_namespace_and_reaches_nothing_of_the_other() {
-    let server = server("bus-tenants").await;
-    let a1_client = connect(&server, "bus-a", "a").await;
+    let server = tenancy::start_tenants("bus-tenants", USERS).await.unwrap();
+    let a1_client = tenancy::connect(&server, "bus-a", "a", None).await.unwrap();
     let a1 = NatsEventBus::new(a1_client.clone()).await.unwrap();
-    let a2 = NatsEventBus::new(connect(&server, "bus-a", "a").await)
+    let a2 = NatsEventBus::new(tenancy::connect(&server, "bus-a", "a", None).await.unwrap())
         .await
         .unwrap();
-    let b_client = connect(&server, "bus-b", "b").await;
+    let b_client = tenancy::connect(&server, "bus-b", "b", None).await.unwrap();
     let b = NatsEventBus::new(b_client.clone()).await.unwrap();
-    let operator = NatsEventBus::new(connect(&server, "operator", "operator").await)
+    let operator = NatsEventBus::new(tenancy::connect_operator(&server).await.unwrap())
         .await
         .unwrap();
 
@@ -122,9 +68,9 @@ async fn each_tenant_s_bus_uses_its_namespace_and_reaches_nothing_of_the_other()
     assert_eq!(next(&mut a_top).await.actor_id(), "order-1");
     assert_eq!(next(&mut a_below).await.actor_id(), "order-2");
     assert!(
-        violations(&server).is_empty(),
+        tenancy::violations(&server).is_empty(),
         "the bus's block must cover everything a bus does: {:?}",
-        violations(&server)
+        tenancy::violations(&server)
     );
 
     // A publish by A to B's namespace reaches nobody: B's subscriber gets the operator's marker,
@@ -157,7 +103,7 @@ async fn each_tenant_s_bus_uses_its_namespace_and_reaches_nothing_of_the_other()
     assert_eq!(next(&mut a_own).await.actor_id(), "marker");
     if let Ok(mut peek) = peek {
         assert!(
-            !matches!(peek.next().now_or_never(), Some(Some(_))),
+            tenancy::nothing_received(&mut peek),
             "tenant A's bus received tenant B's event"
         );
     }
@@ -168,42 +114,39 @@ async fn each_tenant_s_bus_uses_its_namespace_and_reaches_nothing_of_the_other()
     );
 
     // Every refusal was the server's permission check.
-    let refused = violations(&server);
-    for line in [
-        "Publish Violation - Subject \"aether.tenant-b\"",
-        "Subscription Violation - Subject \"aether.tenant-b\"",
-        "Subscription Violation - Subject \"aether.>\"",
-    ] {
-        assert!(
-            refused
-                .iter()
-                .any(|l| l.contains("user:bus-a") && l.contains(line)),
-            "no {line} in {refused:#?}"
-        );
-    }
-    let unexpected: Vec<_> = refused
-        .iter()
-        .filter(|l| {
-            !(l.contains("user:bus-a\"")
-                && (l.contains("\"aether.tenant-b\"") || l.contains("\"aether.>\"")))
-        })
-        .collect();
+    let refused = tenancy::violations(&server);
+    let missing = tenancy::not_logged(
+        &refused,
+        "bus-a",
+        &[
+            "Publish Violation - Subject \"aether.tenant-b\"",
+            "Subscription Violation - Subject \"aether.tenant-b\"",
+            "Subscription Violation - Subject \"aether.>\"",
+        ],
+    );
+    assert!(missing.is_empty(), "no {missing:?} in {refused:#?}");
+    let unexpected = tenancy::unexpected_violations(&refused, &["bus-a"], |l| {
+        l.contains("\"aether.tenant-b\"") || l.contains("\"aether.>\"")
+    });
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_s_bus_subscribes_at_once_with_a_catch_all_subscriber_on_the_account() {
-    let server = server("bus-catch-all").await;
+    let server = tenancy::start_tenants("bus-catch-all", USERS)
+        .await
+        .unwrap();
     // Someone debugging with `nats sub ">"`: it receives everything and answers nothing.
-    let debug = connect(&server, "operator", "operator").await;
+    let debug = tenancy::connect_operator(&server).await.unwrap();
     let mut everything = debug.subscribe(">").await.unwrap();
     debug.flush().await.unwrap();
     round_trip(&debug).await.unwrap();
 
-    let subscriber = NatsEventBus::new(connect(&server, "bus-a", "a").await)
-        .await
-        .unwrap();
-    let publisher = NatsEventBus::new(connect(&server, "bus-a", "a").await)
+    let subscriber =
+        NatsEventBus::new(tenancy::connect(&server, "bus-a", "a", None).await.unwrap())
+            .await
+            .unwrap();
+    let publisher = NatsEventBus::new(tenancy::connect(&server, "bus-a", "a", None).await.unwrap())
         .await
         .unwrap();
     for v in 1..=3 {
@@ -232,5 +175,9 @@ async fn a_tenant_s_bus_subscribes_at_once_with_a_catch_all_subscriber_on_the_ac
         readiness >= 3,
         "the `>` subscriber saw {readiness} readiness messages"
     );
-    assert!(violations(&server).is_empty(), "{:?}", violations(&server));
+    assert!(
+        tenancy::violations(&server).is_empty(),
+        "{:?}",
+        tenancy::violations(&server)
+    );
 }

@@ -1,6 +1,6 @@
 //! `aether-chaos node`: one Aether cluster node in its own OS process, hosting the bank account
 //! on JetStream and putting load on the cluster through its own router. It speaks to the
-//! orchestrator in lines: commands on stdin, what happened on stdout (see [`Line`]).
+//! orchestrator in lines: commands on stdin, what happened on stdout.
 //!
 //! stdout, one line each (the orchestrator timestamps them as they arrive):
 //!

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aether_nats::permissions::PermissionWatch;
+
 use crate::error::ClusterError;
 use crate::placement::{ConsistentHashPlacement, PlacementStrategy};
 
@@ -54,6 +56,7 @@ pub struct ClusterConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) handoff_timeout: Duration,
+    pub(crate) permissions: Option<PermissionWatch>,
 }
 
 /// Default for [`ClusterConfig::call_timeout`].
@@ -82,6 +85,7 @@ impl ClusterConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            permissions: None,
         }
     }
 
@@ -170,6 +174,48 @@ impl ClusterConfig {
     /// The placement strategy the node uses while it leads (default: consistent hashing).
     pub fn placement(mut self, strategy: impl PlacementStrategy + 'static) -> Self {
         self.placement = Arc::new(strategy);
+        self
+    }
+
+    /// Reports the server's permission refusals on the node's connection at once (default: no
+    /// watch). `watch` must be installed on the connection the node is made with
+    /// ([`PermissionWatch::install`]). With it:
+    ///
+    /// - joining ([`ClusterManager::start`](crate::ClusterManager::start),
+    ///   [`ClusterNode::start`](crate::ClusterNode::start)) fails at once with
+    ///   [`ClusterError::PermissionDenied`] naming the refused subject (the bucket, a key of it,
+    ///   the node's own call or handoff subject, the reply inbox);
+    /// - a call routed to another node whose request the server refuses (publishing to
+    ///   `aether-cluster.<cluster>.call.<owner>`, or the reply inbox) ends at once with
+    ///   [`CallError::PermissionDenied`](crate::CallError::PermissionDenied), not transient;
+    /// - refused heartbeats, lease and map writes and handoff confirmations are logged and counted
+    ///   in [`metrics::REFUSED`](crate::metrics::REFUSED); the node keeps its usual retry cadence.
+    ///
+    /// Without it, the server's refusal reaches only the connection's event callback, and each
+    /// refused request times out (a call is then held and re-sent until
+    /// [`CallError::Unavailable`](crate::CallError::Unavailable)).
+    ///
+    /// ```no_run
+    /// use aether_cluster::permissions::PermissionWatch;
+    /// use aether_cluster::{ClusterConfig, ClusterNode};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let watch = PermissionWatch::new(); // one per connection
+    /// let user = async_nats::ConnectOptions::with_user_and_password("node-a".into(), "pw".into());
+    /// let client = watch
+    ///     .install(user)
+    ///     .custom_inbox_prefix("_INBOX_tenant-a")
+    ///     .connect("nats://127.0.0.1:4222")
+    ///     .await?;
+    /// let node = ClusterNode::new(client, ClusterConfig::new("tenant-a").permissions(watch))?;
+    /// // A node whose user may not write the cluster's bucket now fails to start at once:
+    /// // ClusterError::PermissionDenied {
+    /// //     operation: "publish", subject: "$KV.aether-cluster-tenant-a.config", ..
+    /// // }
+    /// node.start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn permissions(mut self, watch: PermissionWatch) -> Self {
+        self.permissions = Some(watch);
         self
     }
 

@@ -54,6 +54,21 @@ pub enum ClusterError {
         #[source]
         source: BoxError,
     },
+    /// The NATS server refused a subject the node needs for the user's permissions: they forbid
+    /// publishing to, or subscribing to, `subject` (the cluster's bucket or one of its keys, the
+    /// node's call or handoff subject, the reply inbox). Reported at once with a permission
+    /// watch ([`ClusterConfig::permissions`](crate::ClusterConfig::permissions)); without one,
+    /// the refused request times out ([`ClusterError::Setup`] or [`ClusterError::Nats`]). Not
+    /// transient: the same request is refused again until an operator grants the permission.
+    #[error("permission denied while {context}: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+        /// What the node was doing, with the cluster's name.
+        context: String,
+    },
     /// A NATS operation failed.
     #[error("cluster {cluster}: {context}: {source}")]
     Nats {
@@ -87,4 +102,44 @@ pub enum ClusterError {
         /// Why it does not decode.
         reason: String,
     },
+}
+
+impl ClusterError {
+    /// `true` for [`ClusterError::PermissionDenied`]: the user's permissions forbid a subject the
+    /// node needs.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, ClusterError::PermissionDenied { .. })
+    }
+
+    /// The error of a request the server refused, while `context`.
+    pub(crate) fn denied(
+        refusal: aether_nats::permissions::Refusal,
+        context: impl Into<String>,
+    ) -> Self {
+        ClusterError::PermissionDenied {
+            operation: refusal.operation.as_str(),
+            subject: refusal.subject,
+            context: context.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_nats::permissions::{Operation, Refusal};
+
+    #[test]
+    fn a_refusal_is_a_permission_error_naming_the_subject() {
+        let e = ClusterError::denied(
+            Refusal::new(Operation::Publish, "$KV.aether-cluster-c.config"),
+            "joining cluster c (writing the cluster settings)",
+        );
+        assert!(e.is_permission_denied());
+        assert_eq!(
+            e.to_string(),
+            "permission denied while joining cluster c (writing the cluster settings): \
+             the server refused publish to \"$KV.aether-cluster-c.config\""
+        );
+    }
 }

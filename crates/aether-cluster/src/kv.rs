@@ -1,8 +1,10 @@
 //! The cluster bucket: setup, and the revision-checked, TTL-carrying writes async-nats's KV API
 //! does not offer (an update with a TTL, a write fenced by another key's revision).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aether_nats::permissions::Refusal;
 use aether_nats::publish::{Fence, apply_ttl, publish_patiently, refused_for_sequence};
 use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
 use async_nats::jetstream::message::PublishMessage;
@@ -11,6 +13,7 @@ use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::error::BoxError;
+use crate::refusals::{Guard, Scope};
 
 pub(crate) use aether_nats::publish::whole_seconds;
 
@@ -36,6 +39,10 @@ pub(crate) enum WriteError {
     WrongRevision,
     /// The key exists (for a create).
     Exists,
+    /// The server refused a subject the request needs for the user's permissions (reported
+    /// only with a permission watch): nothing was written unless the refused subject is the
+    /// reply inbox.
+    Refused(Refusal),
     /// Anything else: the write may or may not have happened.
     Other(BoxError),
 }
@@ -45,6 +52,10 @@ impl std::fmt::Display for WriteError {
         match self {
             Self::WrongRevision => f.write_str("wrong last revision"),
             Self::Exists => f.write_str("key exists"),
+            Self::Refused(refusal) => write!(
+                f,
+                "permission denied: the server refused {refusal} (the user's permissions)"
+            ),
             Self::Other(e) => write!(f, "{e}"),
         }
     }
@@ -57,14 +68,19 @@ pub(crate) struct Bucket {
     pub(crate) kv: kv::Store,
     /// `$KV.<bucket>.`
     prefix: String,
+    /// With a permission watch: the server's refusals that concern a request end it.
+    guard: Option<Arc<Guard>>,
 }
 
 impl Bucket {
-    /// Opens the bucket, creating it if it does not exist.
+    /// Opens the bucket, creating it if it does not exist. With `guard`, its reads and writes
+    /// end at once when the server refuses them (see `crate::refusals`); opening itself is
+    /// guarded by the caller.
     pub(crate) async fn open(
         js: jetstream::Context,
         cluster: &str,
         replicas: usize,
+        guard: Option<Arc<Guard>>,
     ) -> Result<Self, BoxError> {
         let name = bucket_name(cluster);
         let kv = match js.get_key_value(&name).await {
@@ -104,7 +120,29 @@ impl Bucket {
             js,
             kv,
             prefix: format!("$KV.{name}."),
+            guard,
         })
+    }
+
+    /// The last entry of `key` (a value, or a delete or expiry marker), if any.
+    pub(crate) async fn entry(&self, key: &str) -> Result<Option<kv::Entry>, WriteError> {
+        let read = || async {
+            self.kv
+                .entry(key)
+                .await
+                .map_err(|e| WriteError::Other(Box::new(e)))
+        };
+        match &self.guard {
+            None => read().await,
+            // Boxed: the race would hold the read twice in every caller's future.
+            Some(guard) => guard
+                .watch(
+                    |r| guard.concerns_bucket(r, Scope::Key(key)),
+                    Box::pin(read()),
+                )
+                .await
+                .unwrap_or_else(|refusal| Err(WriteError::Refused(refusal))),
+        }
     }
 
     /// Fails unless the bucket's stream has per-message TTLs and delete markers: without them a
@@ -140,18 +178,33 @@ impl Bucket {
     ) -> Result<u64, WriteError> {
         // No responders: nothing received the write (a bucket just created on another server
         // of a cluster, a stream between leaders). Sending again is safe, for a while.
-        let ack = publish_patiently(
-            &self.js,
-            &self.subject(key).into(),
-            || {
-                PublishMessage::build()
-                    .payload(value.clone())
-                    .headers(headers.clone())
+        let subject = self.subject(key).into();
+        let ack = || {
+            publish_patiently(
+                &self.js,
+                &subject,
+                || {
+                    PublishMessage::build()
+                        .payload(value.clone())
+                        .headers(headers.clone())
+                },
+                NO_STREAM_PATIENCE,
+            )
+        };
+        match &self.guard {
+            None => Self::outcome(ack().await),
+            // Boxed: the race would hold the publish twice in every caller's future.
+            Some(guard) => match guard
+                .watch(
+                    |r| guard.concerns_bucket(r, Scope::Key(key)),
+                    Box::pin(ack()),
+                )
+                .await
+            {
+                Ok(ack) => Self::outcome(ack),
+                Err(refusal) => Err(WriteError::Refused(refusal)),
             },
-            NO_STREAM_PATIENCE,
-        )
-        .await;
-        Self::outcome(ack)
+        }
     }
 
     fn outcome(
@@ -198,13 +251,13 @@ impl Bucket {
                 Err(WriteError::WrongRevision) => {}
                 other => return other,
             }
-            match self.kv.entry(key).await {
+            match self.entry(key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => return Err(WriteError::Exists),
                 // A delete or expiry marker: write over it.
                 Ok(Some(e)) => expected = e.revision,
                 // Gone in between (a marker expired), or a replica behind: try again from scratch.
                 Ok(None) => expected = 0,
-                Err(e) => return Err(WriteError::Other(Box::new(e))),
+                Err(e) => return Err(e),
             }
         }
         Err(WriteError::WrongRevision)

@@ -41,6 +41,9 @@
 //! # Ok(()) }
 //! ```
 
+/// Permission refusals heard on the connection ([`permissions::PermissionWatch`], see
+/// [`ClusterConfig::permissions`]; defined in `aether-nats`).
+pub use aether_nats::permissions;
 /// The NATS client this crate is built on, re-exported so callers use the same version.
 pub use async_nats;
 
@@ -55,6 +58,7 @@ pub mod metrics;
 mod node;
 mod placement;
 mod record;
+mod refusals;
 mod ring;
 
 pub use config::{

@@ -16,10 +16,13 @@ mod membership;
 mod view;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use aether_nats::permissions::Refusal;
 use async_nats::jetstream::kv::{self, Operation};
 use futures::StreamExt;
 use tokio::sync::{Notify, broadcast};
@@ -36,6 +39,7 @@ use crate::map::{ShardMap, plan_between};
 use crate::metrics::Metrics;
 use crate::placement::{ConsistentHashPlacement, PlacementStrategy};
 use crate::record::{ClusterSettings, LeaseRecord, NodeRecord, NodeStatus, decode, encode, now_ms};
+use crate::refusals::{Guard, Scope};
 
 /// Bucket key of the cluster's fixed settings.
 pub const KEY_CONFIG: &str = "config";
@@ -96,6 +100,8 @@ struct Inner {
     started_at_ms: u64,
     cancel: CancellationToken,
     metrics: Metrics,
+    /// With `ClusterConfig::permissions`: the server's refusals that concern a request end it.
+    guard: Option<Arc<Guard>>,
 }
 
 /// One node of an Aether cluster: joins, heartbeats, competes for leadership, and (while it
@@ -144,6 +150,9 @@ impl Drop for ClusterManager {
     }
 }
 
+/// A step of [`Inner::join`].
+type JoinStep<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send + 'a>>;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -155,6 +164,10 @@ impl ClusterManager {
         config.validate()?;
         let (events, _) = broadcast::channel(1024);
         let metrics = Metrics::new(&config.cluster_name, &config.node_id);
+        let guard = config
+            .permissions
+            .clone()
+            .map(|watch| Arc::new(Guard::new(watch, &client, &config.cluster_name)));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -176,6 +189,7 @@ impl ClusterManager {
                 started_at_ms: now_ms(),
                 cancel: CancellationToken::new(),
                 metrics,
+                guard,
             }),
             state: Mutex::new(State::New),
         })
@@ -187,6 +201,8 @@ impl ClusterManager {
     /// Fails with [`ClusterError::ShardCountMismatch`] if the cluster has another shard count,
     /// and [`ClusterError::NodeIdInUse`] if another live process holds this node id (after
     /// waiting up to twice the failure timeout for a stale record of a crashed process to expire).
+    /// With a permission watch ([`ClusterConfig::permissions`]), a subject the user may not use
+    /// fails it at once with [`ClusterError::PermissionDenied`] naming the subject.
     pub async fn start(&self) -> Result<(), ClusterError> {
         let inner = &self.inner;
         {
@@ -345,6 +361,11 @@ impl ClusterManager {
     pub fn watch(&self) -> ClusterEvents {
         ClusterEvents::new(self.inner.events.subscribe())
     }
+
+    /// The permission guard, with `ClusterConfig::permissions`.
+    pub(crate) fn guard(&self) -> Option<&Arc<Guard>> {
+        self.inner.guard.as_ref()
+    }
 }
 
 impl Inner {
@@ -355,18 +376,44 @@ impl Inner {
         }
         let cfg = &self.config;
         let js = async_nats::jetstream::new(self.client.clone());
-        let bucket = Bucket::open(js, &cfg.cluster_name, cfg.replicas)
-            .await
-            .map_err(|source| self.setup("opening the cluster bucket", source))?;
-        bucket
-            .check_ttl_support()
-            .await
-            .map_err(|source| self.setup("checking the cluster bucket", source))?;
-        self.check_settings(&bucket).await?;
+        let context = "opening the cluster bucket";
+        let bucket = self
+            .joining(
+                context,
+                Box::pin(async {
+                    Bucket::open(js, &cfg.cluster_name, cfg.replicas, self.guard.clone())
+                        .await
+                        .map_err(|source| self.setup(context, source))
+                }),
+            )
+            .await?;
+        let context = "checking the cluster bucket";
+        self.joining(
+            context,
+            Box::pin(async {
+                bucket
+                    .check_ttl_support()
+                    .await
+                    .map_err(|source| self.setup(context, source))
+            }),
+        )
+        .await?;
+        self.joining(
+            "checking the cluster settings",
+            Box::pin(self.check_settings(&bucket)),
+        )
+        .await?;
         *lock(&self.bucket) = Some(bucket.clone());
-        let revision = self.create_record(&bucket).await?;
+        let revision = self
+            .joining(
+                "writing this node's record",
+                Box::pin(self.create_record(&bucket)),
+            )
+            .await?;
         self.record_revision.store(revision, Ordering::SeqCst);
-        let watch = self.load(&bucket).await?;
+        let watch = self
+            .joining("loading the cluster state", Box::pin(self.load(&bucket)))
+            .await?;
         Ok(vec![
             tokio::spawn(Arc::clone(self).watch_task(bucket.clone(), watch)),
             tokio::spawn(Arc::clone(self).heartbeat_task(bucket.clone(), revision)),
@@ -405,7 +452,44 @@ impl Inner {
         }
     }
 
+    /// `step` of joining (`context`), ended at once, with a permission watch, by a refusal of
+    /// anything of the bucket. Boxed: the steps are large, and the race would hold them twice.
+    async fn joining<T>(&self, context: &str, step: JoinStep<'_, T>) -> Result<T, ClusterError> {
+        match &self.guard {
+            None => step.await,
+            Some(guard) => guard
+                .watch(|r| guard.concerns_bucket(r, Scope::Join), step)
+                .await
+                .unwrap_or_else(|refusal| Err(self.denied(context, refusal))),
+        }
+    }
+
+    /// Counts and logs a request of a running node's task (`what`: `"heartbeat"`, ...) that the
+    /// server refused; the task tries again at its usual cadence.
+    fn note_refused(&self, counter: &metrics::Counter, what: &str, refusal: &Refusal) {
+        counter.increment(1);
+        tracing::warn!(
+            cluster = %self.config.cluster_name,
+            node = %self.config.node_id,
+            what,
+            operation = refusal.operation.as_str(),
+            subject = %refusal.subject,
+            "the NATS server refused this node's {what} request for the user's permissions ({refusal}); retrying at the usual pace"
+        );
+    }
+
+    /// The error of a request the server refused while `context`.
+    fn denied(&self, context: &str, refusal: Refusal) -> ClusterError {
+        ClusterError::denied(
+            refusal,
+            format!("{context} (cluster {})", self.config.cluster_name),
+        )
+    }
+
     fn nats(&self, context: &str, e: WriteError) -> ClusterError {
+        if let WriteError::Refused(refusal) = e {
+            return self.denied(context, refusal);
+        }
         ClusterError::Nats {
             cluster: self.config.cluster_name.clone(),
             context: context.to_owned(),
@@ -455,6 +539,9 @@ impl Inner {
         match bucket.create(KEY_CONFIG, encode(&mine), None).await {
             Ok(_) => return Ok(()),
             Err(WriteError::Exists) => {}
+            Err(WriteError::Refused(refusal)) => {
+                return Err(self.denied("writing the cluster settings", refusal));
+            }
             Err(e) => {
                 return Err(self.setup(
                     "writing the cluster settings",
@@ -462,11 +549,12 @@ impl Inner {
                 ));
             }
         }
-        let entry = bucket
-            .kv
-            .entry(KEY_CONFIG)
-            .await
-            .map_err(|e| self.setup("reading the cluster settings", Box::new(e)))?;
+        let context = "reading the cluster settings";
+        let entry = bucket.entry(KEY_CONFIG).await.map_err(|e| match e {
+            WriteError::Refused(refusal) => self.denied(context, refusal),
+            WriteError::Other(source) => self.setup(context, source),
+            other => self.setup(context, other.to_string().into()),
+        })?;
         let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
             return Err(self.setup(
                 "reading the cluster settings",

@@ -17,6 +17,11 @@ pub const MAP_EPOCH: &str = "aether_cluster_map_epoch";
 pub const REBALANCES: &str = "aether_cluster_rebalances_total";
 /// Counter: shards moved by the maps this node published as leader.
 pub const SHARDS_MOVED: &str = "aether_cluster_shards_moved_total";
+/// Counter: requests of this node the NATS server refused for the user's permissions, by `what`
+/// (`heartbeat`, `lease`, `map`, `watch`: the control plane's after joining; `call`, `handoff`:
+/// requests to other nodes). Counted only with a permission watch
+/// ([`ClusterConfig::permissions`](crate::ClusterConfig::permissions)).
+pub const REFUSED: &str = "aether_cluster_refused_total";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -27,11 +32,19 @@ pub(crate) struct Metrics {
     pub map_epoch: Gauge,
     pub rebalances: Counter,
     pub shards_moved: Counter,
+    pub refused_heartbeat: Counter,
+    pub refused_lease: Counter,
+    pub refused_map: Counter,
+    pub refused_watch: Counter,
 }
 
 impl Metrics {
     pub(crate) fn new(cluster: &str, node: &str) -> Self {
         let labels = [("cluster", cluster.to_owned()), ("node", node.to_owned())];
+        let refused = |what: &'static str| {
+            let [cluster, node] = labels.clone();
+            metrics::counter!(REFUSED, &[cluster, node, ("what", what.to_owned())])
+        };
         Self {
             members: metrics::gauge!(MEMBERS, &labels),
             is_leader: metrics::gauge!(IS_LEADER, &labels),
@@ -40,6 +53,10 @@ impl Metrics {
             map_epoch: metrics::gauge!(MAP_EPOCH, &labels),
             rebalances: metrics::counter!(REBALANCES, &labels),
             shards_moved: metrics::counter!(SHARDS_MOVED, &labels),
+            refused_heartbeat: refused("heartbeat"),
+            refused_lease: refused("lease"),
+            refused_map: refused("map"),
+            refused_watch: refused("watch"),
         }
     }
 }
@@ -78,6 +95,8 @@ pub(crate) struct NodeMetrics {
     pub moves_done: Counter,
     pub moves_failed: Counter,
     pub conflicts: Counter,
+    pub refused_call: Counter,
+    pub refused_handoff: Counter,
 }
 
 impl NodeMetrics {
@@ -103,6 +122,8 @@ impl NodeMetrics {
             moves_done: metrics::counter!(MOVES, &l(Some(("status", "done")))),
             moves_failed: metrics::counter!(MOVES, &l(Some(("status", "failed")))),
             conflicts: metrics::counter!(DOUBLE_SERVE_CONFLICTS, &l(None)),
+            refused_call: metrics::counter!(REFUSED, &l(Some(("what", "call")))),
+            refused_handoff: metrics::counter!(REFUSED, &l(Some(("what", "handoff")))),
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::manager::ClusterManager;
 use crate::metrics::NodeMetrics;
+use crate::refusals::Guard;
 
 pub use host::ClusterActor;
 pub use route::{CallError, ClusterActors};
@@ -44,6 +45,10 @@ use host::Hosts;
 use router::Router;
 use serve::Server;
 use shards::Shards;
+
+/// How long `ClusterNode::start`, with a permission watch, waits after the server confirmed the
+/// node's subscriptions for the client to hand over a refusal the server sent before that.
+const REFUSAL_GRACE: Duration = Duration::from_millis(25);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -59,6 +64,8 @@ struct Shared {
     hosts: Hosts,
     shards: Shards,
     metrics: NodeMetrics,
+    /// With `ClusterConfig::permissions`: the server's refusals that concern a request end it.
+    guard: Option<Arc<Guard>>,
     cancel: CancellationToken,
     /// The node's tasks (listeners, the map follower, drains), stopped with it.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -146,7 +153,9 @@ impl ClusterNode {
     pub fn new(client: async_nats::Client, config: ClusterConfig) -> Result<Self, ClusterError> {
         let manager = ClusterManager::new(client.clone(), config.clone())?;
         let metrics = NodeMetrics::new(&config.cluster_name, &config.node_id);
+        let guard = manager.guard().cloned();
         let node = Arc::new(Shared {
+            guard,
             manager,
             client,
             shards: Shards::new(config.shard_count),
@@ -185,6 +194,11 @@ impl ClusterNode {
     }
 
     /// Starts serving calls, joins the cluster and follows its shard map.
+    ///
+    /// With a permission watch ([`ClusterConfig::permissions`]), a subject the user may not use
+    /// (subscribing to this node's call or handoff subject, anything joining needs) fails it at
+    /// once with [`ClusterError::PermissionDenied`] naming the subject, and the node leaves
+    /// nothing behind in the cluster.
     pub async fn start(&self) -> Result<(), ClusterError> {
         let node = &self.inner.node;
         let cfg = &node.config;
@@ -193,19 +207,61 @@ impl ClusterNode {
             context: context.to_owned(),
             source: Box::new(e),
         };
+        let call_subject = wire::call_subject(&cfg.cluster_name, &cfg.node_id);
+        let handoff_subject = wire::handoff_subject(&cfg.cluster_name, &cfg.node_id);
+        // Made before subscribing, so that the server's refusal of either cannot be missed.
+        let mut watcher = node.guard.as_ref().map(|guard| guard.watcher());
+        let refused_subscription = |r: &aether_nats::permissions::Refusal| {
+            Guard::refuses_subscription(r, &call_subject)
+                || Guard::refuses_subscription(r, &handoff_subject)
+        };
+        let denied = |refusal: aether_nats::permissions::Refusal| {
+            let context = if refusal.subject == call_subject {
+                "subscribing to calls"
+            } else {
+                "subscribing to handoffs"
+            };
+            ClusterError::denied(refusal, format!("{context} (cluster {})", cfg.cluster_name))
+        };
         // Listen before joining: once the map names this node, calls must find it.
         let calls = node
             .client
-            .subscribe(wire::call_subject(&cfg.cluster_name, &cfg.node_id))
+            .subscribe(call_subject.clone())
             .await
             .map_err(|e| nats("subscribing to calls", e))?;
         let handoffs = node
             .client
-            .subscribe(wire::handoff_subject(&cfg.cluster_name, &cfg.node_id))
+            .subscribe(handoff_subject.clone())
             .await
             .map_err(|e| nats("subscribing to handoffs", e))?;
+        if let Some(watcher) = &mut watcher {
+            // A subscription is never answered: the server refuses it before it answers the
+            // flush's ping. The client reads the refusal first too, but hands it over on another
+            // task: wait a little for it after the flush (and check again after joining).
+            let confirmed = async {
+                let _ = node.client.flush().await;
+                tokio::time::sleep(REFUSAL_GRACE).await;
+            };
+            let confirmed = std::pin::pin!(confirmed);
+            let refused = std::pin::pin!(watcher.refusal(refused_subscription));
+            if let futures::future::Either::Right((refusal, _)) =
+                futures::future::select(confirmed, refused).await
+            {
+                return Err(denied(refusal));
+            }
+        }
         let events = node.manager.watch();
         node.manager.start().await?;
+        if let Some(watcher) = &mut watcher
+            && let Some(refusal) =
+                futures::FutureExt::now_or_never(watcher.refusal(refused_subscription))
+        {
+            // Joined, but unreachable: leave again, so that no shard is given to this node.
+            if let Err(e) = node.manager.leave().await {
+                tracing::warn!(node = %node.me(), error = %e, "leaving after a refused subscription failed");
+            }
+            return Err(denied(refusal));
+        }
         self.inner.handoff.sync_map();
         let mut tasks = lock(&node.tasks);
         tasks.push(tokio::spawn(self.inner.server.clone().serve_calls(calls)));

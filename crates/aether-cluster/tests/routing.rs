@@ -19,6 +19,7 @@ use std::time::Duration;
 use aether_cluster::{ClusterActors, ClusterNode, MigrationStatus};
 use aether_testkit::nats::{NatsCluster, NatsServer};
 use common::bank::{Account, Command, audit, bank_node, routing};
+use common::wire::status_and_reason;
 use common::*;
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -634,20 +635,6 @@ async fn hostile_calls_get_a_clear_answer_and_change_nothing() {
     assert_eq!(causes.get("hostile-1"), Some(&1));
     assert_eq!(states["acct-1"].balance, 8);
     nodes[0].0.leave().await.unwrap();
-}
-
-/// The `status` and `reason` of an answer, read as a plain MessagePack map.
-fn status_and_reason(bytes: &[u8]) -> (String, Option<String>) {
-    let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
-    let get = |key: &str| {
-        value
-            .as_map()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .and_then(|(_, v)| v.as_str().map(str::to_owned))
-    };
-    (get("status").unwrap(), get("reason"))
 }
 
 mod serde_bytes_compat {

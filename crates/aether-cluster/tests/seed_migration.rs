@@ -6,40 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use aether_cluster::{MigrationStatus, ShardMap};
 use aether_testkit::nats::NatsServer;
-use common::bank::{Command, Moved, bank_node, routing};
+use common::bank::{Bank, Command, Moved, bank_node, join, routing};
 use common::*;
-use tokio::time::Instant;
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// Polls `pred` (a condition on live nodes, with no event to await) until it holds.
-async fn until(what: &str, pred: impl Fn() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !pred() {
-        assert!(Instant::now() < deadline, "no {what} within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-type Bank = (
-    aether_cluster::ClusterNode,
-    aether_cluster::ClusterActors<common::bank::Account>,
-    std::sync::Arc<aether_store_jetstream::JetStreamEventStore>,
-);
-
-/// Node `id` joins cluster `name` on `server`, hosting the bank actor.
-async fn join(server: &NatsServer, name: &str, id: &str) -> Bank {
-    bank_node(
-        server.connect().await.unwrap(),
-        routing(fast_config(name, id)),
-        1,
-    )
-    .await
-}
 
 /// `a` alone, serving, with `n` accounts that got one deposit each; then `b` joins and both
 /// serve the new map.
@@ -54,13 +24,6 @@ async fn a_then_b(server: &NatsServer, name: &str, n: usize) -> (Bank, Bank) {
     let b = join(server, name, "b").await;
     until("a map over a and b", || served(&a.0, 2) && served(&b.0, 2)).await;
     (a, b)
-}
-
-fn served(node: &aether_cluster::ClusterNode, owners: usize) -> bool {
-    node.manager()
-        .shard_map()
-        .is_some_and(|m| m.counts().len() == owners)
-        && node.shards_in_use() == node.manager().shards_owned().len()
 }
 
 /// "RebalanceShards returns a new shard map with actor assignments."

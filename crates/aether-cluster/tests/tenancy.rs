@@ -22,72 +22,19 @@ use aether_core::{EventStore, Namespace};
 use aether_runtime::{Runtime, SnapshotPolicy};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
 use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Marker, Role, TenantUser};
 use common::bank::{Account, Command, audit, routing};
-use common::fast_config;
-use futures::{FutureExt, StreamExt};
-use tokio::time::Instant;
+use common::wire::{call, status_and_version};
+use common::{SETTLE, fast_config, until};
+use futures::StreamExt;
 
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// The block after `marker` in docs/security.md (written for store `events`, namespace and
-/// cluster `tenant-a`), rewritten for `token`.
-fn block(marker: &str, token: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/security.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find(&format!("<!-- tested: {marker} -->"))
-        .unwrap_or_else(|| panic!("docs/security.md has the {marker} block"));
-    let body = doc[start..]
-        .split("```")
-        .nth(1)
-        .expect("a fenced block after the marker");
-    let body = body.strip_prefix("text").unwrap_or(body);
-    body.replace("tenant-a", token)
-}
-
-async fn server() -> NatsServer {
-    let node_a = block("cluster node permissions", "tenant-a");
-    let node_b = block("cluster node permissions", "tenant-b");
-    let caller_a = block("caller permissions", "tenant-a");
-    let conf = format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ user: node-a, password: na, permissions: {node_a} }}
-    {{ user: node-b, password: nb, permissions: {node_b} }}
-    {{ user: caller-a, password: ca, permissions: {caller_a} }}
-  ]
-}}
-"#
-    );
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "cluster-tenancy-{}.conf",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&path, conf).unwrap();
-    NatsServer::start_with(
-        "cluster-tenants",
-        vec!["-c".into(), path.display().to_string()],
-    )
-    .await
-    .unwrap()
-}
-
-async fn connect(
-    server: &NatsServer,
-    user: &str,
-    password: &str,
-    inbox: &str,
-) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .custom_inbox_prefix(inbox)
-        .connect(server.url())
-        .await
-        .unwrap()
-}
+/// The users besides the operator: `node-a`, `node-b` with the cluster node's block for their
+/// tenant, `caller-a` with the caller's block for `tenant-a`.
+const USERS: &[TenantUser] = &[
+    TenantUser::new("node-a", "na", Role::ClusterNode, "tenant-a"),
+    TenantUser::new("node-b", "nb", Role::ClusterNode, "tenant-b"),
+    TenantUser::new("caller-a", "ca", Role::Caller, "tenant-a"),
+];
 
 async fn store(client: &async_nats::Client, tenant: &str) -> Arc<JetStreamEventStore> {
     Arc::new(
@@ -129,7 +76,9 @@ async fn node(
     tenant: &str,
     id: &str,
 ) -> (ClusterNode, ClusterActors<Account>) {
-    let client = connect(server, user, password, &format!("_INBOX_{tenant}")).await;
+    let client = tenancy::connect(server, user, password, Some(&format!("_INBOX_{tenant}")))
+        .await
+        .unwrap();
     let store = store(&client, tenant).await;
     let runtime = Runtime::<Account>::builder(store.clone())
         .snapshots(store)
@@ -138,25 +87,17 @@ async fn node(
     let node = ClusterNode::new(client, routing(fast_config(tenant, id))).unwrap();
     let accounts = node.register(runtime).unwrap();
     if let Err(e) = node.start().await {
-        panic!("{id} does not start: {e:?}; {:#?}", violations(server));
+        panic!(
+            "{id} does not start: {e:?}; {:#?}",
+            tenancy::violations(server)
+        );
     }
     (node, accounts)
 }
 
-/// Polls `pred` (a condition on live nodes, with no event to await) until it holds.
-async fn until(what: &str, pred: impl Fn() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !pred() {
-        assert!(Instant::now() < deadline, "no {what} within {SETTLE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
+/// [`common::served`], and no move pending or in progress.
 fn served(node: &ClusterNode, owners: usize) -> bool {
-    node.manager()
-        .shard_map()
-        .is_some_and(|m| m.counts().len() == owners)
-        && node.shards_in_use() == node.manager().shards_owned().len()
+    common::served(node, owners)
         && node.migrations().iter().all(|m| {
             !matches!(
                 m.status,
@@ -165,67 +106,12 @@ fn served(node: &ClusterNode, owners: usize) -> bool {
         })
 }
 
-/// The permission violations the server logged so far.
-fn violations(server: &NatsServer) -> Vec<String> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A call as docs/cluster.md specifies it.
-fn call(actor: &str, id: &str, epoch: u64, command: &Command) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Call<'a> {
-        #[serde(rename = "type")]
-        actor_type: &'a str,
-        actor: &'a str,
-        id: &'a str,
-        epoch: u64,
-        cmd: serde_bytes_compat::Bytes,
-    }
-    rmp_serde::to_vec_named(&Call {
-        actor_type: "account",
-        actor,
-        id,
-        epoch,
-        cmd: serde_bytes_compat::Bytes(rmp_serde::to_vec_named(command).unwrap()),
-    })
-    .unwrap()
-}
-
-/// `status` and `version` of an answer, read as a plain MessagePack map.
-fn status_and_version(bytes: &[u8]) -> (String, Option<u64>) {
-    let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
-    let get = |key: &str| {
-        value
-            .as_map()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(key))
-            .map(|(_, v)| v.clone())
-    };
-    (
-        get("status").unwrap().as_str().unwrap().to_owned(),
-        get("version").and_then(|v| v.as_u64()),
-    )
-}
-
-mod serde_bytes_compat {
-    pub(super) struct Bytes(pub(super) Vec<u8>);
-    impl serde::Serialize for Bytes {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
-    let server = server().await;
-    let operator = connect(&server, "operator", "operator", "_INBOX").await;
+    let server = tenancy::start_tenants("cluster-tenants", USERS)
+        .await
+        .unwrap();
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     for tenant in ["tenant-a", "tenant-b"] {
         provision(&operator, tenant).await;
     }
@@ -271,7 +157,9 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     // A caller of tenant A, from the documented wire protocol: the shard count from `config`,
     // the map from a watch of `shardmap`, a call to the owner; the same command id twice is
     // applied once.
-    let caller = connect(&server, "caller-a", "ca", "_INBOX_tenant-a").await;
+    let caller = tenancy::connect(&server, "caller-a", "ca", Some("_INBOX_tenant-a"))
+        .await
+        .unwrap();
     let kv = async_nats::jetstream::new(caller.clone())
         .get_key_value(bucket_name("tenant-a"))
         .await
@@ -308,14 +196,16 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     assert_eq!(causes.get("caller-cmd-1"), Some(&1));
     assert_eq!(states[actor].balance, 5);
     assert!(
-        violations(&server).is_empty(),
+        tenancy::violations(&server).is_empty(),
         "the node's and the caller's blocks must cover everything they do: {:?}",
-        violations(&server)
+        tenancy::violations(&server)
     );
 
     // With tenant A's node credentials: tenant B's bucket cannot be read or written, its nodes
     // cannot be called or sent a handoff, and its subjects cannot be listened to.
-    let spy = connect(&server, "node-a", "na", "_INBOX_tenant-a").await;
+    let spy = tenancy::connect(&server, "node-a", "na", Some("_INBOX_tenant-a"))
+        .await
+        .unwrap();
     let short = |c: &async_nats::Client| {
         async_nats::jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(1))
@@ -328,18 +218,23 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
                 .await
                 .is_err()
         );
-        let direct = client.request(
-            "$JS.API.DIRECT.GET.KV_aether-cluster-tenant-b.$KV.aether-cluster-tenant-b.shardmap",
-            "".into(),
+        let direct =
+            "$JS.API.DIRECT.GET.KV_aether-cluster-tenant-b.$KV.aether-cluster-tenant-b.shardmap";
+        assert!(
+            !tenancy::answered(client, direct, "".into(), Duration::from_secs(2)).await,
+            "read tenant B's map"
         );
-        let got = tokio::time::timeout(Duration::from_secs(2), direct).await;
-        assert!(got.map_or(true, |r| r.is_err()), "read tenant B's map");
-        let forged = client.request(
-            "aether-cluster.tenant-b.call.b1",
-            call("secret-1", "forged-1", u64::MAX, &Command::Withdraw(99)).into(),
+        let forged = call("secret-1", "forged-1", u64::MAX, &Command::Withdraw(99));
+        assert!(
+            !tenancy::answered(
+                client,
+                "aether-cluster.tenant-b.call.b1",
+                forged.into(),
+                Duration::from_secs(2)
+            )
+            .await,
+            "called tenant B's node"
         );
-        let got = tokio::time::timeout(Duration::from_secs(2), forged).await;
-        assert!(got.map_or(true, |r| r.is_err()), "called tenant B's node");
     }
     let b_kv = async_nats::jetstream::new(operator.clone())
         .get_key_value(bucket_name("tenant-b"))
@@ -381,12 +276,14 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     ] {
         peeks.push(spy.subscribe(subject).await.unwrap());
     }
-    let marker = format!("_INBOX_tenant-a.marker.{}", uuid::Uuid::new_v4().simple());
-    let mut mark = spy.subscribe(marker.clone()).await.unwrap();
-    // A request answered proves the server has all these subscriptions (or refused them).
-    spy.request("$JS.API.STREAM.INFO.KV_aether-cluster-tenant-a", "".into())
-        .await
-        .unwrap();
+    // (A request answered proves the server has all these subscriptions, or refused them.)
+    let marker = Marker::subscribe(
+        &spy,
+        "_INBOX_tenant-a",
+        "$JS.API.STREAM.INFO.KV_aether-cluster-tenant-a",
+    )
+    .await
+    .unwrap();
     for subject in [
         "aether-cluster.tenant-b.call.b1",
         "aether-cluster.tenant-b.handoff.b1",
@@ -394,15 +291,13 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     ] {
         operator.publish(subject, "probe".into()).await.unwrap();
     }
-    operator.publish(marker, "marker".into()).await.unwrap();
-    operator.flush().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), mark.next())
+    marker
+        .arrive(&operator, Duration::from_secs(10))
         .await
-        .expect("the marker arrives")
-        .expect("the marker subscription is open");
+        .unwrap();
     for peek in &mut peeks {
         assert!(
-            !matches!(peek.next().now_or_never(), Some(Some(_))),
+            tenancy::nothing_received(peek),
             "tenant A heard tenant B's cluster"
         );
     }
@@ -413,22 +308,26 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     assert!(b1.manager().shard_map().unwrap().epoch() < u64::MAX);
     let secret = actors_b.ask("secret-1", Command::Deposit(1)).await.unwrap();
     assert_eq!(secret.version, 2, "only B's own commands reached secret-1");
-    let refused = violations(&server);
-    for line in [
-        "user:node-a\" - Publish Violation - Subject \"$JS.API.STREAM.INFO.KV_aether-cluster-tenant-b\"",
-        "user:node-a\" - Publish Violation - Subject \"$KV.aether-cluster-tenant-b.shardmap\"",
-        "user:node-a\" - Publish Violation - Subject \"aether-cluster.tenant-b.call.b1\"",
-        "user:node-a\" - Publish Violation - Subject \"aether-cluster.tenant-b.handoff.b1\"",
-        "user:node-a\" - Subscription Violation - Subject \"aether-cluster.tenant-b.call.*\"",
-        "user:node-a\" - Subscription Violation - Subject \"aether-cluster.tenant-b.handoff.*\"",
-        "user:node-a\" - Subscription Violation - Subject \"$KV.aether-cluster-tenant-b.>\"",
-        "user:caller-a\" - Publish Violation - Subject \"aether-cluster.tenant-b.call.b1\"",
-    ] {
-        assert!(
-            refused.iter().any(|l| l.contains(line)),
-            "no {line} in {refused:#?}"
-        );
-    }
+    let refused = tenancy::violations(&server);
+    let mut missing = tenancy::not_logged(
+        &refused,
+        "node-a",
+        &[
+            "Publish Violation - Subject \"$JS.API.STREAM.INFO.KV_aether-cluster-tenant-b\"",
+            "Publish Violation - Subject \"$KV.aether-cluster-tenant-b.shardmap\"",
+            "Publish Violation - Subject \"aether-cluster.tenant-b.call.b1\"",
+            "Publish Violation - Subject \"aether-cluster.tenant-b.handoff.b1\"",
+            "Subscription Violation - Subject \"aether-cluster.tenant-b.call.*\"",
+            "Subscription Violation - Subject \"aether-cluster.tenant-b.handoff.*\"",
+            "Subscription Violation - Subject \"$KV.aether-cluster-tenant-b.>\"",
+        ],
+    );
+    missing.extend(tenancy::not_logged(
+        &refused,
+        "caller-a",
+        &["Publish Violation - Subject \"aether-cluster.tenant-b.call.b1\""],
+    ));
+    assert!(missing.is_empty(), "no {missing:?} in {refused:#?}");
     let store_b = store(&operator, "tenant-b").await;
     assert_eq!(store_b.get_latest_version("secret-1").await.unwrap(), 2);
 
@@ -436,12 +335,10 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
         n.leave().await.unwrap();
     }
     // Nothing else was refused, leaving included: only tenant A's reaches for tenant B's names.
-    let unexpected: Vec<_> = violations(&server)
-        .into_iter()
-        .filter(|l| {
-            !((l.contains("user:node-a\"") || l.contains("user:caller-a\""))
-                && l.contains("tenant-b"))
-        })
-        .collect();
+    let unexpected = tenancy::unexpected_violations(
+        &tenancy::violations(&server),
+        &["node-a", "caller-a"],
+        |l| l.contains("tenant-b"),
+    );
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 }

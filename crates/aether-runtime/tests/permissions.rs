@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use aether_core::{Namespace, StoreError};
 use aether_runtime::{Actor, AskError, Runtime};
-use aether_store_jetstream::permissions::PermissionWatch;
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
-use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Authorization};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,19 +45,13 @@ impl Actor for Counter {
 }
 
 /// `writer` may use store `events` in namespace `tenant-a`, except actor `forbidden`'s subject.
-const CONFIG: &str = r#"authorization {
-  users = [
-    { user: operator, password: operator }
-    { user: writer, password: w, permissions: {
+const WRITER: &str = r#"{
         publish: {
           allow: ["ae.events_tenant-a.*", "$JS.API.>", "$KV.events_tenant-a-snapshots.>"]
           deny: ["ae.events_tenant-a.forbidden"]
         }
         subscribe: { allow: ["_INBOX_writer.>"] }
-    } }
-  ]
-}
-"#;
+    }"#;
 
 fn config() -> JetStreamConfig {
     JetStreamConfig::default().namespace(Namespace::new("tenant-a").unwrap())
@@ -66,32 +59,17 @@ fn config() -> JetStreamConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_append_is_answered_at_once_and_not_retried() {
-    let dir = tempfile_dir();
-    let conf = dir.join("permissions.conf");
-    std::fs::write(&conf, CONFIG).unwrap();
-    let server = NatsServer::start_with(
-        "runtime-permissions",
-        vec!["-c".into(), conf.display().to_string()],
-    )
-    .await
-    .unwrap();
-    let operator =
-        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let server = Authorization::with_operator()
+        .restricted_user("writer", "w", WRITER)
+        .start("runtime-permissions")
+        .await
+        .unwrap();
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     JetStreamEventStore::with_config(operator, "events", config())
         .await
         .unwrap();
 
-    let watch = PermissionWatch::new();
-    let client = watch
-        .install(async_nats::ConnectOptions::with_user_and_password(
-            "writer".into(),
-            "w".into(),
-        ))
-        .custom_inbox_prefix("_INBOX_writer")
-        .connect(server.url())
+    let (client, watch) = tenancy::connect_watched(&server, "writer", "w", Some("_INBOX_writer"))
         .await
         .unwrap();
     let store = Arc::new(
@@ -125,13 +103,4 @@ async fn a_refused_append_is_answered_at_once_and_not_retried() {
     // The actor is still usable for what is allowed.
     assert_eq!(runtime.actor("allowed").ask(3).await.unwrap().version, 2);
     runtime.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A fresh temporary directory (the runtime's tests have no tempfile crate).
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("aether-runtime-permissions-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -14,44 +14,22 @@ use std::time::Duration;
 
 use aether_core::{Event, EventStore, Namespace};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
-use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Authorization, ConfiguredServer, Role};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt;
 use nkeys::KeyPair;
 
-/// The writer's block of docs/security.md (for store `events`, namespace `tenant-a`).
-fn writer_permissions() -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/security.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find("<!-- tested: writer permissions -->")
-        .expect("docs/security.md has the writer's block");
-    let body = doc[start..].split("```").nth(1).unwrap();
-    body.strip_prefix("text").unwrap_or(body).to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nkey_user_opens_its_store_and_an_unknown_key_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
     let user = KeyPair::new_user();
-    let conf = format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ nkey: "{}", permissions: {} }}
-  ]
-}}
-"#,
-        user.public_key(),
-        writer_permissions()
-    );
-    let path = dir.path().join("nkeys.conf");
-    std::fs::write(&path, conf).unwrap();
-    let server = NatsServer::start_with("nkeys", vec!["-c".into(), path.display().to_string()])
+    // The writer's block of docs/security.md (for store `events`, namespace `tenant-a`).
+    let server = Authorization::with_operator()
+        .nkey_user(
+            &user.public_key(),
+            &Role::Writer.permissions("tenant-a").unwrap(),
+        )
+        .start("nkeys")
         .await
         .unwrap();
     let config = || {
@@ -59,23 +37,20 @@ async fn an_nkey_user_opens_its_store_and_an_unknown_key_is_refused() {
             .namespace(Namespace::new("tenant-a").unwrap())
             .request_timeout(Duration::from_secs(5))
     };
-    let operator =
-        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     JetStreamEventStore::with_config(operator, "events", config())
         .await
         .unwrap();
 
     // As in docs/security.md: the seed is the secret, the server knows only the public key.
     let seed = user.seed().unwrap();
-    let client = async_nats::ConnectOptions::new()
-        .nkey(seed)
-        .custom_inbox_prefix("_INBOX_tenant-a")
-        .connect(server.url())
-        .await
-        .unwrap();
+    let client = tenancy::connect_with(
+        &server,
+        async_nats::ConnectOptions::new().nkey(seed),
+        Some("_INBOX_tenant-a"),
+    )
+    .await
+    .unwrap();
     let store = JetStreamEventStore::with_config(client, "events", config())
         .await
         .unwrap();
@@ -187,7 +162,6 @@ async fn tenants_in_their_own_accounts_connect_with_credentials_files_and_see_no
         tenant_b.public_key(),
         account_jwt(&operator, &tenant_b, "tenant-b"),
     );
-    std::fs::write(dir.path().join("operator.conf"), conf).unwrap();
     credentials(&tenant_a, "service-a", &dir.path().join("tenant-a.creds"));
     credentials(&tenant_b, "service-b", &dir.path().join("tenant-b.creds"));
     // A user of an account the operator never signed.
@@ -196,15 +170,7 @@ async fn tenants_in_their_own_accounts_connect_with_credentials_files_and_see_no
         "stranger",
         &dir.path().join("stranger.creds"),
     );
-    let server = NatsServer::start_with(
-        "creds",
-        vec![
-            "-c".into(),
-            dir.path().join("operator.conf").display().to_string(),
-        ],
-    )
-    .await
-    .unwrap();
+    let server = ConfiguredServer::start("creds", &conf).await.unwrap();
 
     // As in docs/security.md: the client reads the JWT and the seed from the file.
     let connect = |file: &'static str| {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aether_core::{ActorSnapshot, Event, EventStore, Namespace, SnapshotStore, StoreError};
 use aether_store_jetstream::permissions::{Operation, PermissionWatch};
 use aether_store_jetstream::{ConfigError, JetStreamConfig, JetStreamEventStore};
-use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Authorization, ConfiguredServer};
 
 /// A refusal must be reported well within this (the store's request timeout is 5 s, and a
 /// refused request was a timeout before).
@@ -35,74 +35,54 @@ const WRITER: &str = r#"
     "$KV.events_tenant-a-snapshots.>"
 "#;
 
-/// The users:
+/// The users besides the operator:
 /// - `writer`: the writer's block, but actor `forbidden`'s events and snapshot are denied;
 /// - `blind`: may open the store and append, but not read records or snapshots;
 /// - `mute`: the writer's block, but may not subscribe to its reply inbox.
-fn config() -> String {
-    format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ user: writer, password: w, permissions: {{
+fn users() -> Authorization {
+    Authorization::with_operator()
+        .restricted_user(
+            "writer",
+            "w",
+            &format!(
+                r#"{{
         publish: {{ allow: [{WRITER}], deny: ["ae.events_tenant-a.forbidden", "$KV.events_tenant-a-snapshots.forbidden"] }}
         subscribe: {{ allow: ["_INBOX_writer.>"] }}
-    }} }}
-    {{ user: blind, password: b, permissions: {{
-        publish: {{ allow: [
+    }}"#
+            ),
+        )
+        .restricted_user(
+            "blind",
+            "b",
+            r#"{
+        publish: { allow: [
             "ae.events_tenant-a.*",
             "$JS.API.STREAM.INFO.events_tenant-a",
             "$JS.API.STREAM.INFO.KV_events_tenant-a-snapshots"
-        ] }}
-        subscribe: {{ allow: ["_INBOX_blind.>"] }}
-    }} }}
-    {{ user: mute, password: m, permissions: {{
+        ] }
+        subscribe: { allow: ["_INBOX_blind.>"] }
+    }"#,
+        )
+        .restricted_user(
+            "mute",
+            "m",
+            &format!(
+                r#"{{
         publish: {{ allow: [{WRITER}] }}
         subscribe: {{ allow: ["_INBOX_other.>"] }}
-    }} }}
-  ]
-}}
-"#
-    )
+    }}"#
+            ),
+        )
 }
 
-async fn server() -> (NatsServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("permissions.conf");
-    std::fs::write(&conf, config()).unwrap();
-    let server =
-        NatsServer::start_with("permissions", vec!["-c".into(), conf.display().to_string()])
-            .await
-            .unwrap();
+async fn server() -> ConfiguredServer {
+    let server = users().start("permissions").await.unwrap();
     // The operator creates the store (stream and snapshot bucket).
-    let operator =
-        async_nats::ConnectOptions::with_user_and_password("operator".into(), "operator".into())
-            .connect(server.url())
-            .await
-            .unwrap();
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     JetStreamEventStore::with_config(operator, "events", config_for("tenant-a", None))
         .await
         .unwrap();
-    (server, dir)
-}
-
-/// A connection as `user` with its own inbox prefix and a watch installed on it.
-async fn connect(
-    server: &NatsServer,
-    user: &str,
-    password: &str,
-) -> (async_nats::Client, PermissionWatch) {
-    let watch = PermissionWatch::new();
-    let client = watch
-        .install(async_nats::ConnectOptions::with_user_and_password(
-            user.into(),
-            password.into(),
-        ))
-        .custom_inbox_prefix(format!("_INBOX_{user}"))
-        .connect(server.url())
-        .await
-        .unwrap();
-    (client, watch)
+    server
 }
 
 fn config_for(namespace: &str, watch: Option<PermissionWatch>) -> JetStreamConfig {
@@ -148,10 +128,31 @@ fn denied<T: std::fmt::Debug>(
     took
 }
 
+/// Checks that opening failed promptly with a permission refusal, and returns the refused
+/// operation and subject.
+fn open_denied(
+    what: &str,
+    started: Instant,
+    result: Result<JetStreamEventStore, ConfigError>,
+) -> (&'static str, String) {
+    let took = started.elapsed();
+    let refused = match result {
+        Err(ConfigError::PermissionDenied {
+            operation, subject, ..
+        }) => (operation, subject),
+        other => panic!("{what}: expected a permission refusal, got {other:?}"),
+    };
+    assert!(took < PROMPT, "{what} took {took:?}");
+    eprintln!("{what}: refused in {took:?}");
+    refused
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_appends_and_snapshots_fail_at_once_naming_the_subject() {
-    let (server, _dir) = server().await;
-    let (client, watch) = connect(&server, "writer", "w").await;
+    let server = server().await;
+    let (client, watch) = tenancy::connect_watched(&server, "writer", "w", Some("_INBOX_writer"))
+        .await
+        .unwrap();
     let store = JetStreamEventStore::with_config(
         client,
         "events",
@@ -204,8 +205,10 @@ async fn refused_appends_and_snapshots_fail_at_once_naming_the_subject() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_reads_fail_at_once_naming_the_subject() {
-    let (server, _dir) = server().await;
-    let (client, watch) = connect(&server, "blind", "b").await;
+    let server = server().await;
+    let (client, watch) = tenancy::connect_watched(&server, "blind", "b", Some("_INBOX_blind"))
+        .await
+        .unwrap();
     let store =
         JetStreamEventStore::with_config(client, "events", config_for("tenant-a", Some(watch)))
             .await
@@ -213,15 +216,10 @@ async fn refused_reads_fail_at_once_naming_the_subject() {
     // An append to a new actor needs no read.
     store.save_event(event("seen", 1)).await.unwrap();
 
+    let msg_get = "$JS.API.STREAM.MSG.GET.events_tenant-a";
     let started = Instant::now();
     let replay = store.get_events("seen", 1).await;
-    denied(
-        "a replay",
-        started,
-        replay,
-        "publish",
-        "$JS.API.STREAM.MSG.GET.events_tenant-a",
-    );
+    denied("a replay", started, replay, "publish", msg_get);
     let started = Instant::now();
     let latest = store.get_latest_version("seen").await;
     denied(
@@ -229,7 +227,7 @@ async fn refused_reads_fail_at_once_naming_the_subject() {
         started,
         latest,
         "publish",
-        "$JS.API.STREAM.MSG.GET.events_tenant-a",
+        msg_get,
     );
     let started = Instant::now();
     let snapshot = store.get_latest_snapshot("seen").await;
@@ -251,29 +249,24 @@ async fn refused_reads_fail_at_once_naming_the_subject() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_open_fails_at_once_naming_the_subject() {
-    let (server, _dir) = server().await;
+    let server = server().await;
 
     // Another tenant's store.
-    let (client, watch) = connect(&server, "writer", "w").await;
+    let (client, watch) = tenancy::connect_watched(&server, "writer", "w", Some("_INBOX_writer"))
+        .await
+        .unwrap();
     let started = Instant::now();
     let opened =
         JetStreamEventStore::with_config(client, "events", config_for("tenant-b", Some(watch)))
             .await;
-    let took = started.elapsed();
-    match opened {
-        Err(ConfigError::PermissionDenied {
-            operation, subject, ..
-        }) => {
-            assert_eq!(operation, "publish");
-            assert_eq!(subject, "$JS.API.STREAM.INFO.events_tenant-b");
-        }
-        other => panic!("opening tenant B's store as A: {other:?}"),
-    }
-    assert!(took < PROMPT, "the refused open took {took:?}");
-    eprintln!("opening another tenant's store: refused in {took:?}");
+    let (operation, subject) = open_denied("opening another tenant's store", started, opened);
+    assert_eq!(operation, "publish");
+    assert_eq!(subject, "$JS.API.STREAM.INFO.events_tenant-b");
 
     // A user whose reply inbox is refused: no request can be answered.
-    let (client, watch) = connect(&server, "mute", "m").await;
+    let (client, watch) = tenancy::connect_watched(&server, "mute", "m", Some("_INBOX_mute"))
+        .await
+        .unwrap();
     let started = Instant::now();
     let opened = JetStreamEventStore::with_config(
         client.clone(),
@@ -281,18 +274,9 @@ async fn a_refused_open_fails_at_once_naming_the_subject() {
         config_for("tenant-a", Some(watch.clone())),
     )
     .await;
-    let took = started.elapsed();
-    match opened {
-        Err(ConfigError::PermissionDenied {
-            operation, subject, ..
-        }) => {
-            assert_eq!(operation, "subscribe");
-            assert!(subject.starts_with("_INBOX_mute."), "{subject}");
-        }
-        other => panic!("opening without a reply inbox: {other:?}"),
-    }
-    assert!(took < PROMPT, "the open without an inbox took {took:?}");
-    eprintln!("opening with a refused reply inbox: refused in {took:?}");
+    let (operation, subject) = open_denied("opening with a refused reply inbox", started, opened);
+    assert_eq!(operation, "subscribe");
+    assert!(subject.starts_with("_INBOX_mute."), "{subject}");
     // The client subscribes its inbox once per connection: the watch remembers the refusal,
     // and the next open fails at once too.
     let started = Instant::now();
@@ -308,10 +292,8 @@ async fn a_refused_open_fails_at_once_naming_the_subject() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_watch_a_refused_append_is_still_a_timeout() {
-    let (server, _dir) = server().await;
-    let client = async_nats::ConnectOptions::with_user_and_password("writer".into(), "w".into())
-        .custom_inbox_prefix("_INBOX_writer")
-        .connect(server.url())
+    let server = server().await;
+    let client = tenancy::connect(&server, "writer", "w", Some("_INBOX_writer"))
         .await
         .unwrap();
     let store = JetStreamEventStore::with_config(

@@ -11,55 +11,14 @@ use std::time::Duration;
 
 use aether_core::{ActorSnapshot, Event, EventStore, Namespace, SnapshotStore};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
-use aether_testkit::nats::NatsServer;
+use aether_testkit::tenancy::{self, Role, TenantUser};
 
-/// The writer's permission block exactly as docs/security.md shows it (for store `events`,
-/// namespace `tenant-a`), rewritten for namespace `token`.
-fn writer_permissions(token: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/security.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find("<!-- tested: writer permissions -->")
-        .expect("docs/security.md has the writer's block");
-    let block = &doc[start..];
-    let body = block
-        .split("```")
-        .nth(1)
-        .expect("a fenced block after the marker");
-    let body = body.strip_prefix("text").unwrap_or(body);
-    body.replace("tenant-a", token)
-}
-
-fn config() -> String {
-    let a = writer_permissions("tenant-a");
-    let b = writer_permissions("tenant-b");
-    format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ user: tenant-a, password: a, permissions: {a} }}
-    {{ user: tenant-b, password: b, permissions: {b} }}
-  ]
-}}
-"#
-    )
-}
-
-async fn connect(
-    server: &NatsServer,
-    user: &str,
-    password: &str,
-    inbox: &str,
-) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .custom_inbox_prefix(inbox)
-        .connect(server.url())
-        .await
-        .unwrap()
-}
+/// The users besides the operator: `tenant-a`, `tenant-b` with the writer's block for their
+/// namespace.
+const USERS: &[TenantUser] = &[
+    TenantUser::new("tenant-a", "a", Role::Writer, "tenant-a"),
+    TenantUser::new("tenant-b", "b", Role::Writer, "tenant-b"),
+];
 
 fn config_for(namespace: &str, timeout: Duration) -> JetStreamConfig {
     JetStreamConfig::default()
@@ -69,15 +28,10 @@ fn config_for(namespace: &str, timeout: Duration) -> JetStreamConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_use_their_own_store_and_cannot_reach_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("tenants.conf");
-    std::fs::write(&conf, config()).unwrap();
-    let server = NatsServer::start_with("tenants", vec!["-c".into(), conf.display().to_string()])
-        .await
-        .unwrap();
+    let server = tenancy::start_tenants("tenants", USERS).await.unwrap();
 
     // The operator creates both stores (streams and snapshot buckets).
-    let operator = connect(&server, "operator", "operator", "_INBOX").await;
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     for ns in ["tenant-a", "tenant-b"] {
         JetStreamEventStore::with_config(
             operator.clone(),
@@ -89,7 +43,9 @@ async fn tenants_use_their_own_store_and_cannot_reach_the_other() {
     }
 
     // Each tenant binds to its own store and uses all of it.
-    let a = connect(&server, "tenant-a", "a", "_INBOX_tenant-a").await;
+    let a = tenancy::connect(&server, "tenant-a", "a", Some("_INBOX_tenant-a"))
+        .await
+        .unwrap();
     let store_a = JetStreamEventStore::with_config(
         a.clone(),
         "events",
@@ -130,7 +86,9 @@ async fn tenants_use_their_own_store_and_cannot_reach_the_other() {
     // without an answer, so the client sees a timeout. Issue 26 asks for a prompt permission
     // error.)
     let short = Duration::from_millis(500);
-    let b = connect(&server, "tenant-b", "b", "_INBOX_tenant-b").await;
+    let b = tenancy::connect(&server, "tenant-b", "b", Some("_INBOX_tenant-b"))
+        .await
+        .unwrap();
     let store_b = JetStreamEventStore::with_config(
         b.clone(),
         "events",
@@ -165,14 +123,14 @@ async fn tenants_use_their_own_store_and_cannot_reach_the_other() {
             .await
             .is_err()
     );
-    let direct = a.request(
-        "$JS.API.DIRECT.GET.events_tenant-b.ae.events_tenant-b.secret-1",
-        "".into(),
-    );
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), direct)
-            .await
-            .map_or(true, |r| r.is_err())
+        !tenancy::answered(
+            &a,
+            "$JS.API.DIRECT.GET.events_tenant-b.ae.events_tenant-b.secret-1",
+            "".into(),
+            Duration::from_secs(2),
+        )
+        .await
     );
     // A subscription to B's subjects is refused by the server: nothing arrives.
     let mut peek = a.subscribe("ae.events_tenant-b.>").await.unwrap();

@@ -13,57 +13,15 @@ use std::time::Duration;
 
 use aether_core::{ActorSnapshot, Event, EventStore, Namespace, SnapshotStore};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
-use aether_testkit::nats::NatsServer;
-use futures::{FutureExt, StreamExt};
+use aether_testkit::tenancy::{self, Marker, Role, TenantUser};
 
-/// The block after `marker` in docs/security.md (written for store `events`, namespace
-/// `tenant-a`), rewritten for namespace `token`.
-fn block(marker: &str, token: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/security.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find(&format!("<!-- tested: {marker} -->"))
-        .unwrap_or_else(|| panic!("docs/security.md has the {marker} block"));
-    let body = doc[start..]
-        .split("```")
-        .nth(1)
-        .expect("a fenced block after the marker");
-    let body = body.strip_prefix("text").unwrap_or(body);
-    body.replace("tenant-a", token)
-}
-
-fn config() -> String {
-    let writer_a = block("writer permissions", "tenant-a");
-    let writer_b = block("writer permissions", "tenant-b");
-    let reader_a = block("reader permissions", "tenant-a");
-    format!(
-        r#"authorization {{
-  users = [
-    {{ user: operator, password: operator }}
-    {{ user: writer-a, password: wa, permissions: {writer_a} }}
-    {{ user: writer-b, password: wb, permissions: {writer_b} }}
-    {{ user: reader-a, password: ra, permissions: {reader_a} }}
-  ]
-}}
-"#
-    )
-}
-
-async fn connect(
-    server: &NatsServer,
-    user: &str,
-    password: &str,
-    inbox: &str,
-) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .custom_inbox_prefix(inbox)
-        .connect(server.url())
-        .await
-        .unwrap()
-}
+/// The users besides the operator: `writer-a`, `writer-b` with the writer's block for their
+/// namespace, `reader-a` with the reader's block for `tenant-a`.
+const USERS: &[TenantUser] = &[
+    TenantUser::new("writer-a", "wa", Role::Writer, "tenant-a"),
+    TenantUser::new("writer-b", "wb", Role::Writer, "tenant-b"),
+    TenantUser::new("reader-a", "ra", Role::Reader, "tenant-a"),
+];
 
 async fn open(client: &async_nats::Client, namespace: &str) -> JetStreamEventStore {
     JetStreamEventStore::with_config(
@@ -77,32 +35,19 @@ async fn open(client: &async_nats::Client, namespace: &str) -> JetStreamEventSto
     .unwrap()
 }
 
-/// The permission violations the server logged so far.
-fn violations(server: &NatsServer) -> Vec<String> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("readers.conf");
-    std::fs::write(&conf, config()).unwrap();
-    let server = NatsServer::start_with("readers", vec!["-c".into(), conf.display().to_string()])
-        .await
-        .unwrap();
+    let server = tenancy::start_tenants("readers", USERS).await.unwrap();
 
     // The operator creates both stores; each tenant's writer fills its own.
-    let operator = connect(&server, "operator", "operator", "_INBOX").await;
+    let operator = tenancy::connect_operator(&server).await.unwrap();
     for ns in ["tenant-a", "tenant-b"] {
         open(&operator, ns).await;
     }
     let writer_a = open(
-        &connect(&server, "writer-a", "wa", "_INBOX_tenant-a").await,
+        &tenancy::connect(&server, "writer-a", "wa", Some("_INBOX_tenant-a"))
+            .await
+            .unwrap(),
         "tenant-a",
     )
     .await;
@@ -117,7 +62,9 @@ async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
         .await
         .unwrap();
     let writer_b = open(
-        &connect(&server, "writer-b", "wb", "_INBOX_tenant-b").await,
+        &tenancy::connect(&server, "writer-b", "wb", Some("_INBOX_tenant-b"))
+            .await
+            .unwrap(),
         "tenant-b",
     )
     .await;
@@ -132,7 +79,9 @@ async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
 
     // The reader binds to its store (no create rights) and reads all of it: a long replay (a
     // replay consumer), a short one (direct gets), the latest version, the latest snapshot.
-    let reader_client = connect(&server, "reader-a", "ra", "_INBOX_tenant-a").await;
+    let reader_client = tenancy::connect(&server, "reader-a", "ra", Some("_INBOX_tenant-a"))
+        .await
+        .unwrap();
     let reader = open(&reader_client, "tenant-a").await;
     let all = reader.get_events("order-1", 1).await.unwrap();
     assert_eq!(all.len(), 300);
@@ -147,9 +96,9 @@ async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
     assert_eq!(snapshot.version, 300);
     assert_eq!(snapshot.decode::<String>().unwrap(), "state at 300");
     assert!(
-        violations(&server).is_empty(),
+        tenancy::violations(&server).is_empty(),
         "the reader's block must cover everything a reader does: {:?}",
-        violations(&server)
+        tenancy::violations(&server)
     );
 
     // It cannot write: an append and a snapshot are refused and stored nowhere.
@@ -191,10 +140,8 @@ async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
         "$JS.API.DIRECT.GET.events_tenant-b.ae.events_tenant-b.secret-1",
         "$JS.API.DIRECT.GET.KV_events_tenant-b-snapshots.$KV.events_tenant-b-snapshots.secret-1",
     ] {
-        let direct = reader_client.request(subject, "".into());
-        let got = tokio::time::timeout(Duration::from_secs(2), direct).await;
         assert!(
-            got.map_or(true, |r| r.is_err()),
+            !tenancy::answered(&reader_client, subject, "".into(), Duration::from_secs(2)).await,
             "a direct get of tenant B's data answered: {subject}"
         );
     }
@@ -216,52 +163,45 @@ async fn a_reader_reads_its_tenant_s_store_and_nothing_else() {
         .subscribe("ae.events_tenant-b.>")
         .await
         .unwrap();
-    let marker = format!("_INBOX_tenant-a.marker.{}", uuid::Uuid::new_v4().simple());
-    let mut mark = reader_client.subscribe(marker.clone()).await.unwrap();
-    // A request answered proves the server has both subscriptions (or refused one).
-    reader_client
-        .request("$JS.API.STREAM.INFO.events_tenant-a", "".into())
-        .await
-        .unwrap();
+    // (A request answered proves the server has both subscriptions, or refused one.)
+    let marker = Marker::subscribe(
+        &reader_client,
+        "_INBOX_tenant-a",
+        "$JS.API.STREAM.INFO.events_tenant-a",
+    )
+    .await
+    .unwrap();
     writer_b
         .save_event(Event::new("secret-1", "Kept", 2, &"more of b's data").unwrap())
         .await
         .unwrap();
-    operator.publish(marker, "marker".into()).await.unwrap();
-    operator.flush().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), mark.next())
+    marker
+        .arrive(&operator, Duration::from_secs(10))
         .await
-        .expect("the marker arrives")
-        .expect("the marker subscription is open");
+        .unwrap();
     assert!(
-        !matches!(peek.next().now_or_never(), Some(Some(_))),
+        tenancy::nothing_received(&mut peek),
         "the reader saw tenant B's event"
     );
     // Every refusal above was the server's permission check (it logs each one).
-    let refused = violations(&server);
-    for subject in [
-        "Publish Violation - Subject \"ae.events_tenant-a.order-1\"",
-        "Publish Violation - Subject \"$KV.events_tenant-a-snapshots.order-1\"",
-        "Publish Violation - Subject \"$JS.API.STREAM.INFO.events_tenant-b\"",
-        "Publish Violation - Subject \"ae.events_tenant-b.secret-1\"",
-        "Subscription Violation - Subject \"ae.events_tenant-b.>\"",
-    ] {
-        assert!(
-            refused
-                .iter()
-                .any(|l| l.contains("user:reader-a") && l.contains(subject)),
-            "no {subject} in {refused:#?}"
-        );
-    }
+    let refused = tenancy::violations(&server);
+    let missing = tenancy::not_logged(
+        &refused,
+        "reader-a",
+        &[
+            "Publish Violation - Subject \"ae.events_tenant-a.order-1\"",
+            "Publish Violation - Subject \"$KV.events_tenant-a-snapshots.order-1\"",
+            "Publish Violation - Subject \"$JS.API.STREAM.INFO.events_tenant-b\"",
+            "Publish Violation - Subject \"ae.events_tenant-b.secret-1\"",
+            "Subscription Violation - Subject \"ae.events_tenant-b.>\"",
+        ],
+    );
+    assert!(missing.is_empty(), "no {missing:?} in {refused:#?}");
     // And nothing else was refused: only the reader's writes and its reaches for tenant B's.
-    let unexpected: Vec<_> = refused
-        .iter()
-        .filter(|l| {
-            !(l.contains("user:reader-a\"")
-                && (l.contains("tenant-b")
-                    || l.contains("\"ae.events_tenant-a.order-1\"")
-                    || l.contains("\"$KV.events_tenant-a-snapshots.order-1\"")))
-        })
-        .collect();
+    let unexpected = tenancy::unexpected_violations(&refused, &["reader-a"], |l| {
+        l.contains("tenant-b")
+            || l.contains("\"ae.events_tenant-a.order-1\"")
+            || l.contains("\"$KV.events_tenant-a-snapshots.order-1\"")
+    });
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 }

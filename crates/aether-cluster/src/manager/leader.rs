@@ -51,7 +51,7 @@ impl Inner {
                 // for a whole lease TTL, so that a leader whose lease it overwrote has certainly
                 // stepped down (its next renewal is refused, and its validity ends within 90 % of
                 // the TTL after its last one): never two leaders at once.
-                if let Ok(Some(entry)) = bucket.kv.entry(KEY_LEADER).await
+                if let Ok(Some(entry)) = bucket.entry(KEY_LEADER).await
                     && entry.operation == Operation::Put
                     && decode::<LeaseRecord>(&entry.value).is_err()
                     && self.garbage_lease_stood(entry.revision, ttl)
@@ -69,6 +69,9 @@ impl Inner {
                         self.lead(bucket, held).await;
                     }
                 }
+            }
+            Err(WriteError::Refused(refusal)) => {
+                self.note_refused(&self.metrics.refused_lease, "lease", &refusal);
             }
             Err(e) => {
                 tracing::warn!(node = %self.config.node_id, error = %e, "competing for the lease failed")
@@ -233,11 +236,19 @@ impl Inner {
                             hand_back: false,
                         };
                     }
+                    Err(WriteError::Refused(refusal)) => {
+                        self.note_refused(&self.metrics.refused_lease, "lease", &refusal);
+                        reign.next_renewal = retry_soon();
+                    }
                     Err(e) => {
                         tracing::warn!(node = %self.config.node_id, error = %e, "reading the lease failed; retrying");
                         reign.next_renewal = retry_soon();
                     }
                 }
+            }
+            Ok(Err(WriteError::Refused(refusal))) => {
+                self.note_refused(&self.metrics.refused_lease, "lease", &refusal);
+                reign.next_renewal = retry_soon();
             }
             Ok(Err(e)) => {
                 tracing::warn!(node = %self.config.node_id, error = %e, "lease renewal failed; retrying");
@@ -291,6 +302,10 @@ impl Inner {
                     }
                 }
             }
+            Err(RebalanceError::Refused(refusal)) => {
+                self.note_refused(&self.metrics.refused_map, "map", &refusal);
+                reign.rebalance_at = Some(Instant::now() + Duration::from_millis(500));
+            }
             Err(RebalanceError::Other(e)) => {
                 tracing::warn!(node = %self.config.node_id, error = %e, "publishing the shard map failed; retrying");
                 reign.rebalance_at = Some(Instant::now() + Duration::from_millis(500));
@@ -305,11 +320,7 @@ impl Inner {
         bucket: &Bucket,
         term: u64,
     ) -> Result<Option<u64>, WriteError> {
-        let entry = bucket
-            .kv
-            .entry(KEY_LEADER)
-            .await
-            .map_err(|e| WriteError::Other(Box::new(e)))?;
+        let entry = bucket.entry(KEY_LEADER).await?;
         Ok(entry
             .filter(|e| e.operation == Operation::Put)
             .and_then(|e| {
@@ -385,6 +396,7 @@ impl Inner {
                 Ok(Some(map))
             }
             Ok(Err(WriteError::WrongRevision)) => Err(RebalanceError::Fenced),
+            Ok(Err(WriteError::Refused(refusal))) => Err(RebalanceError::Refused(refusal)),
             Ok(Err(e)) => Err(RebalanceError::Other(e.to_string())),
             Err(_) => Err(RebalanceError::Other("timed out".into())),
         }
@@ -406,6 +418,8 @@ fn renewal_interval(ttl: Duration) -> Duration {
 
 enum RebalanceError {
     Fenced,
+    /// The server refused the write for the user's permissions (with a permission watch).
+    Refused(Refusal),
     Other(String),
 }
 

@@ -70,11 +70,7 @@ impl Inner {
     /// The revision of this incarnation's record, if it is there (a write whose ack was lost may
     /// still have landed).
     async fn own_record_revision(&self, bucket: &Bucket) -> Result<Option<u64>, WriteError> {
-        let entry = bucket
-            .kv
-            .entry(self.record_key())
-            .await
-            .map_err(|e| WriteError::Other(Box::new(e)))?;
+        let entry = bucket.entry(&self.record_key()).await?;
         Ok(entry
             .filter(|e| e.operation == Operation::Put)
             .and_then(|e| {
@@ -85,7 +81,9 @@ impl Inner {
             }))
     }
 
-    /// Renews this node's record every heartbeat interval, re-creating it if it expired.
+    /// Renews this node's record every heartbeat interval, re-creating it if it expired. A beat
+    /// the server refuses (with a permission watch) is logged and counted, and tried again at the
+    /// next one.
     pub(super) async fn heartbeat_task(self: Arc<Self>, bucket: Bucket, mut revision: u64) {
         let key = self.record_key();
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
@@ -138,6 +136,14 @@ impl Inner {
                             continue;
                         }
                         Ok(None) => {}
+                        Err(WriteError::Refused(refusal)) => {
+                            self.note_refused(
+                                &self.metrics.refused_heartbeat,
+                                "heartbeat",
+                                &refusal,
+                            );
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(node = %self.config.node_id, error = %e, "heartbeat could not read its record; retrying");
                             continue;
@@ -149,10 +155,21 @@ impl Inner {
                             tracing::warn!(node = %self.config.node_id, "membership record had expired; rejoined");
                             revision = r;
                         }
+                        Err(WriteError::Refused(refusal)) => {
+                            self.note_refused(
+                                &self.metrics.refused_heartbeat,
+                                "heartbeat",
+                                &refusal,
+                            );
+                        }
                         Err(e) => {
                             tracing::error!(node = %self.config.node_id, error = %e, "cannot renew or re-create this node's record")
                         }
                     }
+                }
+                // Answered by a refusal: the link is fine; the beat is tried again next tick.
+                Err(WriteError::Refused(refusal)) => {
+                    self.note_refused(&self.metrics.refused_heartbeat, "heartbeat", &refusal);
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.config.node_id, error = %e, "heartbeat failed; retrying")

@@ -22,6 +22,53 @@ impl Inner {
 
     /// Loads the whole view (see [`resync`](Self::resync)); `config` is known to exist.
     pub(super) async fn load(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
+        let (watch, latest) = match &self.guard {
+            None => self.fetch(bucket).await?,
+            // A refused consumer (or its delivery subscription) ends the load at once.
+            Some(guard) => guard
+                .watch(
+                    |r| guard.concerns_bucket(r, Scope::Stream),
+                    Box::pin(self.fetch(bucket)),
+                )
+                .await
+                .unwrap_or_else(|refusal| {
+                    Err(self.denied("watching the cluster bucket", refusal))
+                })?,
+        };
+        let vanished: Vec<String> = {
+            let view = self.read_view();
+            view.members
+                .keys()
+                .filter(|id| {
+                    latest
+                        .get(&format!("{KEY_NODES_PREFIX}{id}"))
+                        .is_none_or(|e| e.operation != Operation::Put)
+                })
+                .cloned()
+                .collect()
+        };
+        for id in vanished {
+            self.write_view().members.remove(&id);
+            self.emit(ClusterEvent::MemberFailed { node_id: id });
+            self.membership_changed.notify_one();
+        }
+        if !latest.contains_key(KEY_LEADER) && self.read_view().leader.is_some() {
+            self.set_leader(None);
+        }
+        let mut entries: Vec<kv::Entry> = latest.into_values().collect();
+        entries.sort_by_key(|e| e.revision);
+        for entry in entries {
+            self.apply(entry);
+        }
+        self.update_member_metrics();
+        Ok(watch)
+    }
+
+    /// A watch of the whole bucket, and the last entry of each key (read until caught up).
+    async fn fetch(
+        &self,
+        bucket: &Bucket,
+    ) -> Result<(kv::Watch, BTreeMap<String, kv::Entry>), ClusterError> {
         // Creating the watch's consumer can time out while a just-created replicated bucket
         // elects its stream leader, or on a loaded server: a few attempts, then the error.
         let mut attempt = 0;
@@ -61,33 +108,7 @@ impl Inner {
                 }
             }
         }
-        let vanished: Vec<String> = {
-            let view = self.read_view();
-            view.members
-                .keys()
-                .filter(|id| {
-                    latest
-                        .get(&format!("{KEY_NODES_PREFIX}{id}"))
-                        .is_none_or(|e| e.operation != Operation::Put)
-                })
-                .cloned()
-                .collect()
-        };
-        for id in vanished {
-            self.write_view().members.remove(&id);
-            self.emit(ClusterEvent::MemberFailed { node_id: id });
-            self.membership_changed.notify_one();
-        }
-        if !latest.contains_key(KEY_LEADER) && self.read_view().leader.is_some() {
-            self.set_leader(None);
-        }
-        let mut entries: Vec<kv::Entry> = latest.into_values().collect();
-        entries.sort_by_key(|e| e.revision);
-        for entry in entries {
-            self.apply(entry);
-        }
-        self.update_member_metrics();
-        Ok(watch)
+        Ok((watch, latest))
     }
 
     fn set_leader(&self, leader: Option<LeaderInfo>) {
@@ -155,6 +176,10 @@ impl Inner {
                 .shards_owned
                 .set(map.shards_of(&self.config.node_id).len() as f64);
             self.emit(ClusterEvent::ShardMapChanged { map, plan });
+            // The leader looks again at every new map: its own changes nothing, but one it did not
+            // write (a forged or stray put) is replaced by its placement after the rebalance delay
+            // instead of standing until the next membership change.
+            self.membership_changed.notify_one();
         } else if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX) {
             // (event, whether placement may change)
             let event = if present {
@@ -248,6 +273,9 @@ impl Inner {
                         break;
                     }
                     Err(e) => {
+                        if e.is_permission_denied() {
+                            self.metrics.refused_watch.increment(1);
+                        }
                         tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
                         failures += 1;
                         tokio::select! {

@@ -244,7 +244,8 @@ impl Handoff {
         }
     }
 
-    /// Tells `to` that `shards` are drained here, a few times if its acknowledgement is lost.
+    /// Tells `to` that `shards` are drained here, a few times if its acknowledgement is lost
+    /// (once if the server refuses the request, with a permission watch).
     async fn confirm(&self, to: &str, epoch: u64, shards: Vec<ShardId>) {
         let node = &self.node;
         let confirmation = Confirmation {
@@ -257,11 +258,31 @@ impl Handoff {
         };
         let subject = wire::handoff_subject(&node.config.cluster_name, to);
         for attempt in 1..=5u32 {
-            let sent = tokio::time::timeout(
+            let request = tokio::time::timeout(
                 Duration::from_secs(1),
                 node.client.request(subject.clone(), payload.clone()),
-            )
-            .await;
+            );
+            let sent = match &node.guard {
+                None => request.await,
+                Some(guard) => match guard
+                    .watch(|r| guard.concerns_request(r, &subject), Box::pin(request))
+                    .await
+                {
+                    Ok(sent) => sent,
+                    // Refused again if re-sent: the new owner serves after its handoff timeout.
+                    Err(refusal) => {
+                        node.metrics.refused_handoff.increment(1);
+                        tracing::warn!(
+                            node = %node.me(),
+                            to,
+                            operation = refusal.operation.as_str(),
+                            subject = %refusal.subject,
+                            "the NATS server refused the handoff confirmation for the user's permissions ({refusal}); the new owner serves after its handoff timeout"
+                        );
+                        return;
+                    }
+                },
+            };
             match sent {
                 Ok(Ok(_)) => return,
                 Ok(Err(e)) => {

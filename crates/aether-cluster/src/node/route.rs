@@ -69,6 +69,24 @@ pub enum CallError<E: std::error::Error + 'static> {
         /// The codec's error.
         reason: String,
     },
+    /// The NATS server refused the call's request to the actor's owner for the user's
+    /// permissions: they forbid publishing to `subject` (the owner's call subject,
+    /// `aether-cluster.<cluster>.call.<owner>`), or subscribing to `subject` (the connection's
+    /// reply inbox). Reported at once with a permission watch
+    /// ([`ClusterConfig::permissions`](crate::ClusterConfig::permissions)); without one the
+    /// request times out and the call is held until [`CallError::Unavailable`]. Not transient:
+    /// the same call is refused again until an operator grants the permission. A refused
+    /// publish delivered nothing; when the refused subject is the reply inbox, the call went out
+    /// and may have been applied (sending it again with the same command id is safe).
+    #[error("actor {actor_id}: permission denied: the server refused {operation} to {subject:?}")]
+    PermissionDenied {
+        /// The actor.
+        actor_id: String,
+        /// `"publish"` or `"subscribe"`.
+        operation: &'static str,
+        /// The refused subject.
+        subject: String,
+    },
     /// This node has left or was dropped.
     #[error("this cluster node is stopped; actor {actor_id} cannot be called through it")]
     Stopped {
@@ -81,6 +99,7 @@ impl<E: std::error::Error + 'static> CallError<E> {
     /// `true` when calling again with the same command id may succeed shortly: no node served
     /// the actor in time ([`CallError::Unavailable`]), or the owner's store failed in a way that
     /// clears by itself ([`CallError::Failed`] with `transient`). It is never applied twice.
+    /// Never for [`CallError::PermissionDenied`].
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unavailable { .. } => true,
@@ -403,6 +422,15 @@ impl<'a, A: ClusterActor> Routing<'a, A> {
         let deadline = self.deadline().1;
         let answer = match router.request(&owner, &call, deadline).await {
             Ok(answer) => answer,
+            // Final: the same request would be refused again.
+            Err(RequestError::Refused { refusal, .. }) => {
+                self.note_held();
+                return Route::Done(Err(CallError::PermissionDenied {
+                    actor_id: self.actor_id.to_owned(),
+                    operation: refusal.operation.as_str(),
+                    subject: refusal.subject,
+                }));
+            }
             Err(e) => {
                 router.node.metrics.remote_retried.increment(1);
                 return Route::Held(Obstacle::Request(e));

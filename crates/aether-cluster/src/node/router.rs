@@ -71,9 +71,31 @@ impl Router {
             command_id = call.id.as_str(),
             owner,
         );
-        let reply = tokio::time::timeout_at(until, node.client.request(subject, payload))
-            .instrument(span)
-            .await;
+        let reply = match &node.guard {
+            None => {
+                tokio::time::timeout_at(until, node.client.request(subject, payload))
+                    .instrument(span)
+                    .await
+            }
+            // Boxed: the race would swell every remote call's future.
+            Some(guard) => {
+                let to = subject.clone();
+                let request = tokio::time::timeout_at(until, node.client.request(subject, payload));
+                match Box::pin(guard.watch(|r| guard.concerns_request(r, &to), request))
+                    .instrument(span)
+                    .await
+                {
+                    Ok(reply) => reply,
+                    Err(refusal) => {
+                        node.metrics.refused_call.increment(1);
+                        return Err(RequestError::Refused {
+                            owner: owner.to_owned(),
+                            refusal,
+                        });
+                    }
+                }
+            }
+        };
         node.metrics
             .remote_seconds
             .record(started.elapsed().as_secs_f64());
@@ -137,6 +159,17 @@ pub(crate) enum RequestError {
         /// The client's error.
         #[source]
         source: async_nats::RequestError,
+    },
+    /// The server refused the request for the user's permissions (the owner's call subject, or
+    /// this connection's reply inbox): reported only with a permission watch, and final.
+    #[error(
+        "the NATS server refused the request to node {owner}: {refusal} (the user's permissions)"
+    )]
+    Refused {
+        /// The node asked.
+        owner: String,
+        /// What the server refused.
+        refusal: aether_nats::permissions::Refusal,
     },
     /// The owner answered with bytes that are not an answer.
     #[error("node {owner} sent an answer that does not decode: {source}")]

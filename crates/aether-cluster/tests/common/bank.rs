@@ -8,6 +8,7 @@ use aether_cluster::{ClusterActors, ClusterConfig, ClusterNode};
 use aether_core::EventStore;
 use aether_runtime::{Actor, Runtime, SnapshotPolicy};
 use aether_store_jetstream::{JetStreamConfig, JetStreamEventStore};
+use aether_testkit::nats::NatsServer;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,16 +76,15 @@ pub async fn store(client: async_nats::Client, replicas: usize) -> Arc<JetStream
     )
 }
 
-/// A node hosting `Account` on the shared JetStream store.
-pub async fn bank_node(
-    client: async_nats::Client,
-    config: ClusterConfig,
-    replicas: usize,
-) -> (
+/// A node hosting the bank actor, its actors and its store.
+pub type Bank = (
     ClusterNode,
     ClusterActors<Account>,
     Arc<JetStreamEventStore>,
-) {
+);
+
+/// A node hosting `Account` on the shared JetStream store.
+pub async fn bank_node(client: async_nats::Client, config: ClusterConfig, replicas: usize) -> Bank {
     let store = store(client.clone(), replicas).await;
     let runtime = Runtime::<Account>::builder(store.clone())
         .snapshots(store.clone())
@@ -94,6 +94,17 @@ pub async fn bank_node(
     let accounts = node.register(runtime).expect("registered");
     node.start().await.expect("node starts");
     (node, accounts, store)
+}
+
+/// Node `id` joins cluster `name` on `server` (a single server: one replica), hosting the bank
+/// actor, with the routing settings for tests.
+pub async fn join(server: &NatsServer, name: &str, id: &str) -> Bank {
+    bank_node(
+        server.connect().await.expect("connects"),
+        routing(super::fast_config(name, id)),
+        1,
+    )
+    .await
 }
 
 /// Routing settings for tests: short request timeout, quick handoff timeout.

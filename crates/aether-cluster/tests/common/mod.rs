@@ -3,11 +3,12 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod bank;
+pub mod wire;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use aether_cluster::{ClusterConfig, ClusterEvent, ClusterEvents, ClusterManager};
+use aether_cluster::{ClusterConfig, ClusterEvent, ClusterEvents, ClusterManager, ClusterNode};
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -17,6 +18,8 @@ pub const SHARDS: u32 = 64;
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 pub const FAILURE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long nodes get to settle (agree on a map, finish moves).
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 pub fn cluster_name() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
@@ -31,6 +34,24 @@ pub fn fast_config(cluster: &str, node: &str) -> ClusterConfig {
         .failure_timeout(FAILURE_TIMEOUT)
         .lease_ttl(LEASE_TTL)
         .rebalance_delay(Duration::from_millis(100))
+}
+
+/// Polls `pred` (a condition on live nodes, with no event to await) until it holds; panics after
+/// [`SETTLE`].
+pub async fn until(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !pred() {
+        assert!(Instant::now() < deadline, "no {what} within {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `node`'s map has exactly `owners` owners and the node serves every shard it owns.
+pub fn served(node: &ClusterNode, owners: usize) -> bool {
+    node.manager()
+        .shard_map()
+        .is_some_and(|m| m.counts().len() == owners)
+        && node.shards_in_use() == node.manager().shards_owned().len()
 }
 
 /// A node and its event stream (subscribed before start, so nothing is missed).
