@@ -1,5 +1,5 @@
 # Every target delegates to `cargo xtask`, which holds the project's automation.
-.PHONY: build test lint clean bench ci nats python doc fmt
+.PHONY: build test lint clean bench chaos ci nats python doc fmt
 
 build:
 	cargo xtask build
@@ -11,6 +11,8 @@ clean:
 	cargo xtask clean
 bench:
 	cargo xtask bench
+chaos:
+	cargo xtask chaos
 ci:
 	cargo xtask ci
 python:

@@ -5,7 +5,7 @@
 use aether_core::{BoxError, ServerLimit, StoreError};
 use async_nats::jetstream::{consumer, context, kv, stream};
 
-use crate::codes::{ErrorCode, jetstream_code, server_limit};
+use crate::codes::{ErrorCode, is_cluster_settling, jetstream_code, server_limit};
 
 /// A refusal for a server limit, as a store reports it: [`StoreError::LimitReached`] (transient
 /// when the limit clears by itself).
@@ -128,10 +128,18 @@ impl NatsError for stream::DirectGetError {
     }
 }
 
-/// Kinds without a timeout or "nothing done" case: classified by their cause, if any.
+/// Reading a subject's last message: no timeout or "nothing done" kind (classified by its
+/// cause, if any); the server's refusal is the error's kind.
 impl NatsError for stream::LastRawMessageError {
     fn class(&self) -> Class {
         Class::Other
+    }
+
+    fn code(&self) -> Option<ErrorCode> {
+        match self.kind() {
+            stream::LastRawMessageErrorKind::JetStream(e) => Some(e.error_code()),
+            _ => jetstream_code(self),
+        }
     }
 }
 
@@ -191,6 +199,10 @@ impl NatsError for context::CreateKeyValueError {
 /// The class of `err`: its own kind, or else the first classifiable kind among its causes.
 pub fn class_of<E: NatsError>(err: &E) -> Class {
     match err.class() {
+        // "JetStream temporarily unavailable", no meta leader, no peers yet: an election or a
+        // restart under way, nothing was done, and it clears by itself (seen as code 10008
+        // while servers were killed under load by `cargo xtask chaos`).
+        Class::Other if err.code().is_some_and(is_cluster_settling) => Class::Unavailable,
         Class::Other => cause_class(err),
         class => class,
     }
@@ -277,6 +289,19 @@ mod tests {
             ),
             "{e:?}"
         );
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_cluster_that_is_settling_is_unavailable_not_a_backend_failure() {
+        let reply: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}"#,
+        )
+        .unwrap();
+        let refused = stream::LastRawMessageError::new(LastRawMessageErrorKind::JetStream(reply));
+        let e = store_error("reading the last event", refused);
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
         assert!(e.is_transient());
     }
 
