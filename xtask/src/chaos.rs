@@ -14,18 +14,12 @@ pub(crate) fn chaos(args: &[String]) -> Result {
     let bin = step("provision nats-server", nats)?;
     let report = target_dir().join("aether-chaos").join("report.json");
     step("chaos scenarios (crates/aether-chaos)", || {
-        run(Command::new(cargo_bin())
-            .args([
-                "run",
-                "--quiet",
-                "-p",
-                "aether-chaos",
-                "--",
-                "run",
-                "--report",
-            ])
-            .arg(&report)
-            .args(args)
-            .env("NATS_SERVER_BIN", &bin))
+        let mut cmd = Command::new(cargo_bin());
+        cmd.args(["run", "--quiet", "-p", "aether-chaos", "--", "run"]);
+        // The report goes under the target folder unless the caller names a place.
+        if !args.iter().any(|a| a.starts_with("--report")) {
+            cmd.arg("--report").arg(&report);
+        }
+        run(cmd.args(args).env("NATS_SERVER_BIN", &bin))
     })
 }

@@ -9,8 +9,9 @@
 //! - each account's state as the runtime rebuilds it (snapshot plus replay, through a fresh
 //!   `Runtime` on the store) equals the fold of its records (`state_mismatches`).
 //!
-//! Records that do not decode as an event (what the hostile scenario writes) are counted as
-//! `foreign` and left out of the checks.
+//! Records that do not decode as an event are counted as `foreign` and left out of the other
+//! checks; their number must be exactly what the scenario wrote as hostile input (0 elsewhere),
+//! and every deposit must carry the id of a command a node tried (`unexplained`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,6 +42,12 @@ pub(crate) struct Findings {
     pub(crate) records: u64,
     /// Records that are not events of the account actor (hostile input, counted and skipped).
     pub(crate) foreign: u64,
+    /// How many foreign records the scenario wrote itself (0 but in `hostile`): any other is a
+    /// record nobody can explain.
+    pub(crate) foreign_expected: u64,
+    /// Deposit records whose command id is missing or was never tried by a node: an effect
+    /// nobody asked for.
+    pub(crate) unexplained: u64,
     /// Commands tried.
     pub(crate) attempted: u64,
     /// Commands acknowledged to their caller.
@@ -80,6 +87,8 @@ impl Findings {
             && self.unanswered == 0
             && self.gaps == 0
             && self.state_mismatches == 0
+            && self.unexplained == 0
+            && self.foreign == self.foreign_expected
     }
 }
 
@@ -90,9 +99,29 @@ pub(crate) async fn audit(
     stream: &str,
     tries: &HashMap<String, Try>,
     live: &[String],
+    foreign_expected: u64,
 ) -> Result<Findings, String> {
-    let mut found = Findings::default();
+    let mut found = Findings {
+        foreign_expected,
+        ..Findings::default()
+    };
     let records = read(&client, stream, &mut found).await?;
+    for r in &records {
+        if r.command.as_deref().is_none_or(|c| !tries.contains_key(c)) {
+            found.unexplained += 1;
+            let what = r.command.as_deref().unwrap_or("no command id");
+            found.problem(format!(
+                "{} version {}: a deposit of an unknown command ({what})",
+                r.actor, r.version
+            ));
+        }
+    }
+    if found.foreign != foreign_expected {
+        found.problem(format!(
+            "{} records are not events, {foreign_expected} were written as hostile input",
+            found.foreign
+        ));
+    }
 
     // Per command id: the records that carry it.
     let mut by_command: HashMap<&str, Vec<&Record>> = HashMap::new();

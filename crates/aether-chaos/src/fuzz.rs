@@ -7,8 +7,9 @@
 //! stable.
 
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
 
 use crate::audit::Findings;
 use crate::report::{Outcome, Row};
@@ -33,7 +34,7 @@ const TARGETS: [(&str, &str); 5] = [
 const BENCH_ONLY: &str = "aether-runtime-bench";
 
 /// Runs every target with `cases` cases per property.
-pub(crate) fn run(plan: Plan) -> Row {
+pub(crate) async fn run(plan: Plan) -> Row {
     let cases: u64 = if plan.quick { 5_000 } else { 100_000 };
     let started = Instant::now();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -45,12 +46,19 @@ pub(crate) fn run(plan: Plan) -> Row {
     for (what, _) in TARGETS {
         eprintln!("  fuzz {what}: {cases} cases per property");
     }
-    let output = Command::new(&cargo)
+    let run = Command::new(&cargo)
         .args(["test", "--quiet", "--workspace", "--all-features", "--lib"])
         .args(["--exclude", BENCH_ONLY, "--"])
         .args(&filters)
         .env("PROPTEST_CASES", cases.to_string())
+        .kill_on_drop(true)
         .output();
+    // Bounded like every other step: a hung property (or build) ends the scenario.
+    let limit = Duration::from_secs(if plan.quick { 600 } else { 1200 });
+    let output = match tokio::time::timeout(limit, run).await {
+        Ok(output) => output,
+        Err(_) => Err(std::io::Error::other(format!("no result within {limit:?}"))),
+    };
     match output {
         Ok(out) if out.status.success() => {}
         Ok(out) => {

@@ -17,6 +17,10 @@ use tokio::time::Instant;
 use crate::scenario::{Fault, Plan};
 use crate::world::World;
 
+/// The records the scenario stores in the stream that are not events: 4 bodies on a spare
+/// actor's subject and 1 on a busy account's (the audit expects exactly these).
+pub(crate) const FOREIGN_RECORDS: u64 = 5;
+
 /// Runs the hostile scenario; `Err` names every entrance that did not refuse cleanly.
 pub(crate) async fn run(world: &mut World, _plan: Plan) -> Result<Vec<Fault>, String> {
     let client = world

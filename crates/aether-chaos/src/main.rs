@@ -120,7 +120,7 @@ async fn run(plan: Plan, only: Vec<String>, report_path: PathBuf) -> Result<(), 
     for name in names {
         eprintln!("chaos: {name}{}", if quick { " (quick)" } else { "" });
         let row = if name == "fuzz" {
-            fuzz::run(plan)
+            fuzz::run(plan).await
         } else {
             scenario_row(name, plan, logs.join(name)).await
         };
@@ -188,10 +188,15 @@ async fn scenario_row(name: &str, plan: Plan, logs: PathBuf) -> Row {
         eprintln!("  final error: {sample}");
     }
     let stream = world.stream.clone();
+    let foreign = if name == "hostile" {
+        hostile::FOREIGN_RECORDS
+    } else {
+        0
+    };
     let client = world.nats.connect().await;
     let (nats, usage) = world.shutdown().await;
     let findings = match client {
-        Ok(client) => match audit::audit(client, &stream, &tries, &live).await {
+        Ok(client) => match audit::audit(client, &stream, &tries, &live, foreign).await {
             Ok(f) => f,
             Err(e) => {
                 failure.get_or_insert(format!("audit: {e}"));

@@ -10,7 +10,8 @@
 //! ACK <cmd id>                  the deposit was acknowledged (the owner answered ok)
 //! RETRY <cmd id> <kind>         an attempt failed with a retry-safe error; sent again, same id
 //! FAIL <cmd id> <kind> <text>   the call ended in an error that is not retried
-//! EVENT <what> <detail>         a cluster event (failed, left, leader, stepped-down, map)
+//! EVENT <what> <detail>         a cluster event (failed, left, leader, stepped-down, and
+//!                               `map <epoch> <node>=<shards>,...`)
 //! NATS <what>                   a connection event (connected, disconnected, ...)
 //! STOPPED                       after `stop`: every call started has its outcome printed
 //! LEFT <ok|error text>          after `leave`
@@ -100,6 +101,9 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), String> {
         // Only the given URLs: behind proxies, a server's advertised address would go around
         // the fault.
         .ignore_discovered_servers()
+        // In the given order: every node starts on server 1 (through its proxy), so cutting a
+        // node from servers 1 and 2 always cuts the link it is on.
+        .retain_servers_order()
         .event_callback(|event| async move { println!("NATS {}", connection_event(&event)) })
         .connect(addrs)
         .await
@@ -239,7 +243,14 @@ fn cluster_event(event: &ClusterEvent) -> Option<String> {
         ClusterEvent::MemberJoined(record) => format!("joined {}", record.id),
         ClusterEvent::BecameLeader { term } => format!("leader {term}"),
         ClusterEvent::SteppedDown { term, .. } => format!("stepped-down {term}"),
-        ClusterEvent::ShardMapChanged { map, .. } => format!("map {}", map.epoch()),
+        ClusterEvent::ShardMapChanged { map, .. } => {
+            let counts: Vec<String> = map
+                .counts()
+                .into_iter()
+                .map(|(node, shards)| format!("{node}={shards}"))
+                .collect();
+            format!("map {} {}", map.epoch(), counts.join(","))
+        }
         ClusterEvent::Lagged { missed } => format!("lagged {missed}"),
         _ => return None,
     })

@@ -226,15 +226,29 @@ async fn node_faults(world: &mut World, plan: Plan) -> Result<Vec<Fault>, String
     // and another is killed as the new map appears.
     let (mover, victim) = (0, 1);
     world.kill9(mover).await?;
+    // The first map that gives the restarted node shards moves them to it: the victim is killed
+    // as another node reports it (the maps in between, without the mover, do not count).
     let since = Instant::now();
     world.spawn(mover).await?;
+    let mover_id = World::node_id(mover);
     world
         .ledger
         .first_after(
             "a map giving the restarted node shards",
             since,
             Duration::from_secs(30),
-            |s| s.line.starts_with("EVENT map "),
+            move |s| {
+                let mut words = s.line.split(' ');
+                s.node != mover_id
+                    && words.next() == Some("EVENT")
+                    && words.next() == Some("map")
+                    && words.nth(1).is_some_and(|counts| {
+                        counts.split(',').any(|c| {
+                            c.strip_prefix(mover_id.as_str())
+                                .is_some_and(|r| r.starts_with('='))
+                        })
+                    })
+            },
         )
         .await?;
     let at = world.kill9(victim).await?;
@@ -317,6 +331,16 @@ async fn partitions(world: &mut World, plan: Plan) -> Result<Vec<Fault>, String>
     hold(plan.pick(4, 10)).await;
     cut(world, node, &[0, 1], false)?;
     faults.push(recovered(world, "a node cut from 2 of 3 servers", at, detect).await?);
+    let id = World::node_id(node);
+    let failed = world
+        .ledger
+        .said_matching(|s| s.at >= at && s.line == format!("EVENT failed {id}"));
+    if let Some(f) = failed.first() {
+        return Err(format!(
+            "{id}, cut from 2 of 3 servers, was reported failed by {}: it should have moved",
+            f.node
+        ));
+    }
 
     // 50 ms +- 30 ms on every link of one node.
     let node = 2;

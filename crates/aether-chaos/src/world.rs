@@ -245,7 +245,9 @@ impl World {
                 .first_after(
                     &format!("STOPPED from {id}"),
                     since,
-                    Duration::from_secs(90),
+                    // A caller may be retrying one command for 60 s, and its last attempt may
+                    // take the 30 s call timeout.
+                    Duration::from_secs(120),
                     |s| s.node == id && s.line == "STOPPED",
                 )
                 .await?;
@@ -315,7 +317,14 @@ impl World {
             return Err(format!("{id} did not leave cleanly: {}", left.line));
         }
         if let Some(mut node) = self.nodes[i].take() {
-            let _ = node.child.wait().await;
+            // It exits right after `LEFT`; a process that does not is killed.
+            if tokio::time::timeout(Duration::from_secs(10), node.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = node.child.start_kill();
+                let _ = node.child.wait().await;
+            }
             let _ = node.reader.await;
         }
         Ok(())

@@ -51,8 +51,12 @@ impl Latency {
         *seed ^= *seed << 13;
         *seed ^= *seed >> 7;
         *seed ^= *seed << 17;
-        let extra = if jitter == 0 { 0 } else { *seed % (jitter + 1) };
-        Duration::from_micros(base + extra)
+        let extra = if jitter == 0 {
+            0
+        } else {
+            *seed % jitter.saturating_add(1)
+        };
+        Duration::from_micros(base.saturating_add(extra))
     }
 }
 
@@ -110,7 +114,9 @@ impl TcpProxy {
     }
 
     /// Delays every chunk forwarded from now on, either way, by `latency` plus a random part of
-    /// `jitter` (chunks on one connection stay in order). Zero and zero: no delay.
+    /// `jitter`. Chunks of one connection stay in order and wait one after another, so a burst
+    /// waits longer than one chunk (a slow link, not only a distant one). Zero and zero: no
+    /// delay.
     pub fn delay(&self, latency: Duration, jitter: Duration) {
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.latency.base_us.store(us(latency), Ordering::Relaxed);

@@ -175,11 +175,16 @@ impl Inner {
             self.metrics
                 .shards_owned
                 .set(map.shards_of(&self.config.node_id).len() as f64);
+            let written_by_another = map.leader() != self.config.node_id;
             self.emit(ClusterEvent::ShardMapChanged { map, plan });
-            // The leader looks again at every new map: its own changes nothing, but one it did not
-            // write (a forged or stray put) is replaced by its placement after the rebalance delay
-            // instead of standing until the next membership change.
-            self.membership_changed.notify_one();
+            // The leader looks again at a new map that does not name it as its writer (a forged or
+            // stray put, or a former leader's): it is replaced by the leader's placement after
+            // the rebalance delay, when that differs, instead of standing until the next
+            // membership change. Its own maps do not wake it (a placement that moves shards
+            // each time it runs would otherwise publish without end).
+            if written_by_another {
+                self.membership_changed.notify_one();
+            }
         } else if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX) {
             // (event, whether placement may change)
             let event = if present {
