@@ -159,13 +159,7 @@ async fn stream_garbage(
         Err(e) => wrong.push(format!("publishing garbage on acct-0: {e}")),
     }
 
-    let store = JetStreamEventStore::with_config(
-        client.clone(),
-        &world.stream,
-        crate::node::store_config(),
-    )
-    .await
-    .map_err(|e| format!("opening the store: {e}"))?;
+    let store = open_store(world, client).await?;
     match store.get_events_with_errors("hostile-1", 1).await {
         Ok(read) if read.events.is_empty() && read.errors.len() == 4 => world
             .ledger
@@ -180,6 +174,16 @@ async fn stream_garbage(
             .count_error(format!("hostile stream read: {e}")),
     }
     Ok(())
+}
+
+/// The scenario's store, opened as the nodes open it.
+async fn open_store(
+    world: &World,
+    client: &async_nats::Client,
+) -> Result<JetStreamEventStore, String> {
+    JetStreamEventStore::with_config(client.clone(), &world.stream, crate::node::store_config())
+        .await
+        .map_err(|e| format!("opening the store: {e}"))
 }
 
 /// Garbage and invalid calls on every node's call subject, and garbage on its handoff subject.
@@ -303,13 +307,7 @@ async fn api(
     client: &async_nats::Client,
     wrong: &mut Vec<String>,
 ) -> Result<(), String> {
-    let store = JetStreamEventStore::with_config(
-        client.clone(),
-        &world.stream,
-        crate::node::store_config(),
-    )
-    .await
-    .map_err(|e| format!("opening the store: {e}"))?;
+    let store = open_store(world, client).await?;
     let mut expect_err = |what: &str, result: Result<(), String>| match result {
         Ok(()) => wrong.push(format!("{what} was accepted")),
         Err(e) => world.ledger.count_error(format!("hostile api {what}: {e}")),
