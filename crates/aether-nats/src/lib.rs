@@ -7,7 +7,8 @@
 //!   message text) as a timeout, "nothing was done", or other; and mapped to
 //!   [`aether_core::StoreError`] with context.
 //! - [`settle`]: the one policy for "try again while a freshly formed NATS cluster settles"
-//!   (timeouts, no responders, no suitable peers), on [`aether_core::Backoff`].
+//!   (timeouts, no responders, no suitable peers), on [`aether_core::Backoff`]; and reads sent
+//!   again while no replica serves them yet.
 //! - [`publish`]: the fenced publish: header names, the expected last subject sequence (optionally
 //!   of another subject), per-message TTLs, and re-sending while nobody answers.
 //! - [`permissions`]: the server's permission refusals (`Permissions Violation for Publish to

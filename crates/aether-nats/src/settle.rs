@@ -10,6 +10,7 @@ use aether_core::Backoff;
 
 use crate::classify::{Class, NatsError, class_of};
 use crate::codes::is_cluster_settling;
+use crate::publish::NO_RESPONDERS;
 
 /// How long setup is tried again by default while the cluster settles.
 pub const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
@@ -60,6 +61,37 @@ where
     }
 }
 
+/// Runs `attempt` until it is answered, sending it again while nobody serves it
+/// ([`Class::Unavailable`]: no responders, a replica or leader still starting, a cluster
+/// settling), for at most `patience`, waiting [`NO_RESPONDERS`] between attempts; returns the
+/// last outcome. Only for requests that are safe to send twice: reads, and compare-and-set
+/// writes (which a second copy cannot apply twice).
+///
+/// Seen on a 3-server cluster: the first read of a bucket created a moment earlier on another
+/// server finds no replica serving direct gets yet.
+pub async fn while_unanswered<T, E, F, Fut>(patience: Duration, mut attempt: F) -> Result<T, E>
+where
+    E: NatsError,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut retry = 1;
+    loop {
+        match attempt().await {
+            Err(e) if class_of(&e) == Class::Unavailable => {
+                let wait = NO_RESPONDERS.delay(retry);
+                if started.elapsed() + wait >= patience {
+                    return Err(e);
+                }
+                tokio::time::sleep(wait).await;
+                retry += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +129,50 @@ mod tests {
             calls, 1,
             "a failure that is not the cluster settling is returned at once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_requests_are_sent_again_within_patience() {
+        let mut calls = 0;
+        let out: Result<u32, async_nats::RequestError> =
+            while_unanswered(Duration::from_secs(1), || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 4 {
+                        Err(async_nats::RequestError::new(
+                            RequestErrorKind::NoResponders,
+                        ))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(out.ok(), Some(4));
+
+        // A timeout may have been applied: never sent again.
+        let mut calls = 0;
+        let out: Result<u32, async_nats::RequestError> =
+            while_unanswered(Duration::from_secs(1), || {
+                calls += 1;
+                async { Err(async_nats::RequestError::new(RequestErrorKind::TimedOut)) }
+            })
+            .await;
+        assert!(out.is_err());
+        assert_eq!(calls, 1);
+
+        // Nobody ever answers: the last failure, within patience.
+        let started = tokio::time::Instant::now();
+        let out: Result<(), async_nats::RequestError> =
+            while_unanswered(Duration::from_secs(1), || async {
+                Err(async_nats::RequestError::new(
+                    RequestErrorKind::NoResponders,
+                ))
+            })
+            .await;
+        assert!(out.is_err());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,7 +25,7 @@ pub(super) const PAGE: usize = 256;
 const END_OF_BATCH: u16 = 204;
 /// No record at or after the requested sequence (on the replica that answered).
 const NOT_FOUND: u16 = 404;
-/// Nobody serves direct gets for the stream (no replica, or the stream is gone).
+/// Nobody serves direct gets for the stream (no replica yet, or the stream is gone).
 const NO_RESPONDERS: u16 = 503;
 
 /// A stored record as read back: its stream sequence, headers and body.
@@ -123,16 +123,9 @@ impl JetStreamEventStore {
                     });
                 }
                 Some(END_OF_BATCH | NOT_FOUND) => return Ok(records),
-                Some(NO_RESPONDERS) => {
-                    return Err(StoreError::Unavailable {
-                        context: format!(
-                            "{}: nobody serves direct gets for stream {}",
-                            context(),
-                            self.inner.stream_name
-                        ),
-                        source: None,
-                    });
-                }
+                // No replica serves direct gets yet (a stream created a moment ago on another
+                // server of a cluster): nothing read, and the leader is asked instead.
+                Some(NO_RESPONDERS) => return Ok(records),
                 Some(code) => {
                     return Err(StoreError::backend(
                         context(),

@@ -30,9 +30,7 @@ impl JetStreamEventStore {
         limits::validate_actor_id(actor_id)?;
         let key = layout::actor_token(actor_id);
         let entry = self
-            .inner
-            .snapshots
-            .entry(key)
+            .unanswered_again(|| self.inner.snapshots.entry(key.as_str()))
             .await
             .map_err(|e| backend(format!("reading the snapshot of actor {actor_id:?}"), e))?;
         let Some(entry) = entry.filter(|e| matches!(e.operation, kv::Operation::Put)) else {
@@ -74,9 +72,7 @@ impl JetStreamEventStore {
         // Compare-and-set on the bucket's revision, so concurrent savers cannot go backwards.
         for _ in 0..MAX_STALE_RETRIES {
             let current = self
-                .inner
-                .snapshots
-                .entry(key.as_str())
+                .unanswered_again(|| self.inner.snapshots.entry(key.as_str()))
                 .await
                 .map_err(|e| backend(context(), e))?;
             let outcome = match current {
@@ -86,21 +82,21 @@ impl JetStreamEventStore {
                         .ok()
                         .map(|existing| existing.snapshot.version);
                     limits::check_snapshot(stored, &record.snapshot)?;
-                    self.inner
-                        .snapshots
-                        .update(key.as_str(), bytes.clone(), entry.revision)
-                        .await
-                        .map(drop)
-                        .map_err(|e| {
-                            matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
-                                .then_some(())
-                                .ok_or_else(|| backend(context(), e))
-                        })
+                    self.unanswered_again(|| {
+                        self.inner
+                            .snapshots
+                            .update(key.as_str(), bytes.clone(), entry.revision)
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|e| {
+                        matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
+                            .then_some(())
+                            .ok_or_else(|| backend(context(), e))
+                    })
                 }
                 _ => self
-                    .inner
-                    .snapshots
-                    .create(key.as_str(), bytes.clone())
+                    .unanswered_again(|| self.inner.snapshots.create(key.as_str(), bytes.clone()))
                     .await
                     .map(drop)
                     .map_err(|e| {
@@ -123,6 +119,18 @@ impl JetStreamEventStore {
             context(),
             "kept losing races with concurrent snapshot writers",
         ))
+    }
+
+    /// Runs a bucket request again while nobody serves it, within the request timeout: a bucket
+    /// just created on a NATS cluster has no replica answering for a moment. Reads are safe to
+    /// send twice, and so are the compare-and-set writes here (a second copy of an applied write
+    /// finds the revision moved and is looked at again).
+    async fn unanswered_again<T, E, Fut>(&self, attempt: impl FnMut() -> Fut) -> Result<T, E>
+    where
+        E: aether_nats::classify::NatsError,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        aether_nats::settle::while_unanswered(self.inner.request_timeout, attempt).await
     }
 
     /// The stream sequence of the record holding `version`, so that a replay after the snapshot
