@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) handoff_timeout: Duration,
     pub(crate) permissions: Option<PermissionWatch>,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) faults: crate::faults::FaultPoints,
 }
 
 /// Default for [`ClusterConfig::call_timeout`].
@@ -86,6 +88,8 @@ impl ClusterConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
             permissions: None,
+            #[cfg(feature = "fault-injection")]
+            faults: crate::faults::FaultPoints::default(),
         }
     }
 
@@ -216,6 +220,13 @@ impl ClusterConfig {
     /// ```
     pub fn permissions(mut self, watch: PermissionWatch) -> Self {
         self.permissions = Some(watch);
+        self
+    }
+
+    /// Holds the node at the given fault points (feature `fault-injection`; tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_points(mut self, faults: crate::faults::FaultPoints) -> Self {
+        self.faults = faults;
         self
     }
 

@@ -50,6 +50,8 @@ pub use async_nats;
 mod config;
 mod error;
 mod events;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod hash;
 mod kv;
 mod manager;

@@ -381,6 +381,10 @@ impl Inner {
             cfg.shard_count,
             owners,
         ));
+        // Between the decision (the lease valid by this node's clock) and the write, a pause
+        // can outlast the lease: the fence makes the server refuse the map then.
+        #[cfg(feature = "fault-injection")]
+        cfg.faults.at_map_write().await;
         let write = bucket.fenced_put(
             KEY_SHARD_MAP,
             map.encode().into(),
