@@ -18,9 +18,10 @@
 //!
 //! `serve NODE_ID` runs a node until Ctrl-C or SIGTERM (what systemd, Kubernetes and docker
 //! send), then leaves gracefully: its shards are handed off first, so their calls go on at once
-//! on the other nodes. `client ACCOUNT...` joins as a short-lived node, deposits 10 into each
-//! account from there, prints where each account lives and its balance, and leaves; while a call
-//! is held (its owner was killed, say) it says every second what the call waits for. Without
+//! on the other nodes. `client ACCOUNT...` calls the cluster without joining it (a
+//! `ClusterClient`: it takes no shards, so it moves nothing), deposits 10 into each account,
+//! prints where each account lives and its balance; while a call is held (its owner was killed,
+//! say) it says every second what the call waits for. Without
 //! arguments the example runs three nodes in this process, calls accounts from each, lets one
 //! leave and shows that the others serve its accounts with their full history. `NATS_URL` picks
 //! the servers (default `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` for
@@ -32,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether::cluster::{
-    CallError, ClusterActors, ClusterConfig, ClusterEvent, ClusterNode, DEFAULT_FAILURE_TIMEOUT,
-    NodeStatus, async_nats,
+    CallError, ClientActors, ClientConfig, ClusterActors, ClusterClient, ClusterConfig,
+    ClusterEvent, ClusterNode, DEFAULT_FAILURE_TIMEOUT, async_nats,
 };
 use aether::runtime::{Actor, Applied, Runtime, SnapshotPolicy};
 use aether::store::jetstream::{JetStreamConfig, JetStreamEventStore};
@@ -246,8 +247,6 @@ impl StopSignals {
 }
 
 async fn client(urls: &str, accounts: &[String]) -> Result<(), Error> {
-    let me = format!("client-{}", std::process::id());
-    let config = ClusterConfig::new("bank").node_id(me.as_str()).replicas(3);
     let nats = connect(urls).await;
     // Reads balances from the store (latest snapshot and the events after it) and writes
     // nothing: accounts are changed only through the cluster, on their owners.
@@ -258,9 +257,13 @@ async fn client(urls: &str, accounts: &[String]) -> Result<(), Error> {
             .snapshot_policy(SnapshotPolicy::off())
             .build()
     };
-    let (node, bank) = node(nats, config, 3).await?;
+    // Not a member: it follows the shard map and sends calls to the owners, so starting and
+    // stopping it moves no shard.
+    let config = ClientConfig::new("bank").name(format!("client-{}", std::process::id()));
+    let cluster = ClusterClient::connect(nats, config).await?;
+    let bank = cluster.actors::<Account>();
     for account in accounts {
-        let applied = ask_saying_why_held(&node, &bank, account, Command::Deposit(10)).await?;
+        let applied = ask_saying_why_held(&cluster, &bank, account, Command::Deposit(10)).await?;
         let owner = bank.node_for(account).unwrap_or_default();
         let (state, version) = reader.capture_state(account).await?;
         // Read afresh for the next account of the same id.
@@ -271,15 +274,15 @@ async fn client(urls: &str, accounts: &[String]) -> Result<(), Error> {
         );
     }
     reader.shutdown().await;
-    node.leave().await?;
+    cluster.close().await;
     Ok(())
 }
 
 /// `bank.ask`, saying every second what the call waits for while it is held (its owner was
 /// killed, say, and the cluster has not failed it yet).
 async fn ask_saying_why_held(
-    node: &ClusterNode,
-    bank: &ClusterActors<Account>,
+    cluster: &ClusterClient,
+    bank: &ClientActors<Account>,
     account: &str,
     command: Command,
 ) -> Result<Applied<Moved>, CallError<InsufficientFunds>> {
@@ -294,33 +297,23 @@ async fn ask_saying_why_held(
             _ = ticks.tick() => println!(
                 "waiting {} s for {account}: {}",
                 started.elapsed().as_secs(),
-                held_for(node, bank, account)
+                held_for(cluster, account)
             ),
         }
     }
 }
 
-/// What a held call for `account` waits for, as far as this node's view of the cluster tells.
-fn held_for(node: &ClusterNode, bank: &ClusterActors<Account>, account: &str) -> String {
-    let Some(owner) = bank.node_for(account) else {
+/// What a held call for `account` waits for, as far as the shard map tells.
+fn held_for(cluster: &ClusterClient, account: &str) -> String {
+    let Some(owner) = cluster.node_for(account) else {
         return "no shard map gives it an owner yet".to_owned();
     };
-    if owner == node.node_id() {
-        return format!("its shard is being handed over to this node ({owner})");
-    }
     let timeout = DEFAULT_FAILURE_TIMEOUT.as_secs();
-    match node.manager().members().iter().find(|m| m.id == owner) {
-        None => format!(
-            "its owner {owner} is gone; waiting for the leader to give its shards to another node"
-        ),
-        Some(m) if m.status == NodeStatus::Leaving => {
-            format!("its owner {owner} is leaving and hands its shards off")
-        }
-        Some(_) => format!(
-            "its owner {owner} does not answer; if it stopped, the cluster fails it after the \
-             failure timeout ({timeout} s) and moves its shards"
-        ),
-    }
+    format!(
+        "its owner {owner} does not serve it (moving it, or stopped); if {owner} stopped, the \
+         cluster fails it after the failure timeout ({timeout} s) and gives its shards to another \
+         node"
+    )
 }
 
 /// Three nodes in one process: calls from each, then one leaves and the others take over.

@@ -314,7 +314,7 @@ impl ClusterConfig {
     }
 }
 
-fn check_name(field: &'static str, name: &str) -> Result<(), ClusterError> {
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), ClusterError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()

@@ -47,6 +47,7 @@ pub use aether_nats::permissions;
 /// The NATS client this crate is built on, re-exported so callers use the same version.
 pub use async_nats;
 
+mod client;
 mod config;
 mod error;
 mod events;
@@ -63,6 +64,7 @@ mod record;
 mod refusals;
 mod ring;
 
+pub use client::{ClientActors, ClientConfig, ClusterClient};
 pub use config::{
     ClusterConfig, DEFAULT_CALL_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HANDOFF_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_REBALANCE_DELAY,

@@ -16,11 +16,11 @@
 
 mod handoff;
 mod host;
-mod route;
-mod router;
+pub(crate) mod route;
+pub(crate) mod router;
 mod serve;
 mod shards;
-mod wire;
+pub(crate) mod wire;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

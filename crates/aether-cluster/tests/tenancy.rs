@@ -3,7 +3,8 @@
 //! node's and the caller's blocks of docs/security.md, exactly as written there (for the other
 //! tenant, its names substituted). Tenant A's two nodes join, hand shards over (confirmed, not
 //! timed out) and call each other's actors; a caller speaking the documented wire protocol reads
-//! the map and calls an actor once per command id; the server logs no permission violation while
+//! the map and calls an actor once per command id, and so does a `ClusterClient` with the same
+//! block (refused at once for tenant B's cluster); the server logs no permission violation while
 //! they do. With tenant A's credentials nothing of tenant B's cluster can be read or written: its
 //! bucket, its call and handoff subjects.
 
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_cluster::{
-    ClusterActors, ClusterNode, MigrationStatus, ShardMap, bucket_name, shard_for,
+    ClientConfig, ClusterActors, ClusterClient, ClusterNode, MigrationStatus, ShardMap,
+    bucket_name, shard_for,
 };
 use aether_core::{EventStore, Namespace};
 use aether_runtime::{Runtime, SnapshotPolicy};
@@ -191,15 +193,47 @@ async fn each_tenant_s_cluster_works_and_reaches_nothing_of_the_other() {
     let again = caller.request(subject, body.into()).await.unwrap();
     assert_eq!(status_and_version(&first.payload), ("ok".into(), Some(1)));
     assert_eq!(status_and_version(&again.payload), ("ok".into(), Some(1)));
+    // The same caller's block serves a `ClusterClient`: it reads the bucket, follows the map and
+    // calls, with nothing refused.
+    let (client_conn, watch) =
+        tenancy::connect_watched(&server, "caller-a", "ca", Some("_INBOX_tenant-a"))
+            .await
+            .unwrap();
+    let cluster = ClusterClient::connect(
+        client_conn.clone(),
+        ClientConfig::new("tenant-a").permissions(watch.clone()),
+    )
+    .await
+    .expect("a client with the caller's block");
+    let by_client = cluster
+        .actors::<Account>()
+        .ask_with_id(actor, Command::Deposit(5), "caller-cmd-2")
+        .await
+        .unwrap();
+    assert_eq!(by_client.version, 2);
+    cluster.close().await;
+
     let store_a = store(&operator, "tenant-a").await;
     let (causes, states) = audit(&*store_a, [actor.to_owned()]).await;
     assert_eq!(causes.get("caller-cmd-1"), Some(&1));
-    assert_eq!(states[actor].balance, 5);
+    assert_eq!(causes.get("caller-cmd-2"), Some(&1));
+    assert_eq!(states[actor].balance, 10);
     assert!(
         tenancy::violations(&server).is_empty(),
         "the node's and the caller's blocks must cover everything they do: {:?}",
         tenancy::violations(&server)
     );
+
+    // A client of tenant B's cluster with tenant A's caller credentials: refused at once.
+    let refused = ClusterClient::connect(
+        client_conn,
+        ClientConfig::new("tenant-b")
+            .permissions(watch)
+            .request_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect_err("tenant B's cluster");
+    assert!(refused.is_permission_denied(), "{refused}");
 
     // With tenant A's node credentials: tenant B's bucket cannot be read or written, its nodes
     // cannot be called or sent a handoff, and its subjects cannot be listened to.

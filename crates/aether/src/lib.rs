@@ -11,7 +11,7 @@
 //! | `bus` | `bus::EventBus`, `bus::NatsEventBus`, `bus::ProjectionRunner` | `aether-bus` |
 //! | `runtime` | `runtime::Actor`, `runtime::Runtime` (virtual actors, snapshots) | `aether-runtime` |
 //! | `model` | `model::Model` (EventStorming models), `runtime::ModelRuntime` | `aether-model` |
-//! | `cluster` | `cluster::ClusterNode` (actors reachable from every node, shard handoff, failover), `cluster::ClusterManager` (membership, leader, shard map on NATS KV); turns on `runtime` | `aether-cluster` |
+//! | `cluster` | `cluster::ClusterNode` (actors reachable from every node, shard handoff, failover), `cluster::ClusterClient` (calls without joining), `cluster::ClusterManager` (membership, leader, shard map on NATS KV); turns on `runtime` | `aether-cluster` |
 //! | `metrics` | `metrics::install_prometheus` (every layer's metrics over HTTP), `metrics::names` | `metrics-exporter-prometheus` |
 //! | `full` | all of the above | |
 //!

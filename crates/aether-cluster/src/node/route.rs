@@ -87,8 +87,9 @@ pub enum CallError<E: std::error::Error + 'static> {
         /// The refused subject.
         subject: String,
     },
-    /// This node has left or was dropped.
-    #[error("this cluster node is stopped; actor {actor_id} cannot be called through it")]
+    /// This node has left or was dropped (or this [`ClusterClient`](crate::ClusterClient) was
+    /// closed or dropped).
+    #[error("this cluster node or client is stopped; actor {actor_id} cannot be called through it")]
     Stopped {
         /// The actor.
         actor_id: String,
@@ -119,16 +120,17 @@ impl<E: std::error::Error + 'static> CallError<E> {
 
 /// How long a held call waits at most before it looks again (unless the map or a shard changes
 /// first): doubling from 5 ms to 250 ms.
-const HOLD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
+pub(crate) const HOLD_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(5), Duration::from_millis(250));
 
 /// How long a call waits for this node's map to catch up with a newer one an owner answered from.
-const CATCH_UP: Duration = Duration::from_millis(200);
+pub(crate) const CATCH_UP: Duration = Duration::from_millis(200);
 
 /// What keeps a call from being served right now; its text is the `reason` of
 /// [`CallError::Unavailable`] when the call runs out of time.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-enum Obstacle {
+pub(crate) enum Obstacle {
     #[error("no shard map yet")]
     NoMap,
     #[error("the cluster has no members to own it")]
@@ -574,7 +576,7 @@ fn local_outcome<A: ClusterActor>(
     })
 }
 
-fn remote_outcome<A: ClusterActor>(
+pub(crate) fn remote_outcome<A: ClusterActor>(
     actor_id: &str,
     node: &str,
     answer: Answer,

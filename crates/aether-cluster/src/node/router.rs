@@ -1,9 +1,11 @@
 //! The caller side of a node: the command ids it makes, and the requests that carry calls to
 //! other nodes (one request, bounded by the request timeout and the call's deadline, and why it
-//! brought no answer).
+//! brought no answer). [`Caller`] is all of it that does not need the node, shared with
+//! [`ClusterClient`](crate::ClusterClient).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aether_core::CommandId;
 use tokio::time::Instant;
@@ -11,18 +13,83 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::wire::{self, Answer, Call, Status};
+use crate::metrics::NodeMetrics;
+use crate::refusals::Guard;
 
 /// The caller side of a node: command ids, and the requests that carry calls to other nodes.
 #[derive(Debug)]
 pub(super) struct Router {
     pub(super) node: Arc<Shared>,
-    next_command: AtomicU64,
+    caller: Caller,
 }
 
 impl Router {
     pub(super) fn new(node: Arc<Shared>) -> Self {
+        let caller = Caller::new(
+            node.client.clone(),
+            &node.config.cluster_name,
+            node.config.request_timeout,
+            node.guard.clone(),
+            node.metrics.clone(),
+            node.manager.incarnation(),
+        );
+        Self { node, caller }
+    }
+
+    /// A command id unique in the cluster (see [`Caller::command_id`]).
+    pub(super) fn command_id(&self) -> CommandId {
+        self.caller.command_id()
+    }
+
+    /// One request to `owner` (see [`Caller::request`]).
+    pub(super) async fn request(
+        &self,
+        owner: &str,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Answer, RequestError> {
+        self.caller.request(owner, call, deadline).await
+    }
+}
+
+/// What sends calls to their owners: the connection, the cluster's name and request timeout,
+/// the permission guard, the metrics, and the command ids of this process.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    client: async_nats::Client,
+    cluster: String,
+    request_timeout: Duration,
+    guard: Option<Arc<Guard>>,
+    pub(crate) metrics: NodeMetrics,
+    /// The first 12 hex digits of the process's incarnation, the prefix of its command ids.
+    prefix: [u8; 12],
+    prefix_len: usize,
+    next_command: AtomicU64,
+}
+
+impl Caller {
+    pub(crate) fn new(
+        client: async_nats::Client,
+        cluster: &str,
+        request_timeout: Duration,
+        guard: Option<Arc<Guard>>,
+        metrics: NodeMetrics,
+        incarnation: &str,
+    ) -> Self {
+        let mut prefix = [0u8; 12];
+        let mut prefix_len = 0;
+        for digit in incarnation.bytes().filter(u8::is_ascii_hexdigit).take(12) {
+            prefix[prefix_len] = digit;
+            prefix_len += 1;
+        }
         Self {
-            node,
+            client,
+            cluster: cluster.to_owned(),
+            request_timeout,
+            guard,
+            metrics,
+            prefix,
+            prefix_len,
             next_command: AtomicU64::new(0),
         }
     }
@@ -30,15 +97,11 @@ impl Router {
     /// A command id unique in the cluster: 12 hex digits (48 random bits) of this process's
     /// incarnation and a hex counter. Up to 2^40 commands per process it is at most 23 bytes,
     /// which a [`CommandId`] holds inline: making one allocates nothing.
-    pub(super) fn command_id(&self) -> CommandId {
+    pub(crate) fn command_id(&self) -> CommandId {
         let n = self.next_command.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 12 + 1 + 16];
-        let mut len = 0;
-        let incarnation = self.node.manager.incarnation().bytes();
-        for digit in incarnation.filter(u8::is_ascii_hexdigit).take(12) {
-            buf[len] = digit;
-            len += 1;
-        }
+        let mut len = self.prefix_len;
+        buf[..len].copy_from_slice(&self.prefix[..len]);
         buf[len] = b'-';
         len += 1;
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
@@ -52,42 +115,41 @@ impl Router {
 
     /// One request to `owner`, bounded by the request timeout and the call's deadline. `Err`
     /// says why there is no answer (the call is then re-sent with the same id).
-    pub(super) async fn request(
+    pub(crate) async fn request(
         &self,
         owner: &str,
         call: &Call,
         deadline: Instant,
     ) -> Result<Answer, RequestError> {
-        let node = &*self.node;
         let payload = wire::encode(call).map_err(RequestError::Encode)?;
-        let subject = wire::call_subject(&node.config.cluster_name, owner);
-        let until = deadline.min(Instant::now() + node.config.request_timeout);
+        let subject = wire::call_subject(&self.cluster, owner);
+        let until = deadline.min(Instant::now() + self.request_timeout);
         let started = std::time::Instant::now();
         let span = tracing::debug_span!(
             "aether.cluster.call",
-            cluster = %node.config.cluster_name,
+            cluster = %self.cluster,
             actor_type = call.actor_type.as_str(),
             actor_id = call.actor.as_str(),
             command_id = call.id.as_str(),
             owner,
         );
-        let reply = match &node.guard {
+        let reply = match &self.guard {
             None => {
-                tokio::time::timeout_at(until, node.client.request(subject, payload))
+                tokio::time::timeout_at(until, self.client.request(subject, payload))
                     .instrument(span)
                     .await
             }
             // Boxed: the race would swell every remote call's future.
             Some(guard) => {
                 let to = subject.clone();
-                let request = tokio::time::timeout_at(until, node.client.request(subject, payload));
+                let request = tokio::time::timeout_at(until, self.client.request(subject, payload));
                 match Box::pin(guard.watch(|r| guard.concerns_request(r, &to), request))
                     .instrument(span)
                     .await
                 {
                     Ok(reply) => reply,
                     Err(refusal) => {
-                        node.metrics.refused_call.increment(1);
+                        self.metrics.refused_call.increment(1);
                         return Err(RequestError::Refused {
                             owner: owner.to_owned(),
                             refusal,
@@ -96,7 +158,7 @@ impl Router {
                 }
             }
         };
-        node.metrics
+        self.metrics
             .remote_seconds
             .record(started.elapsed().as_secs_f64());
         let owner = || owner.to_owned();
@@ -121,9 +183,9 @@ impl Router {
                 source,
             })?;
         match answer.status {
-            Status::Ok => node.metrics.remote_ok.increment(1),
-            Status::Rejected => node.metrics.remote_rejected.increment(1),
-            Status::Failed | Status::BadRequest => node.metrics.remote_failed.increment(1),
+            Status::Ok => self.metrics.remote_ok.increment(1),
+            Status::Rejected => self.metrics.remote_rejected.increment(1),
+            Status::Failed | Status::BadRequest => self.metrics.remote_failed.increment(1),
             Status::NotOwner | Status::Moving => {}
         }
         Ok(answer)
