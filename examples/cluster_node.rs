@@ -310,9 +310,9 @@ fn held_for(cluster: &ClusterClient, account: &str) -> String {
     };
     let timeout = DEFAULT_FAILURE_TIMEOUT.as_secs();
     format!(
-        "its owner {owner} does not serve it (moving it, or stopped); if {owner} stopped, the \
-         cluster fails it after the failure timeout ({timeout} s) and gives its shards to another \
-         node"
+        "its owner {owner} does not serve it (moving it, paused or stopped); a stopped {owner} \
+         is failed as soon as a node finds its connection gone, a paused one after the failure \
+         timeout ({timeout} s), and its shards go to another node"
     )
 }
 

@@ -63,9 +63,10 @@ pub(crate) struct NodeArgs {
     pub(crate) incarnation: u32,
 }
 
-/// How long a caller keeps re-sending one command while errors are retry-safe. Well under the
-/// time 256 other commands take to reach one account at this load, so a retry is recognised.
-const RETRY_FOR: Duration = Duration::from_secs(60);
+/// How long a caller keeps re-sending one command while errors are retry-safe: within the
+/// runtime's command-id horizon (60 s by default, `aether_runtime::COMMAND_HORIZON`), so a
+/// retry is always recognised.
+const RETRY_FOR: Duration = Duration::from_secs(50);
 
 /// The cluster settings of a chaos node: failures noticed in seconds, an R3 control plane.
 pub(crate) fn cluster_config(args: &NodeArgs) -> ClusterConfig {

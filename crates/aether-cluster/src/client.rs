@@ -6,6 +6,7 @@
 
 mod route;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use aether_core::Backoff;
 use aether_nats::permissions::PermissionWatch;
 use arc_swap::ArcSwapOption;
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,8 +30,10 @@ use crate::map::ShardMap;
 use crate::metrics::NodeMetrics;
 use crate::node::ClusterActor;
 use crate::node::router::Caller;
+use crate::node::wire;
 use crate::record::{ClusterSettings, decode};
 use crate::refusals::{Guard, Scope};
+use crate::watch::{BucketWatch, Delivery};
 
 pub use route::ClientActors;
 
@@ -41,6 +44,9 @@ const REWATCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Durati
 /// A held call reads the map directly (one direct get) at most this often, in case the watch
 /// stalled: a map the watch never delivers still reaches the calls.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// An owner without responders is reported to the nodes at most this often.
+const REPORT_AT_MOST_EVERY: Duration = Duration::from_millis(500);
 
 /// A [`ClusterClient`]'s settings. Build with [`ClientConfig::new`] and the chained setters.
 ///
@@ -184,6 +190,8 @@ struct ClientInner {
     map_changed: Notify,
     /// When a held call last read the map directly.
     refreshed: Mutex<Option<Instant>>,
+    /// When each owner without responders was last reported to the nodes.
+    reported: Mutex<HashMap<String, Instant>>,
     cancel: CancellationToken,
     follower: Mutex<Option<JoinHandle<()>>>,
 }
@@ -273,10 +281,12 @@ impl ClusterClient {
             map: ArcSwapOption::empty(),
             map_changed: Notify::new(),
             refreshed: Mutex::new(None),
+            reported: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             follower: Mutex::new(None),
         });
-        // Watch first, then read: a map written in between comes through the watch.
+        // The watch delivers the stored map too; read it now as well, so that `connect` returns
+        // with the map.
         let watch = inner.watch_map().await?;
         inner.refresh().await?;
         let task = tokio::spawn(Arc::clone(&inner).follow(watch));
@@ -335,20 +345,44 @@ impl ClientInner {
             .map(str::to_owned)
     }
 
-    /// A watch of the `shardmap` key, from the next write on.
-    async fn watch_map(&self) -> Result<kv::Watch, ClusterError> {
+    /// Tells the nodes (one of them, through the suspect subject's queue group) that `owner`
+    /// had no responders, at most every [`REPORT_AT_MOST_EVERY`] per owner: a node checks it and
+    /// fails it if its connection is gone (docs/cluster.md, "Fast failover").
+    async fn report_suspect(&self, owner: &str) {
+        {
+            let mut reported = lock(&self.reported);
+            let now = Instant::now();
+            reported.retain(|_, at| now.duration_since(*at) < REPORT_AT_MOST_EVERY);
+            if reported.contains_key(owner) {
+                return;
+            }
+            reported.insert(owner.to_owned(), now);
+        }
+        let subject = wire::suspect_subject(&self.config.cluster_name);
+        if let Err(e) = self
+            .caller
+            .client()
+            .publish(subject, Bytes::from(owner.to_owned()))
+            .await
+        {
+            tracing::debug!(client = %self.config.name, error = %e, "reporting a gone node failed");
+        }
+    }
+
+    /// A watch of the `shardmap` key: its stored map, then every write.
+    async fn watch_map(&self) -> Result<BucketWatch, ClusterError> {
         let context = "watching the shard map";
         guarded(
             &self.guard,
             Scope::Stream,
             context,
-            self.kv.watch(KEY_SHARD_MAP),
+            BucketWatch::start(self.caller.client(), &self.kv, KEY_SHARD_MAP),
         )
         .await?
-        .map_err(|e| ClusterError::Setup {
+        .map_err(|source| ClusterError::Setup {
             cluster: self.config.cluster_name.clone(),
             context: context.to_owned(),
-            source: Box::new(e),
+            source,
         })
     }
 
@@ -410,10 +444,10 @@ impl ClientInner {
         }
     }
 
-    /// Follows the map: applies every write the watch delivers; when the watch fails or ends,
-    /// watches again (with a backoff) and reads the map once, so nothing written meanwhile is
-    /// missed.
-    async fn follow(self: Arc<Self>, mut watch: kv::Watch) {
+    /// Follows the map: applies every write the watch delivers; when the watch fails (missed
+    /// deliveries, silence, its subscription gone), watches again (with a backoff), which
+    /// delivers the stored map first, so nothing written meanwhile is missed.
+    async fn follow(self: Arc<Self>, mut watch: BucketWatch) {
         let mut failures = 0;
         loop {
             let next = tokio::select! {
@@ -421,16 +455,14 @@ impl ClientInner {
                 next = watch.next() => next,
             };
             match next {
-                Some(Ok(entry)) => {
+                Ok(Delivery::Entry(entry)) => {
                     failures = 0;
                     self.apply(&entry);
                     continue;
                 }
-                Some(Err(e)) => {
+                Ok(Delivery::Idle) => continue,
+                Err(e) => {
                     tracing::warn!(client = %self.config.name, error = %e, "the shard map watch failed; watching again");
-                }
-                None => {
-                    tracing::warn!(client = %self.config.name, "the shard map watch ended; watching again");
                 }
             }
             loop {

@@ -281,6 +281,17 @@ impl Bucket {
         self.publish(key, headers, value).await
     }
 
+    /// Marks `key` purged if its last revision is `revision`, leaving a marker that expires:
+    /// what a record's expiry looks like to a watcher (a failed member), written by a node that
+    /// confirmed the record's owner dead.
+    pub(crate) async fn purge(&self, key: &str, revision: u64) -> Result<u64, WriteError> {
+        let mut headers = HeaderMap::new();
+        Fence::subject_at(revision).apply(&mut headers);
+        headers.insert(KV_OPERATION, "PURGE");
+        apply_ttl(&mut headers, MARKER_TTL);
+        self.publish(key, headers, Bytes::new()).await
+    }
+
     /// Deletes `key` if its last revision is `revision`, leaving a marker that expires.
     pub(crate) async fn delete(&self, key: &str, revision: u64) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();

@@ -63,6 +63,7 @@ mod placement;
 mod record;
 mod refusals;
 mod ring;
+mod watch;
 
 pub use client::{ClientActors, ClientConfig, ClusterClient};
 pub use config::{

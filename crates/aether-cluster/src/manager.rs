@@ -11,6 +11,7 @@
 //! They live in `manager/view.rs`, `manager/membership.rs` and `manager/leader.rs`; this file
 //! holds the public type, the shared state and joining.
 
+mod failover;
 mod leader;
 mod membership;
 mod view;

@@ -23,6 +23,11 @@ pub const SHARDS_MOVED: &str = "aether_cluster_shards_moved_total";
 /// ([`ClusterConfig::permissions`](crate::ClusterConfig::permissions)).
 pub const REFUSED: &str = "aether_cluster_refused_total";
 
+/// Counter: members this node confirmed dead without waiting for their records to expire
+/// (their call subject had no responders at every probe: the connection is gone) and marked
+/// failed.
+pub const CONFIRMED_DEAD: &str = "aether_cluster_members_confirmed_dead_total";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     pub members: Gauge,
@@ -36,6 +41,7 @@ pub(crate) struct Metrics {
     pub refused_lease: Counter,
     pub refused_map: Counter,
     pub refused_watch: Counter,
+    pub confirmed_dead: Counter,
 }
 
 impl Metrics {
@@ -57,6 +63,7 @@ impl Metrics {
             refused_lease: refused("lease"),
             refused_map: refused("map"),
             refused_watch: refused("watch"),
+            confirmed_dead: metrics::counter!(CONFIRMED_DEAD, &labels),
         }
     }
 }

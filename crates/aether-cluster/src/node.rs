@@ -14,6 +14,7 @@
 //! the map followed, per-shard state and gate, migration records) and the node's settings;
 //! `wire` holds the messages.
 
+mod failover;
 mod handoff;
 mod host;
 pub(crate) mod route;
@@ -40,6 +41,7 @@ pub use host::ClusterActor;
 pub use route::{CallError, ClusterActors};
 pub use shards::{MigrationStatus, ShardMigration};
 
+use failover::Failover;
 use handoff::Handoff;
 use host::Hosts;
 use router::Router;
@@ -66,6 +68,8 @@ struct Shared {
     metrics: NodeMetrics,
     /// With `ClusterConfig::permissions`: the server's refusals that concern a request end it.
     guard: Option<Arc<Guard>>,
+    /// Nodes a call found without responders, for the failover to check.
+    suspects: tokio::sync::mpsc::Sender<String>,
     cancel: CancellationToken,
     /// The node's tasks (listeners, the map follower, drains), stopped with it.
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -90,12 +94,16 @@ impl Shared {
     }
 }
 
-/// A node's parts: the caller side, the answering side and the handoff, over what they share.
+/// A node's parts: the caller side, the answering side, the handoff and the failover, over what
+/// they share.
 struct NodeInner {
     node: Arc<Shared>,
     router: Arc<Router>,
     server: Arc<Server>,
     handoff: Arc<Handoff>,
+    failover: Arc<Failover>,
+    /// What the failover takes suspects from, until `start` hands it over.
+    suspects: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
 
 impl fmt::Debug for NodeInner {
@@ -154,8 +162,10 @@ impl ClusterNode {
         let manager = ClusterManager::new(client.clone(), config.clone())?;
         let metrics = NodeMetrics::new(&config.cluster_name, &config.node_id);
         let guard = manager.guard().cloned();
+        let (suspects, suspected) = tokio::sync::mpsc::channel(failover::QUEUE);
         let node = Arc::new(Shared {
             guard,
+            suspects,
             manager,
             client,
             shards: Shards::new(config.shard_count),
@@ -171,6 +181,8 @@ impl ClusterNode {
                 router: Arc::new(Router::new(node.clone())),
                 server: Arc::new(Server::new(node.clone(), handoff.clone())),
                 handoff,
+                failover: Arc::new(Failover::new(node.clone())),
+                suspects: Mutex::new(Some(suspected)),
                 node,
             },
         })
@@ -250,6 +262,22 @@ impl ClusterNode {
                 return Err(denied(refusal));
             }
         }
+        // Callers' reports of owners without responders (best effort: a user without the right
+        // to it still fails members its own calls find gone).
+        let reports = match node
+            .client
+            .queue_subscribe(
+                wire::suspect_subject(&cfg.cluster_name),
+                wire::SUSPECT_QUEUE.to_owned(),
+            )
+            .await
+        {
+            Ok(reports) => Some(reports),
+            Err(e) => {
+                tracing::warn!(node = %node.me(), error = %e, "not taking callers' reports of gone nodes");
+                None
+            }
+        };
         let events = node.manager.watch();
         node.manager.start().await?;
         if let Some(watcher) = &mut watcher
@@ -269,6 +297,11 @@ impl ClusterNode {
             self.inner.server.clone().serve_handoffs(handoffs),
         ));
         tasks.push(tokio::spawn(self.inner.handoff.clone().follow_map(events)));
+        if let Some(suspected) = lock(&self.inner.suspects).take() {
+            tasks.push(tokio::spawn(
+                self.inner.failover.clone().run(suspected, reports),
+            ));
+        }
         Ok(())
     }
 

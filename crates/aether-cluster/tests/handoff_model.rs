@@ -4,10 +4,19 @@
 //! learned), lossy messages (calls, answers and handoff confirmations can be lost, calls are
 //! re-sent with the same command id), and the handoff timeout firing at any moment.
 //!
+//! Actors remember command ids for a time (the runtime's `CommandMemory` horizon, 60 s), longer
+//! than a caller re-sends a call (the call timeout, 30 s): modelled as a `Forget` of a command's
+//! id from every actor's memory, possible once its caller stopped re-sending and no copy of the
+//! call is in flight — and at any moment of a node's own work on it (a node paused mid-command
+//! for longer than the horizon). A node's folded events are not its memory: a conflict loser
+//! looks for its command among the events it folds in, forgotten or not.
+//!
 //! Checked: at most one node serves a shard per map epoch, no command is applied twice, and every
 //! command acknowledged to a caller is applied exactly once. The same model without the
 //! command-id check on a lost conflict must violate "no command applied twice" — evidence that
-//! the model reaches the double-serve race the check exists for.
+//! the model reaches the double-serve race the check exists for — and so must a memory that
+//! forgets while copies may still come (a window of a count of commands, which a busy actor
+//! passes within a call timeout).
 
 // Test code: a failed expectation panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -58,6 +67,8 @@ struct State {
     net: BTreeSet<Msg>,
     /// Per command: sends left, acknowledged.
     calls: Vec<(u8, bool)>,
+    /// Per command: its id has left every actor's memory (the horizon passed).
+    forgotten: Vec<bool>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -70,6 +81,19 @@ enum Action {
     FinishDrain(Node, Shard),
     HandoffTimeout(Node, Shard),
     Append(Node, Shard),
+    /// The horizon passed for the command's id: every actor's memory drops it.
+    Forget(Cmd),
+}
+
+/// When an actor's memory may drop a command's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forgetting {
+    /// Never (an unbounded memory).
+    Never,
+    /// After a time longer than its caller re-sends: once no copy of the call can come.
+    AfterTheHorizon,
+    /// At any moment after it was applied (a count of commands, passed by a busy actor).
+    Anytime,
 }
 
 struct Handoff {
@@ -83,11 +107,14 @@ struct Handoff {
     dedupe: bool,
     /// Whether the loser of a conflict checks the events it folded in for its command id.
     conflict_check: bool,
+    /// When command ids leave the actors' memory.
+    forgetting: Forgetting,
 }
 
 impl Handoff {
     /// `nodes` x `shards`, one command per entry of `commands` (its shard), each sent at most
-    /// twice, up to `max_maps` maps, with both command-id checks on.
+    /// twice, up to `max_maps` maps, with both command-id checks on and ids forgotten after the
+    /// horizon.
     fn new(nodes: u8, shards: u8, commands: Vec<Shard>, max_maps: usize) -> Self {
         Self {
             nodes,
@@ -97,6 +124,7 @@ impl Handoff {
             max_maps,
             dedupe: true,
             conflict_check: true,
+            forgetting: Forgetting::AfterTheHorizon,
         }
     }
 
@@ -153,6 +181,7 @@ impl Model for Handoff {
             store: vec![Vec::new(); self.shards as usize],
             net: BTreeSet::new(),
             calls: vec![(self.sends, false); self.commands.len()],
+            forgotten: vec![false; self.commands.len()],
         }]
     }
 
@@ -173,6 +202,24 @@ impl Model for Handoff {
         for msg in &state.net {
             actions.push(Action::Deliver(msg.clone()));
             actions.push(Action::Lose(msg.clone()));
+        }
+        for (cmd, forgotten) in state.forgotten.iter().enumerate() {
+            let cmd = cmd as Cmd;
+            let applied = state.store[self.shard_of(cmd) as usize].contains(&cmd);
+            let (left, acked) = state.calls[cmd as usize];
+            let may_come = (left > 0 && !acked)
+                || state
+                    .net
+                    .iter()
+                    .any(|m| matches!(m, Msg::Call { cmd: c, .. } if *c == cmd));
+            let forget = match self.forgetting {
+                Forgetting::Never => false,
+                Forgetting::AfterTheHorizon => applied && !may_come,
+                Forgetting::Anytime => applied,
+            };
+            if forget && !forgotten {
+                actions.push(Action::Forget(cmd));
+            }
         }
         if state.maps.len() < self.max_maps {
             let newest = state.maps.len() - 1;
@@ -272,9 +319,12 @@ impl Model for Handoff {
                         if n.serve[s] != Serve::Serving || n.work[s].is_some() {
                             return Some(state);
                         }
-                        // Activation folds the stored events (and learns their command ids).
+                        // Activation folds the stored events (and learns their command ids, until
+                        // the horizon passes).
                         let folded = *n.folded[s].get_or_insert(stored.len());
-                        if self.dedupe && stored[..folded].contains(&cmd) {
+                        let known =
+                            stored[..folded].contains(&cmd) && !state.forgotten[cmd as usize];
+                        if self.dedupe && known {
                             state.net.insert(Msg::Answer { cmd });
                         } else {
                             n.work[s] = Some((cmd, folded));
@@ -282,6 +332,7 @@ impl Model for Handoff {
                     }
                 }
             }
+            Action::Forget(cmd) => state.forgotten[cmd as usize] = true,
             Action::Append(node, shard) => {
                 let s = shard as usize;
                 let (cmd, decided) = state.nodes[node as usize].work[s]?;
@@ -295,9 +346,9 @@ impl Model for Handoff {
                     state.net.insert(Msg::Answer { cmd });
                 } else {
                     // Conflict: fold in the other writer's events, then decide again — unless
-                    // they already hold this command.
+                    // they hold this command (looked for among them, not in the memory).
                     n.folded[s] = Some(len);
-                    if self.conflict_check && state.store[s].contains(&cmd) {
+                    if self.conflict_check && state.store[s][decided..].contains(&cmd) {
                         n.work[s] = None;
                         state.net.insert(Msg::Answer { cmd });
                     } else {
@@ -359,6 +410,18 @@ impl Model for Handoff {
                 },
             ),
             Property::sometimes(
+                "a command is forgotten while a node works on it",
+                |m: &Handoff, s: &State| {
+                    s.forgotten.iter().enumerate().any(|(cmd, forgotten)| {
+                        let shard = m.shard_of(cmd as Cmd) as usize;
+                        *forgotten
+                            && s.nodes
+                                .iter()
+                                .any(|n| n.work[shard].is_some_and(|(c, _)| c == cmd as Cmd))
+                    })
+                },
+            ),
+            Property::sometimes(
                 "a command is acknowledged after its shard moved",
                 |m: &Handoff, s: &State| {
                     s.calls.iter().enumerate().any(|(cmd, (_, acked))| {
@@ -397,6 +460,7 @@ fn without_the_command_id_check_a_command_is_applied_twice() {
     let checker = check(Handoff {
         dedupe: false,
         conflict_check: false,
+        forgetting: Forgetting::Never,
         ..Handoff::new(2, 1, vec![0], 2)
     });
     let path = checker.assert_any_discovery("no command is applied twice");
@@ -411,6 +475,7 @@ fn a_conflict_loser_that_does_not_look_for_its_command_applies_it_twice() {
     let checker = check(Handoff {
         dedupe: true,
         conflict_check: false,
+        forgetting: Forgetting::Never,
         ..Handoff::new(2, 1, vec![0], 2)
     });
     let path = checker.assert_any_discovery("no command is applied twice");
@@ -423,5 +488,24 @@ fn a_conflict_loser_that_does_not_look_for_its_command_applies_it_twice() {
             .count()
             >= 3,
         "the counterexample goes through a lost conflict: {actions:?}"
+    );
+}
+
+/// A memory that may drop an id while copies of the call can still come — a window of the last
+/// N commands, which a busy actor passes well within a call timeout — lets a late copy be
+/// applied again. Remembering for longer than callers re-send (the horizon) is what the safe
+/// checks above rely on.
+#[test]
+fn forgetting_while_copies_may_still_come_applies_a_command_twice() {
+    let checker = check(Handoff {
+        forgetting: Forgetting::Anytime,
+        ..Handoff::new(2, 1, vec![0], 2)
+    });
+    let path = checker.assert_any_discovery("no command is applied twice");
+    let actions = path.into_actions();
+    println!("counterexample: {actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Forget(_))),
+        "the counterexample forgets the id: {actions:?}"
     );
 }

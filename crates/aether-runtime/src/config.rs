@@ -1,4 +1,4 @@
-//! Runtime policies: conflict retries, snapshots, activation limits.
+//! Runtime policies: conflict retries, snapshots, the command-id memory, activation limits.
 
 use aether_core::Backoff;
 use std::time::Duration;
@@ -154,6 +154,111 @@ impl SnapshotPolicy {
     }
 }
 
+/// The fewest command ids an actor remembers, whatever their age (the default
+/// [`CommandMemory::min`]): a command is recognised as long as fewer than this many other
+/// commands with ids reached the actor in between, even when it is older than the horizon.
+pub const REMEMBERED_COMMANDS: usize = 256;
+
+/// How long an actor remembers a command id at least (the default [`CommandMemory::horizon`]):
+/// 60 s, the cluster's default call timeout (30 s, during which a caller re-sends a call with the
+/// same id) with as much again as margin for clocks and slow answers.
+pub const COMMAND_HORIZON: Duration = Duration::from_secs(60);
+
+/// The most command ids one actor remembers (the default [`CommandMemory::max`]), so memory
+/// stays bounded whatever the rate: past it the oldest are forgotten even within the horizon.
+pub const MAX_REMEMBERED_COMMANDS: usize = 65_536;
+
+/// The most command ids one snapshot carries (the default [`CommandMemory::in_snapshots`]).
+pub const SNAPSHOT_COMMANDS: usize = 4_096;
+
+/// The most bytes of command ids one snapshot carries: its newest ids that fit, so that a
+/// snapshot of ids of any length stays well under NATS's 1 MiB payload limit (4,096 ids of 64
+/// bytes fit; longer ids mean fewer).
+pub const SNAPSHOT_COMMAND_BYTES: usize = 256 * 1024;
+
+/// Which command ids an actor remembers, to recognise a command sent again
+/// ([`ActorRef::ask_once`](crate::ActorRef::ask_once)): each id it folded in (its own appends,
+/// replayed events, its snapshot's list) with the time it was applied, oldest first.
+///
+/// An id is kept while it is younger than `horizon`, and in any case while it is among the
+/// newest `min`; the oldest are dropped regardless once more than `max` are held. So a command
+/// is applied at most once per id when its copies reach the actor within `horizon` of each
+/// other, or with fewer than `min` other commands with ids in between; at more than
+/// `max / horizon` commands with ids per second, only within `max` commands.
+///
+/// Times are the command's first event's timestamp (the clock of the process that appended it),
+/// compared with this process's clock: clocks that disagree by more than the margin between the
+/// horizon and the callers' retry window shorten the memory by the difference.
+///
+/// Across passivation and moves, an actor remembers what its snapshot carries — the newest
+/// `in_snapshots` ids (at most [`SNAPSHOT_COMMAND_BYTES`] of them) of those within the horizon
+/// or among the newest `min` — and the ids of the events replayed after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandMemory {
+    /// Ids younger than this are kept (up to `max`). Default [`COMMAND_HORIZON`] (60 s).
+    pub horizon: Duration,
+    /// The newest this many ids are kept whatever their age. Default [`REMEMBERED_COMMANDS`]
+    /// (256).
+    pub min: usize,
+    /// At most this many ids per actor (at least `min`, at least 1). Default
+    /// [`MAX_REMEMBERED_COMMANDS`] (65,536).
+    pub max: usize,
+    /// At most this many ids per snapshot (at most `max`). Default [`SNAPSHOT_COMMANDS`]
+    /// (4,096).
+    pub in_snapshots: usize,
+}
+
+impl Default for CommandMemory {
+    fn default() -> Self {
+        Self {
+            horizon: COMMAND_HORIZON,
+            min: REMEMBERED_COMMANDS,
+            max: MAX_REMEMBERED_COMMANDS,
+            in_snapshots: SNAPSHOT_COMMANDS,
+        }
+    }
+}
+
+impl CommandMemory {
+    /// Sets how long an id is kept at least (within `max`).
+    pub fn horizon(mut self, horizon: Duration) -> Self {
+        self.horizon = horizon;
+        self
+    }
+
+    /// Sets how many of the newest ids are kept whatever their age.
+    pub fn min(mut self, min: usize) -> Self {
+        self.min = min;
+        self
+    }
+
+    /// Sets the most ids kept per actor.
+    pub fn max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets the most ids carried by a snapshot.
+    pub fn in_snapshots(mut self, n: usize) -> Self {
+        self.in_snapshots = n;
+        self
+    }
+
+    /// The same memory with its bounds made consistent: `max` at least `min` and at least 1,
+    /// `in_snapshots` at most `max`.
+    pub(crate) fn clamped(mut self) -> Self {
+        self.max = self.max.max(self.min).max(1);
+        self.in_snapshots = self.in_snapshots.min(self.max);
+        self
+    }
+
+    /// The horizon in milliseconds (saturating).
+    pub(crate) fn horizon_millis(&self) -> u64 {
+        u64::try_from(self.horizon.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Runtime settings (see [`crate::RuntimeBuilder`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -171,6 +276,8 @@ pub struct RuntimeConfig {
     pub retry: RetryPolicy,
     /// Snapshot policy (used only with a snapshot store).
     pub snapshots: SnapshotPolicy,
+    /// Which command ids each actor remembers (see [`CommandMemory`]).
+    pub command_memory: CommandMemory,
 }
 
 impl Default for RuntimeConfig {
@@ -181,6 +288,7 @@ impl Default for RuntimeConfig {
             max_active: 100_000,
             retry: RetryPolicy::default(),
             snapshots: SnapshotPolicy::default(),
+            command_memory: CommandMemory::default(),
         }
     }
 }
@@ -215,5 +323,20 @@ mod tests {
         assert!(p.at_passivation(10));
         assert!(!SnapshotPolicy::off().at_passivation(1000));
         assert!(!SnapshotPolicy::off().after_command(1000));
+    }
+
+    #[test]
+    fn command_memory_bounds_are_made_consistent() {
+        let m = CommandMemory::default()
+            .min(10)
+            .max(5)
+            .in_snapshots(100)
+            .clamped();
+        assert_eq!((m.min, m.max, m.in_snapshots), (10, 10, 10));
+        let m = CommandMemory::default().min(0).max(0).clamped();
+        assert_eq!(m.max, 1);
+        assert_eq!(CommandMemory::default().horizon_millis(), 60_000);
+        let forever = CommandMemory::default().horizon(Duration::MAX);
+        assert_eq!(forever.horizon_millis(), u64::MAX);
     }
 }

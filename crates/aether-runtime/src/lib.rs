@@ -13,6 +13,8 @@
 //!   actors are passivated, the least recently used is evicted at the cap, a panicking handler
 //!   only reloads its own actor, and [`Runtime::shutdown`] drains every mailbox.
 //! - [`SnapshotPolicy`]: every N events, on passivation, with a lower bound.
+//! - [`CommandMemory`]: how long (default 60 s) and how many command ids an actor remembers to
+//!   apply a command sent again at most once.
 //! - [`metrics`]: the names recorded through the `metrics` facade.
 //! - Feature `model`: `Runtime::load_model` refuses commands and events an EventStorming model
 //!   (`aether-model`) does not declare for the aggregate; `ModelRuntime` runs the model's
@@ -32,7 +34,10 @@ mod runtime;
 pub mod testing;
 
 pub use actor::{Actor, event_type_of};
-pub use config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
+pub use config::{
+    COMMAND_HORIZON, CommandMemory, MAX_REMEMBERED_COMMANDS, REMEMBERED_COMMANDS, RetryPolicy,
+    RuntimeConfig, SNAPSHOT_COMMAND_BYTES, SNAPSHOT_COMMANDS, SnapshotPolicy,
+};
 pub use error::AskError;
 #[cfg(feature = "model")]
 pub use model::{
@@ -40,8 +45,3 @@ pub use model::{
     ModelRuntime,
 };
 pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats, SHUTDOWN_WINDOW};
-
-/// How many recent commands (by id) an actor remembers, in memory and in its snapshots, to
-/// recognise a command sent again ([`ActorRef::ask_once`]): a command is applied at most once as
-/// long as fewer than this many other commands with ids reached the actor in between.
-pub const REMEMBERED_COMMANDS: usize = 256;

@@ -72,7 +72,8 @@ impl<A: ClusterActor> ClientActors<A> {
 
     /// [`ask`](Self::ask) with the caller's own command id (an idempotency key): sending the
     /// same id again — after a timeout, from another process — returns the first outcome
-    /// instead of applying the command twice.
+    /// instead of applying the command twice (within the actor's
+    /// [`CommandMemory`](aether_runtime::CommandMemory) horizon, 60 s by default).
     pub async fn ask_with_id(
         &self,
         actor_id: &str,
@@ -157,7 +158,19 @@ impl<A: ClusterActor> ClientCall<'_, A> {
             };
             let deadline = self.started + self.client.config.call_timeout;
             let metrics = &self.client.caller.metrics;
-            let answer = match self.client.caller.request(&owner, &call, deadline).await {
+            // Abandoned when the owner is replaced in the map (failed, say: a request to a node
+            // that died is never answered); sent again with the same id.
+            let request = self.client.caller.request(&owner, &call, deadline);
+            let replaced = self.owner_replaced(&owner);
+            let sent = tokio::select! {
+                biased;
+                sent = request => sent,
+                () = replaced => {
+                    metrics.remote_retried.increment(1);
+                    continue;
+                }
+            };
+            let answer = match sent {
                 Ok(answer) => answer,
                 Err(RequestError::Refused { refusal, .. }) => {
                     self.note_held();
@@ -168,6 +181,9 @@ impl<A: ClusterActor> ClientCall<'_, A> {
                     });
                 }
                 Err(e) => {
+                    if let RequestError::NoResponders { owner } = &e {
+                        self.client.report_suspect(owner).await;
+                    }
                     metrics.remote_retried.increment(1);
                     self.hold(Obstacle::Request(e)).await?;
                     continue;
@@ -210,6 +226,23 @@ impl<A: ClusterActor> ClientCall<'_, A> {
             && let Err(e) = self.client.refresh().await
         {
             tracing::debug!(client = %self.client.config.name, error = %e, "reading the shard map failed");
+        }
+    }
+
+    /// Returns once the client's map no longer gives the call's shard to `owner`.
+    async fn owner_replaced(&self, owner: &str) {
+        loop {
+            let changed = self.client.map_changed.notified();
+            let still = self
+                .client
+                .map
+                .load()
+                .as_ref()
+                .is_some_and(|map| map.owner(self.shard) == Some(owner));
+            if !still {
+                return;
+            }
+            changed.await;
         }
     }
 

@@ -4,24 +4,39 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::watch::{BucketWatch, Delivery};
 use aether_core::Backoff;
 
 /// Pauses between attempts to reload the bucket after the watch failed: doubling from 100 ms to
 /// 2 s.
 const RELOAD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
+/// How long loading the bucket may take.
+const LOAD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Keys read at once when a reload checks the members it did not deliver.
+const CONFIRM_READS: usize = 8;
+
 impl Inner {
     /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
-    /// continues from there. Members that vanished since the previous view are reported failed.
-    async fn resync(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
-        // The load ends at the entry marked `seen_current`, so the bucket must hold at least
-        // one: `config`, which nobody deletes -- but if someone did, write it back.
+    /// continues from there.
+    async fn resync(&self, bucket: &Bucket) -> Result<BucketWatch, ClusterError> {
+        // `config` is never deleted -- but if someone did, write it back.
         self.check_settings(bucket).await?;
         self.load(bucket).await
     }
 
-    /// Loads the whole view (see [`resync`](Self::resync)); `config` is known to exist.
-    pub(super) async fn load(&self, bucket: &Bucket) -> Result<kv::Watch, ClusterError> {
+    /// Loads the whole view and returns the watch that continues from there.
+    ///
+    /// A member of the view is reported gone only on what the bucket says of its record: a
+    /// delete marker (left) or an expiry or purge marker (failed), delivered by the load or read
+    /// directly. That the load did not deliver its key at all says nothing: the record may have
+    /// been rewritten behind the point where the load ended (see [`fetch`](Self::fetch)). Such a
+    /// key is read (a direct get, no consumer): a value keeps the member (its newer revision
+    /// comes through the watch), a marker reports it, and no entry at all (its marker expired
+    /// too) reports it failed. The lease likewise. A read that fails fails the load before the
+    /// view changes; the caller tries again.
+    pub(super) async fn load(&self, bucket: &Bucket) -> Result<BucketWatch, ClusterError> {
         let (watch, latest) = match &self.guard {
             None => self.fetch(bucket).await?,
             // A refused consumer (or its delivery subscription) ends the load at once.
@@ -35,24 +50,50 @@ impl Inner {
                     Err(self.denied("watching the cluster bucket", refusal))
                 })?,
         };
-        let vanished: Vec<String> = {
+        let (unseen, lease_unseen) = {
             let view = self.read_view();
-            view.members
+            let unseen: Vec<String> = view
+                .members
                 .keys()
-                .filter(|id| {
-                    latest
-                        .get(&format!("{KEY_NODES_PREFIX}{id}"))
-                        .is_none_or(|e| e.operation != Operation::Put)
-                })
+                .filter(|id| !latest.contains_key(&format!("{KEY_NODES_PREFIX}{id}")))
                 .cloned()
-                .collect()
+                .collect();
+            (
+                unseen,
+                view.leader.is_some() && !latest.contains_key(KEY_LEADER),
+            )
         };
-        for id in vanished {
-            self.write_view().members.remove(&id);
-            self.emit(ClusterEvent::MemberFailed { node_id: id });
-            self.membership_changed.notify_one();
+        let context = "reading a key the reload did not deliver";
+        let confirmed: Vec<(String, Option<kv::Entry>)> = futures::stream::iter(unseen)
+            .map(|id| async move {
+                let entry = bucket.entry(&format!("{KEY_NODES_PREFIX}{id}")).await;
+                entry.map(|e| (id, e))
+            })
+            .buffer_unordered(CONFIRM_READS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.nats(context, e))?;
+        let lease_gone = if lease_unseen {
+            let lease = bucket
+                .entry(KEY_LEADER)
+                .await
+                .map_err(|e| self.nats(context, e))?;
+            lease.is_none_or(|e| e.operation != Operation::Put)
+        } else {
+            false
+        };
+        for (id, entry) in confirmed {
+            match entry {
+                Some(e) if e.operation == Operation::Put => {
+                    tracing::debug!(cluster = %self.config.cluster_name, node = %id, revision = e.revision, "a member the reload did not deliver is alive");
+                }
+                Some(marker) => self.drop_member(&id, marker.operation),
+                None => self.drop_member(&id, Operation::Purge),
+            }
         }
-        if !latest.contains_key(KEY_LEADER) && self.read_view().leader.is_some() {
+        if lease_gone {
             self.set_leader(None);
         }
         let mut entries: Vec<kv::Entry> = latest.into_values().collect();
@@ -64,51 +105,70 @@ impl Inner {
         Ok(watch)
     }
 
-    /// A watch of the whole bucket, and the last entry of each key (read until caught up).
+    /// A watch of the whole bucket, and the last entry of each key it delivered while loading.
+    ///
+    /// The load ends at the first entry at or after `through`, the bucket's last revision
+    /// before the watch's consumer was made (or when the consumer says it is idle, in a quiet
+    /// bucket whose last entry went meanwhile). Every key whose last entry was stored by then is
+    /// delivered before it, unless the key was written again meanwhile: with one revision kept
+    /// per key, the older one is removed and the key moves behind the end of the load, to come
+    /// through the watch (hence the reads in [`load`](Self::load)).
+    ///
+    /// It does not end at the first entry with nothing pending (async-nats's `seen_current`):
+    /// that count is the server's running estimate, lowered at once when a write removes a key's
+    /// older revision but raised for the new one only when the stream's signal loop gets to it.
+    /// Under steady heartbeats it reads 0 while the newest records are still to come, and a
+    /// load ending there missed members that were alive.
     async fn fetch(
         &self,
         bucket: &Bucket,
-    ) -> Result<(kv::Watch, BTreeMap<String, kv::Entry>), ClusterError> {
+    ) -> Result<(BucketWatch, BTreeMap<String, kv::Entry>), ClusterError> {
         // Creating the watch's consumer can time out while a just-created replicated bucket
         // elects its stream leader, or on a loaded server: a few attempts, then the error.
         let mut attempt = 0;
-        let mut watch = loop {
+        let (through, mut watch) = loop {
             attempt += 1;
-            match bucket.kv.watch_with_history(">").await {
-                Ok(watch) => break watch,
+            match self.open_watch(bucket).await {
+                Ok(opened) => break opened,
                 Err(e) if attempt < 4 => {
                     tracing::debug!(node = %self.config.node_id, error = %e, attempt, "creating the bucket watch failed; retrying");
                     tokio::time::sleep(Duration::from_millis(250) * attempt).await;
                 }
-                Err(e) => return Err(self.setup("watching the cluster bucket", Box::new(e))),
+                Err(e) => return Err(self.setup("watching the cluster bucket", e)),
             }
         };
+        let context = "loading the cluster state";
         let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + LOAD_LIMIT;
         loop {
-            let next = tokio::time::timeout_at(deadline, watch.next()).await;
-            match next {
-                Ok(Some(Ok(entry))) => {
-                    let done = entry.seen_current;
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Ok(Delivery::Entry(entry))) => {
+                    let done = entry.revision >= through;
                     latest.insert(entry.key.clone(), entry);
                     if done {
                         break;
                     }
                 }
-                Ok(Some(Err(e))) => {
-                    return Err(self.setup("loading the cluster state", Box::new(e)));
-                }
-                Ok(None) => {
-                    return Err(self.setup("loading the cluster state", "the watch ended".into()));
-                }
+                Ok(Ok(Delivery::Idle)) => break,
+                Ok(Err(e)) => return Err(self.setup(context, Box::new(e))),
                 Err(_) => {
                     return Err(
-                        self.setup("loading the cluster state", "timed out after 10s".into())
+                        self.setup(context, format!("timed out after {LOAD_LIMIT:?}").into())
                     );
                 }
             }
         }
         Ok((watch, latest))
+    }
+
+    /// The bucket's last revision, then a watch starting with the last entry of every key.
+    async fn open_watch(
+        &self,
+        bucket: &Bucket,
+    ) -> Result<(u64, BucketWatch), crate::error::BoxError> {
+        let through = bucket.kv.stream.get_info().await?.state.last_sequence;
+        let watch = BucketWatch::start(&self.client, &bucket.kv, ">").await?;
+        Ok((through, watch))
     }
 
     fn set_leader(&self, leader: Option<LeaderInfo>) {
@@ -186,31 +246,25 @@ impl Inner {
                 self.membership_changed.notify_one();
             }
         } else if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX) {
+            if !present {
+                self.drop_member(id, entry.operation);
+                return;
+            }
+            let Some(rec) = decode::<NodeRecord>(&entry.value)
+                .ok()
+                .filter(|r| r.id == id)
+            else {
+                tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
+                return;
+            };
             // (event, whether placement may change)
-            let event = if present {
-                let Some(rec) = decode::<NodeRecord>(&entry.value)
-                    .ok()
-                    .filter(|r| r.id == id)
-                else {
-                    tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
-                    return;
-                };
-                let mut view = self.write_view();
-                match view.members.insert(id.to_owned(), rec.clone()) {
-                    None => Some((ClusterEvent::MemberJoined(rec), true)),
-                    Some(old) if old != rec => {
-                        let placement = old.status != rec.status || old.capacity != rec.capacity;
-                        Some((ClusterEvent::MemberUpdated(rec), placement))
-                    }
-                    Some(_) => None,
+            let event = match self.write_view().members.insert(id.to_owned(), rec.clone()) {
+                None => Some((ClusterEvent::MemberJoined(rec), true)),
+                Some(old) if old != rec => {
+                    let placement = old.status != rec.status || old.capacity != rec.capacity;
+                    Some((ClusterEvent::MemberUpdated(rec), placement))
                 }
-            } else {
-                let removed = self.write_view().members.remove(id).is_some();
-                let node_id = id.to_owned();
-                removed.then_some(match entry.operation {
-                    Operation::Delete => (ClusterEvent::MemberLeft { node_id }, true),
-                    _ => (ClusterEvent::MemberFailed { node_id }, true),
-                })
+                Some(_) => None,
             };
             if let Some((event, placement)) = event {
                 self.update_member_metrics();
@@ -223,6 +277,22 @@ impl Inner {
         self.view_changed.notify_waiters();
     }
 
+    /// Removes member `id` from the view, if it is there, and reports it: left for a delete
+    /// marker (`DEL`), failed for anything else (its record expired, or was purged).
+    fn drop_member(&self, id: &str, operation: Operation) {
+        if self.write_view().members.remove(id).is_none() {
+            return;
+        }
+        let node_id = id.to_owned();
+        self.update_member_metrics();
+        self.emit(match operation {
+            Operation::Delete => ClusterEvent::MemberLeft { node_id },
+            _ => ClusterEvent::MemberFailed { node_id },
+        });
+        self.membership_changed.notify_one();
+        self.view_changed.notify_waiters();
+    }
+
     fn update_member_metrics(&self) {
         self.metrics
             .members
@@ -230,10 +300,10 @@ impl Inner {
     }
 
     /// Follows the bucket, reloading it when the watch fails, ends or stalls.
-    pub(super) async fn watch_task(self: Arc<Self>, bucket: Bucket, mut watch: kv::Watch) {
+    pub(super) async fn watch_task(self: Arc<Self>, bucket: Bucket, mut watch: BucketWatch) {
         // This node's own heartbeats are the canary: a watch that has not delivered a record
-        // this node wrote a while ago is stuck (seen after a NATS server was killed: the ordered
-        // consumer neither delivered nor failed), and is replaced.
+        // this node wrote a while ago is stuck (seen after a NATS server was killed: the consumer
+        // neither delivered nor failed), and is replaced.
         let stale_after = (self.config.heartbeat_interval * 3).max(Duration::from_secs(2));
         let mut check = tokio::time::interval(self.config.heartbeat_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,15 +311,15 @@ impl Inner {
             let reload = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 next = watch.next() => match next {
-                    Some(Ok(entry)) => {
+                    Ok(Delivery::Entry(entry)) => {
                         self.apply(entry);
                         false
                     }
-                    Some(Err(e)) => {
+                    Ok(Delivery::Idle) => false,
+                    Err(e) => {
                         tracing::warn!(cluster = %self.config.cluster_name, error = %e, "cluster watch failed; reloading");
                         true
                     }
-                    None => true,
                 },
                 _ = check.tick() => {
                     let canary = *lock(&self.canary);
@@ -262,31 +332,38 @@ impl Inner {
                     stuck
                 }
             };
-            if !reload {
-                continue;
-            }
-            // Reload everything with a fresh watch (the server may have gone away).
-            let mut failures = 0;
-            loop {
-                if self.cancel.is_cancelled() {
-                    return;
+            if reload {
+                match self.reload(&bucket, watch).await {
+                    Some(fresh) => watch = fresh,
+                    None => return, // stopped
                 }
-                match self.resync(&bucket).await {
-                    Ok(w) => {
-                        watch = w;
-                        *lock(&self.canary) = None;
-                        break;
+            }
+        }
+    }
+
+    /// Replaces `old` by a fresh load of the bucket, retrying with a backoff; `None` once the
+    /// node stops. `old` goes first, so its consumer leaves the server while the load runs.
+    async fn reload(&self, bucket: &Bucket, old: BucketWatch) -> Option<BucketWatch> {
+        drop(old);
+        let mut failures = 0;
+        loop {
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            match self.resync(bucket).await {
+                Ok(watch) => {
+                    *lock(&self.canary) = None;
+                    return Some(watch);
+                }
+                Err(e) => {
+                    if e.is_permission_denied() {
+                        self.metrics.refused_watch.increment(1);
                     }
-                    Err(e) => {
-                        if e.is_permission_denied() {
-                            self.metrics.refused_watch.increment(1);
-                        }
-                        tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
-                        failures += 1;
-                        tokio::select! {
-                            () = self.cancel.cancelled() => return,
-                            () = tokio::time::sleep(RELOAD_BACKOFF.delay(failures)) => {}
-                        }
+                    tracing::warn!(cluster = %self.config.cluster_name, error = %e, "reloading the cluster state failed");
+                    failures += 1;
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return None,
+                        () = tokio::time::sleep(RELOAD_BACKOFF.delay(failures)) => {}
                     }
                 }
             }

@@ -204,8 +204,9 @@ impl<A: ClusterActor> ClusterActors<A> {
 
     /// [`ask`](Self::ask) with the caller's own command id (an idempotency key): sending the
     /// same id again — after a timeout, from another process — returns the first outcome
-    /// instead of applying the command twice (within the last
-    /// [`REMEMBERED_COMMANDS`](aether_runtime::REMEMBERED_COMMANDS) commands of the actor).
+    /// instead of applying the command twice (an id is remembered for the actor's
+    /// [`CommandMemory`](aether_runtime::CommandMemory) horizon, 60 s by default, and always
+    /// among its newest 256).
     pub async fn ask_with_id(
         &self,
         actor_id: &str,
@@ -422,7 +423,20 @@ impl<'a, A: ClusterActor> Routing<'a, A> {
             cmd,
         };
         let deadline = self.deadline().1;
-        let answer = match router.request(&owner, &call, deadline).await {
+        // A request in flight when its owner is replaced in the map (failed, say: a request to a
+        // node that died is never answered) is abandoned and the call looks again; re-sending
+        // it with the same id is safe.
+        let request = router.request(&owner, &call, deadline);
+        let replaced = self.owner_replaced(&owner);
+        let sent = tokio::select! {
+            biased;
+            sent = request => sent,
+            () = replaced => {
+                router.node.metrics.remote_retried.increment(1);
+                return Route::Look;
+            }
+        };
+        let answer = match sent {
             Ok(answer) => answer,
             // Final: the same request would be refused again.
             Err(RequestError::Refused { refusal, .. }) => {
@@ -434,6 +448,11 @@ impl<'a, A: ClusterActor> Routing<'a, A> {
                 }));
             }
             Err(e) => {
+                if let RequestError::NoResponders { owner } = &e {
+                    // Its connection may be gone: the failover checks (full queue: dropped, and
+                    // reported again by the next call).
+                    let _ = router.node.suspects.try_send(owner.clone());
+                }
                 router.node.metrics.remote_retried.increment(1);
                 return Route::Held(Obstacle::Request(e));
             }
@@ -455,6 +474,22 @@ impl<'a, A: ClusterActor> Routing<'a, A> {
         };
         router.node.metrics.remote_retried.increment(1);
         Route::Held(obstacle)
+    }
+
+    /// Returns once this node's map no longer gives the call's shard to `owner`.
+    async fn owner_replaced(&self, owner: &str) {
+        let shards = &self.actors.router.node.shards;
+        loop {
+            let mapped = shards.map_changed.notified();
+            let still = shards
+                .map()
+                .as_ref()
+                .is_some_and(|map| map.owner(self.shard) == Some(owner));
+            if !still {
+                return;
+            }
+            mapped.await;
+        }
     }
 
     /// Waits (at most [`CATCH_UP`]) for this node to apply a map newer than `epoch`.

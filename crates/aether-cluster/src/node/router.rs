@@ -94,6 +94,11 @@ impl Caller {
         }
     }
 
+    /// The connection calls go out on.
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// A command id unique in the cluster: 12 hex digits (48 random bits) of this process's
     /// incarnation and a hex counter. Up to 2^40 commands per process it is at most 23 bytes,
     /// which a [`CommandId`] holds inline: making one allocates nothing.
@@ -133,29 +138,40 @@ impl Caller {
             command_id = call.id.as_str(),
             owner,
         );
-        let reply = match &self.guard {
-            None => {
-                tokio::time::timeout_at(until, self.client.request(subject, payload))
-                    .instrument(span)
-                    .await
-            }
-            // Boxed: the race would swell every remote call's future.
-            Some(guard) => {
-                let to = subject.clone();
-                let request = tokio::time::timeout_at(until, self.client.request(subject, payload));
-                match Box::pin(guard.watch(|r| guard.concerns_request(r, &to), request))
-                    .instrument(span)
-                    .await
-                {
-                    Ok(reply) => reply,
-                    Err(refusal) => {
-                        self.metrics.refused_call.increment(1);
-                        return Err(RequestError::Refused {
-                            owner: owner.to_owned(),
-                            refusal,
-                        });
-                    }
+        let ask = async {
+            let request =
+                tokio::time::timeout_at(until, self.client.request(subject.clone(), payload));
+            match &self.guard {
+                None => Ok(request.await),
+                // Boxed: the race would swell every remote call's future.
+                Some(guard) => {
+                    Box::pin(guard.watch(|r| guard.concerns_request(r, &subject), request)).await
                 }
+            }
+        }
+        .instrument(span);
+        tokio::pin!(ask);
+        // A request the owner does not answer soon is checked with a probe: if the owner's
+        // connection is gone (killed while the request was on its way), no answer will come,
+        // and waiting out the request timeout would only delay the failover.
+        let outcome = tokio::select! {
+            biased;
+            outcome = &mut ask => outcome,
+            () = tokio::time::sleep(PROBE_AFTER) => {
+                if self.gone(&subject).await {
+                    return Err(RequestError::NoResponders { owner: owner.to_owned() });
+                }
+                ask.await
+            }
+        };
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                self.metrics.refused_call.increment(1);
+                return Err(RequestError::Refused {
+                    owner: owner.to_owned(),
+                    refusal,
+                });
             }
         };
         self.metrics
@@ -190,6 +206,32 @@ impl Caller {
         }
         Ok(answer)
     }
+}
+
+impl Caller {
+    /// Whether nobody listens on `subject` (a node's call subject) any more: one liveness probe
+    /// ([`wire::PROBE_HEADER`], never answered) that the server answers "no responders" at once
+    /// when the node's subscription is gone; anything else within [`PROBE_WAIT`] (nothing, as
+    /// the node ignores probes) means it is there.
+    pub(crate) async fn gone(&self, subject: &str) -> bool {
+        probe_finds_nobody(&self.client, subject).await
+    }
+}
+
+/// A request that has not been answered after this long is checked with a probe.
+const PROBE_AFTER: Duration = Duration::from_millis(200);
+/// How long a probe waits for the server's "no responders".
+pub(crate) const PROBE_WAIT: Duration = Duration::from_millis(100);
+
+/// One liveness probe of `subject` on `client`: `true` when the server reports no responders.
+pub(crate) async fn probe_finds_nobody(client: &async_nats::Client, subject: &str) -> bool {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(wire::PROBE_HEADER, "1");
+    let probe = client.request_with_headers(subject.to_owned(), headers, bytes::Bytes::new());
+    matches!(
+        tokio::time::timeout(PROBE_WAIT, probe).await,
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders
+    )
 }
 
 /// Why a request to another node brought no answer. Every kind holds the call (it is re-sent

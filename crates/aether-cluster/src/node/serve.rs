@@ -49,6 +49,13 @@ impl Server {
                 m = calls.next() => m,
             };
             let Some(message) = message else { return };
+            if message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(wire::PROBE_HEADER).is_some())
+            {
+                continue; // a liveness probe: its delivery was the answer
+            }
             let Some(reply) = message.reply.clone() else {
                 continue; // nobody to answer
             };

@@ -14,6 +14,20 @@ pub(crate) fn handoff_subject(cluster: &str, node: &str) -> String {
     format!("aether-cluster.{cluster}.handoff.{node}")
 }
 
+/// Subject on which callers report an owner that had no responders (body: its node id); the
+/// nodes take the reports in one queue group, [`SUSPECT_QUEUE`], so one of them checks.
+pub(crate) fn suspect_subject(cluster: &str) -> String {
+    format!("aether-cluster.{cluster}.suspect")
+}
+
+/// The queue group of [`suspect_subject`].
+pub(crate) const SUSPECT_QUEUE: &str = "aether-suspect";
+
+/// The header that makes a request on a node's call subject a liveness probe: never answered,
+/// it only asks the server whether the node still has its subscription ("no responders" if
+/// not: its connection is gone).
+pub(crate) const PROBE_HEADER: &str = "Aether-Probe";
+
 /// A command for an actor, sent to the node that owns its shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Call {

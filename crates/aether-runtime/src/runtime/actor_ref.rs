@@ -105,8 +105,9 @@ impl<A: Actor> ActorRef<A> {
     /// per id: its events record `command_id` as their causation id, and if the actor has
     /// already applied a command with this id (a retry after a lost reply, a copy another node
     /// handled first, a conflict lost to such a copy) the answer is rebuilt from the stored
-    /// events instead of deciding again. The actor remembers the last
-    /// [`REMEMBERED_COMMANDS`](crate::REMEMBERED_COMMANDS) ids, in memory and in its snapshots.
+    /// events instead of deciding again. The actor remembers the ids it applied for a time
+    /// ([`CommandMemory`](crate::CommandMemory): 60 s by default, at least the newest 256, at
+    /// most 65,536), in memory and (the newest 4,096 of them) in its snapshots.
     ///
     /// ```
     /// # use aether_runtime::{Actor, Runtime};

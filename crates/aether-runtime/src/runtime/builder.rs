@@ -11,13 +11,13 @@ use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, Upcast
 use super::Runtime;
 use super::registry::Shared;
 use crate::actor::Actor;
-use crate::config::{RetryPolicy, RuntimeConfig, SnapshotPolicy};
+use crate::config::{CommandMemory, RetryPolicy, RuntimeConfig, SnapshotPolicy};
 
 /// Configures a [`Runtime`]: the store is required, everything else has a default.
 ///
 /// Setters may come in any order: [`config`](Self::config) replaces the base configuration, and
 /// the single-value setters (`snapshot_policy`, `retry`, `idle_timeout`, `max_active`,
-/// `mailbox_capacity`) apply on top of it whether they come before or after it.
+/// `mailbox_capacity`, `command_memory`) apply on top of it whether they come before or after it.
 pub struct RuntimeBuilder<A: Actor> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
@@ -36,6 +36,7 @@ enum Override {
     IdleTimeout(Option<Duration>),
     MaxActive(usize),
     MailboxCapacity(usize),
+    CommandMemory(CommandMemory),
 }
 
 impl Override {
@@ -46,6 +47,7 @@ impl Override {
             Self::IdleTimeout(t) => config.idle_timeout = *t,
             Self::MaxActive(n) => config.max_active = *n,
             Self::MailboxCapacity(n) => config.mailbox_capacity = *n,
+            Self::CommandMemory(m) => config.command_memory = *m,
         }
     }
 }
@@ -130,6 +132,13 @@ impl<A: Actor> RuntimeBuilder<A> {
         self
     }
 
+    /// Sets which command ids each actor remembers (default [`CommandMemory::default`]: 60 s,
+    /// at least 256, at most 65,536 per actor).
+    pub fn command_memory(mut self, memory: CommandMemory) -> Self {
+        self.overrides.push(Override::CommandMemory(memory));
+        self
+    }
+
     /// Replaces the base configuration. Values given with the single-value setters are kept,
     /// before or after this call.
     pub fn config(mut self, config: RuntimeConfig) -> Self {
@@ -139,7 +148,8 @@ impl<A: Actor> RuntimeBuilder<A> {
 
     /// The configuration `build` uses: the base, the setters' values in the order given, and
     /// the clamps documented on [`RuntimeConfig`] (`mailbox_capacity` and `max_active` of 0
-    /// count as 1).
+    /// count as 1) and [`CommandMemory`] (`max` at least `min` and 1, `in_snapshots` at most
+    /// `max`).
     pub fn effective_config(&self) -> RuntimeConfig {
         let mut config = self.config.clone();
         for o in &self.overrides {
@@ -147,6 +157,7 @@ impl<A: Actor> RuntimeBuilder<A> {
         }
         config.mailbox_capacity = config.mailbox_capacity.max(1);
         config.max_active = config.max_active.max(1);
+        config.command_memory = config.command_memory.clamped();
         config
     }
 

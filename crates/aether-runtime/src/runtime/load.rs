@@ -7,7 +7,7 @@ use aether_core::{CodecError, Event, StoreError, UpcastError, Upcasters};
 use futures::StreamExt;
 
 use super::outage::through_outages;
-use super::recent::{Recent, RecentCommands, id_hash, remember};
+use super::recent::{Recent, RecentCommands, Remembered, id_hash, millis, now_millis, remember};
 use super::registry::{Shared, bump};
 use crate::actor::Actor;
 use crate::error::AskError;
@@ -146,7 +146,9 @@ pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loade
     let mut version = 0;
     let mut recent: Recent = None;
     let Some(snapshots) = &shared.snapshots else {
-        let replayed = replay(shared, id, &mut state, &mut version, &mut recent).await?;
+        let replayed = replay(shared, id, &mut state, &mut version, &mut recent, None)
+            .await?
+            .events;
         return Ok(Loaded {
             state,
             version,
@@ -173,7 +175,11 @@ pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loade
                 state = decoded;
                 version = snapshot.version;
                 if !snapshot.commands.is_empty() {
-                    recent = Some(Box::new(RecentCommands::from_snapshot(snapshot.commands)));
+                    recent = Some(Box::new(RecentCommands::from_snapshot(
+                        snapshot.commands,
+                        &shared.config.command_memory,
+                        now_millis(),
+                    )));
                 }
             }
             Err(e) => tracing::warn!(
@@ -191,7 +197,9 @@ pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loade
     // Nothing stored after what the snapshot holds (or nothing at all): no read of events. An
     // event stored since is folded in by the first append's version conflict, as any stale read.
     let replayed = if latest > version {
-        replay(shared, id, &mut state, &mut version, &mut recent).await?
+        replay(shared, id, &mut state, &mut version, &mut recent, None)
+            .await?
+            .events
     } else {
         0
     };
@@ -203,26 +211,53 @@ pub(super) async fn load<A: Actor>(shared: &Shared<A>, id: &str) -> Result<Loade
     })
 }
 
-/// Applies the stored events after `version` to `state`, noting the commands that caused them.
+/// What [`replay`] folded in.
+pub(super) struct Replayed {
+    /// Events applied.
+    pub(super) events: u64,
+    /// The versions of the first and last folded event caused by the command looked for.
+    pub(super) wanted: Option<(u64, u64)>,
+}
+
+/// Applies the stored events after `version` to `state`, noting the commands that caused them
+/// (applied at their events' timestamps; those past the horizon now are dropped as they come),
+/// and where the events of command `wanted` are among them, whether the memory keeps it or not.
 pub(super) async fn replay<A: Actor>(
     shared: &Shared<A>,
     id: &str,
     state: &mut A,
     version: &mut u64,
     recent: &mut Recent,
-) -> Result<u64, LoadError> {
+    wanted: Option<&str>,
+) -> Result<Replayed, LoadError> {
     let mut events = shared.store.stream_events(id, *version + 1);
-    let mut replayed = 0;
+    let mut replayed = Replayed {
+        events: 0,
+        wanted: None,
+    };
+    let now = now_millis();
     while let Some(item) = events.next().await {
         let event = item.map_err(|e| LoadError::Events(Box::new(e)))?;
         let at = event.version();
         let cause = event.metadata().causation_id.clone();
+        let time = event.timestamp();
         decode_current::<A>(&shared.upcasters, event, |decoded| state.apply(&decoded))?;
         *version = at;
-        if let Some(cause) = &cause {
-            remember(recent, id_hash(cause), cause, *version, *version);
+        if let Some(cause) = cause {
+            if wanted.is_some_and(|w| w == &*cause) {
+                let first = replayed.wanted.map_or(at, |(first, _)| first);
+                replayed.wanted = Some((first, at));
+            }
+            let command = Remembered {
+                hash: id_hash(&cause),
+                id: cause,
+                first: at,
+                last: at,
+                at: millis(time),
+            };
+            remember(recent, &shared.config.command_memory, command, now);
         }
-        replayed += 1;
+        replayed.events += 1;
     }
     Ok(replayed)
 }

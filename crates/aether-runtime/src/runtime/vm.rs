@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::Applied;
 use super::load::{LoadError, load, load_through_outages};
-use super::recent::Recent;
+use super::recent::{Recent, now_millis};
 use super::registry::{Shared, bump};
 use crate::actor::Actor;
 use crate::error::AskError;
@@ -400,7 +400,9 @@ impl<A: Actor> Vm<A> {
         };
         let snapshot = match ActorSnapshot::new(&*self.id, self.version, &self.state) {
             Ok(s) => match &self.recent {
-                Some(recent) => s.with_commands(recent.to_snapshot()),
+                Some(recent) => s.with_commands(
+                    recent.to_snapshot(&self.shared.config.command_memory, now_millis()),
+                ),
                 None => s,
             }
             .with_state_version(A::STATE_VERSION),

@@ -1,16 +1,17 @@
 //! The write protocol of one command (`Vm::decide_and_append`): answer a command id applied
 //! before, decide, append at the versions after the current one (re-sent through outages),
 //! apply and publish; on a conflict or a possibly stale refusal, fold in the store's newer
-//! events and decide again.
+//! events and decide again (unless they hold the command's own events).
 
 use std::pin::Pin;
 
 use aether_core::{CommandId, CommandRecord, Event, StoreError};
+use futures::StreamExt;
 
 use super::super::Applied;
 use super::super::load::{decode_current, replay};
 use super::super::outage::through_outages;
-use super::super::recent::{id_hash, remember};
+use super::super::recent::{Remembered, id_hash, millis, remember};
 use super::super::registry::bump;
 use super::{Vm, rare};
 use crate::actor::Actor;
@@ -95,8 +96,12 @@ impl<A: Actor> Vm<A> {
                         source: Box::new(source),
                     })),
                 },
-                Stage::FoldIn { backoff } => match rare(self.catch_up()).await {
-                    Ok(()) => {
+                Stage::FoldIn { backoff } => match rare(self.catch_up(command_id)).await {
+                    // The other writer applied this very command (a copy served elsewhere):
+                    // found among the folded events themselves, so also when the memory no
+                    // longer keeps it (this VM was paused past the horizon mid-command).
+                    Ok(Some(record)) => Stage::Done(rare(self.answer_again(record)).await),
+                    Ok(None) => {
                         attempt += 1;
                         self.count_retry();
                         if backoff {
@@ -238,12 +243,21 @@ impl<A: Actor> Vm<A> {
         }
         let n = decided.events.len() as u64;
         if let Some(id) = command_id {
+            // Applied now: the first event's timestamp is this process's clock, read when the
+            // event was built (a replay of the event sees the same time).
+            let at = decided.stored.first().map_or(0, |e| millis(e.timestamp()));
+            let command = Remembered {
+                hash,
+                id: id.clone(),
+                first: self.version + 1,
+                last: self.version + n,
+                at,
+            };
             remember(
                 &mut self.recent,
-                hash,
-                id,
-                self.version + 1,
-                self.version + n,
+                &self.shared.config.command_memory,
+                command,
+                at,
             );
         }
         self.version += n;
@@ -290,22 +304,22 @@ impl<A: Actor> Vm<A> {
         bump(&self.shared.stats.duplicates);
         self.shared.metrics.duplicates.increment(1);
         tracing::debug!(actor_type = A::TYPE, actor_id = %self.id, command_id = %record.id, "command already applied; answering from its events");
-        let stored = self
-            .shared
-            .store
-            .get_events(&self.id, record.first)
-            .await
-            .map_err(|source| AskError::Store {
+        // Read as a stream and left at the command's last event: the command may lie tens of
+        // thousands of events back (ids are remembered for a time, not a count).
+        let mut stored = self.shared.store.stream_events(&self.id, record.first);
+        let mut events = Vec::new();
+        while let Some(event) = stored.next().await {
+            let event = event.map_err(|source| AskError::Store {
                 actor_id: self.id.clone(),
                 source: Box::new(source),
             })?;
-        let mut events = Vec::new();
-        for event in stored.into_iter().filter(|e| {
-            e.version() <= record.last
-                && e.metadata().causation_id.as_deref() == Some(record.id.as_str())
-        }) {
-            decode_current::<A>(&self.shared.upcasters, event, |e| events.push(e))
-                .map_err(|e| e.into_ask(&self.id))?;
+            if event.version() > record.last {
+                break;
+            }
+            if event.metadata().causation_id.as_deref() == Some(record.id.as_str()) {
+                decode_current::<A>(&self.shared.upcasters, event, |e| events.push(e))
+                    .map_err(|e| e.into_ask(&self.id))?;
+            }
         }
         Ok(Applied {
             version: record.last,
@@ -324,19 +338,26 @@ impl<A: Actor> Vm<A> {
         }
     }
 
-    /// Folds in the events other writers appended.
-    async fn catch_up(&mut self) -> Result<(), AskError<A::Error>> {
+    /// Folds in the events other writers appended; returns the record of command `command_id`
+    /// when they include its events.
+    async fn catch_up(
+        &mut self,
+        command_id: Option<&CommandId>,
+    ) -> Result<Option<CommandRecord>, AskError<A::Error>> {
         let replayed = replay(
             &self.shared,
             &self.id,
             &mut self.state,
             &mut self.version,
             &mut self.recent,
+            command_id.map(CommandId::as_str),
         )
         .await
         .map_err(|failure| failure.into_ask(&self.id))?;
-        self.since_snapshot += replayed;
-        Ok(())
+        self.since_snapshot += replayed.events;
+        Ok(command_id
+            .zip(replayed.wanted)
+            .map(|(id, (first, last))| CommandRecord::new(id.as_str(), first, last)))
     }
 }
 
