@@ -179,7 +179,9 @@ async fn serve(urls: &str, node_id: &str) -> Result<(), Error> {
                 ),
                 Some(ClusterEvent::MemberLeft { node_id }) => println!("{node_id} left"),
                 Some(ClusterEvent::MemberFailed { node_id }) => {
-                    println!("{node_id} failed (no heartbeat for the failure timeout)");
+                    println!(
+                        "{node_id} failed (its connection was found gone, or no heartbeat for the failure timeout)"
+                    );
                 }
                 _ => {}
             },

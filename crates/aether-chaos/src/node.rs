@@ -80,8 +80,16 @@ pub(crate) fn cluster_config(args: &NodeArgs) -> ClusterConfig {
         .request_timeout(Duration::from_secs(1))
         .handoff_timeout(Duration::from_secs(3))
         .call_timeout(Duration::from_secs(30))
+        // A node cut from the two servers it tries first reconnects only after a connection
+        // timeout (1 s) on each: the window must outlast that, or fast failover would fail a
+        // node that is only moving to the third server.
+        .failover_window(FAILOVER_WINDOW)
         .replicas(3)
 }
+
+/// How long a node without a connection must stay gone before fast failover fails it: longer
+/// than the slowest reconnect here (two connection timeouts of 1 s, then a connect).
+const FAILOVER_WINDOW: Duration = Duration::from_secs(3);
 
 /// The store settings every chaos process uses (R3).
 pub(crate) fn store_config() -> JetStreamConfig {

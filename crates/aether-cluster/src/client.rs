@@ -8,7 +8,7 @@ mod route;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use aether_core::Backoff;
@@ -289,7 +289,11 @@ impl ClusterClient {
         // with the map.
         let watch = inner.watch_map().await?;
         inner.refresh().await?;
-        let task = tokio::spawn(Arc::clone(&inner).follow(watch));
+        let task = tokio::spawn(ClientInner::follow(
+            Arc::downgrade(&inner),
+            inner.cancel.clone(),
+            watch,
+        ));
         *lock(&inner.follower) = Some(task);
         Ok(Self { inner })
     }
@@ -447,38 +451,44 @@ impl ClientInner {
     /// Follows the map: applies every write the watch delivers; when the watch fails (missed
     /// deliveries, silence, its subscription gone), watches again (with a backoff), which
     /// delivers the stored map first, so nothing written meanwhile is missed.
-    async fn follow(self: Arc<Self>, mut watch: BucketWatch) {
+    ///
+    /// The task holds the client weakly, so dropping every handle drops the client, whose
+    /// `Drop` cancels the task, which drops the watch (its consumer leaves the server 2 s later).
+    async fn follow(client: Weak<Self>, cancel: CancellationToken, mut watch: BucketWatch) {
         let mut failures = 0;
         loop {
             let next = tokio::select! {
-                () = self.cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 next = watch.next() => next,
             };
+            let Some(this) = client.upgrade() else { return };
             match next {
                 Ok(Delivery::Entry(entry)) => {
                     failures = 0;
-                    self.apply(&entry);
+                    this.apply(&entry);
                     continue;
                 }
                 Ok(Delivery::Idle) => continue,
                 Err(e) => {
-                    tracing::warn!(client = %self.config.name, error = %e, "the shard map watch failed; watching again");
+                    tracing::warn!(client = %this.config.name, error = %e, "the shard map watch failed; watching again");
                 }
             }
+            drop(this);
             loop {
                 failures += 1;
                 tokio::select! {
-                    () = self.cancel.cancelled() => return,
+                    () = cancel.cancelled() => return,
                     () = tokio::time::sleep(REWATCH_BACKOFF.delay(failures)) => {}
                 }
-                match self.watch_map().await {
+                let Some(this) = client.upgrade() else { return };
+                match this.watch_map().await {
                     Ok(again) => {
                         watch = again;
-                        self.refresh_if_due().await;
+                        this.refresh_if_due().await;
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(client = %self.config.name, error = %e, "watching the shard map failed; trying again");
+                        tracing::warn!(client = %this.config.name, error = %e, "watching the shard map failed; trying again");
                     }
                 }
             }

@@ -56,6 +56,7 @@ pub struct ClusterConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) handoff_timeout: Duration,
+    pub(crate) failover_window: Duration,
     pub(crate) permissions: Option<PermissionWatch>,
     #[cfg(feature = "fault-injection")]
     pub(crate) faults: crate::faults::FaultPoints,
@@ -65,6 +66,8 @@ pub struct ClusterConfig {
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`ClusterConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClusterConfig::failover_window`].
+pub const DEFAULT_FAILOVER_WINDOW: Duration = Duration::from_millis(500);
 /// Default for [`ClusterConfig::handoff_timeout`].
 pub const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +90,7 @@ impl ClusterConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             handoff_timeout: DEFAULT_HANDOFF_TIMEOUT,
+            failover_window: DEFAULT_FAILOVER_WINDOW,
             permissions: None,
             #[cfg(feature = "fault-injection")]
             faults: crate::faults::FaultPoints::default(),
@@ -113,6 +117,18 @@ impl ClusterConfig {
     /// before serving anyway (safe: the store's version check decides). Default 10 s.
     pub fn handoff_timeout(mut self, d: Duration) -> Self {
         self.handoff_timeout = d;
+        self
+    }
+
+    /// How long a member whose connection is gone (its call subject has no responders) must
+    /// stay gone, with no heartbeat of it stored, before this node fails it without waiting for
+    /// its record to expire (docs/cluster.md, "Fast failover"; default 500 ms). The window lasts
+    /// at least one heartbeat interval + 100 ms whatever is set. Set it above the longest time
+    /// your nodes may take to reconnect (a node that tries unreachable servers first needs about
+    /// its connection timeout for each), or to the failure timeout or more to turn fast failover
+    /// off. Give every node of a cluster the same value.
+    pub fn failover_window(mut self, d: Duration) -> Self {
+        self.failover_window = d;
         self
     }
 
@@ -295,6 +311,7 @@ impl ClusterConfig {
             ("call_timeout", self.call_timeout),
             ("request_timeout", self.request_timeout),
             ("handoff_timeout", self.handoff_timeout),
+            ("failover_window", self.failover_window),
         ] {
             if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
                 return bad(field, format!("must be 10ms..=1h, not {d:?}"));

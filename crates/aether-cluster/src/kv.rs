@@ -145,6 +145,52 @@ impl Bucket {
         }
     }
 
+    /// The last entry of `key` as the stream leader has it (`$JS.API.STREAM.MSG.GET`), never
+    /// from a replica that lags: for decisions a stale read must not make (that a member is
+    /// gone, the revision a failover fences on).
+    pub(crate) async fn entry_from_leader(
+        &self,
+        key: &str,
+    ) -> Result<Option<kv::Entry>, WriteError> {
+        let subject = self.subject(key);
+        let read = || async {
+            match self
+                .kv
+                .stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(message) => Ok(Some(kv::Entry {
+                    bucket: self.kv.name.clone(),
+                    key: key.to_owned(),
+                    operation: crate::watch::operation(Some(&message.headers)),
+                    value: message.payload,
+                    revision: message.sequence,
+                    delta: 0,
+                    created: message.time,
+                    seen_current: false,
+                })),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(WriteError::Other(Box::new(e))),
+            }
+        };
+        match &self.guard {
+            None => read().await,
+            // Boxed: the race would hold the read twice in every caller's future.
+            Some(guard) => guard
+                .watch(
+                    |r| guard.concerns_bucket(r, Scope::Key(key)),
+                    Box::pin(read()),
+                )
+                .await
+                .unwrap_or_else(|refusal| Err(WriteError::Refused(refusal))),
+        }
+    }
+
     /// Fails unless the bucket's stream has per-message TTLs and delete markers: without them a
     /// dead node's record or a lapsed lease would never be seen to go (a bucket created by
     /// something else than Aether, say).

@@ -234,7 +234,7 @@ impl BucketWatch {
 /// The KV operation of a delivery: a `KV-Operation` header (`DEL`, `PURGE`), else the server's
 /// marker reason (`MaxAge` and `Purge` remove the value: a purge; `Remove`: a delete), else a
 /// value. The same reading as async-nats's KV.
-fn operation(headers: Option<&HeaderMap>) -> Operation {
+pub(crate) fn operation(headers: Option<&HeaderMap>) -> Operation {
     let Some(headers) = headers else {
         return Operation::Put;
     };

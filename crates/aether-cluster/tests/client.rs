@@ -203,3 +203,47 @@ async fn a_client_of_a_cluster_no_node_started_fails_clearly() {
     .expect_err("invalid name");
     assert!(bad.to_string().contains("cluster_name"), "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_leaves_no_consumer_behind() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let name = cluster_name();
+    let (a, _, _) = join(&server, &name, "a").await;
+    settled(&a, &["a"]).await;
+    let js = async_nats::jetstream::new(server.connect().await.unwrap());
+    let consumers = || {
+        let js = js.clone();
+        let stream = format!("KV_{}", aether_cluster::bucket_name(&name));
+        async move {
+            js.get_stream(stream)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .consumer_count
+        }
+    };
+    let before = consumers().await;
+    let cluster = ClusterClient::connect(server.connect().await.unwrap(), client_config(&name))
+        .await
+        .unwrap();
+    let accounts = cluster.actors::<Account>();
+    accounts.ask("acct-1", Command::Deposit(1)).await.unwrap();
+    assert_eq!(consumers().await, before + 1, "the client's watch");
+
+    // Dropped without `close`: its watch goes with it, and the server removes the consumer
+    // (inactive threshold 2 s). Polled: the server announces nothing.
+    drop(accounts);
+    drop(cluster);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while consumers().await != before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped client's consumer is still on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.leave().await.unwrap();
+}

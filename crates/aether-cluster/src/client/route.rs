@@ -133,19 +133,22 @@ impl<A: ClusterActor> ClientCall<'_, A> {
     /// Look the owner up, send, and on an answer that is not an outcome catch up or hold; the
     /// message flow of docs/cluster.md without the local step.
     async fn run(&mut self) -> Outcome<A> {
+        let client = self.client;
         loop {
-            if self.client.cancel.is_cancelled() {
+            if client.cancel.is_cancelled() {
                 return Err(CallError::Stopped {
                     actor_id: self.actor_id.to_owned(),
                 });
             }
-            let map = self.client.map.load_full();
+            // Armed before the map is read: a map that arrives after the read wakes a hold.
+            let changed = client.map_changed.notified();
+            let map = client.map.load_full();
             let Some(map) = map else {
-                self.hold(Obstacle::NoMap).await?;
+                self.hold(Obstacle::NoMap, changed).await?;
                 continue;
             };
             let Some(owner) = map.owner(self.shard).map(str::to_owned) else {
-                self.hold(Obstacle::NoOwner).await?;
+                self.hold(Obstacle::NoOwner, changed).await?;
                 continue;
             };
             let epoch = map.epoch();
@@ -185,7 +188,7 @@ impl<A: ClusterActor> ClientCall<'_, A> {
                         self.client.report_suspect(owner).await;
                     }
                     metrics.remote_retried.increment(1);
-                    self.hold(Obstacle::Request(e)).await?;
+                    self.hold(Obstacle::Request(e), changed).await?;
                     continue;
                 }
             };
@@ -211,7 +214,7 @@ impl<A: ClusterActor> ClientCall<'_, A> {
                 },
             };
             metrics.remote_retried.increment(1);
-            self.hold(obstacle).await?;
+            self.hold(obstacle, changed).await?;
         }
     }
 
@@ -253,7 +256,11 @@ impl<A: ClusterActor> ClientCall<'_, A> {
     /// Fails the call once its deadline has passed; otherwise waits for a newer map or one
     /// backoff period (reading the map directly at most every second, in case the watch
     /// stalled).
-    async fn hold(&mut self, obstacle: Obstacle) -> Result<(), CallError<A::Error>> {
+    async fn hold(
+        &mut self,
+        obstacle: Obstacle,
+        changed: tokio::sync::futures::Notified<'_>,
+    ) -> Result<(), CallError<A::Error>> {
         let client = self.client;
         let now = Instant::now();
         let deadline = self.started + client.config.call_timeout;
@@ -272,7 +279,6 @@ impl<A: ClusterActor> ClientCall<'_, A> {
         }
         self.waits = self.waits.saturating_add(1);
         let wake = deadline.min(now + HOLD_BACKOFF.delay(self.waits));
-        let changed = client.map_changed.notified();
         tokio::select! {
             () = changed => {}
             () = client.cancel.cancelled() => {}

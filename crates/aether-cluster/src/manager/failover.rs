@@ -1,7 +1,7 @@
 //! Failing a member whose connection is gone, without waiting for its record to expire: the
 //! write that a node which confirmed the death (`node/failover.rs`) makes. The record is marked
-//! purged, fenced by the revision read, so a member that heartbeated in between keeps its
-//! record; if it held the lease, the lease is deleted the same way, so another node leads at
+//! purged, fenced by the revision read before the probes, so a member that heartbeated while it
+//! was probed (or a new incarnation that joined) keeps its record; if it held the lease, the lease is deleted the same way, so another node leads at
 //! once. A member wrongly failed (it was only reconnecting) finds its record gone at its next
 //! heartbeat and joins again; its map writes stay fenced meanwhile.
 
@@ -9,10 +9,29 @@
 use super::*;
 
 impl ClusterManager {
-    /// Marks `node_id` failed now: its record purged (and the lease deleted, if it holds it),
-    /// each only at the revision just read. `Ok(true)` when this call failed the record; `Ok(false)`
-    /// when there was nothing to fail (gone already, another incarnation, written in between).
-    pub(crate) async fn fail_member(&self, node_id: &str) -> Result<bool, WriteError> {
+    /// The revision of `node_id`'s record as the stream leader has it, if the key holds a
+    /// record of that node: what a failover fences its marker on, read before it probes.
+    pub(crate) async fn member_revision(&self, node_id: &str) -> Result<Option<u64>, WriteError> {
+        let Some(bucket) = lock(&self.inner.bucket).clone() else {
+            return Ok(None);
+        };
+        let key = format!("{KEY_NODES_PREFIX}{node_id}");
+        Ok(bucket.entry_from_leader(&key).await?.and_then(|entry| {
+            (entry.operation == Operation::Put
+                && decode::<NodeRecord>(&entry.value).is_ok_and(|r| r.id == node_id))
+            .then_some(entry.revision)
+        }))
+    }
+
+    /// Marks `node_id` failed now: its record purged, only if it is still at `revision` (read
+    /// before the probes, so a heartbeat during them, or a new incarnation's record, refuses the
+    /// marker), and the lease deleted if it holds it. `Ok(true)` when this call failed the
+    /// record; `Ok(false)` when the record moved on.
+    pub(crate) async fn fail_member(
+        &self,
+        node_id: &str,
+        revision: u64,
+    ) -> Result<bool, WriteError> {
         let inner = &self.inner;
         let Some(bucket) = lock(&inner.bucket).clone() else {
             return Ok(false);
@@ -21,22 +40,14 @@ impl ClusterManager {
             return Ok(false);
         }
         let key = format!("{KEY_NODES_PREFIX}{node_id}");
-        let Some(entry) = bucket.entry(&key).await? else {
-            return Ok(false);
-        };
-        let theirs = entry.operation == Operation::Put
-            && decode::<NodeRecord>(&entry.value).is_ok_and(|r| r.id == node_id);
-        if !theirs {
-            return Ok(false);
-        }
-        match bucket.purge(&key, entry.revision).await {
+        match bucket.purge(&key, revision).await {
             Ok(_) => {}
             Err(WriteError::WrongRevision) => return Ok(false),
             Err(e) => return Err(e),
         }
         inner.metrics.confirmed_dead.increment(1);
         tracing::warn!(cluster = %inner.config.cluster_name, node = %inner.config.node_id, failed = node_id, "confirmed a member dead (its connection is gone) and marked it failed");
-        if let Some(lease) = bucket.entry(KEY_LEADER).await?
+        if let Some(lease) = bucket.entry_from_leader(KEY_LEADER).await?
             && lease.operation == Operation::Put
             && decode::<LeaseRecord>(&lease.value).is_ok_and(|l| l.node == node_id)
         {

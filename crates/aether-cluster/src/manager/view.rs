@@ -32,7 +32,8 @@ impl Inner {
     /// delete marker (left) or an expiry or purge marker (failed), delivered by the load or read
     /// directly. That the load did not deliver its key at all says nothing: the record may have
     /// been rewritten behind the point where the load ended (see [`fetch`](Self::fetch)). Such a
-    /// key is read (a direct get, no consumer): a value keeps the member (its newer revision
+    /// key is read from the stream leader (`STREAM.MSG.GET`, no consumer; never a replica that
+    /// lags, whose old marker would report a live member gone): a value keeps the member (its newer revision
     /// comes through the watch), a marker reports it, and no entry at all (its marker expired
     /// too) reports it failed. The lease likewise. A read that fails fails the load before the
     /// view changes; the caller tries again.
@@ -66,7 +67,9 @@ impl Inner {
         let context = "reading a key the reload did not deliver";
         let confirmed: Vec<(String, Option<kv::Entry>)> = futures::stream::iter(unseen)
             .map(|id| async move {
-                let entry = bucket.entry(&format!("{KEY_NODES_PREFIX}{id}")).await;
+                let entry = bucket
+                    .entry_from_leader(&format!("{KEY_NODES_PREFIX}{id}"))
+                    .await;
                 entry.map(|e| (id, e))
             })
             .buffer_unordered(CONFIRM_READS)
@@ -77,7 +80,7 @@ impl Inner {
             .map_err(|e| self.nats(context, e))?;
         let lease_gone = if lease_unseen {
             let lease = bucket
-                .entry(KEY_LEADER)
+                .entry_from_leader(KEY_LEADER)
                 .await
                 .map_err(|e| self.nats(context, e))?;
             lease.is_none_or(|e| e.operation != Operation::Put)

@@ -4,12 +4,16 @@
 //! A request to a node's call subject that finds no responders means the server knows no
 //! subscription of that node: its connection closed (a crash, a kill, a node stopped without
 //! leaving). A call that meets it, here or in a [`ClusterClient`](crate::ClusterClient) (which
-//! reports it on the suspect subject), makes this node probe the suspect: [`PROBES`] requests,
-//! [`PROBE_GAP`] apart (a probe carries the `Aether-Probe` header: the node never answers it,
-//! the server answers "no responders" when the node's subscription is gone). Only if every probe
-//! finds no responders is the member failed (`ClusterManager::fail_member`). A paused, slow or
-//! cut-off node still has its subscription, so it is not failed here: pauses and partitions go
-//! by the failure timeout and fencing, as before.
+//! reports it on the suspect subject), makes this node read the suspect's record (from the
+//! stream leader) and probe it, every [`PROBE_GAP`] for the failover window ([`probe_window`];
+//! every probe in it must find no responders; a node that lost its server and reaches another
+//! within the window is not failed) (a probe carries the
+//! `Aether-Probe` header: the node never answers it, the server answers "no responders" when
+//! the node's subscription is gone). Only if every probe finds no responders is the member
+//! failed (`ClusterManager::fail_member`), fenced on the revision read first: a node that
+//! heartbeats during the window, which lasts longer than a heartbeat interval, keeps its record.
+//! A paused, slow or cut-off node still has its subscription, so it is not failed here: pauses
+//! and partitions go by the failure timeout and fencing, as before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,11 +27,10 @@ use super::Shared;
 use super::router::probe_finds_nobody;
 use super::wire;
 
-/// Probes of a suspect; all must find no responders.
-pub(super) const PROBES: u32 = 3;
-/// Between two probes: long enough for a node that lost its server to be on another one (a
-/// reconnect takes milliseconds), so a reconnecting node is not failed.
+/// Between two probes.
 pub(super) const PROBE_GAP: Duration = Duration::from_millis(250);
+/// How much longer than one heartbeat interval the window lasts at least.
+const HEARTBEAT_MARGIN: Duration = Duration::from_millis(100);
 /// A suspect is checked at most this often.
 const CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 /// Suspects waiting to be checked; more are dropped (they are reported again).
@@ -102,30 +105,50 @@ impl Failover {
         tokio::spawn(async move { failover.check(&suspect).await });
     }
 
-    /// Probes `suspect`; fails it if no probe finds a responder.
+    /// Probes `suspect` for the probe window; fails it if no probe finds a responder and its
+    /// record did not change meanwhile.
     async fn check(&self, suspect: &str) {
         let node = &self.node;
-        let subject = wire::call_subject(&node.config.cluster_name, suspect);
-        for probe in 0..PROBES {
-            if probe > 0 {
-                tokio::select! {
-                    () = node.cancel.cancelled() => return,
-                    () = tokio::time::sleep(PROBE_GAP) => {}
-                }
+        // Read first: the marker is fenced on this revision, so a heartbeat during the window
+        // (the node alive, reaching the bucket another way) or a new incarnation refuses it.
+        let revision = match node.manager.member_revision(suspect).await {
+            Ok(Some(revision)) => revision,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(node = %node.me(), suspect, error = %e, "reading a suspect's record failed");
+                return;
             }
+        };
+        let cfg = &node.config;
+        let window = probe_window(cfg.failover_window, cfg.heartbeat_interval);
+        if window >= cfg.failure_timeout {
+            return; // fast failover is off: the record's expiry decides
+        }
+        let subject = wire::call_subject(&cfg.cluster_name, suspect);
+        let started = Instant::now();
+        loop {
             // Anything but "no responders" (a probe is never answered): there.
             if !probe_finds_nobody(&node.client, &subject).await {
                 return;
             }
-        }
-        if node.cancel.is_cancelled() {
-            return;
-        }
-        match node.manager.fail_member(suspect).await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(node = %node.me(), suspect, error = %e, "failing a member confirmed dead failed; its record expires by itself");
+            if started.elapsed() >= window {
+                break;
+            }
+            tokio::select! {
+                () = node.cancel.cancelled() => return,
+                () = tokio::time::sleep(PROBE_GAP) => {}
             }
         }
+        if let Err(e) = node.manager.fail_member(suspect, revision).await {
+            tracing::warn!(node = %node.me(), suspect, error = %e, "failing a member confirmed dead failed; its record expires by itself");
+        }
     }
+}
+
+/// How long a suspect is probed: the configured window
+/// ([`ClusterConfig::failover_window`](crate::ClusterConfig::failover_window)), and longer than
+/// one heartbeat interval, so that a node that is alive heartbeats within it and its new
+/// revision refuses the marker even when probes cannot reach it (the servers' routes cut, say).
+pub(super) fn probe_window(configured: Duration, heartbeat: Duration) -> Duration {
+    configured.max(heartbeat + HEARTBEAT_MARGIN)
 }
