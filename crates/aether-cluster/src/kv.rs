@@ -132,17 +132,7 @@ impl Bucket {
                 .await
                 .map_err(|e| WriteError::Other(Box::new(e)))
         };
-        match &self.guard {
-            None => read().await,
-            // Boxed: the race would hold the read twice in every caller's future.
-            Some(guard) => guard
-                .watch(
-                    |r| guard.concerns_bucket(r, Scope::Key(key)),
-                    Box::pin(read()),
-                )
-                .await
-                .unwrap_or_else(|refusal| Err(WriteError::Refused(refusal))),
-        }
+        self.read_key(key, read()).await
     }
 
     /// The last entry of `key` as the stream leader has it (`$JS.API.STREAM.MSG.GET`), never
@@ -178,13 +168,23 @@ impl Bucket {
                 Err(e) => Err(WriteError::Other(Box::new(e))),
             }
         };
+        self.read_key(key, read()).await
+    }
+
+    /// Runs `read` of `key`, ended at once with a permission watch by a refusal that concerns
+    /// the key.
+    async fn read_key<T>(
+        &self,
+        key: &str,
+        read: impl std::future::Future<Output = Result<T, WriteError>>,
+    ) -> Result<T, WriteError> {
         match &self.guard {
-            None => read().await,
+            None => read.await,
             // Boxed: the race would hold the read twice in every caller's future.
             Some(guard) => guard
                 .watch(
                     |r| guard.concerns_bucket(r, Scope::Key(key)),
-                    Box::pin(read()),
+                    Box::pin(read),
                 )
                 .await
                 .unwrap_or_else(|refusal| Err(WriteError::Refused(refusal))),
