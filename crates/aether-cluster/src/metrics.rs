@@ -23,6 +23,11 @@ pub const SHARDS_MOVED: &str = "aether_cluster_shards_moved_total";
 /// ([`ClusterConfig::permissions`](crate::ClusterConfig::permissions)).
 pub const REFUSED: &str = "aether_cluster_refused_total";
 
+/// Counter: messages this node received that are not in the documented format and were
+/// dropped or refused, by `what`: `call` (answered `bad_request`), `handoff` (a confirmation,
+/// dropped), `record`, `lease`, `map` (bucket values, ignored).
+pub const MALFORMED: &str = "aether_cluster_malformed_total";
+
 /// Counter: members this node confirmed dead without waiting for their records to expire
 /// (their call subject had no responders at every probe: the connection is gone) and marked
 /// failed.
@@ -42,6 +47,9 @@ pub(crate) struct Metrics {
     pub refused_map: Counter,
     pub refused_watch: Counter,
     pub confirmed_dead: Counter,
+    pub malformed_record: Counter,
+    pub malformed_lease: Counter,
+    pub malformed_map: Counter,
 }
 
 impl Metrics {
@@ -64,6 +72,9 @@ impl Metrics {
             refused_map: refused("map"),
             refused_watch: refused("watch"),
             confirmed_dead: metrics::counter!(CONFIRMED_DEAD, &labels),
+            malformed_record: malformed(&labels, "record"),
+            malformed_lease: malformed(&labels, "lease"),
+            malformed_map: malformed(&labels, "map"),
         }
     }
 }
@@ -104,6 +115,8 @@ pub(crate) struct NodeMetrics {
     pub conflicts: Counter,
     pub refused_call: Counter,
     pub refused_handoff: Counter,
+    pub malformed_call: Counter,
+    pub malformed_handoff: Counter,
 }
 
 impl NodeMetrics {
@@ -131,6 +144,14 @@ impl NodeMetrics {
             conflicts: metrics::counter!(DOUBLE_SERVE_CONFLICTS, &l(None)),
             refused_call: metrics::counter!(REFUSED, &l(Some(("what", "call")))),
             refused_handoff: metrics::counter!(REFUSED, &l(Some(("what", "handoff")))),
+            malformed_call: metrics::counter!(MALFORMED, &l(Some(("what", "call")))),
+            malformed_handoff: metrics::counter!(MALFORMED, &l(Some(("what", "handoff")))),
         }
     }
+}
+
+/// The [`MALFORMED`] counter for `what`, with the node's `labels`.
+fn malformed(labels: &[(&'static str, String); 2], what: &'static str) -> Counter {
+    let [cluster, node] = labels.clone();
+    metrics::counter!(MALFORMED, &[cluster, node, ("what", what.to_owned())])
 }

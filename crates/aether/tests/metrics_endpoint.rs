@@ -364,6 +364,11 @@ async fn every_documented_metric_is_exported_and_nothing_else() {
             actors.ask(&format!("k-{i}"), 1).await.unwrap();
         }
     }
+    // A call that is not one: answered `bad_request`, and counted.
+    let raw = server.connect().await.unwrap();
+    raw.request("aether-cluster.metrics.call.n1", "not a call".into())
+        .await
+        .unwrap();
 
     // Wait until the projection and the undecodable message were counted, then scrape.
     let mut page = String::new();
@@ -374,6 +379,14 @@ async fn every_documented_metric_is_exported_and_nothing_else() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("aether_cluster_malformed_total{")
+                && l.contains("what=\"call\"")
+                && l.contains("node=\"n1\"")
+                && l.ends_with(" 1")),
+        "the malformed call is counted"
+    );
     let got = exported(&page);
     let want = documented();
     assert!(

@@ -203,13 +203,16 @@ impl Inner {
         let present = entry.operation == Operation::Put;
         let key = entry.key.as_str();
         if key == KEY_LEADER {
-            let leader = present
+            let lease = present
                 .then(|| decode::<LeaseRecord>(&entry.value).ok())
-                .flatten()
-                .map(|l| LeaderInfo {
-                    node_id: l.node,
-                    term: l.term.unwrap_or(entry.revision),
-                });
+                .flatten();
+            if present && lease.is_none() {
+                self.metrics.malformed_lease.increment(1);
+            }
+            let leader = lease.map(|l| LeaderInfo {
+                node_id: l.node,
+                term: l.term.unwrap_or(entry.revision),
+            });
             self.set_leader(leader);
         } else if key == KEY_SHARD_MAP {
             if !present {
@@ -217,11 +220,13 @@ impl Inner {
             }
             let map = match ShardMap::decode(&entry.value) {
                 Ok(map) if map.shard_count() != self.config.shard_count => {
+                    self.metrics.malformed_map.increment(1);
                     tracing::warn!(cluster = %self.config.cluster_name, shards = map.shard_count(), "ignoring a shard map with another shard count");
                     return;
                 }
                 Ok(map) => Arc::new(map),
                 Err(e) => {
+                    self.metrics.malformed_map.increment(1);
                     tracing::warn!(cluster = %self.config.cluster_name, error = %e, "ignoring a shard map that does not decode");
                     return;
                 }
@@ -257,6 +262,7 @@ impl Inner {
                 .ok()
                 .filter(|r| r.id == id)
             else {
+                self.metrics.malformed_record.increment(1);
                 tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
                 return;
             };

@@ -89,6 +89,7 @@ impl Server {
         let call: Call = match wire::decode(payload) {
             Ok(c) => c,
             Err(e) => {
+                node.metrics.malformed_call.increment(1);
                 return Answer::with_reason(
                     Status::BadRequest,
                     epoch_now(),
@@ -166,6 +167,7 @@ impl Server {
             match wire::decode::<Confirmation>(&message.payload) {
                 Ok(confirmation) => self.handoff.take(&confirmation),
                 Err(e) => {
+                    node.metrics.malformed_handoff.increment(1);
                     tracing::warn!(node = %node.me(), error = %e, "a handoff message does not decode; ignored");
                     continue;
                 }
