@@ -79,12 +79,25 @@ async fn a_client_reaches_every_actor_once_through_a_graceful_leave() {
             }
         })
     };
+    let mut events = a.manager().watch();
     c.leave().await.unwrap();
     calling.await.unwrap();
     settled(&a, &["a", "b"]).await;
-    assert_eq!(
-        a.manager().members().len(),
-        2,
+    // c's record goes after its shards: wait for a to see it leave.
+    tokio::time::timeout(SETTLE, async {
+        while let Some(event) = events.next().await {
+            if matches!(&event, ClusterEvent::MemberLeft { node_id } if node_id == "c") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a sees c leave");
+    assert!(
+        a.manager()
+            .members()
+            .iter()
+            .all(|m| m.id == "a" || m.id == "b"),
         "the client never appears among the members"
     );
 
