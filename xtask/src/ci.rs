@@ -10,7 +10,7 @@ use crate::model::model;
 use crate::nats::nats;
 use crate::python::python_tools;
 use crate::replay::replay_check;
-use crate::run::{cargo, root, step};
+use crate::run::{cargo, root, step, target_dir};
 use crate::test::run_tests;
 use crate::tidy::tidy;
 
@@ -49,8 +49,44 @@ fn library_crates() -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Free space under which a build of every CI step from a clean target dir may not fit.
+const DISK_NEEDED_GB: u64 = 20;
+
+/// Warns, before anything is built, when the target dir's disk has less free space than a
+/// clean build needs: a full disk otherwise shows up minutes later as a linker's bus error.
+fn check_disk() {
+    let dir = target_dir();
+    let probe = if dir.exists() { dir } else { root() };
+    let output = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(&probe)
+        .output();
+    let free_kb = output.ok().and_then(|out| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .nth(1)
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|free| free.parse::<u64>().ok())
+    });
+    match free_kb {
+        Some(kb) if kb / (1024 * 1024) < DISK_NEEDED_GB => eprintln!(
+            "xtask ci: warning: {} GB free under {}; a build from a clean target dir needs about \
+             {DISK_NEEDED_GB} GB (`cargo clean` or removing target/debug/incremental frees space)",
+            kb / (1024 * 1024),
+            probe.display()
+        ),
+        Some(kb) => eprintln!(
+            "xtask ci: {} GB free under {}",
+            kb / (1024 * 1024),
+            probe.display()
+        ),
+        None => eprintln!("xtask ci: could not read free disk space (df), going on"),
+    }
+}
+
 /// Runs every CI step in order, stopping at the first that fails.
 pub(crate) fn ci() -> Result {
+    check_disk();
     step("fmt check", || cargo(&["fmt", "--all", "--check"]))?;
     step(
         "tidy (module docs, paths in docs/architecture.md, architecture rules)",
