@@ -281,7 +281,12 @@ async fn kv_garbage(
     wrong: &mut Vec<String>,
 ) -> Result<(), String> {
     let js = async_nats::jetstream::new(client.clone());
-    for key in ["nodes.intruder", "no-such-key", "shardmap"] {
+    for key in [
+        "nodes.intruder",
+        "alive.intruder",
+        "no-such-key",
+        "shardmap",
+    ] {
         let subject = format!("$KV.aether-cluster-{}.{key}", world.cluster);
         match js
             .publish(subject, Bytes::from_static(b"\xc1 garbage"))

@@ -1,9 +1,11 @@
 //! `aether cluster status | watch`: the control plane as the cluster keeps it in its KV bucket
-//! (docs/cluster.md): members, the leader lease, the shard map.
+//! (docs/cluster.md): members (with their liveness keys), the leader lease, the shard map.
 
 use std::collections::BTreeMap;
 
-use aether_cluster::{KEY_LEADER, KEY_NODES_PREFIX, KEY_SHARD_MAP, ShardMap, bucket_name};
+use aether_cluster::{
+    KEY_ALIVE_PREFIX, KEY_LEADER, KEY_NODES_PREFIX, KEY_SHARD_MAP, ShardMap, bucket_name,
+};
 use aether_core::{Payload, history};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -60,12 +62,23 @@ async fn status(ctx: &Context, out: &Output, cluster: &str) -> Result<(), Failur
         .await
         .map_err(|e| Failure::nats("listing keys", e))?;
     let mut members = BTreeMap::new();
+    let mut alive = BTreeMap::new();
     while let Some(key) = keys.next().await {
         let key = key.map_err(|e| Failure::nats("listing keys", e))?;
         if let Some(id) = key.strip_prefix(KEY_NODES_PREFIX)
             && let Some(value) = store.get(&key).await.map_err(read)?
         {
             members.insert(id.to_owned(), as_json(&value));
+        } else if let Some(id) = key.strip_prefix(KEY_ALIVE_PREFIX)
+            && let Some(value) = store.get(&key).await.map_err(read)?
+        {
+            alive.insert(id.to_owned(), as_json(&value));
+        }
+    }
+    // Each member's liveness key (what its heartbeats renew): `null` once it expired.
+    for (id, record) in &mut members {
+        if let Json::Object(fields) = record {
+            fields.insert("alive".into(), alive.get(id).cloned().unwrap_or(Json::Null));
         }
     }
     let leader = store
@@ -128,17 +141,24 @@ async fn status(ctx: &Context, out: &Output, cluster: &str) -> Result<(), Failur
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|(id, record)| {
+            let live = &record["alive"];
             vec![
                 id.clone(),
                 record["status"].as_str().unwrap_or("?").to_owned(),
+                if live.is_null() { "no" } else { "yes" }.to_owned(),
                 counts.get(id).copied().unwrap_or(0).to_string(),
                 record["capacity"].to_string(),
+                live["load"]
+                    .as_u64()
+                    .map_or_else(String::new, |l| l.to_string()),
                 record["version"].as_str().unwrap_or("").to_owned(),
             ]
         })
         .collect();
     out.table(
-        &["member", "status", "shards", "capacity", "version"],
+        &[
+            "member", "status", "alive", "shards", "capacity", "load", "version",
+        ],
         &rows,
     );
     Ok(())

@@ -455,10 +455,14 @@ async fn cluster_status_and_watch() {
     assert!(status.status.success(), "{}", stderr(&status));
     let status = &json_lines(&status)[0];
     assert_eq!(status["members"]["n1"]["id"], "n1");
+    assert_eq!(
+        status["members"]["n1"]["alive"]["incarnation"],
+        node.manager().incarnation()
+    );
     assert_eq!(status["map"]["shards"], 8);
     assert_eq!(status["map"]["shards_per_node"], json!({"n1": 8}));
     let human = stdout(&aether(&url, &["cluster", "status", "--cluster", "ops"]));
-    assert!(human.contains("n1      active  8"), "{human}");
+    assert!(human.contains("n1      active  yes    8"), "{human}");
 
     let watch = aether(
         &url,

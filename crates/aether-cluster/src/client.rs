@@ -380,7 +380,7 @@ impl ClientInner {
             &self.guard,
             Scope::Stream,
             context,
-            BucketWatch::start(self.caller.client(), &self.kv, KEY_SHARD_MAP),
+            BucketWatch::start(self.caller.client(), &self.kv, &[KEY_SHARD_MAP]),
         )
         .await?
         .map_err(|source| ClusterError::Setup {

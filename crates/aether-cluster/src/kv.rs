@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aether_nats::permissions::Refusal;
-use aether_nats::publish::{Fence, apply_ttl, publish_patiently, refused_for_sequence};
+pub(crate) use aether_nats::publish::Fence;
+use aether_nats::publish::{apply_ttl, publish_patiently, refused_for_sequence};
 use aether_nats::settle::{SETTLE_PATIENCE, while_settling};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, kv};
@@ -72,6 +73,38 @@ pub(crate) struct Bucket {
     guard: Option<Arc<Guard>>,
 }
 
+/// Consumers the bucket's stream allows: one watch per member and per `ClusterClient`, the
+/// leader's second, and replaced watches for their last 2 s. Set explicitly because
+/// nats-server 2.15 limits a stream that sets none to 1,000 consumers, which would cap a cluster
+/// below 1,000 members.
+pub(crate) const MAX_CONSUMERS: i32 = 100_000;
+
+/// The bucket's stream, as a KV bucket's (what async-nats's `create_key_value` makes, see
+/// docs/cluster.md "The bucket"), with the consumer limit set.
+fn stream_config(cluster: &str, replicas: usize) -> jetstream::stream::Config {
+    let name = bucket_name(cluster);
+    jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(format!(
+            "Aether cluster {cluster}: node records, leader lease, shard map"
+        )),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 1024 * 1024,
+        max_consumers: MAX_CONSUMERS,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_message_ttl: true,
+        subject_delete_marker_ttl: Some(MARKER_TTL),
+        ..Default::default()
+    }
+}
+
 impl Bucket {
     /// Opens the bucket, creating it if it does not exist. With `guard`, its reads and writes
     /// end at once when the server refuses them (see `crate::refusals`); opening itself is
@@ -86,33 +119,20 @@ impl Bucket {
         let kv = match js.get_key_value(&name).await {
             Ok(kv) => kv,
             Err(_) => {
-                let config = kv::Config {
-                    bucket: name.clone(),
-                    description: format!(
-                        "Aether cluster {cluster}: node records, leader lease, shard map"
-                    ),
-                    history: 1,
-                    num_replicas: replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    max_value_size: 1024 * 1024,
-                    limit_markers: Some(MARKER_TTL),
-                    ..Default::default()
-                };
+                let config = stream_config(cluster, replicas);
                 // Creation is idempotent: tried again while the NATS cluster settles.
                 let created = while_settling(
                     &format!("creating the cluster bucket {name}"),
                     SETTLE_PATIENCE,
-                    || js.create_key_value(config.clone()),
+                    || js.create_stream(config.clone()),
                 )
                 .await;
-                match created {
-                    Ok(kv) => kv,
-                    // Another node created it in between (or its config differs: then use it as
-                    // is).
-                    Err(create) => js
-                        .get_key_value(&name)
-                        .await
-                        .map_err(|_| Box::new(create) as BoxError)?,
+                // Bound as a KV bucket (a `STREAM.INFO`), whoever created it: another node may
+                // have in between (its config then stands as it is).
+                match (created, js.get_key_value(&name).await) {
+                    (_, Ok(kv)) => kv,
+                    (Err(create), Err(_)) => return Err(Box::new(create)),
+                    (Ok(_), Err(bind)) => return Err(Box::new(bind)),
                 }
             }
         };
@@ -327,12 +347,13 @@ impl Bucket {
         self.publish(key, headers, value).await
     }
 
-    /// Marks `key` purged if its last revision is `revision`, leaving a marker that expires:
-    /// what a record's expiry looks like to a watcher (a failed member), written by a node that
-    /// confirmed the record's owner dead.
-    pub(crate) async fn purge(&self, key: &str, revision: u64) -> Result<u64, WriteError> {
+    /// Marks `key` purged if `fence` holds, leaving a marker that expires: what a record's
+    /// expiry looks like to a watcher (a failed member). Written by the leader when the member's
+    /// liveness key is gone, or by a node that confirmed the member dead, each fenced on the
+    /// liveness key's revision it read (so a member that beat since keeps its record).
+    pub(crate) async fn purge(&self, key: &str, fence: Fence<'_>) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
-        Fence::subject_at(revision).apply(&mut headers);
+        fence.apply(&mut headers);
         headers.insert(KV_OPERATION, "PURGE");
         apply_ttl(&mut headers, MARKER_TTL);
         self.publish(key, headers, Bytes::new()).await

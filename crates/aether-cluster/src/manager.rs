@@ -3,20 +3,27 @@
 //! Three tasks per node, all stopped by one cancellation token:
 //! - the **watcher** keeps this node's view of the bucket (members, lease, map) and turns changes
 //!   into [`ClusterEvent`]s;
-//! - the **heartbeat** renews the node's record (revision-checked, with the failure timeout as
-//!   its TTL) and re-creates it if it expired while the node was paused;
+//! - the **heartbeat** renews the node's liveness key (revision-checked, with the failure timeout
+//!   as its TTL), re-creates it (and the record) if it expired while the node was paused, and
+//!   rewrites the record when the node's status changes;
 //! - the **leader** task competes for the lease, renews it while it holds it, steps down before
-//!   the lease can lapse, and publishes shard maps fenced by the lease revision.
+//!   the lease can lapse, follows the liveness keys (failing members whose key is gone), and
+//!   publishes shard maps fenced by the lease revision.
 //!
-//! They live in `manager/view.rs`, `manager/membership.rs` and `manager/leader.rs`; this file
-//! holds the public type, the shared state and joining.
+//! Only the leader reads the liveness keys, so the control plane's deliveries grow with the
+//! node count, not its square: members see the records, which change on joins, leaves and
+//! failures only.
+//!
+//! They live in `manager/view.rs`, `manager/membership.rs`, `manager/leader.rs` and
+//! `manager/liveness.rs`; this file holds the public type, the shared state and joining.
 
 mod failover;
 mod leader;
+mod liveness;
 mod membership;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +57,9 @@ pub const KEY_LEADER: &str = "leader";
 pub const KEY_SHARD_MAP: &str = "shardmap";
 /// Prefix of the node record keys (`nodes.<node id>`).
 pub const KEY_NODES_PREFIX: &str = "nodes.";
+/// Prefix of the liveness keys (`alive.<node id>`), renewed by every heartbeat with the failure
+/// timeout as TTL and followed by the leader only.
+pub const KEY_ALIVE_PREFIX: &str = "alive.";
 
 /// The leader as this node sees it in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,9 +102,16 @@ struct Inner {
     leaving: std::sync::atomic::AtomicBool,
     /// Wakes the heartbeat to write the record now (after a status change).
     beat_now: Notify,
+    /// Revision of this node's record (`nodes.<id>`); 0 when it has none.
     record_revision: AtomicU64,
-    /// The oldest heartbeat revision the watch has not delivered yet, and when it was written.
-    canary: Mutex<Option<(u64, Instant)>>,
+    /// Revision of this node's liveness key (`alive.<id>`).
+    alive_revision: AtomicU64,
+    /// Set when the watch shows this node's own record gone (failed by a leader or a prober
+    /// that found it silent, or deleted) or not as this node would write it, while it runs: the
+    /// heartbeat writes it again.
+    record_stale: std::sync::atomic::AtomicBool,
+    /// The members' current loads, from their liveness keys (kept while this node leads).
+    live_loads: Mutex<HashMap<String, u64>>,
     /// An undecodable lease value (revision) and when this node first saw it.
     garbage_lease: Mutex<Option<(u64, Instant)>>,
     incarnation: String,
@@ -184,7 +201,9 @@ impl ClusterManager {
                 leaving: std::sync::atomic::AtomicBool::new(false),
                 beat_now: Notify::new(),
                 record_revision: AtomicU64::new(0),
-                canary: Mutex::new(None),
+                alive_revision: AtomicU64::new(0),
+                record_stale: std::sync::atomic::AtomicBool::new(false),
+                live_loads: Mutex::new(HashMap::new()),
                 garbage_lease: Mutex::new(None),
                 incarnation: uuid::Uuid::new_v4().to_string(),
                 started_at_ms: now_ms(),
@@ -197,7 +216,8 @@ impl ClusterManager {
     }
 
     /// Joins the cluster: opens (or creates) its bucket, checks the shard count, writes this
-    /// node's record, loads the current members, lease and map, and starts the node's tasks.
+    /// node's liveness key and record, loads the current members, lease and map, and starts the
+    /// node's tasks.
     ///
     /// Fails with [`ClusterError::ShardCountMismatch`] if the cluster has another shard count,
     /// and [`ClusterError::NodeIdInUse`] if another live process holds this node id (after
@@ -239,7 +259,7 @@ impl ClusterManager {
 
     /// Leaves gracefully: gives up the lease if this node holds it (so another node takes over
     /// at once), deletes this node's record (others see [`ClusterEvent::MemberLeft`] and the
-    /// leader moves its shards), and stops the node's tasks. If deleting the record fails (NATS
+    /// leader moves its shards) and then its liveness key, and stops the node's tasks. If deleting the record fails (NATS
     /// unreachable), the error says so and `leave` may be called again to retry; otherwise the
     /// record expires after the failure timeout and the node is reported failed.
     pub async fn leave(&self) -> Result<(), ClusterError> {
@@ -352,7 +372,8 @@ impl ClusterManager {
             .unwrap_or_default()
     }
 
-    /// Sets the load this node reports in its record from the next heartbeat on.
+    /// Sets the load this node reports from the next heartbeat on (in its liveness key, which
+    /// the leader reads for placement; the record keeps the load of its last write).
     pub fn set_load(&self, load: u64) {
         self.inner.load.store(load, Ordering::Relaxed);
     }
@@ -405,6 +426,13 @@ impl Inner {
         )
         .await?;
         *lock(&self.bucket) = Some(bucket.clone());
+        let alive = self
+            .joining(
+                "writing this node's liveness key",
+                Box::pin(self.create_alive(&bucket)),
+            )
+            .await?;
+        self.alive_revision.store(alive, Ordering::SeqCst);
         let revision = self
             .joining(
                 "writing this node's record",
@@ -417,7 +445,7 @@ impl Inner {
             .await?;
         Ok(vec![
             tokio::spawn(Arc::clone(self).watch_task(bucket.clone(), watch)),
-            tokio::spawn(Arc::clone(self).heartbeat_task(bucket.clone(), revision)),
+            tokio::spawn(Arc::clone(self).heartbeat_task(bucket.clone(), alive)),
             tokio::spawn(Arc::clone(self).leader_task(bucket)),
         ])
     }
@@ -503,6 +531,17 @@ impl Inner {
 
     fn record_key(&self) -> String {
         format!("{KEY_NODES_PREFIX}{}", self.config.node_id)
+    }
+
+    fn alive_key(&self) -> String {
+        format!("{KEY_ALIVE_PREFIX}{}", self.config.node_id)
+    }
+
+    fn alive(&self) -> crate::record::AliveRecord {
+        crate::record::AliveRecord {
+            incarnation: self.incarnation.clone(),
+            load: self.load.load(Ordering::Relaxed),
+        }
     }
 
     fn record(&self) -> NodeRecord {

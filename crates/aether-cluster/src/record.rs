@@ -1,5 +1,5 @@
-//! What each node writes into the cluster bucket: its membership record, the leader lease and
-//! the cluster's fixed settings. MessagePack maps with string keys, specified in docs/cluster.md.
+//! What each node writes into the cluster bucket: its membership record, its liveness key, the
+//! leader lease and the cluster's fixed settings. MessagePack maps with string keys, specified in docs/cluster.md.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +17,9 @@ pub enum NodeStatus {
     Leaving,
 }
 
-/// A node's membership record (key `nodes.<id>`), renewed by every heartbeat.
+/// A node's membership record (key `nodes.<id>`): written when the node joins and when its
+/// status changes, never by heartbeats (those renew its [`alive.<id>`](crate::KEY_ALIVE_PREFIX)
+/// key, which only the leader follows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct NodeRecord {
@@ -28,7 +30,8 @@ pub struct NodeRecord {
     pub metadata: BTreeMap<String, String>,
     /// Relative capacity (weight) for capacity-aware placement; 0 takes no shards there.
     pub capacity: u32,
-    /// Current load as the node reports it (for example active actors).
+    /// Load as the node reported it (for example active actors) when the record was last
+    /// written; the current figure is in its liveness key, which the leader reads.
     #[serde(default)]
     pub load: u64,
     /// Lifecycle status.
@@ -42,6 +45,17 @@ pub struct NodeRecord {
     /// A UUID new for every start of the node: tells a restarted node with the same id, or a
     /// second process using it, from this one.
     pub incarnation: String,
+}
+
+/// A node's liveness key (`alive.<id>`), renewed by every heartbeat with the failure timeout
+/// as its TTL. Only the leader follows these keys: when one is gone, it fails the member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AliveRecord {
+    /// The writer's incarnation (as in its record).
+    pub incarnation: String,
+    /// Its current load.
+    #[serde(default)]
+    pub load: u64,
 }
 
 /// The leader lease (key `leader`).

@@ -1,5 +1,6 @@
-//! A watch of the cluster bucket (a node's, of every key; a `ClusterClient`'s, of `shardmap`):
-//! one push consumer on `$KV.<bucket>.<filter>` (last value per key, then every change; no acks,
+//! A watch of keys of the cluster bucket (a node's, of the lease, the map and the records; the
+//! leader's, of the liveness keys; a `ClusterClient`'s, of `shardmap`): one push consumer on
+//! `$KV.<bucket>.<key filter>`s (last value per key, then every change; no acks,
 //! flow control, idle heartbeats), read here rather than through async-nats's `kv::Watch`, for
 //! three things that one hides:
 //! - **the consumer's lifetime**: its inactive threshold is short, so the consumer of a replaced
@@ -33,7 +34,7 @@ const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// A watch that hears nothing at all (no entry, no heartbeat) for this long has lost its
 /// consumer (deleted, or gone with a restarted server) or its link.
-const SILENT_AFTER: Duration = Duration::from_secs(5);
+const SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// How long the server keeps the consumer once nobody listens on its delivery subject: the
 /// watch was dropped (replaced by a reload, or the node stopped), or the client is reconnecting
@@ -85,6 +86,9 @@ pub(crate) struct BucketWatch {
     consumer_sequence: u64,
     /// When the watch counts as silent unless something arrives.
     silent_at: Instant,
+    /// Keys the consumer had to deliver when it was made (the server's count, last entry per
+    /// key): a load can end once that many entries came.
+    initial_pending: u64,
 }
 
 impl std::fmt::Debug for BucketWatch {
@@ -99,12 +103,18 @@ impl std::fmt::Debug for BucketWatch {
 impl BucketWatch {
     /// Subscribes to a fresh inbox, then creates the consumer delivering to it (so it has
     /// interest from its first message), starting with the last entry of every key matching
-    /// `keys` (`>`: all of them).
+    /// one of `keys` (key filters: `shardmap`, `nodes.>`).
     pub(crate) async fn start(
         client: &async_nats::Client,
         kv: &kv::Store,
-        keys: &str,
+        keys: &[&str],
     ) -> Result<Self, BoxError> {
+        let mut filters: Vec<String> = keys.iter().map(|k| format!("{}{k}", kv.prefix)).collect();
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.remove(0), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
         let inbox = client.new_inbox();
         let subscription = client.subscribe(inbox.clone()).await?;
         let config = consumer::push::Config {
@@ -112,7 +122,8 @@ impl BucketWatch {
             description: Some("aether cluster watch".to_owned()),
             deliver_policy: consumer::DeliverPolicy::LastPerSubject,
             ack_policy: consumer::AckPolicy::None,
-            filter_subject: format!("{}{keys}", kv.prefix),
+            filter_subject,
+            filter_subjects,
             replay_policy: consumer::ReplayPolicy::Instant,
             flow_control: true,
             idle_heartbeat: IDLE_HEARTBEAT,
@@ -122,7 +133,10 @@ impl BucketWatch {
             ..Default::default()
         };
         // Unnamed: `$JS.API.CONSUMER.CREATE.<stream>`, as the permission block grants.
-        kv.stream.create_consumer(config).await?;
+        // The creation's answer is the consumer's info (no `CONSUMER.INFO` request, which the
+        // permission block does not grant).
+        let consumer = kv.stream.create_consumer(config).await?;
+        let initial_pending = consumer.cached_info().num_pending;
         Ok(Self {
             subscription,
             client: client.clone(),
@@ -131,7 +145,13 @@ impl BucketWatch {
             bucket: kv.name.clone(),
             consumer_sequence: 0,
             silent_at: Instant::now() + SILENT_AFTER,
+            initial_pending,
         })
+    }
+
+    /// How many entries (the last of each key) the consumer had to deliver when it was made.
+    pub(crate) fn initial_pending(&self) -> u64 {
+        self.initial_pending
     }
 
     /// The next delivery. Cancel-safe: nothing is lost if the future is dropped unfinished.

@@ -325,9 +325,9 @@ async fn refused_heartbeats_and_renewals_are_retried_at_their_pace_without_recon
         .await;
     let connected = connections.load(Ordering::SeqCst);
 
-    // The operator takes the node's record and the lease away from its user: a reload applies
-    // to the connections already open.
-    let record = format!("{bucket}.nodes.n1");
+    // The operator takes the node's liveness key (what heartbeats write) and the lease away from
+    // its user: a reload applies to the connections already open.
+    let record = format!("{bucket}.alive.n1");
     let lease = format!("{bucket}.leader");
     write_config(
         &conf,

@@ -1,5 +1,6 @@
-//! Leadership: competing for the lease, renewing it, stepping down before it can lapse, and
-//! publishing shard maps fenced by the lease revision.
+//! Leadership: competing for the lease, renewing it, stepping down before it can lapse,
+//! following the liveness keys (`manager/liveness.rs`), and publishing shard maps fenced by the
+//! lease revision.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -119,9 +120,16 @@ impl Inner {
         tracing::info!(node = %self.config.node_id, term, "became leader");
         self.emit(ClusterEvent::BecameLeader { term });
         let mut reign = Reign::new(held, self.lease_ttl());
-        let mut state = Lead::CatchUp;
-        while !matches!(state, Lead::Over) {
-            state = self.lead_step(bucket, &mut reign, state).await;
+        let reign_loop = async {
+            let mut state = Lead::CatchUp;
+            while !matches!(state, Lead::Over) {
+                state = self.lead_step(bucket, &mut reign, state).await;
+            }
+        };
+        // The liveness follow runs as long as the term, and stops with it.
+        tokio::select! {
+            () = reign_loop => {}
+            () = self.follow_liveness(bucket) => {}
         }
     }
 
@@ -339,13 +347,20 @@ impl Inner {
         attempted_epoch: &mut u64,
     ) -> Result<Option<Arc<ShardMap>>, RebalanceError> {
         let cfg = &self.config;
-        let members: Vec<NodeRecord> = self
-            .read_view()
-            .members
-            .values()
-            .filter(|m| m.status == NodeStatus::Active)
-            .cloned()
-            .collect();
+        let members: Vec<NodeRecord> = {
+            // Each member's current load, from its liveness key, where the leader has it.
+            let loads = lock(&self.live_loads);
+            self.read_view()
+                .members
+                .values()
+                .filter(|m| m.status == NodeStatus::Active)
+                .map(|m| {
+                    let mut m = m.clone();
+                    m.load = loads.get(&m.id).copied().unwrap_or(m.load);
+                    m
+                })
+                .collect()
+        };
         let mut owners = if members.is_empty() {
             Vec::new()
         } else {

@@ -1,6 +1,6 @@
-//! This node's view of the cluster bucket: loading it (last value per key), applying each
-//! change (members, lease, map) and turning it into [`ClusterEvent`]s, and the watch task with
-//! its stalled-watch canary.
+//! This node's view of the cluster bucket: loading it (last value per key of the lease, the map
+//! and the records; not the liveness keys, which only the leader reads), applying each change
+//! (members, lease, map) and turning it into [`ClusterEvent`]s, and the watch task.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -9,13 +9,17 @@ use aether_core::Backoff;
 
 /// Pauses between attempts to reload the bucket after the watch failed: doubling from 100 ms to
 /// 2 s.
-const RELOAD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+pub(super) const RELOAD_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// How long loading the bucket may take.
 const LOAD_LIMIT: Duration = Duration::from_secs(10);
 
 /// Keys read at once when a reload checks the members it did not deliver.
-const CONFIRM_READS: usize = 8;
+pub(super) const CONFIRM_READS: usize = 8;
+
+/// What a member's view follows: every key but the liveness keys.
+const VIEW_KEYS: [&str; 3] = [KEY_LEADER, KEY_SHARD_MAP, "nodes.>"];
 
 impl Inner {
     /// (Re)loads the whole view from the bucket (last value per key) and returns the watch that
@@ -39,12 +43,12 @@ impl Inner {
     /// view changes; the caller tries again.
     pub(super) async fn load(&self, bucket: &Bucket) -> Result<BucketWatch, ClusterError> {
         let (watch, latest) = match &self.guard {
-            None => self.fetch(bucket).await?,
+            None => self.fetch(bucket, &VIEW_KEYS).await?,
             // A refused consumer (or its delivery subscription) ends the load at once.
             Some(guard) => guard
                 .watch(
                     |r| guard.concerns_bucket(r, Scope::Stream),
-                    Box::pin(self.fetch(bucket)),
+                    Box::pin(self.fetch(bucket, &VIEW_KEYS)),
                 )
                 .await
                 .unwrap_or_else(|refusal| {
@@ -108,69 +112,56 @@ impl Inner {
         Ok(watch)
     }
 
-    /// A watch of the whole bucket, and the last entry of each key it delivered while loading.
+    /// A watch of `keys`, and the last entry of each key it delivered while loading.
     ///
-    /// The load ends at the first entry at or after `through`, the bucket's last revision
-    /// before the watch's consumer was made (or when the consumer says it is idle, in a quiet
-    /// bucket whose last entry went meanwhile). Every key whose last entry was stored by then is
-    /// delivered before it, unless the key was written again meanwhile: with one revision kept
-    /// per key, the older one is removed and the key moves behind the end of the load, to come
-    /// through the watch (hence the reads in [`load`](Self::load)).
+    /// The load ends once the watch delivered as many entries as its consumer had to deliver
+    /// when it was made (the server's count of keys, last entry per key), at the first entry at
+    /// or after `through` (the bucket's last revision before the consumer was made), or when
+    /// the consumer says it is idle. Every key whose last entry was stored by then is delivered
+    /// before that, unless the key was written again meanwhile: with one revision kept per key,
+    /// the older one is removed and the key moves behind the end of the load, to come through
+    /// the watch (hence the reads in [`load`](Self::load)).
     ///
     /// It does not end at the first entry with nothing pending (async-nats's `seen_current`):
     /// that count is the server's running estimate, lowered at once when a write removes a key's
     /// older revision but raised for the new one only when the stream's signal loop gets to it.
-    /// Under steady heartbeats it reads 0 while the newest records are still to come, and a
-    /// load ending there missed members that were alive.
-    async fn fetch(
+    /// Under steady writes it reads 0 while the newest entries are still to come.
+    pub(super) async fn fetch(
         &self,
         bucket: &Bucket,
+        keys: &[&str],
     ) -> Result<(BucketWatch, BTreeMap<String, kv::Entry>), ClusterError> {
         // Creating the watch's consumer can time out while a just-created replicated bucket
-        // elects its stream leader, or on a loaded server: a few attempts, then the error.
-        let mut attempt = 0;
-        let (through, mut watch) = loop {
-            attempt += 1;
-            match self.open_watch(bucket).await {
-                Ok(opened) => break opened,
-                Err(e) if attempt < 4 => {
-                    tracing::debug!(node = %self.config.node_id, error = %e, attempt, "creating the bucket watch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
-                }
-                Err(e) => return Err(self.setup("watching the cluster bucket", e)),
-            }
-        };
-        let context = "loading the cluster state";
-        let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
+        // elects its stream leader, or on a loaded server; a delivery can be lost when the
+        // connection drops in the middle (a gap). A few attempts, each from scratch, then the
+        // error.
         let deadline = Instant::now() + LOAD_LIMIT;
+        let mut attempt = 0;
         loop {
-            match tokio::time::timeout_at(deadline, watch.next()).await {
-                Ok(Ok(Delivery::Entry(entry))) => {
-                    let done = entry.revision >= through;
-                    latest.insert(entry.key.clone(), entry);
-                    if done {
-                        break;
-                    }
-                }
-                Ok(Ok(Delivery::Idle)) => break,
-                Ok(Err(e)) => return Err(self.setup(context, Box::new(e))),
-                Err(_) => {
-                    return Err(
-                        self.setup(context, format!("timed out after {LOAD_LIMIT:?}").into())
-                    );
-                }
+            attempt += 1;
+            let (context, error) = match self.open_watch(bucket, keys).await {
+                Ok((through, watch)) => match read_load(watch, through, deadline).await {
+                    Ok(loaded) => return Ok(loaded),
+                    Err(e) => ("loading the cluster state", e),
+                },
+                Err(e) => ("watching the cluster bucket", e),
+            };
+            if attempt >= 4 || Instant::now() >= deadline {
+                return Err(self.setup(context, error));
             }
+            tracing::debug!(node = %self.config.node_id, error = %error, attempt, "{context} failed; retrying");
+            tokio::time::sleep(Duration::from_millis(250) * attempt).await;
         }
-        Ok((watch, latest))
     }
 
-    /// The bucket's last revision, then a watch starting with the last entry of every key.
+    /// The bucket's last revision, then a watch of `keys` starting with the last entry of each.
     async fn open_watch(
         &self,
         bucket: &Bucket,
+        keys: &[&str],
     ) -> Result<(u64, BucketWatch), crate::error::BoxError> {
         let through = bucket.kv.stream.get_info().await?.state.last_sequence;
-        let watch = BucketWatch::start(&self.client, &bucket.kv, ">").await?;
+        let watch = BucketWatch::start(&self.client, &bucket.kv, keys).await?;
         Ok((through, watch))
     }
 
@@ -266,6 +257,10 @@ impl Inner {
                 tracing::warn!(cluster = %self.config.cluster_name, key, "ignoring a node record that does not decode");
                 return;
             };
+            if id == self.config.node_id && !self.says_what_i_am(&rec) {
+                // Someone wrote over this node's record (a forged status, say).
+                self.rewrite_own_record();
+            }
             // (event, whether placement may change)
             let event = match self.write_view().members.insert(id.to_owned(), rec.clone()) {
                 None => Some((ClusterEvent::MemberJoined(rec), true)),
@@ -292,6 +287,11 @@ impl Inner {
         if self.write_view().members.remove(id).is_none() {
             return;
         }
+        if id == self.config.node_id {
+            // Failed by the leader or a prober while this node runs (it was paused, or cut off
+            // for longer than the failure timeout), or deleted by someone else.
+            self.rewrite_own_record();
+        }
         let node_id = id.to_owned();
         self.update_member_metrics();
         self.emit(match operation {
@@ -302,20 +302,33 @@ impl Inner {
         self.view_changed.notify_waiters();
     }
 
+    /// Whether `rec` (this node's key) is this node's record as it would write it (the load
+    /// aside: the record keeps the load of its last write).
+    fn says_what_i_am(&self, rec: &NodeRecord) -> bool {
+        let mine = self.record();
+        rec.incarnation == mine.incarnation
+            && rec.status == mine.status
+            && rec.capacity == mine.capacity
+            && rec.metadata == mine.metadata
+    }
+
+    /// Makes the heartbeat write this node's record again, unless the node is stopping.
+    fn rewrite_own_record(&self) {
+        if !self.cancel.is_cancelled() {
+            self.record_stale.store(true, Ordering::SeqCst);
+            self.beat_now.notify_one();
+        }
+    }
+
     fn update_member_metrics(&self) {
         self.metrics
             .members
             .set(self.read_view().members.len() as f64);
     }
 
-    /// Follows the bucket, reloading it when the watch fails, ends or stalls.
+    /// Follows the bucket, reloading it when the watch fails or ends. A stalled watch ends by
+    /// itself: its consumer's idle heartbeats stop, and it reports itself silent.
     pub(super) async fn watch_task(self: Arc<Self>, bucket: Bucket, mut watch: BucketWatch) {
-        // This node's own heartbeats are the canary: a watch that has not delivered a record
-        // this node wrote a while ago is stuck (seen after a NATS server was killed: the consumer
-        // neither delivered nor failed), and is replaced.
-        let stale_after = (self.config.heartbeat_interval * 3).max(Duration::from_secs(2));
-        let mut check = tokio::time::interval(self.config.heartbeat_interval);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reload = tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -330,16 +343,6 @@ impl Inner {
                         true
                     }
                 },
-                _ = check.tick() => {
-                    let canary = *lock(&self.canary);
-                    let stuck = canary.is_some_and(|(revision, written)| {
-                        self.read_view().revision < revision && written.elapsed() > stale_after
-                    });
-                    if stuck {
-                        tracing::warn!(cluster = %self.config.cluster_name, "cluster watch stalled; reloading");
-                    }
-                    stuck
-                }
             };
             if reload {
                 match self.reload(&bucket, watch).await {
@@ -360,10 +363,7 @@ impl Inner {
                 return None;
             }
             match self.resync(bucket).await {
-                Ok(watch) => {
-                    *lock(&self.canary) = None;
-                    return Some(watch);
-                }
+                Ok(watch) => return Some(watch),
                 Err(e) => {
                     if e.is_permission_denied() {
                         self.metrics.refused_watch.increment(1);
@@ -378,14 +378,31 @@ impl Inner {
             }
         }
     }
+}
 
-    /// Records a heartbeat write for the watch's liveness check, keeping the oldest write the
-    /// watch has not delivered yet.
-    pub(super) fn note_canary(&self, revision: u64) {
-        let seen = self.read_view().revision;
-        let mut canary = lock(&self.canary);
-        if canary.is_none_or(|(r, _)| seen >= r) {
-            *canary = Some((revision, Instant::now()));
+/// Reads `watch` until the load is complete (see [`Inner::fetch`]), keeping the last entry of each
+/// key; `through` is the bucket's last revision before the watch's consumer was made.
+async fn read_load(
+    mut watch: BucketWatch,
+    through: u64,
+    deadline: Instant,
+) -> Result<(BucketWatch, BTreeMap<String, kv::Entry>), crate::error::BoxError> {
+    let mut latest: BTreeMap<String, kv::Entry> = BTreeMap::new();
+    let mut delivered = 0u64;
+    while delivered < watch.initial_pending() {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Ok(Delivery::Entry(entry))) => {
+                delivered += 1;
+                let done = entry.revision >= through;
+                latest.insert(entry.key.clone(), entry);
+                if done {
+                    break;
+                }
+            }
+            Ok(Ok(Delivery::Idle)) => break,
+            Ok(Err(e)) => return Err(Box::new(e)),
+            Err(_) => return Err(format!("timed out after {LOAD_LIMIT:?}").into()),
         }
     }
+    Ok((watch, latest))
 }

@@ -2,11 +2,12 @@
 
 usage: py_node.py NATS_URL CLUSTER NODE_ID ACTOR_ID...
 
-It joins the cluster as the doc says (a record with a TTL, renewed by revision-checked writes),
+It joins the cluster as the doc says (a liveness key with a TTL, renewed by revision-checked
+writes, and a record),
 waits until the leader's shard map gives it shards, checks the map, routes the given actor ids
 through it, tries to publish a map fenced by a stale lease revision (which the server must
-refuse), prints one JSON line with what it saw, and exits without leaving, so that its record
-expires and the cluster reports it failed.
+refuse), prints one JSON line with what it saw, and exits without leaving, so that its liveness
+key expires, the leader marks its record failed, and the cluster reports it failed.
 """
 
 import asyncio
@@ -32,7 +33,16 @@ async def main(url: str, cluster: str, node_id: str, actors: list) -> dict:
     # config: {shard_count}, written by the first node.
     shard_count = msgpack.unpackb((await kv.get("config")).value)["shard_count"]
 
-    # Join: create nodes.<id> expecting an empty subject, with the failure timeout as TTL.
+    # Join: create alive.<id> expecting an empty subject, with the failure timeout as TTL...
+    incarnation = str(uuid.uuid4())
+    alive = {"incarnation": incarnation, "load": 0}
+    alive_subject = f"$KV.{bucket}.alive.{node_id}"
+    headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": TTL}
+    alive_revision = (
+        await js.publish(alive_subject, msgpack.packb(alive), headers=headers)
+    ).seq
+
+    # ...then nodes.<id>, expecting an empty subject, without a TTL.
     record = {
         "id": node_id,
         "metadata": {"lang": "python"},
@@ -42,18 +52,23 @@ async def main(url: str, cluster: str, node_id: str, actors: list) -> dict:
         "started_at_ms": int(time.time() * 1000),
         "version": "py-node/1",
         "shard_count": shard_count,
-        "incarnation": str(uuid.uuid4()),
+        "incarnation": incarnation,
     }
     subject = f"$KV.{bucket}.nodes.{node_id}"
-    headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-TTL": TTL}
-    revision = (await js.publish(subject, msgpack.packb(record), headers=headers)).seq
+    headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    await js.publish(subject, msgpack.packb(record), headers=headers)
 
-    # Heartbeat (expecting our last revision) until the leader's map names us.
+    # Heartbeat: renew alive.<id> (expecting our last revision) until the leader's map names us.
     deadline = time.monotonic() + 30
     shard_map = None
     while time.monotonic() < deadline:
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision), "Nats-TTL": TTL}
-        revision = (await js.publish(subject, msgpack.packb(record), headers=headers)).seq
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(alive_revision),
+            "Nats-TTL": TTL,
+        }
+        alive_revision = (
+            await js.publish(alive_subject, msgpack.packb(alive), headers=headers)
+        ).seq
         try:
             shard_map = msgpack.unpackb((await kv.get("shardmap")).value)
         except KeyNotFoundError:
