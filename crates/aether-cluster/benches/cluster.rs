@@ -20,44 +20,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aether_cluster::{ClusterActors, ClusterConfig, ClusterNode};
+mod common;
+
+use common::{Counter, config};
+
+use aether_cluster::{ClusterActors, ClusterNode};
 use aether_core::EventStore;
-use aether_runtime::{Actor, Runtime, SnapshotPolicy};
+use aether_runtime::{Runtime, SnapshotPolicy};
 use aether_store_jetstream::JetStreamEventStore;
 use aether_store_memory::InMemoryEventStore;
 use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
 use aether_testkit::nats::NatsServer;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Counter {
-    n: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Added {
-    Added(u64),
-}
-
-#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
-#[error("never")]
-struct Never;
-
-impl Actor for Counter {
-    const TYPE: &'static str = "counter";
-    type Command = u64;
-    type Event = Added;
-    type Error = Never;
-
-    fn handle(&self, by: &u64) -> Result<Vec<Added>, Never> {
-        Ok(vec![Added::Added(*by)])
-    }
-
-    fn apply(&mut self, Added::Added(by): &Added) {
-        self.n += by;
-    }
-}
+use serde::Serialize;
 
 /// Without `--bench` (as `cargo test --all-targets` runs it) the benchmark is a quick smoke run.
 static QUICK: AtomicBool = AtomicBool::new(false);
@@ -76,16 +51,6 @@ fn n(full: usize) -> usize {
 
 fn rounds() -> usize {
     if QUICK.load(Ordering::Relaxed) { 1 } else { 5 }
-}
-
-fn config(cluster: &str, node: &str) -> ClusterConfig {
-    ClusterConfig::new(cluster)
-        .node_id(node)
-        .shard_count(256)
-        .heartbeat_interval(Duration::from_millis(300))
-        .failure_timeout(Duration::from_secs(2))
-        .lease_ttl(Duration::from_secs(2))
-        .rebalance_delay(Duration::from_millis(50))
 }
 
 async fn node(
