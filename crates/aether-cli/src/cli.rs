@@ -39,6 +39,13 @@ pub(crate) struct Connection {
     /// A credentials file (JWT and nkey seed).
     #[arg(long, global = true, env = "NATS_CREDS")]
     pub(crate) creds: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`) to authenticate with.
+    #[arg(long, global = true, env = "NATS_NKEY")]
+    pub(crate) nkey: Option<PathBuf>,
+    /// The prefix of reply subjects (default `_INBOX`): a user allowed only its own inbox prefix
+    /// (a tenant's, in docs/security.md) needs it.
+    #[arg(long, global = true, env = "NATS_INBOX_PREFIX")]
+    pub(crate) inbox_prefix: Option<String>,
     /// User name.
     #[arg(long, global = true, env = "NATS_USER")]
     pub(crate) user: Option<String>,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use aether_core::Namespace;
+use aether_nats::permissions::{PermissionWatch, Refusal};
 use aether_store_jetstream::{JetStreamEventStore, layout};
 use async_nats::jetstream;
 
@@ -102,17 +105,58 @@ pub(crate) async fn find_stream(
     }
 }
 
+/// The connection's permission refusals (the server reports them to the connection only, and
+/// the refused request then times out): a failed command names them.
+static REFUSALS: OnceLock<PermissionWatch> = OnceLock::new();
+
+/// What the server refused on this process's connection, most recent last.
+pub(crate) fn refusals() -> Vec<Refusal> {
+    REFUSALS
+        .get()
+        .map(PermissionWatch::remembered)
+        .unwrap_or_default()
+}
+
+/// The seed in an nkey file: its first line that is not empty or a comment.
+fn nkey_seed(path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Input(format!("--nkey {}: {e}", path.display())))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(['#', '-', '*', '/']))
+        .filter(|seed| seed.starts_with('S'))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Failure::Input(format!(
+                "--nkey {}: no nkey seed in it (a line starting with `S`, such as `SU...`)",
+                path.display()
+            ))
+        })
+}
+
 async fn connect(c: &Connection) -> Result<async_nats::Client, Failure> {
     let failed = |reason: String| Failure::Connect {
         server: c.server.clone(),
         reason,
     };
-    let mut options = match &c.creds {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+    let mut options = match (&c.creds, &c.nkey) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::Input(
+                "--creds and --nkey do not go together: a credentials file holds its own nkey"
+                    .to_owned(),
+            ));
+        }
+        (Some(path), None) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|e| Failure::Input(format!("--creds {}: {e}", path.display())))?,
-        None => async_nats::ConnectOptions::new(),
+        (None, Some(path)) => async_nats::ConnectOptions::with_nkey(nkey_seed(path)?),
+        (None, None) => async_nats::ConnectOptions::new(),
     };
+    if let Some(prefix) = &c.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix.clone());
+    }
+    let watch = REFUSALS.get_or_init(PermissionWatch::new);
+    options = watch.install(options);
     if let (Some(user), Some(password)) = (&c.user, &c.password) {
         options = options.user_and_password(user.clone(), password.clone());
     }

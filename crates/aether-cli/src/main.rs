@@ -41,10 +41,33 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("aether: {failure}");
+            eprintln!("aether: {failure}{}", refused());
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// What the server refused on the connection, for the error line: a refused request is never
+/// answered, so the failure itself says only that it timed out.
+fn refused() -> String {
+    let refusals = connect::refusals();
+    if refusals.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+    let inbox = refusals.iter().any(|r| {
+        r.operation == aether_nats::permissions::Operation::Subscribe
+            && r.subject.starts_with("_INBOX")
+    });
+    format!(
+        " (the server refused this user: {}{})",
+        list.join(", "),
+        if inbox {
+            "; a user allowed only its own reply inbox needs --inbox-prefix"
+        } else {
+            ""
+        }
+    )
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {

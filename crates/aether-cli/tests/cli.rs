@@ -543,3 +543,87 @@ async fn credentials_are_asked_for_and_used() {
         .unwrap();
     assert_eq!(with_env.status.code(), Some(4), "{}", stderr(&with_env));
 }
+
+/// A tenant's user as docs/security.md sets one up: an nkey, the reader's block, replies only on
+/// `_INBOX_tenant-a.>`. With `--nkey` and `--inbox-prefix` the CLI reads the tenant's store;
+/// without the prefix the server refuses the reply inbox; an unknown key is refused at connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_reads_its_store_with_an_nkey_and_its_inbox_prefix() {
+    use aether_core::Namespace;
+    use aether_store_jetstream::JetStreamConfig;
+    use aether_testkit::tenancy::{self, Authorization, Role};
+    use nkeys::KeyPair;
+
+    let user = KeyPair::new_user();
+    let server = Authorization::with_operator()
+        .nkey_user(
+            &user.public_key(),
+            &Role::Reader.permissions("tenant-a").unwrap(),
+        )
+        .start("cli-nkeys")
+        .await
+        .unwrap();
+    let operator = tenancy::connect_operator(server.server()).await.unwrap();
+    let store = JetStreamEventStore::with_config(
+        operator,
+        "events",
+        JetStreamConfig::default().namespace(Namespace::new("tenant-a").unwrap()),
+    )
+    .await
+    .unwrap();
+    store
+        .save_event(Event::new("order-1", "Placed", 1, &"for tenant a").unwrap())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("aether-cli-nkey-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed_file = dir.join("tenant-a.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let seed = seed_file.to_str().unwrap();
+    let url = server.server().url();
+    let tenant = [
+        "--store",
+        "events",
+        "--namespace",
+        "tenant-a",
+        "--timeout",
+        "2",
+    ];
+    let history = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(tenant);
+        args.extend(["--json", "actor", "history", "order-1"]);
+        aether(&url, &args)
+    };
+
+    let read = history(&["--nkey", seed, "--inbox-prefix", "_INBOX_tenant-a"]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert!(stdout(&read).contains("for tenant a"), "{}", stdout(&read));
+
+    // The usual `_INBOX` prefix: the server refuses the replies' subscription.
+    let without = history(&["--nkey", seed]);
+    assert!(
+        !without.status.success(),
+        "read without the tenant's inbox prefix"
+    );
+    let text = stderr(&without);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(r#"the server refused this user: subscribe to "_INBOX."#)
+            && text.contains("--inbox-prefix"),
+        "{text}"
+    );
+
+    // A key the server does not know: refused at connect (exit 3).
+    let stranger = dir.join("stranger.nk");
+    std::fs::write(&stranger, KeyPair::new_user().seed().unwrap()).unwrap();
+    let refused = history(&["--nkey", stranger.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+
+    // Not a seed at all: bad input, one line.
+    std::fs::write(dir.join("empty.nk"), "# nothing here\n").unwrap();
+    let empty = dir.join("empty.nk");
+    let bad = history(&["--nkey", empty.to_str().unwrap()]);
+    assert!(stderr(&bad).contains("no nkey seed"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}
