@@ -35,32 +35,15 @@ use common::{Counter, config};
 use aether_cluster::{ClusterActors, ClusterNode};
 use aether_runtime::{Runtime, SnapshotPolicy};
 use aether_store_jetstream::JetStreamEventStore;
-use aether_testkit::bench::{Better, Figure, ReportRow, Spread, quick, record_row};
+use aether_testkit::bench::{
+    Better, Figure, ReportRow, Spread, cpu_seconds_of, quick, record_row, two_workers,
+};
 use aether_testkit::nats::NatsServer;
 use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
 
 /// Set in a child: `<nats url> <cluster> <node id> <stream>`.
 const NODE_ENV: &str = "AETHER_BENCH_NODE";
-
-/// CPU seconds (user + system) of process `pid` (`self` for this one), from /proc.
-fn cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on Linux.
-    (tick(11) + tick(12)) as f64 / 100.0
-}
 
 // ---- the child: one node --------------------------------------------------------------------
 
@@ -72,11 +55,7 @@ fn child(spec: &str) {
     let [url, cluster, id, stream] = parts[..] else {
         panic!("{NODE_ENV} must be `<url> <cluster> <id> <stream>`, not {spec:?}");
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers().unwrap();
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let store = Arc::new(
@@ -104,11 +83,14 @@ fn child(spec: &str) {
                     say("settled");
                 }
                 ["run", count, asks] => {
-                    let cpu = cpu_seconds("self");
+                    let cpu = cpu_seconds_of("/proc/self/stat").unwrap_or(0.0);
                     let started = Instant::now();
                     drive(&actors, count.parse().unwrap(), asks.parse().unwrap(), id).await;
                     let secs = started.elapsed().as_secs_f64();
-                    say(&format!("done {asks} {secs} {}", cpu_seconds("self") - cpu));
+                    say(&format!(
+                        "done {asks} {secs} {}",
+                        cpu_seconds_of("/proc/self/stat").unwrap_or(0.0) - cpu
+                    ));
                 }
                 ["leave"] => break,
                 other => panic!("unknown command {other:?}"),
@@ -237,8 +219,7 @@ fn run(server: &NatsServer, k: usize, actors: usize, total: usize, cores: &Cores
     for node in &mut nodes {
         node.expect("settled");
     }
-    let server_pid = server.process_id().unwrap().to_string();
-    let server_cpu = cpu_seconds(&server_pid);
+    let server_cpu = server.cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
     let per = total / k;
     for node in &mut nodes {
@@ -250,7 +231,7 @@ fn run(server: &NatsServer, k: usize, actors: usize, total: usize, cores: &Cores
         node_cpu += done[3].parse::<f64>().unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
-    let server_cpu = cpu_seconds(&server_pid) - server_cpu;
+    let server_cpu = server.cpu_seconds().unwrap_or(0.0) - server_cpu;
     for node in &mut nodes {
         node.send("leave");
     }
@@ -302,11 +283,7 @@ fn main() {
     };
     let available = std::thread::available_parallelism().map_or(1, usize::from);
     let most = 3;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers().unwrap();
     let server = rt.block_on(NatsServer::start()).unwrap();
     let cores = Cores {
         available,

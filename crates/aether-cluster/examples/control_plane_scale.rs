@@ -102,11 +102,7 @@ impl Servers {
 
     /// CPU seconds used by the servers so far (user + system, from /proc).
     fn cpu_seconds(&self) -> f64 {
-        self.all()
-            .iter()
-            .filter_map(|s| s.process_id())
-            .filter_map(cpu_seconds_of)
-            .sum()
+        self.all().iter().filter_map(|s| s.cpu_seconds()).sum()
     }
 
     fn resident_bytes(&self) -> u64 {
@@ -122,16 +118,6 @@ impl Servers {
         let varz = http_get_json(*monitor, "/varz").await.ok()?;
         varz["out_msgs"].as_u64()
     }
-}
-
-fn cpu_seconds_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on Linux.
-    Some(ticks as f64 / 100.0)
 }
 
 async fn http_get_json(port: u16, path: &str) -> Result<serde_json::Value> {

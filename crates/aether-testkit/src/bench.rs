@@ -86,6 +86,17 @@ pub fn resident_bytes() -> Option<u64> {
     resident_bytes_of("/proc/self/status")
 }
 
+/// CPU time (user + system) in seconds from a `/proc/<pid>/stat` file (`/proc/self/stat` for
+/// this process); `None` where there is no `/proc`.
+pub fn cpu_seconds_of(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // utime and stime, in clock ticks (USER_HZ, 100 on Linux).
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 /// `VmRSS` in bytes from a `/proc/<pid>/status` file.
 pub fn resident_bytes_of(status: &str) -> Option<u64> {
     let text = std::fs::read_to_string(status).ok()?;
@@ -383,6 +394,15 @@ pub fn record_row(row: &ReportRow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu_and_a_missing_file_reads_as_none() {
+        let spin = (0..2_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b));
+        std::hint::black_box(spin);
+        let cpu = cpu_seconds_of("/proc/self/stat").expect("/proc/self/stat parses");
+        assert!(cpu >= 0.0);
+        assert_eq!(cpu_seconds_of("/proc/no-such-pid/stat"), None);
+    }
 
     #[test]
     fn reads_this_process_resident_memory() {

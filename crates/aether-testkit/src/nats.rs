@@ -456,6 +456,13 @@ impl NatsServer {
         crate::bench::resident_bytes_of(&format!("/proc/{pid}/status"))
     }
 
+    /// The server's CPU time so far (user + system, seconds, from `/proc`), for scale
+    /// measurements; `None` when it is not running or the platform has no `/proc`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref().and_then(Child::id)?;
+        crate::bench::cpu_seconds_of(&format!("/proc/{pid}/stat"))
+    }
+
     /// The process id, while it runs.
     pub fn process_id(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
