@@ -24,6 +24,7 @@ pub mod history;
 pub mod limits;
 mod namespace;
 mod payload;
+pub mod reminder;
 mod snapshot;
 mod store;
 pub mod store_metrics;
@@ -41,6 +42,7 @@ pub use event::{
 };
 pub use namespace::Namespace;
 pub use payload::{Payload, Value};
+pub use reminder::{Reminder, ReminderError, ReminderKey, ReminderStore, When};
 pub use snapshot::{ActorSnapshot, CommandRecord};
 pub use store::{
     EventBroadcaster, EventStore, EventStoreWithErrors, EventStream, SnapshotStore, VersionCache,

@@ -93,6 +93,17 @@ classify_by_kind! {
         kv::UpdateErrorKind::TimedOut => Class::Timeout,
         _ => Class::Other,
     };
+    stream::PurgeError => |k| match k {
+        stream::PurgeErrorKind::TimedOut => Class::Timeout,
+        stream::PurgeErrorKind::Request => Class::Unavailable,
+        _ => Class::Other,
+    };
+    consumer::pull::MessagesError => |k| match k {
+        consumer::pull::MessagesErrorKind::MissingHeartbeat
+        | consumer::pull::MessagesErrorKind::NoResponders
+        | consumer::pull::MessagesErrorKind::Pull => Class::Unavailable,
+        _ => Class::Other,
+    };
 }
 
 /// Creating a consumer: the server's refusal is the error's kind, not its source.

@@ -29,6 +29,7 @@
 
 pub mod classify;
 pub mod codes;
+pub mod direct;
 pub mod permissions;
 pub mod publish;
 pub mod server_version;

@@ -49,6 +49,18 @@ pub fn snapshot_bucket(stream: &str) -> String {
     format!("{stream}-snapshots")
 }
 
+/// The stream holding the reminders of a store's stream: `REMINDERS_<stream>` (uppercase, so never
+/// a store's own stream name).
+pub fn reminder_stream(stream: &str) -> String {
+    format!("REMINDERS_{stream}")
+}
+
+/// The subjects of a store's reminders: `ar.<stream>.<s|f>.<type token>.<actor token>.<name
+/// token>`, each token by [`actor_token`].
+pub fn reminder_prefix(stream: &str) -> String {
+    format!("ar.{stream}.")
+}
+
 /// The subjects of a store's stream: `ae.<stream>.<actor token>`.
 pub fn subject_prefix(stream: &str) -> String {
     format!("ae.{stream}.")

@@ -14,6 +14,7 @@ mod config;
 mod error;
 pub mod layout;
 mod metrics;
+pub mod reminders;
 mod store;
 
 /// Permission refusals heard on the connection ([`permissions::PermissionWatch`], see
@@ -25,4 +26,5 @@ pub use aether_nats::server_version;
 pub use async_nats;
 pub use config::{DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_REPLAY_CONSUMERS, JetStreamConfig, Storage};
 pub use error::ConfigError;
+pub use reminders::JetStreamReminders;
 pub use store::{JetStreamEventStore, ReadStats, stream_problems};

@@ -12,7 +12,6 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use bytes::Bytes;
-use futures::StreamExt;
 
 use super::JetStreamEventStore;
 use crate::error::backend;
@@ -20,13 +19,6 @@ use aether_core::StoreError;
 
 /// Records one direct-get request asks for.
 pub(super) const PAGE: usize = 256;
-
-/// The end-of-batch status of a batched direct get.
-const END_OF_BATCH: u16 = 204;
-/// No record at or after the requested sequence (on the replica that answered).
-const NOT_FOUND: u16 = 404;
-/// Nobody serves direct gets for the stream (no replica yet, or the stream is gone).
-const NO_RESPONDERS: u16 = 503;
 
 /// A stored record as read back: its stream sequence, headers and body.
 #[derive(Debug)]
@@ -74,69 +66,24 @@ impl JetStreamEventStore {
         max: usize,
     ) -> Result<Vec<RawRecord>, StoreError> {
         let context = || format!("reading the records of actor {actor_id:?} from sequence {from}");
-        let client = &self.inner.client;
-        let inbox = client.new_inbox();
-        // Subscribed before the request goes out (same connection, so the server sees it first).
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| StoreError::backend(context(), e))?;
-        let request = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": max });
-        client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", self.inner.stream_name),
-                inbox,
-                Bytes::from(request.to_string()),
-            )
-            .await
-            .map_err(|e| backend(context(), e))?;
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let mut records = Vec::new();
-        loop {
-            let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
-                Ok(Some(reply)) => reply,
-                Ok(None) => {
-                    return Err(StoreError::Unavailable {
-                        context: context(),
-                        source: Some("the connection closed the reply subscription".into()),
-                    });
-                }
-                Err(_) => return Err(StoreError::Timeout { context: context() }),
-            };
-            match reply.status.map(|s| s.as_u16()) {
-                None => {
-                    let seq = reply
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
-                        .and_then(|v| v.as_str().parse::<u64>().ok())
-                        .ok_or_else(|| {
-                            StoreError::backend(
-                                context(),
-                                "a direct get reply without Nats-Sequence",
-                            )
-                        })?;
-                    records.push(RawRecord {
-                        seq,
-                        headers: reply.headers,
-                        payload: reply.payload,
-                    });
-                }
-                Some(END_OF_BATCH | NOT_FOUND) => return Ok(records),
-                // No replica serves direct gets yet (a stream created a moment ago on another
-                // server of a cluster): nothing read, and the leader is asked instead.
-                Some(NO_RESPONDERS) => return Ok(records),
-                Some(code) => {
-                    return Err(StoreError::backend(
-                        context(),
-                        format!(
-                            "direct get answered {code} {}",
-                            reply.description.unwrap_or_default()
-                        ),
-                    ));
-                }
-            }
-        }
+        let records = aether_nats::direct::batch(
+            &self.inner.client,
+            &self.inner.stream_name,
+            subject,
+            from,
+            max,
+            self.inner.request_timeout,
+            &context,
+        )
+        .await?;
+        Ok(records
+            .into_iter()
+            .map(|r| RawRecord {
+                seq: r.seq,
+                headers: r.headers,
+                payload: r.payload,
+            })
+            .collect())
     }
 
     /// The subject's first record at or after `from`, from the stream leader.
