@@ -17,6 +17,7 @@
 mod failover;
 mod handoff;
 mod host;
+mod reminders;
 pub(crate) mod route;
 pub(crate) mod router;
 mod serve;
@@ -27,7 +28,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use aether_core::reminder::ReminderStore;
 use aether_runtime::Runtime;
+use aether_runtime::reminders::{Deliver, Dispatcher, DispatcherHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +107,10 @@ struct NodeInner {
     failover: Arc<Failover>,
     /// What the failover takes suspects from, until `start` hands it over.
     suspects: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    /// Where each registered type's reminder firings go (through the cluster's routing).
+    reminder_targets: Mutex<Vec<(&'static str, Arc<dyn Deliver>)>>,
+    /// The reminder dispatcher, once started.
+    reminders: Mutex<Option<Arc<DispatcherHandle>>>,
 }
 
 impl fmt::Debug for NodeInner {
@@ -183,6 +190,8 @@ impl ClusterNode {
                 handoff,
                 failover: Arc::new(Failover::new(node.clone())),
                 suspects: Mutex::new(Some(suspected)),
+                reminder_targets: Mutex::new(Vec::new()),
+                reminders: Mutex::new(None),
                 node,
             },
         })
@@ -202,7 +211,40 @@ impl ClusterNode {
                 reason: format!("actor type {:?} is already registered", A::TYPE),
             });
         }
-        Ok(ClusterActors::new(self.inner.router.clone(), runtime))
+        let actors = ClusterActors::new(self.inner.router.clone(), runtime);
+        lock(&self.inner.reminder_targets).push((
+            A::TYPE,
+            Arc::new(reminders::ClusterTarget::new(actors.clone())),
+        ));
+        Ok(actors)
+    }
+
+    /// Delivers the firings of `store`'s reminders to the actor types registered so far, through
+    /// the cluster: each firing is read by one node and routed to its actor's owner with the
+    /// firing's command id, so it is applied once wherever the actor lives now. Every node
+    /// calls it; the store shares the firings among them. Stopped by [`leave`](Self::leave) (a
+    /// firing read but not delivered goes to another node).
+    pub fn deliver_reminders(&self, store: Arc<dyn ReminderStore>) -> Result<(), ClusterError> {
+        let mut running = lock(&self.inner.reminders);
+        if running.is_some() {
+            return Err(ClusterError::InvalidConfig {
+                field: "deliver_reminders",
+                reason: "reminders are delivered already".into(),
+            });
+        }
+        let dispatcher = lock(&self.inner.reminder_targets)
+            .iter()
+            .fold(Dispatcher::new(store), |d, (ty, target)| {
+                d.target(*ty, target.clone())
+            });
+        *running = Some(Arc::new(dispatcher.start()));
+        Ok(())
+    }
+
+    /// What this node's reminder dispatcher did so far (`None` before
+    /// [`deliver_reminders`](Self::deliver_reminders)).
+    pub fn reminder_stats(&self) -> Option<aether_runtime::reminders::DispatchStats> {
+        lock(&self.inner.reminders).as_ref().map(|d| d.stats())
     }
 
     /// Starts serving calls, joins the cluster and follows its shard map.
@@ -314,6 +356,10 @@ impl ClusterNode {
     /// shards, say), the node leaves anyway; its actors' acknowledged work is in the store.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         let node = &self.inner.node;
+        let reminders = lock(&self.inner.reminders).take();
+        if let Some(reminders) = reminders {
+            reminders.stop().await;
+        }
         node.manager.mark_leaving();
         let until = tokio::time::Instant::now() + node.config.call_timeout;
         loop {

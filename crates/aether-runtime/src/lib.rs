@@ -30,6 +30,7 @@ mod error;
 pub mod metrics;
 #[cfg(feature = "model")]
 mod model;
+pub mod reminders;
 mod runtime;
 pub mod testing;
 

@@ -165,7 +165,7 @@ impl ChildNode {
 
     /// Re-runs this test binary's ignored test `test_filter` with `env_key=spec`, and waits for
     /// its "started" line.
-    async fn spawn_env(test_filter: &str, env_key: &str, spec: String, node_id: &str) -> Self {
+    pub async fn spawn_env(test_filter: &str, env_key: &str, spec: String, node_id: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
