@@ -4,6 +4,8 @@ use std::fmt;
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
+
+use crate::context::Context;
 use serde::ser::{self, Impossible, Serialize};
 
 /// An event-sourced actor: its state is the fold of its events.
@@ -74,6 +76,58 @@ pub trait Actor: Default + Serialize + DeserializeOwned + Send + Sync + 'static 
         command: &Self::Command,
     ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send {
         std::future::ready(self.handle(command))
+    }
+
+    /// Decides with a [`Context`]: what the runtime calls. Override it to set or cancel
+    /// reminders and timers while deciding (they are carried out only if the decision is
+    /// stored; see [`Context`]); the default calls [`Actor::handle_async`].
+    ///
+    /// ```
+    /// # use aether_runtime::{Actor, Context};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use std::time::Duration;
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Order { placed: bool, paid: bool, cancelled: bool }
+    /// #[derive(Serialize, Deserialize)]
+    /// enum Cmd { Place, Pay, CancelUnpaid }
+    /// #[derive(Serialize, Deserialize)]
+    /// enum Ev { Placed, Paid, Cancelled }
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] struct Never;
+    /// impl Actor for Order {
+    ///     const TYPE: &'static str = "order";
+    ///     type Command = Cmd;
+    ///     type Event = Ev;
+    ///     type Error = Never;
+    ///     fn handle(&self, cmd: &Cmd) -> Result<Vec<Ev>, Never> {
+    ///         Ok(match cmd {
+    ///             Cmd::Place if !self.placed => vec![Ev::Placed],
+    ///             Cmd::Pay if self.placed && !self.cancelled => vec![Ev::Paid],
+    ///             // Harmless when it fires late or twice: decided on the state.
+    ///             Cmd::CancelUnpaid if self.placed && !self.paid && !self.cancelled => vec![Ev::Cancelled],
+    ///             _ => vec![],
+    ///         })
+    ///     }
+    ///     fn decide(&self, cmd: &Cmd, ctx: &mut Context<Self>)
+    ///         -> impl Future<Output = Result<Vec<Ev>, Never>> + Send {
+    ///         match cmd {
+    ///             Cmd::Place => ctx.remind_after("payment", Duration::from_secs(1800), &Cmd::CancelUnpaid),
+    ///             Cmd::Pay => ctx.cancel_reminder("payment"),
+    ///             Cmd::CancelUnpaid => {}
+    ///         }
+    ///         std::future::ready(self.handle(cmd))
+    ///     }
+    ///     fn apply(&mut self, ev: &Ev) {
+    ///         match ev { Ev::Placed => self.placed = true, Ev::Paid => self.paid = true, Ev::Cancelled => self.cancelled = true }
+    ///     }
+    /// }
+    /// ```
+    fn decide(
+        &self,
+        command: &Self::Command,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send {
+        let _ = ctx;
+        self.handle_async(command)
     }
 
     /// Folds one event into the state.

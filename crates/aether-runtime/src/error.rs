@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aether_core::{CodecError, StoreError, UpcastError};
+use aether_core::{CodecError, ReminderError, StoreError, UpcastError};
 
 /// Why an `ask` (or a `tell`, where it is logged) did not succeed.
 ///
@@ -98,6 +98,17 @@ pub enum AskError<E: std::error::Error + 'static> {
         /// The actor.
         actor_id: Arc<str>,
     },
+    /// The handler's reminders could not be set or cancelled. If setting failed, nothing of the
+    /// command was stored; if cancelling failed, its events were stored (sending the command
+    /// again with the same id cancels again).
+    #[error("actor {actor_id}: {source}")]
+    Reminder {
+        /// The actor.
+        actor_id: Arc<str>,
+        /// What went wrong.
+        #[source]
+        source: Box<ReminderError>,
+    },
     /// The actor stopped without answering (its task ended unexpectedly).
     #[error("actor {actor_id} stopped before answering")]
     NoReply {
@@ -124,7 +135,11 @@ impl<E: std::error::Error + 'static> AskError<E> {
     /// unavailable, timed out, a limit that clears): the same command, with the same command id,
     /// may succeed a little later. Whether the command was applied is unknown.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Store { source, .. } if source.is_transient())
+        match self {
+            Self::Store { source, .. } => source.is_transient(),
+            Self::Reminder { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 
 mod actor;
 mod config;
+mod context;
 mod error;
 pub mod metrics;
 #[cfg(feature = "model")]
@@ -39,6 +40,7 @@ pub use config::{
     COMMAND_HORIZON, CommandMemory, MAX_REMEMBERED_COMMANDS, REMEMBERED_COMMANDS, RetryPolicy,
     RuntimeConfig, SNAPSHOT_COMMAND_BYTES, SNAPSHOT_COMMANDS, SnapshotPolicy,
 };
+pub use context::{Context, Fired};
 pub use error::AskError;
 #[cfg(feature = "model")]
 pub use model::{

@@ -12,6 +12,7 @@ pub(crate) mod load;
 mod outage;
 mod recent;
 mod registry;
+mod timers;
 mod vm;
 
 use std::collections::HashMap;

@@ -35,6 +35,9 @@
 
 #[cfg(feature = "replay-check")]
 pub mod replay;
+mod time;
+
+pub use time::{Fire, Timeline};
 
 use std::fmt::Debug;
 

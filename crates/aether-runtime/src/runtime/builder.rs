@@ -6,7 +6,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, Upcasters};
+use aether_core::{
+    EventBroadcaster, EventStore, Namespace, ReminderStore, SnapshotStore, Upcasters,
+};
 
 use super::Runtime;
 use super::registry::Shared;
@@ -22,6 +24,7 @@ pub struct RuntimeBuilder<A: Actor> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
+    reminders: Option<Arc<dyn ReminderStore>>,
     config: RuntimeConfig,
     overrides: Vec<Override>,
     upcasters: Upcasters,
@@ -72,6 +75,7 @@ impl<A: Actor> RuntimeBuilder<A> {
             store,
             snapshots: None,
             bus: None,
+            reminders: None,
             config: RuntimeConfig::default(),
             overrides: Vec::new(),
             upcasters: Upcasters::new(),
@@ -95,6 +99,15 @@ impl<A: Actor> RuntimeBuilder<A> {
     /// Publishes every appended event on `bus` in `namespace`, after it is stored.
     pub fn bus(mut self, bus: Arc<dyn EventBroadcaster>, namespace: Namespace) -> Self {
         self.bus = Some((bus, namespace));
+        self
+    }
+
+    /// Where handlers' reminders are set and cancelled ([`Context::remind`](crate::Context::remind)).
+    /// Without it, a command whose handler sets or cancels a reminder fails with
+    /// [`AskError::Reminder`](crate::AskError::Reminder). Delivering the reminders is the
+    /// [`Dispatcher`](crate::reminders::Dispatcher)'s (or a cluster node's) work.
+    pub fn reminders(mut self, reminders: Arc<dyn ReminderStore>) -> Self {
+        self.reminders = Some(reminders);
         self
     }
 
@@ -169,6 +182,7 @@ impl<A: Actor> RuntimeBuilder<A> {
                 self.store,
                 self.snapshots,
                 self.bus,
+                self.reminders,
                 config,
                 self.upcasters,
             )),

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aether_core::{EventBroadcaster, EventStore, Namespace, SnapshotStore, Upcasters, limits};
+use aether_core::{
+    EventBroadcaster, EventStore, Namespace, ReminderStore, SnapshotStore, Upcasters, limits,
+};
 use tokio::sync::{Notify, mpsc};
 
 use super::vm::{Cell, Envelope, run_vm};
@@ -115,6 +117,8 @@ pub(crate) struct Shared<A: Actor> {
     pub(super) store: Arc<dyn EventStore>,
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
+    /// Where handlers' reminders are set and cancelled (`RuntimeBuilder::reminders`).
+    pub(super) reminders: Option<Arc<dyn ReminderStore>>,
     pub(super) config: RuntimeConfig,
     /// Stored events are upcast through these before decoding; new events are written at their
     /// types' current versions.
@@ -145,6 +149,7 @@ impl<A: Actor> Shared<A> {
         store: Arc<dyn EventStore>,
         snapshots: Option<Arc<dyn SnapshotStore>>,
         bus: Option<(Arc<dyn EventBroadcaster>, Namespace)>,
+        reminders: Option<Arc<dyn ReminderStore>>,
         config: RuntimeConfig,
         upcasters: Upcasters,
     ) -> Self {
@@ -153,6 +158,7 @@ impl<A: Actor> Shared<A> {
             store,
             snapshots,
             bus,
+            reminders,
             config,
             upcasters,
             shards,

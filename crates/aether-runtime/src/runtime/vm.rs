@@ -26,9 +26,11 @@ use super::Applied;
 use super::load::{LoadError, load, load_through_outages};
 use super::recent::{Recent, now_millis};
 use super::registry::{Shared, bump};
+use super::timers::Timers;
 use crate::actor::Actor;
 use crate::error::AskError;
 
+mod time;
 mod write;
 
 /// One command in this many has its latency measured.
@@ -136,12 +138,16 @@ struct Vm<A: Actor> {
     since_snapshot: u64,
     /// Set when a reload after a panic failed: the state is unknown, so every command is
     /// refused until the actor is activated again.
-    broken: Option<Box<str>>,
+    /// (Boxed `String`: one word, so the timers' word costs an idle actor nothing.)
+    #[allow(clippy::box_collection, reason = "one word in every idle actor, not two")]
+    broken: Option<Box<String>>,
     /// Set while a reload after a panic is under way (see `reload`).
     reloading: bool,
     /// Commands handled (wrapping), for the latency sample.
     commands: u32,
     recent: Recent,
+    /// Volatile timers, aborted when the VM is dropped (passivation).
+    timers: Timers,
 }
 
 pub(super) async fn run_vm<A: Actor>(
@@ -179,6 +185,7 @@ pub(super) async fn run_vm<A: Actor>(
                 reloading: false,
                 commands: 0,
                 recent: loaded.recent,
+                timers: Timers::default(),
             });
         }
         Err(failure) => {
@@ -377,7 +384,7 @@ impl<A: Actor> Vm<A> {
                 tracing::error!(actor_type = A::TYPE, actor_id = %self.id, reason = %failure, "reload after a panic failed");
                 // Kept as a message: until it is activated again this VM refuses every command,
                 // so a retry meets the same refusal whatever the store's failure was.
-                self.broken = Some(format!("reload after a panic failed: {failure}").into());
+                self.broken = Some(Box::new(format!("reload after a panic failed: {failure}")));
             }
         }
     }
@@ -476,6 +483,7 @@ mod tests {
     fn an_idle_actor_keeps_a_small_task_and_cell() {
         let shared = Arc::new(Shared::<Unit>::new(
             Arc::new(aether_store_memory::InMemoryEventStore::new()),
+            None,
             None,
             None,
             crate::config::RuntimeConfig::default(),

@@ -5,6 +5,8 @@
 
 use std::pin::Pin;
 
+use std::time::SystemTime;
+
 use aether_core::{CommandId, CommandRecord, Event, StoreError};
 use futures::StreamExt;
 
@@ -15,6 +17,7 @@ use super::super::recent::{Remembered, id_hash, millis, remember};
 use super::super::registry::bump;
 use super::{Vm, rare};
 use crate::actor::Actor;
+use crate::context::{Context, TimeOp};
 use crate::error::AskError;
 
 /// Where a command is in the write protocol (`Vm::decide_and_append`).
@@ -37,6 +40,8 @@ enum Stage<A: Actor> {
 struct Decided<A: Actor> {
     events: Vec<A::Event>,
     stored: Vec<Event>,
+    /// What the handler asked of time (reminders, timers): carried out only if stored.
+    ops: Vec<TimeOp<A>>,
 }
 
 impl<A: Actor> Vm<A> {
@@ -58,10 +63,13 @@ impl<A: Actor> Vm<A> {
                     // Applied before (a retry, or a copy another node handled first): answered
                     // from its stored events, never decided again.
                     Some(record) => Stage::Done(rare(self.answer_again(record)).await),
-                    None => match self.state.handle_async(command).await {
-                        Ok(events) => self.prepare(command, command_id, events),
-                        Err(refusal) => Stage::Refused(refusal),
-                    },
+                    None => {
+                        let mut ctx = Context::new(self.id.clone(), SystemTime::now(), command_id);
+                        match self.state.decide(command, &mut ctx).await {
+                            Ok(events) => self.prepare(command, command_id, events, ctx.ops),
+                            Err(refusal) => Stage::Refused(refusal),
+                        }
+                    }
                 },
                 Stage::Refused(source) => {
                     // Final only if decided on the latest version: another writer may have
@@ -77,24 +85,12 @@ impl<A: Actor> Vm<A> {
                         }))
                     }
                 }
+                Stage::Append(decided) if !decided.ops.is_empty() => {
+                    rare(self.append_with_time(decided, command_id, hash, attempt)).await
+                }
                 Stage::Append(decided) => match self.append(&decided.stored).await {
                     Ok(()) => Stage::Done(Ok(self.applied(decided, command_id, hash).await)),
-                    Err(e) if e.is_version_conflict() => {
-                        bump(&self.shared.stats.conflicts);
-                        self.shared.metrics.conflicts.increment(1);
-                        if attempt < self.shared.config.retry.max_attempts {
-                            Stage::FoldIn { backoff: true }
-                        } else {
-                            Stage::Done(Err(AskError::Conflict {
-                                actor_id: self.id.clone(),
-                                attempts: attempt,
-                            }))
-                        }
-                    }
-                    Err(source) => Stage::Done(Err(AskError::Store {
-                        actor_id: self.id.clone(),
-                        source: Box::new(source),
-                    })),
+                    Err(e) => self.append_failed(e, attempt),
                 },
                 Stage::FoldIn { backoff } => match rare(self.catch_up(command_id)).await {
                     // The other writer applied this very command (a copy served elsewhere):
@@ -130,6 +126,7 @@ impl<A: Actor> Vm<A> {
         command: &A::Command,
         command_id: Option<&CommandId>,
         events: Vec<A::Event>,
+        ops: Vec<TimeOp<A>>,
     ) -> Stage<A> {
         if let Some(rules) = self.shared.rules.get()
             && let Err(reason) = rules.check::<A>(command, &events)
@@ -139,7 +136,7 @@ impl<A: Actor> Vm<A> {
                 reason,
             }));
         }
-        if events.is_empty() {
+        if events.is_empty() && ops.is_empty() {
             return Stage::Done(Ok(Applied {
                 version: self.version,
                 events,
@@ -148,9 +145,62 @@ impl<A: Actor> Vm<A> {
         match self.encode(&events, command_id) {
             Ok(stored) => {
                 note_event_ids(&stored);
-                Stage::Append(Decided { events, stored })
+                Stage::Append(Decided {
+                    events,
+                    stored,
+                    ops,
+                })
             }
             Err(e) => Stage::Done(Err(e)),
+        }
+    }
+
+    /// The append of a decision that asked something of time: its reminders set first, then
+    /// its events (if any) appended, then its cancellations and timers carried out.
+    async fn append_with_time(
+        &mut self,
+        mut decided: Decided<A>,
+        command_id: Option<&CommandId>,
+        hash: u64,
+        attempt: u32,
+    ) -> Stage<A> {
+        if let Err(e) = self.set_reminders(&decided.ops).await {
+            return Stage::Done(Err(e));
+        }
+        let ops = std::mem::take(&mut decided.ops);
+        let applied = if decided.stored.is_empty() {
+            Applied {
+                version: self.version,
+                events: decided.events,
+            }
+        } else {
+            match self.append(&decided.stored).await {
+                Ok(()) => self.applied(decided, command_id, hash).await,
+                // A conflict or a failure: the caller's loop decides again or answers.
+                Err(e) => return self.append_failed(e, attempt),
+            }
+        };
+        Stage::Done(self.after_stored(ops).await.map(|()| applied))
+    }
+
+    /// What a failed append leads to: after a conflict, folding in the other writer's events and
+    /// deciding again (while attempts remain); otherwise the failure is the answer.
+    fn append_failed(&self, e: StoreError, attempt: u32) -> Stage<A> {
+        if !e.is_version_conflict() {
+            return Stage::Done(Err(AskError::Store {
+                actor_id: self.id.clone(),
+                source: Box::new(e),
+            }));
+        }
+        bump(&self.shared.stats.conflicts);
+        self.shared.metrics.conflicts.increment(1);
+        if attempt < self.shared.config.retry.max_attempts {
+            Stage::FoldIn { backoff: true }
+        } else {
+            Stage::Done(Err(AskError::Conflict {
+                actor_id: self.id.clone(),
+                attempts: attempt,
+            }))
         }
     }
 

@@ -1,0 +1,110 @@
+//! Carrying out what a decision asked of time (`Context`): reminders set before its events are
+//! stored, cancellations and timers after; transient store failures ridden out like appends.
+
+use aether_core::reminder::{ReminderError, ReminderKey, ReminderStore};
+
+use super::super::outage::through_outages;
+use super::Vm;
+use crate::actor::Actor;
+use crate::context::TimeOp;
+use crate::error::AskError;
+
+impl<A: Actor> Vm<A> {
+    /// The runtime's reminder store, or the error of a handler that needs one.
+    fn reminder_store(&self, name: &str) -> Result<&dyn ReminderStore, AskError<A::Error>> {
+        self.shared
+            .reminders
+            .as_deref()
+            .ok_or_else(|| AskError::Reminder {
+                actor_id: self.id.clone(),
+                source: Box::new(ReminderError::Unsupported {
+                    reason: format!(
+                        "the handler set or cancelled reminder {name:?}, and the runtime has no \
+                     reminder store (RuntimeBuilder::reminders)"
+                    ),
+                }),
+            })
+    }
+
+    fn reminder_error(&self, source: ReminderError) -> AskError<A::Error> {
+        AskError::Reminder {
+            actor_id: self.id.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Sets the reminders a decision asked for, before its events are stored: a crash in
+    /// between leaves a reminder for a decision that was not stored, never a lost one.
+    pub(super) async fn set_reminders(&self, ops: &[TimeOp<A>]) -> Result<(), AskError<A::Error>> {
+        for op in ops {
+            match op {
+                TimeOp::Failed(e) => {
+                    return Err(self.reminder_error(ReminderError::Invalid {
+                        key: match e {
+                            ReminderError::Invalid { key, .. } => key.clone(),
+                            _ => Box::new(ReminderKey::new(A::TYPE, &*self.id, "?")),
+                        },
+                        reason: e.to_string(),
+                    }));
+                }
+                TimeOp::Remind(reminder) => {
+                    let store = self.reminder_store(&reminder.key.name)?;
+                    let started = tokio::time::Instant::now();
+                    let first = store.set(reminder).await;
+                    through_outages(
+                        self.shared.config.retry.transient_budget,
+                        started,
+                        first,
+                        ReminderError::is_transient,
+                        |_, _| {},
+                        || store.set(reminder),
+                    )
+                    .await
+                    .map_err(|e| self.reminder_error(e))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels reminders and starts or stops timers, once the decision is stored.
+    pub(super) async fn after_stored(
+        &mut self,
+        ops: Vec<TimeOp<A>>,
+    ) -> Result<(), AskError<A::Error>> {
+        for op in ops {
+            match op {
+                TimeOp::Forget(name) => {
+                    let store = self.reminder_store(&name)?;
+                    let key = ReminderKey::new(A::TYPE, &*self.id, name);
+                    let started = tokio::time::Instant::now();
+                    let first = store.cancel(&key).await;
+                    through_outages(
+                        self.shared.config.retry.transient_budget,
+                        started,
+                        first,
+                        ReminderError::is_transient,
+                        |_, _| {},
+                        || store.cancel(&key),
+                    )
+                    .await
+                    .map_err(|e| self.reminder_error(e))?;
+                }
+                TimeOp::Timer {
+                    name,
+                    delay,
+                    repeat,
+                    command,
+                } => {
+                    let (shared, id) = (self.shared.clone(), self.id.clone());
+                    self.timers
+                        .start(&shared, &id, name, delay, repeat, command);
+                }
+                TimeOp::StopTimer(name) => self.timers.stop(&name),
+                TimeOp::Remind(_) | TimeOp::Failed(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
