@@ -359,6 +359,62 @@ impl Bucket {
         self.publish(key, headers, Bytes::new()).await
     }
 
+    /// Writes `key` unconditionally (a remembered actor's mark).
+    pub(crate) async fn put(&self, key: &str, value: Bytes) -> Result<u64, WriteError> {
+        self.publish(key, HeaderMap::new(), value).await
+    }
+
+    /// Purges `key` unconditionally, leaving a marker that expires.
+    pub(crate) async fn remove(&self, key: &str) -> Result<u64, WriteError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, "PURGE");
+        apply_ttl(&mut headers, MARKER_TTL);
+        self.publish(key, headers, Bytes::new()).await
+    }
+
+    /// The keys under `prefix` that hold a value, read by batched direct gets (no consumer:
+    /// nothing is left on the server). The bucket keeps one message per key.
+    pub(crate) async fn keys_under(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, aether_core::StoreError> {
+        const PAGE: usize = 1024;
+        let stream = format!("KV_{}", self.kv.name);
+        let filter = format!("{}{prefix}>", self.prefix);
+        let context = || format!("listing the keys under {prefix} of {stream}");
+        let client = self.js.client();
+        let mut keys = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = aether_nats::direct::batch(
+                &client, &stream, &filter, from, PAGE, timeout, &context,
+            )
+            .await?;
+            let Some(last) = page.last().map(|r| r.seq) else {
+                break;
+            };
+            let full = page.len() >= PAGE;
+            for record in page {
+                let deleted = record
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if let Some(key) = record.subject.strip_prefix(&self.prefix)
+                    && !deleted
+                {
+                    keys.push(key.to_owned());
+                }
+            }
+            if !full {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(keys)
+    }
+
     /// Deletes `key` if its last revision is `revision`, leaving a marker that expires.
     pub(crate) async fn delete(&self, key: &str, revision: u64) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();

@@ -76,12 +76,13 @@ pub use events::{ClusterEvent, ClusterEvents};
 pub use hash::{ShardId, shard_for, stable_hash};
 pub use kv::bucket_name;
 pub use manager::{
-    ClusterManager, KEY_ALIVE_PREFIX, KEY_CONFIG, KEY_LEADER, KEY_NODES_PREFIX, KEY_SHARD_MAP,
-    LeaderInfo,
+    ClusterManager, KEY_ALIVE_PREFIX, KEY_CONFIG, KEY_LEADER, KEY_NODES_PREFIX,
+    KEY_REMEMBER_PREFIX, KEY_SHARD_MAP, LeaderInfo,
 };
 pub use map::{MapDecodeError, RebalancePlan, ShardMap, ShardMove};
 pub use node::{
-    CallError, ClusterActor, ClusterActors, ClusterNode, MigrationStatus, ShardMigration,
+    CallError, ClusterActor, ClusterActors, ClusterNode, KEEP_INTERVAL, MigrationStatus,
+    ShardMigration,
 };
 pub use placement::{CapacityPlacement, ConsistentHashPlacement, PlacementStrategy, shard_key};
 pub use record::{NodeRecord, NodeStatus};

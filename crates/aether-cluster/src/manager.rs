@@ -60,6 +60,9 @@ pub const KEY_NODES_PREFIX: &str = "nodes.";
 /// Prefix of the liveness keys (`alive.<node id>`), renewed by every heartbeat with the failure
 /// timeout as TTL and followed by the leader only.
 pub const KEY_ALIVE_PREFIX: &str = "alive.";
+/// Prefix of the always-on marks: `remember.<type token>.<actor token>` (empty value) keeps that
+/// actor active on its owner (see `ClusterActors::remember`).
+pub const KEY_REMEMBER_PREFIX: &str = "remember.";
 
 /// The leader as this node sees it in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,6 +345,11 @@ impl ClusterManager {
     /// The leader as this node last saw it in the bucket.
     pub fn leader(&self) -> Option<LeaderInfo> {
         self.inner.read_view().leader.clone()
+    }
+
+    /// The cluster's bucket, once joined.
+    pub(crate) fn bucket(&self) -> Option<Bucket> {
+        lock(&self.inner.bucket).clone()
     }
 
     /// The members this node sees (records alive in the bucket), in id order.

@@ -17,6 +17,7 @@
 mod failover;
 mod handoff;
 mod host;
+mod keeper;
 mod reminders;
 pub(crate) mod route;
 pub(crate) mod router;
@@ -41,6 +42,7 @@ use crate::metrics::NodeMetrics;
 use crate::refusals::Guard;
 
 pub use host::ClusterActor;
+pub use keeper::KEEP_INTERVAL;
 pub use route::{CallError, ClusterActors};
 pub use shards::{MigrationStatus, ShardMigration};
 
@@ -76,6 +78,8 @@ struct Shared {
     cancel: CancellationToken,
     /// The node's tasks (listeners, the map follower, drains), stopped with it.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Woken when an actor is marked always-on from this node (the keeper looks at once).
+    marked: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -181,6 +185,7 @@ impl ClusterNode {
             metrics,
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            marked: tokio::sync::Notify::new(),
         });
         let handoff = Arc::new(Handoff::new(node.clone()));
         Ok(Self {
@@ -339,6 +344,9 @@ impl ClusterNode {
             self.inner.server.clone().serve_handoffs(handoffs),
         ));
         tasks.push(tokio::spawn(self.inner.handoff.clone().follow_map(events)));
+        tasks.push(tokio::spawn(
+            Arc::new(keeper::Keeper::new(node.clone())).run(),
+        ));
         if let Some(suspected) = lock(&self.inner.suspects).take() {
             tasks.push(tokio::spawn(
                 self.inner.failover.clone().run(suspected, reports),

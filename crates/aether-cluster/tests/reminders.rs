@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aether_cluster::KEEP_INTERVAL;
 use aether_core::reminder::{When, firing_command_id};
 use aether_runtime::reminders::Reminders;
 use aether_store_jetstream::{JetStreamConfig, JetStreamReminders};
@@ -303,4 +304,68 @@ async fn ten_thousand_reminders_fire_once_with_a_node_and_a_nats_server_killed_w
     );
     let events = bank::store(client, 3).await;
     audit_once(events.as_ref(), &expected).await;
+}
+
+/// Whether any of `nodes` holds `account` in memory.
+fn active_on(nodes: &[bank::Bank], account: &str) -> Option<String> {
+    nodes
+        .iter()
+        .find(|(_, accounts, _)| accounts.runtime().active_vms().iter().any(|a| a == account))
+        .map(|(node, _, _)| node.node_id().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_on_actor_runs_without_calls_and_its_new_owner_activates_it_after_a_crash() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        nodes.push(bank::join(&server, &name, id).await);
+    }
+    until("three owners", || served(&nodes[0].0, 3)).await;
+    let on_c = (0..10_000)
+        .map(|i| format!("acct-{i}"))
+        .find(|a| nodes[0].1.node_for(a).as_deref() == Some("c"))
+        .unwrap();
+    // Marked from node "a"; activated by its owner "c", with no call.
+    nodes[0].1.remember(&on_c).await.unwrap();
+    until("the marked actor active on its owner", || {
+        active_on(&nodes, &on_c).as_deref() == Some("c")
+    })
+    .await;
+    // Passivated (as for idleness): back within the keeper's interval.
+    assert!(nodes[2].1.runtime().stop_vm(&on_c).await);
+    let stopped = Instant::now();
+    until("the actor active again", || {
+        active_on(&nodes, &on_c).is_some()
+    })
+    .await;
+    assert!(stopped.elapsed() <= KEEP_INTERVAL + Duration::from_secs(1));
+
+    // Node "c" crashes (dropped without leaving): the new owner activates the actor once the
+    // failure timeout has passed and the map moved the shard.
+    let (c, c_accounts, _) = nodes.pop().unwrap();
+    let crashed = Instant::now();
+    drop(c_accounts);
+    drop(c);
+    until("the actor active on a new owner", || {
+        matches!(active_on(&nodes, &on_c).as_deref(), Some("a" | "b"))
+    })
+    .await;
+    let took = crashed.elapsed();
+    println!(
+        "always-on actor active again {took:?} after its owner crashed (failure timeout {FAILURE_TIMEOUT:?})"
+    );
+    assert!(
+        took <= FAILURE_TIMEOUT + Duration::from_secs(2),
+        "{took:?} after the crash"
+    );
+
+    // Forgotten: no longer brought back.
+    nodes[0].1.forget(&on_c).await.unwrap();
+    for (_, accounts, _) in &nodes {
+        accounts.runtime().stop_vm(&on_c).await;
+    }
+    tokio::time::sleep(KEEP_INTERVAL + Duration::from_millis(500)).await;
+    assert_eq!(active_on(&nodes, &on_c), None);
 }

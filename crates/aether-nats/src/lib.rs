@@ -34,5 +34,6 @@ pub mod permissions;
 pub mod publish;
 pub mod server_version;
 pub mod settle;
+pub mod token;
 
 pub use async_nats;

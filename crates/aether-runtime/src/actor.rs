@@ -130,6 +130,14 @@ pub trait Actor: Default + Serialize + DeserializeOwned + Send + Sync + 'static 
         self.handle_async(command)
     }
 
+    /// Called each time the actor is loaded into memory (its first message after a
+    /// passivation, or an always-on actor kept active by a cluster node): start its timers
+    /// here, since timers do not survive passivation. Reminders set or cancelled here are
+    /// carried out too. A panic here is logged and ignored. Default: nothing.
+    fn on_activate(&self, ctx: &mut Context<Self>) {
+        let _ = ctx;
+    }
+
     /// Folds one event into the state.
     fn apply(&mut self, event: &Self::Event);
 

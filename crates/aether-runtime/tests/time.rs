@@ -91,6 +91,13 @@ impl Actor for Order {
         std::future::ready(Ok(events))
     }
 
+    /// A ticking order ticks again after a passivation: timers are restarted on activation.
+    fn on_activate(&self, ctx: &mut Context<Self>) {
+        if self.ticks > 0 {
+            ctx.every("tick", Duration::from_millis(50), Cmd::Tick);
+        }
+    }
+
     fn apply(&mut self, event: &Ev) {
         match event {
             Ev::Placed => self.placed = true,

@@ -32,6 +32,8 @@ pub(crate) trait Host: Send + Sync + fmt::Debug {
     fn active(&self) -> Vec<String>;
     /// Passivates one actor (handles what it has queued, snapshots, leaves memory).
     async fn passivate(&self, actor: &str);
+    /// Activates one actor (a no-op if it is in memory).
+    async fn activate(&self, actor: &str);
     /// Version conflicts its actors met so far.
     fn conflicts(&self) -> u64;
     /// Shuts the runtime down.
@@ -151,6 +153,12 @@ impl<A: ClusterActor> Host for TypedHost<A> {
 
     async fn passivate(&self, actor: &str) {
         self.runtime.stop_vm(actor).await;
+    }
+
+    async fn activate(&self, actor: &str) {
+        if let Err(e) = self.runtime.create_vm(actor).await {
+            tracing::warn!(actor_type = A::TYPE, actor_id = actor, error = %e, "activating an always-on actor failed");
+        }
     }
 
     fn conflicts(&self) -> u64 {

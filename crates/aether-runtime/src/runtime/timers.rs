@@ -15,7 +15,10 @@ use crate::context::TimerCommand;
 
 /// The timers of one actor, by name; none costs one word.
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection, reason = "one word in every idle actor, not three")]
+#[allow(
+    clippy::box_collection,
+    reason = "one word in every idle actor, not three"
+)]
 pub(super) struct Timers(Option<Box<HashMap<String, AbortHandle>>>);
 
 impl Timers {

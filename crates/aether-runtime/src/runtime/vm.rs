@@ -139,7 +139,10 @@ struct Vm<A: Actor> {
     /// Set when a reload after a panic failed: the state is unknown, so every command is
     /// refused until the actor is activated again.
     /// (Boxed `String`: one word, so the timers' word costs an idle actor nothing.)
-    #[allow(clippy::box_collection, reason = "one word in every idle actor, not two")]
+    #[allow(
+        clippy::box_collection,
+        reason = "one word in every idle actor, not two"
+    )]
     broken: Option<Box<String>>,
     /// Set while a reload after a panic is under way (see `reload`).
     reloading: bool,
@@ -192,6 +195,12 @@ pub(super) async fn run_vm<A: Actor>(
             drop(slot);
             Box::pin(refuse_all(&shared, &id, rx, failure, generation)).await;
             return;
+        }
+    }
+    if let Some(vm) = slot.as_mut() {
+        let ops = vm.activation_ops();
+        if !ops.is_empty() {
+            Box::pin(vm.activated(ops)).await;
         }
     }
     drop(slot);

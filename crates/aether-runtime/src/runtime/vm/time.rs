@@ -1,12 +1,15 @@
 //! Carrying out what a decision asked of time (`Context`): reminders set before its events are
 //! stored, cancellations and timers after; transient store failures ridden out like appends.
 
+use std::panic::AssertUnwindSafe;
+use std::time::SystemTime;
+
 use aether_core::reminder::{ReminderError, ReminderKey, ReminderStore};
 
 use super::super::outage::through_outages;
 use super::Vm;
 use crate::actor::Actor;
-use crate::context::TimeOp;
+use crate::context::{Context, TimeOp};
 use crate::error::AskError;
 
 impl<A: Actor> Vm<A> {
@@ -66,6 +69,31 @@ impl<A: Actor> Vm<A> {
             }
         }
         Ok(())
+    }
+
+    /// What the actor's `on_activate` asks of time (nothing if it panics: logged).
+    pub(super) fn activation_ops(&self) -> Vec<TimeOp<A>> {
+        let mut ctx = Context::new(self.id.clone(), SystemTime::now(), None);
+        let asked = std::panic::catch_unwind(AssertUnwindSafe(|| self.state.on_activate(&mut ctx)));
+        match asked {
+            Ok(()) => ctx.ops,
+            Err(panic) => {
+                let message = aether_core::panic_message(panic.as_ref());
+                tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, %message, "on_activate panicked");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Carries out what `on_activate` asked for; failures are logged (there is no caller).
+    pub(super) async fn activated(&mut self, ops: Vec<TimeOp<A>>) {
+        let outcome = match self.set_reminders(&ops).await {
+            Ok(()) => self.after_stored(ops).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(actor_type = A::TYPE, actor_id = %self.id, error = %e, "what on_activate asked of time failed");
+        }
     }
 
     /// Cancels reminders and starts or stops timers, once the decision is stored.

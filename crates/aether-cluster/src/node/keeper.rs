@@ -1,0 +1,118 @@
+//! Always-on actors: the marks `remember.<type token>.<actor token>` in the cluster's bucket say
+//! which actors run without calls. Each node keeps the marked actors of the shards it serves
+//! active: after every change of the map or of what it serves (a join, a leave, a failover),
+//! when an actor is marked, and every [`KEEP_INTERVAL`] (so an actor passivated for idleness
+//! comes back). A moved or crashed actor is activated by its new owner as soon as that node
+//! serves its shard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::Shared;
+use super::shards::Serve;
+use crate::hash::shard_for;
+use crate::manager::KEY_REMEMBER_PREFIX;
+
+/// How often a node checks that its always-on actors are active, at the latest.
+pub const KEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Activations one pass runs at once.
+const AT_ONCE: usize = 64;
+
+/// The key marking actor `actor_id` of `actor_type` always-on.
+pub(crate) fn remember_key(actor_type: &str, actor_id: &str) -> String {
+    format!(
+        "{KEY_REMEMBER_PREFIX}{}.{}",
+        aether_nats::token::encode(actor_type),
+        aether_nats::token::encode(actor_id)
+    )
+}
+
+/// The actor a mark names, if it is one.
+fn marked(key: &str) -> Option<(String, String)> {
+    let (ty, id) = key.strip_prefix(KEY_REMEMBER_PREFIX)?.split_once('.')?;
+    Some((
+        aether_nats::token::decode(ty)?,
+        aether_nats::token::decode(id)?,
+    ))
+}
+
+/// Keeps this node's always-on actors active.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    node: Arc<Shared>,
+}
+
+impl Keeper {
+    pub(crate) fn new(node: Arc<Shared>) -> Self {
+        Self { node }
+    }
+
+    /// The keeper's loop: a pass now, then one after each change or interval, until stopped.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let node = &self.node;
+        loop {
+            let map = node.shards.map_changed.notified();
+            let served = node.shards.changed.notified();
+            let marked = node.marked.notified();
+            tokio::pin!(map, served, marked);
+            map.as_mut().enable();
+            served.as_mut().enable();
+            marked.as_mut().enable();
+            if let Err(e) = self.pass().await {
+                tracing::debug!(node = %node.me(), error = %e, "reading the always-on actors failed; trying again");
+            }
+            tokio::select! {
+                () = node.cancel.cancelled() => return,
+                () = map => {}
+                () = served => {}
+                () = marked => {}
+                () = tokio::time::sleep(KEEP_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// One pass: activates every marked actor of a shard this node serves.
+    async fn pass(&self) -> Result<usize, aether_core::StoreError> {
+        let node = &self.node;
+        let Some(bucket) = node.manager.bucket() else {
+            return Ok(0);
+        };
+        let keys = bucket
+            .keys_under(KEY_REMEMBER_PREFIX, node.config.request_timeout)
+            .await?;
+        let mine: Vec<(String, String)> = keys
+            .iter()
+            .filter_map(|key| marked(key))
+            .filter(|(_, id)| {
+                node.shards.state(shard_for(id, node.config.shard_count)) == Serve::Serving
+            })
+            .collect();
+        let count = mine.len();
+        futures::stream::iter(mine)
+            .for_each_concurrent(AT_ONCE, |(ty, id)| async move {
+                if let Some(host) = node.hosts.get(&ty) {
+                    host.activate(&id).await;
+                }
+            })
+            .await;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_names_its_actor_whatever_the_id() {
+        for id in ["a", "a.b", "*", ">", "x y", "ünï", "_"] {
+            let key = remember_key("order", id);
+            assert_eq!(key.matches('.').count(), 2, "{key}");
+            assert_eq!(marked(&key), Some(("order".into(), id.into())));
+        }
+        assert_eq!(marked("remember.only"), None);
+        assert_eq!(marked("nodes.a"), None);
+    }
+}
