@@ -49,6 +49,6 @@ pub use load::{Format, LoadError, Location};
 pub use model::{
     Aggregate, BoundedContext, Command, DomainEvent, EventVersion, ExternalSystem, FIELD_TYPES,
     Field, FieldType, FormerName, MAX_FORMER_VERSIONS, Model, Note, Policy, ReadModel, Role,
-    is_known_type,
+    is_known_type, parse_duration,
 };
 pub use validate::{ElementKind, Problem, ProblemKind, ValidationError};

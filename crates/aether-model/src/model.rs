@@ -338,6 +338,10 @@ impl std::fmt::Display for FieldType {
 }
 
 /// "When event `when` happens, issue command `issue` to aggregate `to`."
+///
+/// With a deadline (`within`): "when `when` happens and none of `unless` follows on the same
+/// actor within `within`, issue `issue`" (e.g. when OrderPlaced and no PaymentReceived within
+/// 30m then CancelOrder). The model runtime keeps the deadline as a durable reminder.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -353,6 +357,57 @@ pub struct Policy {
     /// the target has the triggering event's actor id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_field: Option<String>,
+    /// A deadline: the command is issued this long after the triggering event (a duration such
+    /// as `30m`, `1h30m`, `45s`, `2d`: whole numbers with units `d`, `h`, `m`, `s`), and only if
+    /// none of the `unless` events was stored on the triggering actor meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
+    /// The events that, stored on the triggering actor before the deadline, mean the command is
+    /// not issued (only with `within`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unless: Vec<String>,
+}
+
+impl Policy {
+    /// The deadline `within` gives, if any and if it parses.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        self.within.as_deref().and_then(parse_duration)
+    }
+}
+
+/// Parses a duration written as whole numbers with units `d`, `h`, `m` and `s`, largest first
+/// (`30m`, `1h30m`, `2d`, `45s`); `None` for anything else or for zero.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    let mut last_unit = u64::MAX;
+    for c in text.trim().chars() {
+        if let Some(d) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)?
+                    .checked_add(u64::from(d))?,
+            );
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        if unit >= last_unit {
+            return None;
+        }
+        last_unit = unit;
+        total = total.checked_add(number.take()?.checked_mul(unit)?)?;
+    }
+    if number.is_some() || total == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(total))
 }
 
 /// A read model and the events that feed it.

@@ -303,6 +303,24 @@ fn check_policy_references(model: &Model, context: &BoundedContext, r: &mut Repo
                 },
             );
         }
+        if let Some(within) = &p.within
+            && p.deadline().is_none()
+        {
+            r.add(
+                format!("{pp}.within"),
+                ProblemKind::InvalidDeadline {
+                    within: within.clone(),
+                },
+            );
+        }
+        if p.within.is_none() && !p.unless.is_empty() {
+            r.add(format!("{pp}.unless"), ProblemKind::UnlessWithoutDeadline);
+        }
+        for (i, e) in p.unless.iter().enumerate() {
+            if !has_event(model, e) {
+                r.add(format!("{pp}.unless[{i}]"), unknown(ElementKind::Event, e));
+            }
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub use context::{Context, Fired};
 pub use error::AskError;
 #[cfg(feature = "model")]
 pub use model::{
-    Causes, LoadModelError, MAX_CAUSES, ModelActor, ModelCommand, ModelError, ModelEvent,
-    ModelRuntime,
+    Causes, Deadlines, LoadModelError, MAX_CAUSES, ModelActor, ModelCommand, ModelError,
+    ModelEvent, ModelRuntime,
 };
 pub use runtime::{ActorRef, Applied, Runtime, RuntimeBuilder, RuntimeStats, SHUTDOWN_WINDOW};

@@ -11,11 +11,13 @@
 
 mod actor;
 mod causes;
+mod deadline;
 mod fields;
 mod host;
 mod load;
 
 pub use actor::{ModelActor, ModelCommand, ModelError, ModelEvent};
 pub use causes::{Causes, MAX_CAUSES};
+pub use deadline::Deadlines;
 pub use host::ModelRuntime;
 pub use load::LoadModelError;

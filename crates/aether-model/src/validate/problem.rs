@@ -106,6 +106,15 @@ pub enum ProblemKind {
         /// The field.
         field: String,
     },
+    /// A policy's deadline is not a duration the model understands.
+    #[error("policy deadline `{within}` is not a duration like `30m`, `1h30m` or `2d`")]
+    InvalidDeadline {
+        /// What was written.
+        within: String,
+    },
+    /// A policy lists `unless` events without a deadline.
+    #[error("`unless` needs a deadline (`within`)")]
+    UnlessWithoutDeadline,
     /// An event's version is 0 (versions start at 1).
     #[error("event `{event}` has version 0: versions start at 1")]
     InvalidEventVersion {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aether_core::Event;
+use aether_core::{Event, EventStore, ReminderStore};
 use aether_model::{Model, ValidationError};
 use futures::{Stream, StreamExt};
 use serde_json::{Map, Value};
@@ -14,12 +14,15 @@ use crate::error::AskError;
 use crate::runtime::{Applied, Runtime, RuntimeBuilder};
 
 #[derive(Debug)]
-struct PolicySpec {
-    name: String,
+pub(super) struct PolicySpec {
+    pub(super) name: String,
     when: String,
-    target_aggregate: String,
+    pub(super) target_aggregate: String,
     target_field: Option<String>,
-    command: Arc<CommandSpec>,
+    pub(super) command: Arc<CommandSpec>,
+    /// The deadline, and the events on the triggering actor that void it.
+    within: Option<std::time::Duration>,
+    pub(super) unless: Vec<String>,
 }
 
 struct ModelInner {
@@ -27,6 +30,10 @@ struct ModelInner {
     commands: HashMap<(String, String), Arc<CommandSpec>>,
     policies: Vec<PolicySpec>,
     runtime: Runtime<ModelActor>,
+    /// The store the runtime writes to (deadlines read the triggering actor's later events).
+    events: Arc<dyn EventStore>,
+    /// Where deadline policies keep their reminders.
+    reminders: Option<Arc<dyn ReminderStore>>,
 }
 
 /// Runs the aggregates and policies of an EventStorming model without Rust code per aggregate.
@@ -88,15 +95,21 @@ impl ModelRuntime {
                     target_aggregate: p.to.clone(),
                     target_field: p.target_field.clone(),
                     command,
+                    within: p.deadline(),
+                    unless: p.unless.clone(),
                 })
             })
             .collect();
+        let events = builder.event_store();
+        let reminders = builder.reminder_store();
         Ok(Self {
             inner: Arc::new(ModelInner {
                 model,
                 commands,
                 policies,
                 runtime: builder.build(),
+                events,
+                reminders,
             }),
         })
     }
@@ -109,6 +122,40 @@ impl ModelRuntime {
     /// The runtime hosting the aggregates (stats, shutdown, ...).
     pub fn runtime(&self) -> &Runtime<ModelActor> {
         &self.inner.runtime
+    }
+
+    /// Delivers this model's deadline reminders: register it with a
+    /// [`Dispatcher`](crate::reminders::Dispatcher) for [`ModelActor::TYPE`] (the runtime's
+    /// builder needs [`reminders`](RuntimeBuilder::reminders) for deadline policies).
+    pub fn deadlines(&self) -> Arc<super::Deadlines> {
+        Arc::new(super::Deadlines {
+            model: self.clone(),
+        })
+    }
+
+    pub(super) fn policy(&self, name: &str) -> Option<&PolicySpec> {
+        self.inner.policies.iter().find(|p| p.name == name)
+    }
+
+    pub(super) fn event_store(&self) -> &dyn EventStore {
+        self.inner.events.as_ref()
+    }
+
+    pub(super) fn reminder_store(&self) -> Option<&dyn ReminderStore> {
+        self.inner.reminders.as_deref()
+    }
+
+    /// Issues a policy's command with its cause.
+    pub(super) async fn send_for_policy(
+        &self,
+        aggregate: &str,
+        id: &str,
+        command: &str,
+        data: Value,
+        cause: String,
+    ) -> Result<Applied<ModelEvent>, AskError<ModelError>> {
+        self.send_caused(aggregate, id, command, data, Some(cause))
+            .await
     }
 
     /// The stored actor id of `id` of `aggregate`.
@@ -221,6 +268,20 @@ impl ModelRuntime {
                         .map(|v| (f.name.clone(), v.clone()))
                 })
                 .collect();
+            if let Some(within) = policy.within {
+                // Issued later, unless voided: kept as a reminder until then.
+                self.set_deadline(
+                    &policy.name,
+                    within,
+                    event,
+                    &policy.target_aggregate,
+                    &target,
+                    data,
+                )
+                .await?;
+                sent += 1;
+                continue;
+            }
             self.send_caused(
                 &policy.target_aggregate,
                 &target,

@@ -174,6 +174,16 @@ impl<A: Actor> RuntimeBuilder<A> {
         config
     }
 
+    /// The event store the runtime will write to.
+    pub(crate) fn event_store(&self) -> Arc<dyn EventStore> {
+        self.store.clone()
+    }
+
+    /// The reminder store handlers will use, if set.
+    pub(crate) fn reminder_store(&self) -> Option<Arc<dyn ReminderStore>> {
+        self.reminders.clone()
+    }
+
     /// Builds the runtime. Actors are activated on their first message.
     pub fn build(self) -> Runtime<A> {
         let config = self.effective_config();
