@@ -175,11 +175,13 @@ impl<A: Actor> RuntimeBuilder<A> {
     }
 
     /// The event store the runtime will write to.
+    #[cfg(feature = "model")]
     pub(crate) fn event_store(&self) -> Arc<dyn EventStore> {
         self.store.clone()
     }
 
     /// The reminder store handlers will use, if set.
+    #[cfg(feature = "model")]
     pub(crate) fn reminder_store(&self) -> Option<Arc<dyn ReminderStore>> {
         self.reminders.clone()
     }
