@@ -83,6 +83,9 @@ pub(crate) enum Command {
     /// Durable projections on the stream: positions, lag, parked events.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Reminders: an actor's, cancelling one, the reminder stream's state.
+    #[command(subcommand)]
+    Reminders(RemindersCommand),
     /// A cluster's control plane: members, leader, shard map.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -180,6 +183,28 @@ pub(crate) enum ProjectionsCommand {
         /// The projection's name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemindersCommand {
+    /// An actor's reminders: name, when, when next due, the command they deliver.
+    List {
+        /// The actor type (`Actor::TYPE`).
+        actor_type: String,
+        /// The actor id.
+        actor_id: String,
+    },
+    /// Cancels one reminder, and a firing of it not yet handed out (exit 4 if it is not set).
+    Cancel {
+        /// The actor type.
+        actor_type: String,
+        /// The actor id.
+        actor_id: String,
+        /// The reminder's name.
+        name: String,
+    },
+    /// The reminder stream: reminders set, firings waiting and being delivered.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

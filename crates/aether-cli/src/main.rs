@@ -19,6 +19,7 @@ mod failure;
 mod model;
 mod output;
 mod projections;
+mod reminders;
 mod scan;
 mod store;
 
@@ -88,6 +89,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Events(command) => events::run(command, &ctx, &out).await,
         Command::Projections(command) => projections::run(command, &ctx, &out).await,
         Command::Cluster(command) => cluster::run(command, &ctx, &out).await,
+        Command::Reminders(command) => reminders::run(command, &ctx, &out).await,
         Command::Model(_) | Command::Completions { .. } => Ok(()),
     }
 }

@@ -112,7 +112,7 @@ struct NodeInner {
     /// What the failover takes suspects from, until `start` hands it over.
     suspects: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
     /// Where each registered type's reminder firings go (through the cluster's routing).
-    reminder_targets: Mutex<Vec<(&'static str, Arc<dyn Deliver>)>>,
+    reminder_targets: Mutex<Vec<(String, Arc<dyn Deliver>)>>,
     /// The reminder dispatcher, once started.
     reminders: Mutex<Option<Arc<DispatcherHandle>>>,
 }
@@ -218,10 +218,17 @@ impl ClusterNode {
         }
         let actors = ClusterActors::new(self.inner.router.clone(), runtime);
         lock(&self.inner.reminder_targets).push((
-            A::TYPE,
+            A::TYPE.to_owned(),
             Arc::new(reminders::ClusterTarget::new(actors.clone())),
         ));
         Ok(actors)
+    }
+
+    /// Adds a reminder target for `actor_type` that is not a registered cluster actor (the
+    /// deadlines of a `ModelRuntime` this node runs, say: `node.add_reminder_target("model",
+    /// models.deadlines())`). Call before [`deliver_reminders`](Self::deliver_reminders).
+    pub fn add_reminder_target(&self, actor_type: &str, target: Arc<dyn Deliver>) {
+        lock(&self.inner.reminder_targets).push((actor_type.to_owned(), target));
     }
 
     /// Delivers the firings of `store`'s reminders to the actor types registered so far, through
@@ -240,7 +247,7 @@ impl ClusterNode {
         let dispatcher = lock(&self.inner.reminder_targets)
             .iter()
             .fold(Dispatcher::new(store), |d, (ty, target)| {
-                d.target(*ty, target.clone())
+                d.target(ty.clone(), target.clone())
             });
         *running = Some(Arc::new(dispatcher.start()));
         Ok(())

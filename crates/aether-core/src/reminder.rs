@@ -34,8 +34,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub enum When {
     /// Once, at this time (at once if it has passed). Kept to the millisecond.
     At(SystemTime),
-    /// Repeatedly, every interval (at least [`MIN_INTERVAL`], whole milliseconds), the first time
-    /// one interval after it is set. Ticks missed while nobody delivered them fire once.
+    /// Repeatedly, every interval (whole seconds, at least [`MIN_INTERVAL`]: the server's
+    /// scheduler counts in seconds), the first time one interval after it is set. Ticks missed
+    /// while nobody delivered them fire once.
     Every(Duration),
 }
 
@@ -142,8 +143,8 @@ impl Reminder {
     }
 
     /// Checks the reminder against the rules: the key's, a payload of at most
-    /// [`MAX_PAYLOAD_BYTES`], an interval of at least [`MIN_INTERVAL`] in whole milliseconds, a
-    /// time after the Unix epoch.
+    /// [`MAX_PAYLOAD_BYTES`], an interval of at least [`MIN_INTERVAL`] in whole seconds, a time
+    /// after the Unix epoch.
     pub fn validate(&self) -> Result<(), ReminderError> {
         self.key.validate()?;
         let invalid = |reason: String| ReminderError::Invalid {
@@ -161,10 +162,10 @@ impl Reminder {
                 unix_millis(time).ok_or_else(|| invalid("the time is before 1970".into()))?;
             }
             When::Every(interval) => {
-                if interval < MIN_INTERVAL || interval.subsec_nanos() % 1_000_000 != 0 {
+                if interval < MIN_INTERVAL || interval.subsec_nanos() != 0 {
                     return Err(invalid(format!(
-                        "the interval must be at least {MIN_INTERVAL:?} in whole milliseconds, \
-                         it is {interval:?}"
+                        "the interval must be whole seconds, at least {MIN_INTERVAL:?} (the \
+                         server's scheduler counts in seconds), it is {interval:?}"
                     )));
                 }
             }
@@ -202,7 +203,9 @@ pub struct Firing {
 impl Firing {
     /// The firing's command id: `rem:<due, ms since the epoch>:<name>`. The same firing always
     /// has the same id, whoever delivers it and however often, so the actor applies it at most
-    /// once; two firings of one reminder differ in their due time.
+    /// once (a firing whose command stores no events leaves no id behind, and is decided again
+    /// if delivered again); two firings of one reminder differ in their due time. Command ids
+    /// starting with `rem:` are reserved for firings.
     pub fn command_id(&self) -> CommandId {
         firing_command_id(&self.key.name, self.due)
     }
@@ -233,19 +236,43 @@ pub enum Settled {
 pub trait Settle: Send + Sync {
     /// Records the outcome.
     async fn settle(self: Box<Self>, outcome: Settled) -> Result<(), ReminderError>;
+
+    /// Says the delivery is still under way, so the store does not hand the firing to another
+    /// reader yet. Default: nothing (a store without a redelivery timer).
+    async fn progress(&self) -> Result<(), ReminderError> {
+        Ok(())
+    }
 }
 
 /// A firing handed out by [`ReminderStore::due`], to be delivered and then settled.
 pub struct Due {
     /// The firing.
     pub firing: Firing,
+    /// How often a delivery still under way should say so ([`Due::progress`]), if the store
+    /// hands unsettled firings out again after a while.
+    pub keep_alive: Option<std::time::Duration>,
     settle: Box<dyn Settle>,
 }
 
 impl Due {
     /// A firing settled through `settle`.
     pub fn new(firing: Firing, settle: Box<dyn Settle>) -> Self {
-        Self { firing, settle }
+        Self {
+            firing,
+            keep_alive: None,
+            settle,
+        }
+    }
+
+    /// The same, with `every` as [`Due::keep_alive`].
+    pub fn keep_alive(mut self, every: std::time::Duration) -> Self {
+        self.keep_alive = Some(every);
+        self
+    }
+
+    /// Says the delivery is still under way (see [`Due::keep_alive`]).
+    pub async fn progress(&self) -> Result<(), ReminderError> {
+        self.settle.progress().await
     }
 
     /// Tells the store how the delivery ended. A firing never settled is handed out again after
@@ -389,6 +416,14 @@ mod tests {
                     Bytes::new(),
                 ),
                 "interval",
+            ),
+            (
+                Reminder::new(
+                    key("x"),
+                    When::Every(Duration::from_millis(1500)),
+                    Bytes::new(),
+                ),
+                "whole seconds",
             ),
             (
                 Reminder::new(ReminderKey::new("order", "", "x"), at, Bytes::new()),

@@ -34,6 +34,11 @@ pub struct ClusterGuide;
 #[doc = include_str!("../../../docs/guide/models.md")]
 pub struct ModelsGuide;
 
+/// `docs/guide/reminders-and-timers.md`, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide/reminders-and-timers.md")]
+pub struct RemindersGuide;
+
 /// `docs/guide/schema-evolution.md`, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/guide/schema-evolution.md")]

@@ -82,11 +82,11 @@ impl<A: Actor> fmt::Debug for TimeOp<A> {
 /// [`ReminderStore`](aether_core::ReminderStore), delivered wherever the actor lives, even after
 /// a crash) and timers (volatile, in this process, gone when the actor passivates).
 ///
-/// Requests are carried out only if the decision is stored: reminders set are written before
-/// the command's events (so a crash in between leaves a reminder, never loses one; a reminder
-/// must therefore be harmless when it fires for a decision that was not stored, which a handler
-/// that decides on its state is), cancellations and timers after them. A refused command, or a
-/// decision lost to a concurrent writer and taken again, carries nothing out.
+/// Reminders set are written before the command's events; cancellations and timers after them,
+/// only if the events are stored. So a crash in between, or a decision lost to a concurrent
+/// writer and taken again, can leave a reminder set for a decision that was not stored, never
+/// lose one: a reminder must be harmless when it fires for such a decision, which a handler
+/// that decides on its state is. A refused command carries nothing out.
 pub struct Context<A: Actor> {
     actor_id: Arc<str>,
     now: SystemTime,

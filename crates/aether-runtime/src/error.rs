@@ -99,8 +99,10 @@ pub enum AskError<E: std::error::Error + 'static> {
         actor_id: Arc<str>,
     },
     /// The handler's reminders could not be set or cancelled. If setting failed, nothing of the
-    /// command was stored; if cancelling failed, its events were stored (sending the command
-    /// again with the same id cancels again).
+    /// command was stored (reminders set before the failing one stay set). If cancelling
+    /// failed, the command's events were stored and its other requests carried out; the
+    /// reminder is still set (cancel it with `Reminders::cancel`: sending the command again
+    /// with the same id answers from the stored events and carries nothing out).
     #[error("actor {actor_id}: {source}")]
     Reminder {
         /// The actor.

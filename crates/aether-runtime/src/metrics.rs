@@ -17,6 +17,8 @@
 //! | `aether_runtime_command_seconds` | histogram | time to handle one command, persistence included |
 //! | `aether_runtime_mailbox_depth` | histogram | commands waiting in the mailbox when one is taken |
 //! | `aether_runtime_active_actors` | gauge | actors in memory |
+//! | `aether_runtime_reminder_firings_total` | counter | reminder firings a dispatcher handled; label `outcome` = `delivered`, `retried`, `undeliverable` or `malformed` (the last with `actor_type` `unknown`) |
+//! | `aether_runtime_reminder_lateness_seconds` | histogram | from a firing's due time to its delivery |
 
 use metrics::{Counter, Gauge, Histogram};
 
@@ -46,6 +48,36 @@ pub const COMMAND_SECONDS: &str = "aether_runtime_command_seconds";
 pub const MAILBOX_DEPTH: &str = "aether_runtime_mailbox_depth";
 /// Gauge: actors in memory.
 pub const ACTIVE_ACTORS: &str = "aether_runtime_active_actors";
+/// Counter: reminder firings a dispatcher handled, by `outcome`.
+pub const REMINDER_FIRINGS: &str = "aether_runtime_reminder_firings_total";
+/// Histogram: seconds from a firing's due time to its delivery.
+pub const REMINDER_LATENESS: &str = "aether_runtime_reminder_lateness_seconds";
+
+/// A dispatcher's handles for one actor type (registered when it starts).
+#[derive(Debug, Clone)]
+pub(crate) struct FiringMetrics {
+    pub(crate) delivered: Counter,
+    pub(crate) retried: Counter,
+    pub(crate) undeliverable: Counter,
+    pub(crate) lateness: Histogram,
+}
+
+impl FiringMetrics {
+    pub(crate) fn new(actor_type: &str) -> Self {
+        let ty = actor_type.to_owned();
+        Self {
+            delivered: metrics::counter!(REMINDER_FIRINGS, "actor_type" => ty.clone(), "outcome" => "delivered"),
+            retried: metrics::counter!(REMINDER_FIRINGS, "actor_type" => ty.clone(), "outcome" => "retried"),
+            undeliverable: metrics::counter!(REMINDER_FIRINGS, "actor_type" => ty.clone(), "outcome" => "undeliverable"),
+            lateness: metrics::histogram!(REMINDER_LATENESS, "actor_type" => ty),
+        }
+    }
+
+    /// Malformed firings (no actor type can be trusted): label `unknown`.
+    pub(crate) fn malformed() -> Counter {
+        metrics::counter!(REMINDER_FIRINGS, "actor_type" => "unknown", "outcome" => "malformed")
+    }
+}
 
 /// Handles registered once per runtime, so the hot path does no registry lookups.
 #[derive(Debug)]

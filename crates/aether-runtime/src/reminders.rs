@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::metrics::FiringMetrics;
 use crate::{Actor, AskError, Runtime};
 
 /// Deliveries that fail for reasons other than a passing outage before a firing is dropped.
@@ -34,11 +35,6 @@ pub const DEFAULT_CONCURRENCY: usize = 512;
 const REDELIVERY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 /// The delays between attempts to read the firings again after the feed failed.
 const REOPEN: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-
-/// Counter: firings by `outcome` (`delivered`, `retried`, `undeliverable`, `malformed`).
-pub const FIRINGS: &str = "aether_runtime_reminder_firings_total";
-/// Histogram: seconds from a firing's due time to its delivery.
-pub const LATENESS_SECONDS: &str = "aether_runtime_reminder_lateness_seconds";
 
 /// Where the firings of one actor type go: applies one firing as a command with its id.
 #[async_trait::async_trait]
@@ -212,9 +208,22 @@ impl Dispatcher {
     pub fn start(self) -> DispatcherHandle {
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(Counters::default());
+        // Metric handles registered once per type, not per firing.
+        let routes: Routes = self
+            .targets
+            .into_iter()
+            .map(|(ty, target)| {
+                let metrics = FiringMetrics::new(&ty);
+                (ty, Route { target, metrics })
+            })
+            .collect();
         let task = tokio::spawn(run(
             self.store,
-            Arc::new(self.targets),
+            Arc::new(Table {
+                routes,
+                unknown: FiringMetrics::new("unknown"),
+                malformed: FiringMetrics::malformed(),
+            }),
             Arc::new(Semaphore::new(self.concurrency)),
             self.concurrency,
             counters.clone(),
@@ -269,7 +278,7 @@ impl Drop for DispatcherHandle {
 /// task within the concurrency limit, until stopped; then wait for those tasks.
 async fn run(
     store: Arc<dyn ReminderStore>,
-    targets: Arc<HashMap<String, Arc<dyn Deliver>>>,
+    targets: Arc<Table>,
     slots: Arc<Semaphore>,
     concurrency: usize,
     counters: Arc<Counters>,
@@ -315,8 +324,7 @@ async fn run(
                 }
                 Some(Err(ReminderError::Malformed { subject, reason })) => {
                     counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(FIRINGS, "actor_type" => "", "outcome" => "malformed")
-                        .increment(1);
+                    targets.malformed.increment(1);
                     tracing::warn!(%subject, %reason, "dropped a malformed reminder firing");
                 }
                 Some(Err(e)) => {
@@ -334,33 +342,75 @@ async fn run(
     let _ = slots.acquire_many(all).await;
 }
 
-/// Delivers one firing to its target and settles it.
-async fn deliver(due: Due, targets: &HashMap<String, Arc<dyn Deliver>>, counters: &Counters) {
+/// A type's target and its metric handles.
+struct Route {
+    target: Arc<dyn Deliver>,
+    metrics: FiringMetrics,
+}
+
+type Routes = HashMap<String, Route>;
+
+/// Where firings go, by actor type, with the handles for the rest.
+struct Table {
+    routes: Routes,
+    /// Firings of a type this dispatcher has no target for.
+    unknown: FiringMetrics,
+    malformed: metrics::Counter,
+}
+
+/// Delivers one firing to its target and settles it. A delivery that takes a while says so
+/// every [`Due::keep_alive`], so the store does not hand the firing to another reader meanwhile.
+async fn deliver(due: Due, table: &Table, counters: &Counters) {
     let firing = &due.firing;
-    let outcome = match targets.get(&firing.key.actor_type) {
-        Some(target) => target.deliver(firing).await,
-        None => Settled::Undeliverable(format!(
-            "no target for actor type {:?} here",
-            firing.key.actor_type
-        )),
+    let route = table.routes.get(&firing.key.actor_type);
+    let outcome = match route {
+        Some(route) => {
+            let work = route.target.deliver(firing);
+            match due.keep_alive {
+                None => work.await,
+                Some(every) => {
+                    tokio::pin!(work);
+                    loop {
+                        tokio::select! {
+                            outcome = &mut work => break outcome,
+                            () = tokio::time::sleep(every) => {
+                                if let Err(e) = due.progress().await {
+                                    tracing::debug!(reminder = %firing.key, error = %e, "reporting progress failed");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Perhaps another reader has it (a node of a newer version): handed out again, and
+        // dropped only after [`MAX_FAILED_DELIVERIES`].
+        None => settle_failure(
+            firing,
+            false,
+            &format_args!("no target for actor type {:?} here", firing.key.actor_type),
+        ),
     };
-    let actor_type = firing.key.actor_type.clone();
-    let (counter, label) = match &outcome {
+    let metrics = route.map_or(&table.unknown, |r| &r.metrics);
+    let counter = match &outcome {
         Settled::Delivered => {
             let late = SystemTime::now()
                 .duration_since(firing.due)
                 .unwrap_or_default();
-            metrics::histogram!(LATENESS_SECONDS, "actor_type" => actor_type.clone())
-                .record(late.as_secs_f64());
-            (&counters.delivered, "delivered")
+            metrics.lateness.record(late.as_secs_f64());
+            metrics.delivered.increment(1);
+            &counters.delivered
         }
-        Settled::Retry(_) => (&counters.retried, "retried"),
+        Settled::Retry(_) => {
+            metrics.retried.increment(1);
+            &counters.retried
+        }
         _ => {
             tracing::warn!(reminder = %firing.key, ?outcome, "dropped an undeliverable firing");
-            (&counters.undeliverable, "undeliverable")
+            metrics.undeliverable.increment(1);
+            &counters.undeliverable
         }
     };
-    metrics::counter!(FIRINGS, "actor_type" => actor_type, "outcome" => label).increment(1);
     let key = firing.key.clone();
     if let Err(e) = due.settle(outcome).await {
         // Not settled: the store hands it out again, with the same command id.

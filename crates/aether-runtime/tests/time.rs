@@ -262,5 +262,5 @@ fn the_test_clock_fires_reminders_and_timers_in_due_order() {
     assert_eq!(order.state().reminded_by.as_deref(), Some("payment"));
     assert_eq!(order.state().ticks, 3);
     assert!(order.due("payment").is_none());
-    assert!(order.due("tick").is_some());
+    assert!(order.timer_due("tick").is_some());
 }

@@ -49,8 +49,13 @@ const NATS_SCHEDULE_NEXT: &str = "Nats-Schedule-Next";
 
 /// The durable consumer every reader of a reminder stream shares.
 pub const DUE_CONSUMER: &str = "aether-due";
-/// How long a handed-out firing may stay unsettled before it goes to another reader.
-pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a handed-out firing may stay unsettled, with no word of progress, before it goes to
+/// another reader (a reader that was killed, say). Deliveries under way say so every third of
+/// it. Fixed when the stream's consumer is created (by the first reader).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
+/// The longest subject of a reminder: the server closes a connection whose request line
+/// (subject, reply and sizes) passes its 4 KiB limit, so a longer one is refused before sending.
+pub const MAX_SUBJECT_BYTES: usize = 3_584;
 /// Firings one reader asks the server for at a time.
 const PULL_BATCH: usize = 256;
 /// Schedules one listing request reads.
@@ -196,6 +201,23 @@ impl JetStreamReminders {
         self.subject("f", key)
     }
 
+    /// The schedule subject of `key`, checked against [`MAX_SUBJECT_BYTES`].
+    fn checked_subject(&self, key: &ReminderKey) -> Result<String, ReminderError> {
+        key.validate()?;
+        let subject = self.schedule_subject(key);
+        if subject.len() > MAX_SUBJECT_BYTES {
+            return Err(ReminderError::Invalid {
+                key: Box::new(key.clone()),
+                reason: format!(
+                    "its type, actor id and name make a subject of {} bytes once escaped; at \
+                     most {MAX_SUBJECT_BYTES} fit the server's request line",
+                    subject.len()
+                ),
+            });
+        }
+        Ok(subject)
+    }
+
     fn subject(&self, kind: &str, key: &ReminderKey) -> String {
         format!(
             "{}{kind}.{}.{}.{}",
@@ -321,7 +343,9 @@ fn parse_rfc3339_millis(text: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-fn rfc3339(millis: u64) -> Option<String> {
+/// `millis` (since 1970) as an RFC 3339 UTC time with milliseconds, as `Nats-Schedule: @at`
+/// takes it (`2026-12-06T19:00:00.123Z`).
+pub fn rfc3339(millis: u64) -> Option<String> {
     let nanos = i128::from(millis) * 1_000_000;
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
     t.format(&time::format_description::well_known::Rfc3339)
@@ -333,6 +357,7 @@ impl ReminderStore for JetStreamReminders {
     async fn set(&self, reminder: &Reminder) -> Result<(), ReminderError> {
         reminder.validate()?;
         let key = &reminder.key;
+        let subject = self.checked_subject(key)?;
         let mut headers = HeaderMap::new();
         match reminder.when {
             When::At(time) => {
@@ -365,11 +390,7 @@ impl ReminderStore for JetStreamReminders {
             .timeout(self.inner.timeout)
             .build(self.inner.client.clone());
         let ack = js
-            .publish_with_headers(
-                self.schedule_subject(key),
-                headers,
-                reminder.payload.clone(),
-            )
+            .publish_with_headers(subject, headers, reminder.payload.clone())
             .await
             .map_err(|e| failure(context(), e))?;
         ack.await.map_err(|e| failure(context(), e))?;
@@ -398,8 +419,7 @@ impl ReminderStore for JetStreamReminders {
     }
 
     async fn get(&self, key: &ReminderKey) -> Result<Option<Reminder>, ReminderError> {
-        key.validate()?;
-        let subject = self.schedule_subject(key);
+        let subject = self.checked_subject(key)?;
         match self
             .inner
             .stream
@@ -498,7 +518,8 @@ impl ReminderStore for JetStreamReminders {
                     failure(context, e)
                 })?;
                 match this.firing(&message) {
-                    Ok(firing) => Ok(Due::new(firing, Box::new(Pending { message }))),
+                    Ok(firing) => Ok(Due::new(firing, Box::new(Pending { message }))
+                        .keep_alive(this.inner.ack_wait / 3)),
                     Err(e) => {
                         // Never deliverable: dropped, so it is not handed out forever.
                         let _ = message.ack_with(AckKind::Term).await;
@@ -527,12 +548,23 @@ impl Settle for Pending {
             #[allow(unreachable_patterns)]
             _ => self.message.ack_with(AckKind::Nak(None)).await,
         };
-        result.map_err(|e| ReminderError::Store {
-            context: format!("settling a firing on {}", self.message.subject),
-            source: StoreError::Unavailable {
-                context: "acknowledging".into(),
-                source: Some(e.to_string().into()),
-            },
-        })
+        result.map_err(|e| ack_failed(&self.message, "settling", e))
+    }
+
+    async fn progress(&self) -> Result<(), ReminderError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| ack_failed(&self.message, "reporting progress on", e))
+    }
+}
+
+fn ack_failed(message: &jetstream::Message, what: &str, e: async_nats::Error) -> ReminderError {
+    ReminderError::Store {
+        context: format!("{what} a firing on {}", message.subject),
+        source: StoreError::Unavailable {
+            context: "acknowledging".into(),
+            source: Some(e.to_string().into()),
+        },
     }
 }

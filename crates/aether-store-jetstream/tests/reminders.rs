@@ -208,6 +208,22 @@ async fn hostile_names_round_trip_and_bad_ones_are_refused() {
         let err = reminders.set(&bad).await.unwrap_err();
         assert!(matches!(err, ReminderError::Invalid { .. }), "{err}");
     }
+    // Longest id and name, all escaped: a subject past the server's request line is refused
+    // before it is sent (the server would close the connection), and the connection lives on.
+    let long = ReminderKey::new("t", "ü".repeat(512), "é".repeat(128));
+    let err = reminders
+        .set(&Reminder::new(
+            long.clone(),
+            When::after(Duration::ZERO),
+            &b""[..],
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("request line"), "{err}");
+    assert!(matches!(
+        reminders.get(&long).await,
+        Err(ReminderError::Invalid { .. })
+    ));
     assert!(reminders.list("t", "a").await.unwrap().is_empty());
 }
 

@@ -364,6 +364,31 @@ async fn every_documented_metric_is_exported_and_nothing_else() {
             actors.ask(&format!("k-{i}"), 1).await.unwrap();
         }
     }
+    // A reminder delivered by a dispatcher: its firing counted and its lateness recorded.
+    let reminders: std::sync::Arc<dyn aether::reminder::ReminderStore> = std::sync::Arc::new(
+        aether::store::jetstream::JetStreamReminders::open(
+            server.connect().await.unwrap(),
+            "metrics",
+            &aether::store::jetstream::JetStreamConfig::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let dispatcher = aether::runtime::reminders::Dispatcher::new(reminders.clone())
+        .runtime(runtime.clone())
+        .start();
+    aether::runtime::reminders::Reminders::<Counter>::new(reminders)
+        .remind("r-1", "once", aether::When::after(Duration::ZERO), &5)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if dispatcher.stats().delivered > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dispatcher.stats().delivered, 1, "{:?}", dispatcher.stats());
+
     // A call that is not one: answered `bad_request`, and counted.
     let raw = server.connect().await.unwrap();
     raw.request("aether-cluster.metrics.call.n1", "not a call".into())

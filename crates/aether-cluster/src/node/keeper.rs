@@ -17,6 +17,9 @@ use crate::manager::KEY_REMEMBER_PREFIX;
 
 /// How often a node checks that its always-on actors are active, at the latest.
 pub const KEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest always-on mark key: the server closes a connection whose request line passes
+/// its 4 KiB limit.
+pub(crate) const MAX_KEY_BYTES: usize = 3_584;
 /// Activations one pass runs at once.
 const AT_ONCE: usize = 64;
 

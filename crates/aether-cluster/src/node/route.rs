@@ -225,6 +225,17 @@ impl<A: ClusterActor> ClusterActors<A> {
     pub async fn remember(&self, actor_id: &str) -> Result<(), ClusterError> {
         let bucket = self.bucket()?;
         let key = super::keeper::remember_key(A::TYPE, actor_id);
+        if key.len() > super::keeper::MAX_KEY_BYTES {
+            return Err(ClusterError::InvalidConfig {
+                field: "remember",
+                reason: format!(
+                    "actor id {actor_id:?} makes a key of {} bytes once escaped; at most {} fit \
+                     the server's request line",
+                    key.len(),
+                    super::keeper::MAX_KEY_BYTES
+                ),
+            });
+        }
         bucket
             .put(&key, Bytes::new())
             .await

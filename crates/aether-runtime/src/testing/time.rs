@@ -14,6 +14,13 @@ use serde::de::DeserializeOwned;
 use crate::Actor;
 use crate::context::{Context, TimeOp, TimerCommand};
 
+/// Reminders and timers: two name spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Reminder,
+    Timer,
+}
+
 /// What fires at a due time: a reminder's command (MessagePack) or a timer's.
 enum Pending<A: Actor> {
     Reminder {
@@ -95,8 +102,9 @@ pub struct Timeline<A: Actor> {
     state: A,
     id: Arc<str>,
     now: SystemTime,
-    /// Due time, then name: what fires next comes first.
-    pending: BTreeMap<(SystemTime, String), Pending<A>>,
+    /// Due time, then kind (reminders first), then name: what fires next comes first.
+    /// Reminders and timers have separate names, as in the runtime.
+    pending: BTreeMap<(SystemTime, Kind, String), Pending<A>>,
 }
 
 impl<A: Actor> fmt::Debug for Timeline<A> {
@@ -149,20 +157,29 @@ impl<A: Actor> Timeline<A> {
         &self.state
     }
 
-    /// The reminders and timers set, by name, with when each is next due.
+    /// The reminders and timers set, by name, with when each is next due, in due order.
     pub fn pending(&self) -> Vec<(&str, SystemTime)> {
         self.pending
             .keys()
-            .map(|(due, name)| (name.as_str(), *due))
+            .map(|(due, _, name)| (name.as_str(), *due))
             .collect()
     }
 
-    /// When reminder or timer `name` is next due, if set.
+    /// When reminder `name` is next due, if set.
     pub fn due(&self, name: &str) -> Option<SystemTime> {
+        self.next(Kind::Reminder, name)
+    }
+
+    /// When timer `name` next ticks, if it runs.
+    pub fn timer_due(&self, name: &str) -> Option<SystemTime> {
+        self.next(Kind::Timer, name)
+    }
+
+    fn next(&self, kind: Kind, name: &str) -> Option<SystemTime> {
         self.pending
             .keys()
-            .find(|(_, n)| n == name)
-            .map(|(due, _)| *due)
+            .find(|(_, k, n)| *k == kind && n == name)
+            .map(|(due, _, _)| *due)
     }
 
     /// Decides `command` now (as the runtime does, through [`Actor::decide`]), applies its
@@ -184,15 +201,16 @@ impl<A: Actor> Timeline<A> {
         Ok(events)
     }
 
-    fn remove(&mut self, name: &str) {
-        self.pending.retain(|(_, n), _| n != name);
+    fn remove(&mut self, kind: Kind, name: &str) {
+        self.pending
+            .retain(|(_, k, n), _| !(*k == kind && n == name));
     }
 
     fn carry_out(&mut self, op: TimeOp<A>) {
         match op {
             TimeOp::Remind(reminder) => {
                 let name = reminder.key.name.clone();
-                self.remove(&name);
+                self.remove(Kind::Reminder, &name);
                 let (due, every) = match reminder.when {
                     When::At(at) => (at, None),
                     When::Every(interval) => (self.now + interval, Some(interval)),
@@ -200,20 +218,25 @@ impl<A: Actor> Timeline<A> {
                     _ => return,
                 };
                 let payload = reminder.payload;
-                self.pending
-                    .insert((due, name), Pending::Reminder { payload, every });
+                self.pending.insert(
+                    (due, Kind::Reminder, name),
+                    Pending::Reminder { payload, every },
+                );
             }
-            TimeOp::Forget(name) | TimeOp::StopTimer(name) => self.remove(&name),
+            TimeOp::Forget(name) => self.remove(Kind::Reminder, &name),
+            TimeOp::StopTimer(name) => self.remove(Kind::Timer, &name),
             TimeOp::Timer {
                 name,
                 delay,
                 repeat,
                 command,
             } => {
-                self.remove(&name);
+                self.remove(Kind::Timer, &name);
                 let every = repeat.then_some(delay);
-                self.pending
-                    .insert((self.now + delay, name), Pending::Timer { command, every });
+                self.pending.insert(
+                    (self.now + delay, Kind::Timer, name),
+                    Pending::Timer { command, every },
+                );
             }
             TimeOp::Failed(e) => panic!("{}: a reminder could not be set: {e}", A::TYPE),
         }
@@ -232,7 +255,7 @@ impl<A: Actor> Timeline<A> {
             if entry.key().0 > until {
                 break;
             }
-            let ((due, name), pending) = entry.remove_entry();
+            let ((due, kind, name), pending) = entry.remove_entry();
             self.now = self.now.max(due);
             let (command, reminder, again) = match pending {
                 Pending::Reminder { payload, every } => {
@@ -249,7 +272,7 @@ impl<A: Actor> Timeline<A> {
                 }
             };
             if let Some((next, pending)) = again {
-                self.pending.insert((next, name.clone()), pending);
+                self.pending.insert((next, kind, name.clone()), pending);
             }
             let id = reminder.then(|| firing_command_id(&name, due).to_string());
             let outcome = self.decide(command, id.as_deref());

@@ -36,6 +36,27 @@ impl<A: Actor> Vm<A> {
         }
     }
 
+    /// Runs one reminder-store call, again while it fails transiently, within the retry
+    /// policy's transient budget (as appends ride out outages).
+    async fn ride_out<T, F, Fut>(&self, mut call: F) -> Result<T, AskError<A::Error>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ReminderError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let first = call().await;
+        through_outages(
+            self.shared.config.retry.transient_budget,
+            started,
+            first,
+            ReminderError::is_transient,
+            |_, _| {},
+            call,
+        )
+        .await
+        .map_err(|e| self.reminder_error(e))
+    }
+
     /// Sets the reminders a decision asked for, before its events are stored: a crash in
     /// between leaves a reminder for a decision that was not stored, never a lost one.
     pub(super) async fn set_reminders(&self, ops: &[TimeOp<A>]) -> Result<(), AskError<A::Error>> {
@@ -52,18 +73,7 @@ impl<A: Actor> Vm<A> {
                 }
                 TimeOp::Remind(reminder) => {
                     let store = self.reminder_store(&reminder.key.name)?;
-                    let started = tokio::time::Instant::now();
-                    let first = store.set(reminder).await;
-                    through_outages(
-                        self.shared.config.retry.transient_budget,
-                        started,
-                        first,
-                        ReminderError::is_transient,
-                        |_, _| {},
-                        || store.set(reminder),
-                    )
-                    .await
-                    .map_err(|e| self.reminder_error(e))?;
+                    self.ride_out(|| store.set(reminder)).await?;
                 }
                 _ => {}
             }
@@ -96,28 +106,24 @@ impl<A: Actor> Vm<A> {
         }
     }
 
-    /// Cancels reminders and starts or stops timers, once the decision is stored.
+    /// Cancels reminders and starts or stops timers, once the decision is stored. Every request
+    /// is carried out; the first failure is returned.
     pub(super) async fn after_stored(
         &mut self,
         ops: Vec<TimeOp<A>>,
     ) -> Result<(), AskError<A::Error>> {
+        let mut first_failure = None;
         for op in ops {
             match op {
                 TimeOp::Forget(name) => {
-                    let store = self.reminder_store(&name)?;
                     let key = ReminderKey::new(A::TYPE, &*self.id, name);
-                    let started = tokio::time::Instant::now();
-                    let first = store.cancel(&key).await;
-                    through_outages(
-                        self.shared.config.retry.transient_budget,
-                        started,
-                        first,
-                        ReminderError::is_transient,
-                        |_, _| {},
-                        || store.cancel(&key),
-                    )
-                    .await
-                    .map_err(|e| self.reminder_error(e))?;
+                    let cancelled = match self.reminder_store(&key.name) {
+                        Ok(store) => self.ride_out(|| store.cancel(&key)).await.map(drop),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = cancelled {
+                        first_failure.get_or_insert(e);
+                    }
                 }
                 TimeOp::Timer {
                     name,
@@ -133,6 +139,6 @@ impl<A: Actor> Vm<A> {
                 TimeOp::Remind(_) | TimeOp::Failed(_) => {}
             }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 }
