@@ -80,6 +80,8 @@ struct Shared {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Woken when an actor is marked always-on from this node (the keeper looks at once).
     marked: tokio::sync::Notify,
+    /// The actor types every actor of which is always-on (`register_always_on`).
+    always_on: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -186,6 +188,7 @@ impl ClusterNode {
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             marked: tokio::sync::Notify::new(),
+            always_on: Mutex::new(Vec::new()),
         });
         let handoff = Arc::new(Handoff::new(node.clone()));
         Ok(Self {
@@ -221,6 +224,20 @@ impl ClusterNode {
             A::TYPE.to_owned(),
             Arc::new(reminders::ClusterTarget::new(actors.clone())),
         ));
+        Ok(actors)
+    }
+
+    /// [`register`](Self::register), with every actor of type `A` always-on: each actor of the
+    /// type that is activated anywhere in the cluster (by its first call) is marked as with
+    /// [`ClusterActors::remember`] within a pass of the keeper ([`KEEP_INTERVAL`]), and then
+    /// kept active by its owner, after moves and crashes too. Every node registers the type the
+    /// same way. [`ClusterActors::forget`] unmarks one until its next activation.
+    pub fn register_always_on<A: ClusterActor>(
+        &self,
+        runtime: Runtime<A>,
+    ) -> Result<ClusterActors<A>, ClusterError> {
+        let actors = self.register(runtime)?;
+        lock(&self.inner.node.always_on).push(A::TYPE.to_owned());
         Ok(actors)
     }
 

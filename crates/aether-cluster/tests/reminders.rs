@@ -369,3 +369,55 @@ async fn an_always_on_actor_runs_without_calls_and_its_new_owner_activates_it_af
     tokio::time::sleep(KEEP_INTERVAL + Duration::from_millis(500)).await;
     assert_eq!(active_on(&nodes, &on_c), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_actor_of_an_always_on_type_is_kept_active_after_its_first_call() {
+    let server = NatsServer::start().await.unwrap();
+    let name = cluster_name();
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        let client = server.connect().await.unwrap();
+        let store = bank::store(client.clone(), 1).await;
+        let node = aether_cluster::ClusterNode::new(client, bank::routing(fast_config(&name, id)))
+            .unwrap();
+        let accounts = node
+            .register_always_on(aether_runtime::Runtime::<Account>::builder(store.clone()).build())
+            .unwrap();
+        node.start().await.unwrap();
+        nodes.push((node, accounts, store));
+    }
+    until("two owners", || served(&nodes[0].0, 2)).await;
+    // One call activates the actor; from then on its owner keeps it in memory.
+    nodes[0]
+        .1
+        .ask("acct-typed", Command::Deposit(1))
+        .await
+        .unwrap();
+    let owner = nodes[0].1.node_for("acct-typed").unwrap();
+    let on = |id: &str| {
+        nodes
+            .iter()
+            .position(|(n, _, _)| n.node_id() == id)
+            .unwrap()
+    };
+    // The keeper marks it within a pass; then passivated, it comes back.
+    let kv = async_nats::jetstream::new(server.connect().await.unwrap())
+        .get_key_value(aether_cluster::bucket_name(&name))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + KEEP_INTERVAL + Duration::from_secs(2);
+    while kv
+        .get("remember.account.acct-typed")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "not marked within a keeper pass");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(nodes[on(&owner)].1.runtime().stop_vm("acct-typed").await);
+    until("the actor active again without a call", || {
+        active_on(&nodes, "acct-typed").is_some()
+    })
+    .await;
+}

@@ -93,6 +93,7 @@ impl Keeper {
             })
             .collect();
         let count = mine.len();
+        self.mark_always_on_types(&bucket, &keys).await;
         futures::stream::iter(mine)
             .for_each_concurrent(AT_ONCE, |(ty, id)| async move {
                 if let Some(host) = node.hosts.get(&ty) {
@@ -101,6 +102,32 @@ impl Keeper {
             })
             .await;
         Ok(count)
+    }
+
+    /// Marks the actors in memory of the types registered always-on
+    /// (`ClusterNode::register_always_on`) that `listed` (the marks just read) does not hold yet:
+    /// an actor of such a type is remembered within a pass of its first activation.
+    async fn mark_always_on_types(&self, bucket: &crate::kv::Bucket, listed: &[String]) {
+        let node = &self.node;
+        let types = super::lock(&node.always_on).clone();
+        if types.is_empty() {
+            return;
+        }
+        let listed: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        for ty in types {
+            let Some(host) = node.hosts.get(&ty) else {
+                continue;
+            };
+            for id in host.active() {
+                let key = remember_key(&ty, &id);
+                if listed.contains(key.as_str()) || key.len() > MAX_KEY_BYTES {
+                    continue;
+                }
+                if let Err(e) = bucket.put(&key, bytes::Bytes::new()).await {
+                    tracing::debug!(node = %node.me(), actor_type = %ty, actor_id = %id, error = %e, "marking an always-on actor failed; next pass");
+                }
+            }
+        }
     }
 }
 
