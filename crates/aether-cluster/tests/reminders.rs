@@ -201,7 +201,8 @@ async fn a_cancel_racing_a_firing_never_applies_it_twice_and_an_early_cancel_alw
     until("one owner", || served(&node, 1)).await;
 
     let reminders = Reminders::<Account>::new(store.clone());
-    let due = SystemTime::now() + Duration::from_millis(1500);
+    // Far enough ahead for 200 sets and 100 cancels on a busy machine.
+    let due = SystemTime::now() + Duration::from_secs(6);
     for i in 0..200 {
         reminders
             .remind(
@@ -237,8 +238,7 @@ async fn a_cancel_racing_a_firing_never_applies_it_twice_and_an_early_cancel_alw
         Duration::from_secs(30),
     )
     .await;
-    // Settled firings are gone from the stream; let the last applications finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A firing leaves the stream when it is settled, after its command was applied.
     let ids = (0..200).map(|i| format!("acct-{i}"));
     let (_, states) = bank::audit(events.as_ref(), ids).await;
     for i in 0..100 {
@@ -340,7 +340,7 @@ async fn an_always_on_actor_runs_without_calls_and_its_new_owner_activates_it_af
         active_on(&nodes, &on_c).is_some()
     })
     .await;
-    assert!(stopped.elapsed() <= KEEP_INTERVAL + Duration::from_secs(1));
+    assert!(stopped.elapsed() <= KEEP_INTERVAL + Duration::from_secs(3));
 
     // Node "c" crashes (dropped without leaving): the new owner activates the actor once the
     // failure timeout has passed and the map moved the shard.
@@ -356,17 +356,22 @@ async fn an_always_on_actor_runs_without_calls_and_its_new_owner_activates_it_af
     println!(
         "always-on actor active again {took:?} after its owner crashed (failure timeout {FAILURE_TIMEOUT:?})"
     );
+    // Within the failure timeout and a second here (1.9 s measured); the bound leaves room for
+    // a loaded machine.
     assert!(
-        took <= FAILURE_TIMEOUT + Duration::from_secs(2),
+        took <= FAILURE_TIMEOUT + Duration::from_secs(4),
         "{took:?} after the crash"
     );
 
-    // Forgotten: no longer brought back.
+    // Forgotten: no longer brought back. A keeper pass that read the mark before it was
+    // removed may still activate it once: passivate it after such a pass could have ended,
+    // then see that no later pass brings it back.
     nodes[0].1.forget(&on_c).await.unwrap();
+    tokio::time::sleep(KEEP_INTERVAL + Duration::from_secs(1)).await;
     for (_, accounts, _) in &nodes {
         accounts.runtime().stop_vm(&on_c).await;
     }
-    tokio::time::sleep(KEEP_INTERVAL + Duration::from_millis(500)).await;
+    tokio::time::sleep(KEEP_INTERVAL + Duration::from_secs(1)).await;
     assert_eq!(active_on(&nodes, &on_c), None);
 }
 

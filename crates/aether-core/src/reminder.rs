@@ -27,6 +27,9 @@ pub const MAX_ACTOR_ID_BYTES: usize = 1024;
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Shortest interval of a repeating reminder (what the server's scheduler accepts).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The latest due time, and the longest interval: the end of year 9999 (what RFC 3339 can
+/// write), in milliseconds since the Unix epoch.
+pub const MAX_TIME_MILLIS: u64 = 253_402_300_799_999;
 
 /// When a reminder is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +44,14 @@ pub enum When {
 }
 
 impl When {
-    /// Once, `delay` from now.
+    /// Once, `delay` from now (a delay past year 9999 makes a reminder that
+    /// [`Reminder::validate`] refuses).
     pub fn after(delay: Duration) -> Self {
-        When::At(SystemTime::now() + delay)
+        let now = SystemTime::now();
+        When::At(
+            now.checked_add(delay)
+                .unwrap_or(UNIX_EPOCH + Duration::from_millis(MAX_TIME_MILLIS + 1)),
+        )
     }
 
     /// Once, at `time`.
@@ -85,20 +93,30 @@ impl ReminderKey {
 
     /// Checks the key against the rules (lengths, no control characters in the type and name).
     pub fn validate(&self) -> Result<(), ReminderError> {
-        let invalid = |reason: String| ReminderError::Invalid {
-            key: Box::new(self.clone()),
-            reason,
-        };
-        check_text("actor type", &self.actor_type, MAX_ACTOR_TYPE_BYTES).map_err(invalid)?;
-        check_text("reminder name", &self.name, MAX_NAME_BYTES).map_err(invalid)?;
-        if self.actor_id.is_empty() || self.actor_id.len() > MAX_ACTOR_ID_BYTES {
-            return Err(invalid(format!(
-                "the actor id must be 1 to {MAX_ACTOR_ID_BYTES} bytes, it is {}",
-                self.actor_id.len()
-            )));
-        }
-        Ok(())
+        validate_actor(&self.actor_type, &self.actor_id)?;
+        check_text("reminder name", &self.name, MAX_NAME_BYTES).map_err(|reason| {
+            ReminderError::Invalid {
+                key: Box::new(self.clone()),
+                reason,
+            }
+        })
     }
+}
+
+/// Checks an actor type and id against the rules (the key's, without a name): for listing.
+pub fn validate_actor(actor_type: &str, actor_id: &str) -> Result<(), ReminderError> {
+    let invalid = |reason: String| ReminderError::Invalid {
+        key: Box::new(ReminderKey::new(actor_type, actor_id, "")),
+        reason,
+    };
+    check_text("actor type", actor_type, MAX_ACTOR_TYPE_BYTES).map_err(invalid)?;
+    if actor_id.is_empty() || actor_id.len() > MAX_ACTOR_ID_BYTES {
+        return Err(invalid(format!(
+            "the actor id must be 1 to {MAX_ACTOR_ID_BYTES} bytes, it is {}",
+            actor_id.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
@@ -158,8 +176,15 @@ impl Reminder {
             )));
         }
         match self.when {
-            When::At(time) => {
-                unix_millis(time).ok_or_else(|| invalid("the time is before 1970".into()))?;
+            When::At(time) => match unix_millis(time) {
+                None => return Err(invalid("the time is before 1970".into())),
+                Some(ms) if ms > MAX_TIME_MILLIS => {
+                    return Err(invalid("the time is after year 9999".into()));
+                }
+                Some(_) => {}
+            },
+            When::Every(interval) if interval.as_millis() > u128::from(MAX_TIME_MILLIS) => {
+                return Err(invalid(format!("the interval {interval:?} is too long")));
             }
             When::Every(interval) => {
                 if interval < MIN_INTERVAL || interval.subsec_nanos() != 0 {

@@ -376,7 +376,7 @@ impl Policy {
 }
 
 /// Parses a duration written as whole numbers with units `d`, `h`, `m` and `s`, largest first
-/// (`30m`, `1h30m`, `2d`, `45s`); `None` for anything else or for zero.
+/// (`30m`, `1h30m`, `2d`, `45s`), at most 100 years; `None` for anything else or for zero.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let mut total: u64 = 0;
     let mut number: Option<u64> = None;
@@ -404,7 +404,8 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         last_unit = unit;
         total = total.checked_add(number.take()?.checked_mul(unit)?)?;
     }
-    if number.is_some() || total == 0 {
+    // Zero, a number without a unit, or past 100 years: not a deadline.
+    if number.is_some() || total == 0 || total > 100 * 366 * 86_400 {
         return None;
     }
     Some(std::time::Duration::from_secs(total))

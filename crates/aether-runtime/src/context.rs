@@ -56,6 +56,24 @@ pub(crate) enum TimeOp<A: Actor> {
     Failed(ReminderError),
 }
 
+/// What a request is about: a reminder or a timer, by name.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Reminder(&'a str),
+    Timer(&'a str),
+}
+
+impl<A: Actor> TimeOp<A> {
+    fn target(&self) -> Option<Target<'_>> {
+        match self {
+            Self::Remind(r) => Some(Target::Reminder(&r.key.name)),
+            Self::Forget(n) => Some(Target::Reminder(n)),
+            Self::Timer { name, .. } | Self::StopTimer(name) => Some(Target::Timer(name)),
+            Self::Failed(_) => None,
+        }
+    }
+}
+
 impl<A: Actor> fmt::Debug for TimeOp<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -146,6 +164,18 @@ impl<A: Actor> Context<A> {
                 reason: format!("the command does not encode: {e}"),
             }),
         };
+        self.push(op);
+    }
+
+    /// Adds a request; an earlier request for the same reminder (set or cancel) or the same
+    /// timer (start or stop) is dropped: the last one counts. So "cancel x, then set x"
+    /// reschedules x, as it reads, although reminders are set before the events and cancelled
+    /// after them.
+    fn push(&mut self, op: TimeOp<A>) {
+        if let Some(target) = op.target() {
+            self.ops
+                .retain(|earlier| earlier.target().as_ref() != Some(&target));
+        }
         self.ops.push(op);
     }
 
@@ -154,13 +184,18 @@ impl<A: Actor> Context<A> {
     where
         A::Command: Serialize,
     {
-        let at = self.now + delay;
-        self.remind(name, When::At(at), command);
+        match self.now.checked_add(delay) {
+            Some(at) => self.remind(name, When::At(at), command),
+            None => self.ops.push(TimeOp::Failed(ReminderError::Invalid {
+                key: Box::new(ReminderKey::new(A::TYPE, &*self.actor_id, name)),
+                reason: format!("a delay of {delay:?} is past what a time can hold"),
+            })),
+        }
     }
 
     /// Cancels the actor's reminder `name` (a firing already being delivered may still arrive).
     pub fn cancel_reminder(&mut self, name: &str) {
-        self.ops.push(TimeOp::Forget(name.to_owned()));
+        self.push(TimeOp::Forget(name.to_owned()));
     }
 
     /// Starts timer `name`: `command` is sent to the actor once, `delay` from now, if the actor
@@ -185,7 +220,7 @@ impl<A: Actor> Context<A> {
     where
         A::Command: Clone,
     {
-        self.ops.push(TimeOp::Timer {
+        self.push(TimeOp::Timer {
             name: name.to_owned(),
             delay,
             repeat,
@@ -195,7 +230,7 @@ impl<A: Actor> Context<A> {
 
     /// Stops timer `name`.
     pub fn stop_timer(&mut self, name: &str) {
-        self.ops.push(TimeOp::StopTimer(name.to_owned()));
+        self.push(TimeOp::StopTimer(name.to_owned()));
     }
 
     /// The reminders this command set, in order (for tests of a handler).

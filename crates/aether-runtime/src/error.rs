@@ -103,7 +103,7 @@ pub enum AskError<E: std::error::Error + 'static> {
     /// failed, the command's events were stored and its other requests carried out; the
     /// reminder is still set (cancel it with `Reminders::cancel`: sending the command again
     /// with the same id answers from the stored events and carries nothing out).
-    #[error("actor {actor_id}: {source}")]
+    #[error("actor {actor_id}: a reminder request failed")]
     Reminder {
         /// The actor.
         actor_id: Arc<str>,

@@ -1,7 +1,7 @@
 //! The reminder layout is a contract, not a Rust detail: a Python client written from
 //! `docs/reminders.md` alone (`tests/python/reminder_client.py`, nats-py and msgpack) sets
 //! reminders that the dispatcher delivers as commands to a Rust actor (a hostile actor id
-//! included), and reads back a reminder a Rust handler set.
+//! included), reads back reminders Rust set, and cancels one.
 //!
 //! Needs the Python test packages (`cargo xtask python`); without them the test fails and says so.
 
@@ -93,7 +93,7 @@ async fn reminders_set_from_python_fire_in_rust_and_python_reads_rusts() {
 
     // Python sets two reminders; one for an actor id no subject could hold as it is.
     // Far enough ahead to read them back before they fire (each Python run takes a while).
-    let due = unix_millis(SystemTime::now() + Duration::from_secs(4)).unwrap();
+    let due = unix_millis(SystemTime::now() + Duration::from_secs(12)).unwrap();
     let hostile = "py.1 *>ü_";
     for (actor, name, command) in [
         ("py-1", "top-up", json!({"Deposit": 5})),
@@ -124,7 +124,7 @@ async fn reminders_set_from_python_fire_in_rust_and_python_reads_rusts() {
         }
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while events.get_latest_version("py-1").await.unwrap() < 1
         || events.get_latest_version(hostile).await.unwrap() < 1
     {
@@ -175,5 +175,10 @@ async fn reminders_set_from_python_fire_in_rust_and_python_reads_rusts() {
             .starts_with("ar.shop.f.wallet.rust-1."),
         "{once}"
     );
+    // Python cancels what Rust set.
+    let cancelled = python(&["cancel", &url, "shop", "wallet", "rust-1", "once"]).await;
+    assert_eq!(cancelled["purged"], json!(1), "{cancelled}");
+    assert!(typed.get("rust-1", "once").await.unwrap().is_none());
+    assert_eq!(typed.list("rust-1").await.unwrap().len(), 1);
     dispatcher.stop().await;
 }

@@ -37,6 +37,8 @@ enum Cmd {
     CancelUnpaid,
     StartTicking(u64),
     Tick,
+    /// Moves the payment deadline: cancel, then set again (milliseconds from now).
+    Reschedule(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +82,11 @@ impl Actor for Order {
                 vec![Ev::Cancelled {
                     by: ctx.fired().map(|f| f.name.clone()),
                 }]
+            }
+            Cmd::Reschedule(ms) => {
+                ctx.cancel_reminder("payment");
+                ctx.remind_after("payment", Duration::from_millis(*ms), &Cmd::CancelUnpaid);
+                vec![]
             }
             Cmd::StartTicking(ms) => {
                 ctx.every("tick", Duration::from_millis(*ms), Cmd::Tick);
@@ -218,10 +225,8 @@ async fn a_handler_that_reminds_without_a_store_fails_and_stores_nothing() {
         matches!(&err, AskError::Reminder { source, .. } if matches!(**source, ReminderError::Unsupported { .. })),
         "{err}"
     );
-    assert!(
-        err.to_string().contains("RuntimeBuilder::reminders"),
-        "{err}"
-    );
+    let chain = aether_core::error_chain(&err);
+    assert!(chain.contains("RuntimeBuilder::reminders"), "{chain}");
     assert_eq!(events.get_latest_version("o").await.unwrap(), 0);
 }
 
@@ -263,4 +268,32 @@ fn the_test_clock_fires_reminders_and_timers_in_due_order() {
     assert_eq!(order.state().ticks, 3);
     assert!(order.due("payment").is_none());
     assert!(order.timer_due("tick").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_and_setting_a_reminder_in_one_decision_reschedules_it() {
+    let server = NatsServer::start().await.unwrap();
+    let reminders = reminder_store(&server).await;
+    let events = Arc::new(InMemoryEventStore::new());
+    let runtime = Runtime::<Order>::builder(events.clone())
+        .reminders(reminders.clone())
+        .build();
+    runtime.ask("o", Cmd::Place(3_600_000)).await.unwrap();
+    runtime.ask("o", Cmd::Reschedule(300)).await.unwrap();
+    // The last request for the name counts: set, not cancelled after the set.
+    let typed = Reminders::<Order>::new(reminders.clone());
+    assert_eq!(typed.list("o").await.unwrap().len(), 1);
+    let dispatcher = Dispatcher::new(reminders).runtime(runtime.clone()).start();
+    until("the rescheduled deadline fired", async || {
+        runtime.capture_state("o").await.unwrap().0.cancelled
+    })
+    .await;
+    dispatcher.stop().await;
+
+    // The test clock agrees.
+    let mut order = Timeline::<Order>::new();
+    order.when(Cmd::Place(3_600_000)).unwrap();
+    order.when(Cmd::Reschedule(60_000)).unwrap();
+    assert_eq!(order.advance(Duration::from_secs(60)).len(), 1);
+    assert!(order.state().cancelled);
 }

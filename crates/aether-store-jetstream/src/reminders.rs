@@ -56,8 +56,9 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// The longest subject of a reminder: the server closes a connection whose request line
 /// (subject, reply and sizes) passes its 4 KiB limit, so a longer one is refused before sending.
 pub const MAX_SUBJECT_BYTES: usize = 3_584;
-/// Firings one reader asks the server for at a time.
-const PULL_BATCH: usize = 256;
+/// Firings one reader asks the server for at a time: few, so that firings never wait long in a
+/// busy reader's buffer, where no progress is reported for them.
+const PULL_BATCH: usize = 64;
 /// Schedules one listing request reads.
 const LIST_PAGE: usize = 256;
 
@@ -167,11 +168,26 @@ impl JetStreamReminders {
             })?,
         };
         let found = &stream.cached_info().config;
-        if !found.allow_message_schedules || found.retention != RetentionPolicy::WorkQueue {
+        let mut differences = Vec::new();
+        if !found.allow_message_schedules {
+            differences.push("allow_msg_schedules is off (nothing would fire)");
+        }
+        if found.retention != RetentionPolicy::WorkQueue {
+            differences.push("retention is not work-queue (settled firings would stay)");
+        }
+        if !found.allow_direct {
+            differences.push("allow_direct is off (reading and listing need direct gets)");
+        }
+        if !found.allow_rollup {
+            differences.push("allow_rollup_hdrs is off (a firing replaces an unsettled one)");
+        }
+        if !found.subjects.iter().any(|s| *s == format!("{prefix}>")) {
+            differences.push("its subjects do not include the reminder subjects");
+        }
+        if !differences.is_empty() {
             return Err(ConfigError::IncompatibleStream {
                 stream: stream_name,
-                differences: "a reminder stream needs allow_msg_schedules and work-queue retention"
-                    .into(),
+                differences: differences.join("; "),
             });
         }
         Ok(Self {
@@ -438,7 +454,7 @@ impl ReminderStore for JetStreamReminders {
     }
 
     async fn list(&self, actor_type: &str, actor_id: &str) -> Result<Vec<Reminder>, ReminderError> {
-        ReminderKey::new(actor_type, actor_id, "-").validate()?;
+        aether_core::reminder::validate_actor(actor_type, actor_id)?;
         let filter = format!(
             "{}s.{}.{}.*",
             self.inner.prefix,
@@ -503,6 +519,8 @@ impl ReminderStore for JetStreamReminders {
         })
         .await
         .map_err(|e| failure(context(), e))?;
+        // The consumer's own ack wait (the first reader's): progress is reported in time for it.
+        let keep_alive = consumer.cached_info().config.ack_wait / 3;
         let messages = consumer
             .stream()
             .max_messages_per_batch(PULL_BATCH)
@@ -518,8 +536,9 @@ impl ReminderStore for JetStreamReminders {
                     failure(context, e)
                 })?;
                 match this.firing(&message) {
-                    Ok(firing) => Ok(Due::new(firing, Box::new(Pending { message }))
-                        .keep_alive(this.inner.ack_wait / 3)),
+                    Ok(firing) => {
+                        Ok(Due::new(firing, Box::new(Pending { message })).keep_alive(keep_alive))
+                    }
                     Err(e) => {
                         // Never deliverable: dropped, so it is not handed out forever.
                         let _ = message.ack_with(AckKind::Term).await;

@@ -16,7 +16,6 @@ use super::host::{ClusterActor, chain};
 use super::router::{RequestError, Router};
 use super::shards::{Entered, Serve};
 use super::wire::{self, Answer, Call, Status};
-use crate::error::ClusterError;
 use crate::hash::{ShardId, shard_for};
 
 /// Why a call to an actor did not succeed.
@@ -182,6 +181,11 @@ impl<A: ClusterActor> ClusterActors<A> {
         Self { router, runtime }
     }
 
+    /// The node's shared state (for the always-on marks, `keeper.rs`).
+    pub(super) fn node(&self) -> &Arc<super::Shared> {
+        &self.router.node
+    }
+
     /// This node's runtime for `A` (the actors it hosts right now).
     pub fn runtime(&self) -> &Runtime<A> {
         &self.runtime
@@ -215,62 +219,6 @@ impl<A: ClusterActor> ClusterActors<A> {
         command_id: impl Into<CommandId>,
     ) -> Result<Applied<A::Event>, CallError<A::Error>> {
         self.route(actor_id, command, command_id.into()).await
-    }
-
-    /// Marks actor `actor_id` always-on: its owner keeps it active without calls (its
-    /// [`Actor::on_activate`](aether_runtime::Actor::on_activate) runs, so it can start its
-    /// timers), and after a move, a crash or a restart its new owner activates it as soon as it
-    /// serves the shard (within the failure timeout and a pass of the keeper after a crash).
-    /// The mark lives in the cluster's bucket (`remember.<type token>.<actor token>`).
-    pub async fn remember(&self, actor_id: &str) -> Result<(), ClusterError> {
-        let bucket = self.bucket()?;
-        let key = super::keeper::remember_key(A::TYPE, actor_id);
-        if key.len() > super::keeper::MAX_KEY_BYTES {
-            return Err(ClusterError::InvalidConfig {
-                field: "remember",
-                reason: format!(
-                    "actor id {actor_id:?} makes a key of {} bytes once escaped; at most {} fit \
-                     the server's request line",
-                    key.len(),
-                    super::keeper::MAX_KEY_BYTES
-                ),
-            });
-        }
-        bucket
-            .put(&key, Bytes::new())
-            .await
-            .map_err(|e| self.mark_failed("marking", actor_id, e))?;
-        self.router.node.marked.notify_waiters();
-        Ok(())
-    }
-
-    /// Removes actor `actor_id`'s always-on mark (it is passivated when idle, as any actor).
-    pub async fn forget(&self, actor_id: &str) -> Result<(), ClusterError> {
-        let bucket = self.bucket()?;
-        let key = super::keeper::remember_key(A::TYPE, actor_id);
-        bucket
-            .remove(&key)
-            .await
-            .map_err(|e| self.mark_failed("unmarking", actor_id, e))?;
-        Ok(())
-    }
-
-    fn bucket(&self) -> Result<crate::kv::Bucket, ClusterError> {
-        let node = &self.router.node;
-        node.manager
-            .bucket()
-            .ok_or_else(|| ClusterError::InvalidConfig {
-                field: "remember",
-                reason: "the node has not joined its cluster yet (call start first)".into(),
-            })
-    }
-
-    fn mark_failed(&self, what: &str, actor_id: &str, e: crate::kv::WriteError) -> ClusterError {
-        ClusterError::Nats {
-            cluster: self.router.node.config.cluster_name.clone(),
-            context: format!("{what} actor {actor_id:?} of {} always-on", A::TYPE),
-            source: e.to_string().into(),
-        }
     }
 
     /// Sends `command` and returns once its owner has handled it, without reporting the outcome:

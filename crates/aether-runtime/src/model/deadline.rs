@@ -20,6 +20,11 @@ use crate::reminders::{Deliver, settle_ask, settle_failure};
 
 use super::actor::ModelError;
 
+/// Tries at setting a deadline while the reminder store fails transiently (about 20 s).
+const DEADLINE_TRIES: u32 = 12;
+const DEADLINE_BACKOFF: aether_core::Backoff =
+    aether_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
 /// What a deadline reminder carries (MessagePack, named fields).
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Deadline {
@@ -76,11 +81,25 @@ impl ModelRuntime {
                 reason: format!("the deadline does not encode: {e}"),
             })
         })?;
-        let due = event.timestamp() + within;
-        store
-            .set(&Reminder::new(key, When::At(due), payload))
-            .await
-            .map_err(failed)
+        let due = event.timestamp().checked_add(within).ok_or_else(|| {
+            failed(ReminderError::Invalid {
+                key: Box::new(key.clone()),
+                reason: format!("a deadline of {within:?} is past what a time can hold"),
+            })
+        })?;
+        let reminder = Reminder::new(key, When::At(due), payload);
+        // Through passing failures of the reminder store, as a handler's reminders are.
+        let mut tries = 0u32;
+        loop {
+            match store.set(&reminder).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && tries < DEADLINE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(DEADLINE_BACKOFF.delay(tries)).await;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
     }
 }
 
@@ -120,7 +139,7 @@ impl Deliver for Deadlines {
         let after = match self
             .model
             .event_store()
-            .get_events(&deadline.source, deadline.after + 1)
+            .get_events(&deadline.source, deadline.after.saturating_add(1))
             .await
         {
             Ok(events) => events,

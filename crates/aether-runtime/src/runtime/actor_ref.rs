@@ -180,6 +180,22 @@ impl<A: Actor> ActorRef<A> {
         self.deliver(Envelope::Tell(command)).await
     }
 
+    /// Queues `command` only if the actor is in memory now (a timer's tick): never activates
+    /// it. False when it is not (passivating, passivated), or its mailbox closed meanwhile.
+    pub(super) async fn tell_if_active(&self, command: A::Command) -> bool {
+        let Some(door) = self.shared.active_door(&self.id) else {
+            return false;
+        };
+        let counted = Queued::count(&door.cell.queued);
+        match door.tx.send(Envelope::Tell(command)).await {
+            Ok(()) => {
+                counted.sent();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Hands `envelope` to the actor's mailbox (activating the actor if needed).
     pub(super) async fn deliver(&self, envelope: Envelope<A>) -> Result<(), AskError<A::Error>> {
         let door = self.door().await?;

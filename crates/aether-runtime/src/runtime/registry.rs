@@ -190,6 +190,14 @@ impl<A: Actor> Shared<A> {
         self.clock.load(Ordering::Relaxed)
     }
 
+    /// The way to actor `id` if it is in memory and not passivating; never activates it.
+    pub(super) fn active_door(&self, id: &str) -> Option<Door<A>> {
+        match lock(self.shard(id)).get(id) {
+            Some(Slot::Active(handle)) => Some(handle.door()),
+            _ => None,
+        }
+    }
+
     /// The way to actor `id`, activating it if needed (evicting at the cap).
     pub(super) async fn resolve(
         self: &Arc<Self>,

@@ -35,17 +35,29 @@ impl Timers {
     ) {
         let actor = ActorRef::new(id.clone(), shared.clone());
         let task = tokio::spawn(async move {
-            let mut next = tokio::time::Instant::now() + delay;
+            // A delay past what the clock can hold never ticks.
+            let Some(mut next) = tokio::time::Instant::now().checked_add(delay) else {
+                return;
+            };
             loop {
                 tokio::time::sleep_until(next).await;
-                if let Err(e) = actor.tell(command()).await {
-                    tracing::debug!(actor_type = A::TYPE, actor_id = actor.id(), error = %e, "a timer's command was not delivered");
+                // Only to the actor in memory: a tick never activates it (on this node or
+                // after its shard moved away, where it must not run).
+                if !actor.tell_if_active(command()).await {
+                    tracing::debug!(
+                        actor_type = A::TYPE,
+                        actor_id = actor.id(),
+                        "a timer's actor is gone; the timer stops"
+                    );
                     return;
                 }
                 if !repeat {
                     return;
                 }
-                next += delay.max(Duration::from_millis(1));
+                match next.checked_add(delay.max(Duration::from_millis(1))) {
+                    Some(later) => next = later,
+                    None => return,
+                }
             }
         });
         let timers = self.0.get_or_insert_with(Box::default);

@@ -34,7 +34,6 @@ enum Pending<A: Actor> {
 }
 
 /// One reminder or timer that fired while time was advanced, and what its command decided.
-#[derive(Debug)]
 pub struct Fire<A: Actor> {
     /// The reminder's or timer's name.
     pub name: String,
@@ -44,6 +43,23 @@ pub struct Fire<A: Actor> {
     pub due: SystemTime,
     /// The events its command decided (already applied), or the refusal.
     pub outcome: Result<Vec<A::Event>, A::Error>,
+}
+
+impl<A: Actor> fmt::Debug for Fire<A>
+where
+    A::Event: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fire")
+            .field("name", &self.name)
+            .field("reminder", &self.reminder)
+            .field("due", &self.due)
+            .field(
+                "outcome",
+                &self.outcome.as_ref().map_err(ToString::to_string),
+            )
+            .finish()
+    }
 }
 
 /// An actor on a test clock: `given` past events, `when` commands at the clock's time,

@@ -8,6 +8,8 @@ usage:
         the same, repeating every INTERVAL_MS
     reminder_client.py get NATS_URL EVENTS_STREAM TYPE ACTOR NAME
         reads the reminder: its schedule, due time or interval, and command (as JSON)
+    reminder_client.py cancel NATS_URL EVENTS_STREAM TYPE ACTOR NAME
+        cancels the reminder and an unsettled firing of it (one purge); prints what was purged
 
 Each mode prints one JSON line.
 """
@@ -75,6 +77,15 @@ async def get_reminder(js, stream, ty, actor, name) -> dict:
     }
 
 
+async def cancel_reminder(nc, stream, ty, actor, name) -> dict:
+    filt = f"ar.{stream}.*.{token(ty)}.{token(actor)}.{token(name)}"
+    reply = await nc.request(
+        f"$JS.API.STREAM.PURGE.REMINDERS_{stream}", json.dumps({"filter": filt}).encode(), timeout=5
+    )
+    answer = json.loads(reply.data)
+    return {"filter": filt, "purged": answer.get("purged", 0), "success": answer.get("success")}
+
+
 async def main(argv) -> None:
     mode, url, stream = argv[1], argv[2], argv[3]
     nc = await nats.connect(url)
@@ -86,6 +97,8 @@ async def main(argv) -> None:
             out = await set_reminder(js, stream, ty, actor, name, when, value, command)
         elif mode == "get":
             out = await get_reminder(js, stream, argv[4], argv[5], argv[6])
+        elif mode == "cancel":
+            out = await cancel_reminder(nc, stream, argv[4], argv[5], argv[6])
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     finally:

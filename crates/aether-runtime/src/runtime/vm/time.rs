@@ -62,13 +62,15 @@ impl<A: Actor> Vm<A> {
     pub(super) async fn set_reminders(&self, ops: &[TimeOp<A>]) -> Result<(), AskError<A::Error>> {
         for op in ops {
             match op {
-                TimeOp::Failed(e) => {
+                TimeOp::Failed(ReminderError::Invalid { key, reason }) => {
                     return Err(self.reminder_error(ReminderError::Invalid {
-                        key: match e {
-                            ReminderError::Invalid { key, .. } => key.clone(),
-                            _ => Box::new(ReminderKey::new(A::TYPE, &*self.id, "?")),
-                        },
-                        reason: e.to_string(),
+                        key: key.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+                TimeOp::Failed(other) => {
+                    return Err(self.reminder_error(ReminderError::Unsupported {
+                        reason: other.to_string(),
                     }));
                 }
                 TimeOp::Remind(reminder) => {
