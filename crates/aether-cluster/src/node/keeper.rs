@@ -123,6 +123,7 @@ impl Keeper {
     /// The keeper's loop: a pass now, then one after each change or interval, until stopped.
     pub(crate) async fn run(self: Arc<Self>) {
         let node = &self.node;
+        let mut failed_in_a_row = 0u32;
         loop {
             let map = node.shards.map_changed.notified();
             let served = node.shards.changed.notified();
@@ -131,8 +132,18 @@ impl Keeper {
             map.as_mut().enable();
             served.as_mut().enable();
             marked.as_mut().enable();
-            if let Err(e) = self.pass().await {
-                tracing::debug!(node = %node.me(), error = %e, "reading the always-on actors failed; trying again");
+            match self.pass().await {
+                Ok(_) => failed_in_a_row = 0,
+                Err(e) => {
+                    failed_in_a_row = failed_in_a_row.saturating_add(1);
+                    // Once, after three passes in a row: a lasting cause (a permission the
+                    // node's user lacks, docs/security.md) rather than a passing one.
+                    if failed_in_a_row == 3 {
+                        tracing::warn!(node = %node.me(), error = %aether_core::error_chain(&e), "reading the always-on marks keeps failing; always-on actors are not kept active; trying again every pass");
+                    } else {
+                        tracing::debug!(node = %node.me(), error = %e, "reading the always-on marks failed; trying again");
+                    }
+                }
             }
             tokio::select! {
                 () = node.cancel.cancelled() => return,
