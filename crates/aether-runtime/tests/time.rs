@@ -297,3 +297,37 @@ async fn cancelling_and_setting_a_reminder_in_one_decision_reschedules_it() {
     assert_eq!(order.advance(Duration::from_secs(60)).len(), 1);
     assert!(order.state().cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_whose_command_does_not_decode_is_dropped_and_touches_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let reminders = reminder_store(&server).await;
+    let events = Arc::new(InMemoryEventStore::new());
+    let runtime = Runtime::<Order>::builder(events.clone())
+        .reminders(reminders.clone())
+        .build();
+    // Someone else's bytes under the order type: not MessagePack of an order command.
+    for (name, payload) in [("junk", vec![0xc1]), ("other", b"\x91\xa4Nope".to_vec())] {
+        reminders
+            .set(&aether_core::Reminder::new(
+                aether_core::ReminderKey::new(Order::TYPE, "hostile", name),
+                aether_core::When::after(Duration::ZERO),
+                payload,
+            ))
+            .await
+            .unwrap();
+    }
+    let dispatcher = Dispatcher::new(reminders).runtime(runtime.clone()).start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dispatcher.stats().undeliverable < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            dispatcher.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dispatcher.stats().delivered, 0);
+    assert_eq!(events.get_latest_version("hostile").await.unwrap(), 0);
+    dispatcher.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Reminders in JetStream, kept and fired by the server's message schedules (ADR-51).
 //!
 //! A reminder is one schedule message on its own subject of the reminder stream
-//! (`ar.<stream>.s.<type>.<actor>.<name>`, see [`layout`](crate::layout)). The server holds it
+//! (`ar.<stream>.s.<type>.<actor>.<name>`, see [`layout`]). The server holds it
 //! and, when due, publishes its body and headers to the firing subject
 //! (`ar.<stream>.f.<type>.<actor>.<name>`) of the same stream: a one-off reminder's firing and
 //! the removal of its schedule are one atomic write; a repeating one stays and fires again.

@@ -105,7 +105,7 @@ impl ModelRuntime {
 
 /// Delivers a model's deadline reminders: issues the policy's command unless one of its
 /// `unless` events was stored on the triggering actor after the trigger. Register it for
-/// [`ModelActor::TYPE`] (see [`ModelRuntime::deadlines`]).
+/// `ModelActor::TYPE` (see [`ModelRuntime::deadlines`]).
 pub struct Deadlines {
     pub(super) model: ModelRuntime,
 }

@@ -125,7 +125,7 @@ impl ModelRuntime {
     }
 
     /// Delivers this model's deadline reminders: register it with a
-    /// [`Dispatcher`](crate::reminders::Dispatcher) for [`ModelActor::TYPE`] (the runtime's
+    /// [`Dispatcher`](crate::reminders::Dispatcher) for `ModelActor::TYPE` (the runtime's
     /// builder needs [`reminders`](RuntimeBuilder::reminders) for deadline policies).
     pub fn deadlines(&self) -> Arc<super::Deadlines> {
         Arc::new(super::Deadlines {
