@@ -25,6 +25,8 @@ pub const KEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest always-on mark key: the server closes a connection whose request line passes
 /// its 4 KiB limit.
 pub(crate) const MAX_KEY_BYTES: usize = 3_584;
+/// How long the keeper lets changes gather before a pass.
+const COALESCE: Duration = Duration::from_millis(250);
 /// Activations one pass runs at once.
 const AT_ONCE: usize = 64;
 
@@ -151,6 +153,12 @@ impl Keeper {
                 () = served => {}
                 () = marked => {}
                 () = tokio::time::sleep(KEEP_INTERVAL) => {}
+            }
+            // A map change moves many shards one after the other: one pass after the burst,
+            // not one per shard (the pass reads the state as it is then).
+            tokio::select! {
+                () = node.cancel.cancelled() => return,
+                () = tokio::time::sleep(COALESCE) => {}
             }
         }
     }
