@@ -130,6 +130,22 @@ async fn reminder_store(server: &NatsServer) -> Arc<dyn ReminderStore> {
     )
 }
 
+/// A reminder store on `server`, a memory event store, and a runtime of orders using both.
+async fn with_reminders(
+    server: &NatsServer,
+) -> (
+    Arc<dyn ReminderStore>,
+    Arc<InMemoryEventStore>,
+    Runtime<Order>,
+) {
+    let reminders = reminder_store(server).await;
+    let events = Arc::new(InMemoryEventStore::new());
+    let runtime = Runtime::<Order>::builder(events.clone())
+        .reminders(reminders.clone())
+        .build();
+    (reminders, events, runtime)
+}
+
 async fn until(what: &str, mut pred: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !pred().await {
@@ -144,11 +160,7 @@ async fn until(what: &str, mut pred: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handlers_reminder_fires_as_a_command_and_a_cancelled_one_does_not() {
     let server = NatsServer::start().await.unwrap();
-    let reminders = reminder_store(&server).await;
-    let events = Arc::new(InMemoryEventStore::new());
-    let runtime = Runtime::<Order>::builder(events.clone())
-        .reminders(reminders.clone())
-        .build();
+    let (reminders, events, runtime) = with_reminders(&server).await;
     let dispatcher = Dispatcher::new(reminders.clone())
         .runtime(runtime.clone())
         .start();
@@ -183,11 +195,7 @@ async fn a_handlers_reminder_fires_as_a_command_and_a_cancelled_one_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_delivered_twice_is_applied_once() {
     let server = NatsServer::start().await.unwrap();
-    let reminders = reminder_store(&server).await;
-    let events = Arc::new(InMemoryEventStore::new());
-    let runtime = Runtime::<Order>::builder(events.clone())
-        .reminders(reminders.clone())
-        .build();
+    let (reminders, events, runtime) = with_reminders(&server).await;
     runtime.ask("o", Cmd::Place(0)).await.unwrap();
     // Two dispatchers read the same feed; whatever each is handed, one event results.
     let first = Dispatcher::new(reminders.clone())
@@ -273,11 +281,7 @@ fn the_test_clock_fires_reminders_and_timers_in_due_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_and_setting_a_reminder_in_one_decision_reschedules_it() {
     let server = NatsServer::start().await.unwrap();
-    let reminders = reminder_store(&server).await;
-    let events = Arc::new(InMemoryEventStore::new());
-    let runtime = Runtime::<Order>::builder(events.clone())
-        .reminders(reminders.clone())
-        .build();
+    let (reminders, _, runtime) = with_reminders(&server).await;
     runtime.ask("o", Cmd::Place(3_600_000)).await.unwrap();
     runtime.ask("o", Cmd::Reschedule(300)).await.unwrap();
     // The last request for the name counts: set, not cancelled after the set.
@@ -301,11 +305,7 @@ async fn cancelling_and_setting_a_reminder_in_one_decision_reschedules_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_whose_command_does_not_decode_is_dropped_and_touches_nothing() {
     let server = NatsServer::start().await.unwrap();
-    let reminders = reminder_store(&server).await;
-    let events = Arc::new(InMemoryEventStore::new());
-    let runtime = Runtime::<Order>::builder(events.clone())
-        .reminders(reminders.clone())
-        .build();
+    let (reminders, events, runtime) = with_reminders(&server).await;
     // Someone else's bytes under the order type: not MessagePack of an order command.
     for (name, payload) in [("junk", vec![0xc1]), ("other", b"\x91\xa4Nope".to_vec())] {
         reminders
@@ -318,15 +318,10 @@ async fn a_reminder_whose_command_does_not_decode_is_dropped_and_touches_nothing
             .unwrap();
     }
     let dispatcher = Dispatcher::new(reminders).runtime(runtime.clone()).start();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while dispatcher.stats().undeliverable < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            dispatcher.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("both firings dropped", async || {
+        dispatcher.stats().undeliverable >= 2
+    })
+    .await;
     assert_eq!(dispatcher.stats().delivered, 0);
     assert_eq!(events.get_latest_version("hostile").await.unwrap(), 0);
     dispatcher.stop().await;
